@@ -1,0 +1,165 @@
+"""The control store port: principals, API keys, endpoints, models, cache tariffs, usage ledger.
+
+SQLite is the embedded default and PostgreSQL the production store; both run the same
+migrations (store/migrations/) and pass the same test suite. The gateway reads the catalog
+(endpoints, models, tariffs) into memory and resolves keys through a small cache, so a store
+outage only affects keys it has never seen (SPEC §11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+from cachegate.core.types import CacheTariff
+
+
+class StoreError(Exception):
+    """Base of the control-store errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached."""
+
+
+class NotFound(StoreError):
+    """The named principal, key, endpoint or model does not exist."""
+
+
+class Conflict(StoreError):
+    """The object exists already (e.g. a principal name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str  # public, short; shown in listings and the ledger
+    principal_id: str
+    secret_hash: bytes  # sha256 of the secret; the secret itself is never stored
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    api_key: str | None  # sent upstream instead of the client's key
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    alias: str  # what clients send as "model"
+    endpoint: str  # Endpoint.name
+    upstream_model: str  # what the upstream is sent as "model"
+    tokenizer: str  # a token counter name from the config
+    input_price: Decimal  # per token
+    output_price: Decimal  # per token
+
+
+@dataclass(frozen=True, slots=True)
+class TariffVersion:
+    model: str
+    tariff: CacheTariff
+    valid_from: datetime
+    valid_until: datetime | None
+
+    def in_force(self, at: datetime) -> bool:
+        return self.valid_from <= at and (self.valid_until is None or at < self.valid_until)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Everything the gateway routes and prices by, loaded at once and refreshed periodically."""
+
+    endpoints: dict[str, Endpoint]
+    models: dict[str, Model]
+    tariffs: dict[str, tuple[TariffVersion, ...]]  # model alias -> versions, oldest first
+
+    def tariff_at(self, model: str, at: datetime) -> CacheTariff | None:
+        for version in reversed(self.tariffs.get(model, ())):
+            if version.in_force(at):
+                return version.tariff
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One request, as billed (SPEC §10)."""
+
+    at: datetime
+    principal_id: str
+    key_id: str
+    model: str
+    status: int
+    streaming: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_creation_5m_tokens: int
+    cache_creation_1h_tokens: int
+    cache_creation_24h_tokens: int
+    upstream_cached_tokens: int | None
+    cost: Decimal | None
+    list_cost: Decimal | None
+    latency_ms: float
+    degraded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReportRow:
+    day: str  # YYYY-MM-DD (UTC)
+    principal_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    cost: Decimal
+    list_cost: Decimal
+    degraded: int
+
+
+@runtime_checkable
+class ControlStore(Protocol):
+    async def migrate(self) -> None:
+        """Bring the schema up to date (idempotent)."""
+
+    # principals and keys
+    async def create_principal(self, name: str) -> Principal: ...
+    async def get_principal(self, name_or_id: str) -> Principal: ...
+    async def list_principals(self) -> list[Principal]: ...
+    async def create_api_key(self, principal_id: str, *, admin: bool = False) -> tuple[ApiKey, str]:
+        """Returns the key and its secret; the secret is never retrievable again."""
+
+    async def revoke_api_key(self, key_id: str) -> None: ...
+    async def list_api_keys(self, principal_id: str | None = None) -> list[ApiKey]: ...
+    async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
+        """The key with this secret hash, revoked or not; None when there is none."""
+
+    # endpoints, models, tariffs
+    async def put_endpoint(self, endpoint: Endpoint) -> None: ...
+    async def put_model(self, model: Model) -> None: ...
+    async def set_cache_tariff(self, model: str, tariff: CacheTariff, at: datetime | None = None) -> TariffVersion:
+        """Close the version in force (if any) and open a new one from ``at`` (default now)."""
+
+    async def disable_cache_tariff(self, model: str, at: datetime | None = None) -> bool:
+        """Close the version in force; returns whether there was one."""
+
+    async def load_catalog(self) -> Catalog: ...
+
+    # usage ledger
+    async def append_ledger(self, rows: Sequence[LedgerRow]) -> None: ...
+    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]: ...
+    async def aclose(self) -> None: ...

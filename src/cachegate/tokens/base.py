@@ -1,0 +1,39 @@
+"""The token counter port (SPEC §5): counts taken from the model's real chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from cachegate.core.types import ParsedPrompt
+
+
+class TokenCountError(Exception):
+    """The count could not be taken (template refused the request, service down, …); callers degrade."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCounts:
+    """Cumulative token counts at the end of the asked-for blocks, and the whole rendering's count.
+
+    ``total`` is None when the counts were answered from memory without rendering the request
+    (a memoized prefix says nothing about the rest of the prompt).
+    """
+
+    cumulative: Mapping[int, int]  # block index -> tokens that end at or before the end of that block
+    total: int | None
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    @property
+    def tokenizer_version(self) -> str:
+        """Identifies the tokenizer file, the template and the options that change counts."""
+
+    async def count(
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]
+    ) -> PromptCounts:
+        """Count ``body`` (the client's chat request; markers are ignored) at each of ``blocks``."""
+
+    async def aclose(self) -> None: ...
