@@ -1,0 +1,366 @@
+"""The control store on PostgreSQL: the production store, shared by every gateway replica.
+
+asyncpg with a small pool. A call that cannot reach the server (refused, dropped, timed out,
+server shutting down or out of connections) raises StoreUnavailable, which the gateway
+answers by serving from memory (SPEC §11); the pool reconnects by itself once the server is
+back. Decimals travel as NUMERIC and timestamps as TIMESTAMPTZ, so nothing is converted by
+hand. Listings sort with the "C" collation, byte order, exactly as SQLite does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from cachegate.core.types import CacheTariff
+from cachegate.store.base import (
+    ApiKey,
+    Catalog,
+    Conflict,
+    Endpoint,
+    LedgerRow,
+    Model,
+    NotFound,
+    Principal,
+    StoreUnavailable,
+    TariffVersion,
+    UsageReportRow,
+)
+from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
+from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
+from cachegate.store.values import check_amount, checked_tariff, decimal_text, utc, utcnow
+
+# The advisory lock that serialises migrate() across processes ("cachegat" in ASCII).
+_MIGRATION_LOCK = 0x6361636865676174
+
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, server starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+)
+
+_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what pool.acquire() yields
+
+_KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
+_TARIFF_COLUMNS = (
+    "model, write_multiplier_5m, write_multiplier_1h, write_multiplier_24h, read_multiplier,"
+    " min_prefix_tokens, valid_from, valid_until"
+)
+
+
+class PostgresStore:
+    """ControlStore on a PostgreSQL database; create it with ``await PostgresStore.open(dsn)``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+    ) -> PostgresStore:
+        """Connect eagerly, so a wrong or dead server is reported at start-up."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+            )
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._pool.close()
+
+    async def migrate(self) -> None:
+        """Apply the missing steps in one transaction, under an advisory lock held until commit."""
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(schema_migrations_ddl(Dialect.POSTGRES))
+            applied = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+            for step in migrations():
+                if step.version in applied:
+                    continue
+                await connection.execute(step.render(Dialect.POSTGRES))
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    step.version,
+                    step.name,
+                    utcnow(),
+                )
+
+    # principals and keys
+
+    async def create_principal(self, name: str) -> Principal:
+        principal = Principal(id=new_principal_id(), name=name, created_at=utcnow())
+        async with self._connection() as connection:
+            try:
+                await connection.execute(
+                    "INSERT INTO principals (id, name, created_at) VALUES ($1, $2, $3)",
+                    principal.id,
+                    principal.name,
+                    principal.created_at,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(f"principal {name!r} already exists") from exc
+        return principal
+
+    async def get_principal(self, name_or_id: str) -> Principal:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                "SELECT id, name, created_at FROM principals WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1",
+                name_or_id,
+            )
+        if row is None:
+            raise NotFound(f"principal {name_or_id!r} does not exist")
+        return _principal(row)
+
+    async def list_principals(self) -> list[Principal]:
+        async with self._connection() as connection:
+            rows = await connection.fetch('SELECT id, name, created_at FROM principals ORDER BY name COLLATE "C"')
+        return [_principal(row) for row in rows]
+
+    async def create_api_key(self, principal_id: str, *, admin: bool = False) -> tuple[ApiKey, str]:
+        secret = generate_secret()
+        key = ApiKey(
+            id=new_key_id(),
+            principal_id=principal_id,
+            secret_hash=hash_secret(secret),
+            is_admin=admin,
+            created_at=utcnow(),
+            revoked_at=None,
+        )
+        async with self._connection() as connection:
+            try:
+                await connection.execute(
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL)",
+                    key.id,
+                    key.principal_id,
+                    key.secret_hash,
+                    key.is_admin,
+                    key.created_at,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound(f"principal {principal_id!r} does not exist") from exc
+        return key, secret
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        """Revoke the key; revoking it again keeps the first revocation time."""
+        async with self._connection() as connection:
+            found = await connection.fetchval(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING true",
+                utcnow(),
+                key_id,
+            )
+        if found is None:
+            raise NotFound(f"API key {key_id!r} does not exist")
+
+    async def list_api_keys(self, principal_id: str | None = None) -> list[ApiKey]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR principal_id = $1"
+                ' ORDER BY created_at, id COLLATE "C"',
+                principal_id,
+            )
+        return [_api_key(row) for row in rows]
+
+    async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1", secret_hash)
+        return None if row is None else _api_key(row)
+
+    # endpoints, models, tariffs
+
+    async def put_endpoint(self, endpoint: Endpoint) -> None:
+        async with self._connection() as connection:
+            await connection.execute(
+                "INSERT INTO endpoints (name, base_url, api_key) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET base_url = excluded.base_url, api_key = excluded.api_key",
+                endpoint.name,
+                endpoint.base_url,
+                endpoint.api_key,
+            )
+
+    async def put_model(self, model: Model) -> None:
+        check_amount(model.input_price, "input_price")
+        check_amount(model.output_price, "output_price")
+        async with self._connection() as connection:
+            try:
+                await connection.execute(
+                    "INSERT INTO models (alias, endpoint, upstream_model, tokenizer, input_price, output_price)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (alias) DO UPDATE SET endpoint = excluded.endpoint,"
+                    " upstream_model = excluded.upstream_model, tokenizer = excluded.tokenizer,"
+                    " input_price = excluded.input_price, output_price = excluded.output_price",
+                    model.alias,
+                    model.endpoint,
+                    model.upstream_model,
+                    model.tokenizer,
+                    model.input_price,
+                    model.output_price,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound(f"endpoint {model.endpoint!r} does not exist") from exc
+
+    async def set_cache_tariff(self, model: str, tariff: CacheTariff, at: datetime | None = None) -> TariffVersion:
+        tariff = checked_tariff(tariff)
+        requested_start = None if at is None else utc(at)
+        async with self._connection() as connection, connection.transaction():
+            await _lock_model(connection, model)
+            start = requested_start or utcnow()  # taken under the model's row lock
+            await _close_open_tariff(connection, model, start)
+            await connection.execute(
+                f"INSERT INTO cache_tariffs ({_TARIFF_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+                model,
+                *_multipliers(tariff),
+                tariff.min_prefix_tokens,
+                start,
+            )
+        return TariffVersion(model=model, tariff=tariff, valid_from=start, valid_until=None)
+
+    async def disable_cache_tariff(self, model: str, at: datetime | None = None) -> bool:
+        requested_end = None if at is None else utc(at)
+        async with self._connection() as connection, connection.transaction():
+            await _lock_model(connection, model)
+            return await _close_open_tariff(connection, model, requested_end or utcnow())
+
+    async def load_catalog(self) -> Catalog:
+        # One snapshot for the three reads.
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
+            endpoints = await connection.fetch("SELECT name, base_url, api_key FROM endpoints")
+            models = await connection.fetch(
+                "SELECT alias, endpoint, upstream_model, tokenizer, input_price, output_price FROM models"
+            )
+            tariffs = await connection.fetch(
+                f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
+            )
+        versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
+        for row in tariffs:
+            versions[row["model"]].append(_tariff_version(row))
+        return Catalog(
+            endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
+            models={row["alias"]: Model(**row) for row in models},
+            tariffs={model: tuple(rows) for model, rows in versions.items()},
+        )
+
+    # usage ledger
+
+    async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
+        if not rows:
+            return
+        records = [_ledger_record(row) for row in rows]
+        placeholders = ", ".join(f"${position}" for position in range(1, len(LEDGER_COLUMNS) + 1))
+        statement = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({placeholders})"
+        async with self._connection() as connection, connection.transaction():
+            await connection.executemany(statement, records)
+
+    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, principal_id, model,"
+                " count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
+                " sum(completion_tokens) AS completion_tokens, sum(cache_read_tokens) AS cache_read_tokens,"
+                " sum(cache_creation_5m_tokens + cache_creation_1h_tokens + cache_creation_24h_tokens)"
+                " AS cache_creation_tokens,"
+                " coalesce(sum(cost), 0) AS cost, coalesce(sum(list_cost), 0) AS list_cost,"
+                " count(*) FILTER (WHERE degraded) AS degraded"
+                " FROM ledger WHERE $1::timestamptz IS NULL OR at >= $1"
+                ' GROUP BY day, principal_id, model ORDER BY day, principal_id COLLATE "C", model COLLATE "C"',
+                None if since is None else utc(since),
+            )
+        return [UsageReportRow(**row) for row in rows]
+
+
+async def _lock_model(connection: _Connection, model: str) -> None:
+    """Lock the model's row: concurrent tariff changes of one model then run one after another,
+    each seeing the version the previous one opened, instead of failing on the unique index."""
+    if await connection.fetchval("SELECT true FROM models WHERE alias = $1 FOR UPDATE", model) is None:
+        raise NotFound(f"model {model!r} does not exist")
+
+
+async def _close_open_tariff(connection: _Connection, model: str, end: datetime) -> bool:
+    """End the model's open tariff version at ``end``; returns whether there was one."""
+    row = await connection.fetchrow(
+        "SELECT id, valid_from FROM cache_tariffs WHERE model = $1 AND valid_until IS NULL", model
+    )
+    if row is None:
+        return False
+    if end < row["valid_from"]:
+        raise Conflict(
+            f"the open cache tariff of {model!r} starts at {row['valid_from'].isoformat()}, after {end.isoformat()}"
+        )
+    await connection.execute("UPDATE cache_tariffs SET valid_until = $1 WHERE id = $2", end, row["id"])
+    return True
+
+
+def _multipliers(tariff: CacheTariff) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    return (
+        Decimal(tariff.write_multiplier_5m),
+        Decimal(tariff.write_multiplier_1h),
+        Decimal(tariff.write_multiplier_24h),
+        Decimal(tariff.read_multiplier),
+    )
+
+
+def _principal(row: asyncpg.Record) -> Principal:
+    return Principal(id=row["id"], name=row["name"], created_at=row["created_at"])
+
+
+def _api_key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        principal_id=row["principal_id"],
+        secret_hash=row["secret_hash"],
+        is_admin=row["is_admin"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _tariff_version(row: asyncpg.Record) -> TariffVersion:
+    return TariffVersion(
+        model=row["model"],
+        tariff=CacheTariff(
+            write_multiplier_5m=decimal_text(row["write_multiplier_5m"]),
+            write_multiplier_1h=decimal_text(row["write_multiplier_1h"]),
+            write_multiplier_24h=decimal_text(row["write_multiplier_24h"]),
+            read_multiplier=decimal_text(row["read_multiplier"]),
+            min_prefix_tokens=row["min_prefix_tokens"],
+        ),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+    )
+
+
+def _ledger_record(row: LedgerRow) -> tuple[object, ...]:
+    """The row's values in LEDGER_COLUMNS order, checked."""
+    values: dict[str, object] = {name: getattr(row, name) for name in LEDGER_COLUMNS}
+    values["at"] = utc(row.at)
+    values["cost"] = None if row.cost is None else check_amount(row.cost, "cost")
+    values["list_cost"] = None if row.list_cost is None else check_amount(row.list_cost, "list_cost")
+    return tuple(values[name] for name in LEDGER_COLUMNS)

@@ -1,0 +1,72 @@
+"""Checks and conversions both stores apply to values before they reach SQL.
+
+Money and multipliers are Decimal end to end (SPEC §10): parsed from text, never from floats,
+and always finite and non-negative. Timestamps must be timezone-aware: a naive datetime in a
+billing ledger is ambiguous, so it is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from cachegate.core.types import CacheTariff
+
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def parse_decimal(text: str, what: str) -> Decimal:
+    """Parse a non-negative decimal written positionally, such as ``0.1``, ``2`` or ``0.0000025``.
+
+    Stricter than ``Decimal()``: no sign, exponent, whitespace, underscores, NaN or Infinity,
+    so a typo cannot quietly become a price.
+    """
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        raise ValueError(f"{what} must be a non-negative decimal number such as 0.25, not {text!r}")
+    return Decimal(text)
+
+
+def check_amount(value: Decimal, what: str) -> Decimal:
+    """Refuse a price that is negative, NaN or infinite."""
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"{what} must be a finite, non-negative decimal, not {value}")
+    return value
+
+
+def decimal_text(value: Decimal) -> str:
+    """Positional notation, so SQLite's TEXT and PostgreSQL's NUMERIC read back alike."""
+    return format(value, "f")
+
+
+def checked_tariff(tariff: CacheTariff) -> CacheTariff:
+    """The tariff with every multiplier validated and written positionally (``1E-7`` becomes
+    ``0.0000001``), so both stores hold, and give back, the same text."""
+    if tariff.min_prefix_tokens < 0:
+        raise ValueError(f"min_prefix_tokens must be non-negative, not {tariff.min_prefix_tokens}")
+
+    def multiplier(text: str, what: str) -> str:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"{what} must be a decimal number, not {text!r}") from None
+        return decimal_text(check_amount(value, what))
+
+    return CacheTariff(
+        write_multiplier_5m=multiplier(tariff.write_multiplier_5m, "write_multiplier_5m"),
+        write_multiplier_1h=multiplier(tariff.write_multiplier_1h, "write_multiplier_1h"),
+        write_multiplier_24h=multiplier(tariff.write_multiplier_24h, "write_multiplier_24h"),
+        read_multiplier=multiplier(tariff.read_multiplier, "read_multiplier"),
+        min_prefix_tokens=tariff.min_prefix_tokens,
+    )
+
+
+def utc(at: datetime) -> datetime:
+    """``at`` in UTC; naive datetimes are refused."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"timestamps must be timezone-aware, not {at.isoformat()}")
+    return at.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,402 @@
+"""The ControlStore contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from cachegate.core.types import CacheTariff
+from cachegate.store.base import (
+    Conflict,
+    ControlStore,
+    Endpoint,
+    LedgerRow,
+    Model,
+    NotFound,
+    UsageReportRow,
+)
+from cachegate.store.keys import hash_secret
+from store.rawdb import everything_stored, query
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+async def add_model(store: ControlStore, alias: str = "m") -> Model:
+    await store.put_endpoint(Endpoint("local", "http://127.0.0.1:8000/v1", None))
+    model = Model(alias, "local", "qwen3-8b", "qwen3", Decimal("0.0000025"), Decimal("0.00001"))
+    await store.put_model(model)
+    return model
+
+
+# principals
+
+
+async def test_principals_are_found_by_name_or_id_and_listed_by_name(store: ControlStore) -> None:
+    zeta = await store.create_principal("zeta")
+    acme = await store.create_principal("acme")
+
+    assert await store.get_principal("acme") == acme
+    assert await store.get_principal(zeta.id) == zeta
+    assert await store.list_principals() == [acme, zeta]
+    assert acme.id != zeta.id and acme.created_at.tzinfo is not None
+
+
+async def test_a_principal_name_is_taken_once(store: ControlStore) -> None:
+    await store.create_principal("acme")
+
+    with pytest.raises(Conflict, match="acme"):
+        await store.create_principal("acme")
+    assert len(await store.list_principals()) == 1
+
+
+async def test_an_unknown_principal_is_not_found(store: ControlStore) -> None:
+    with pytest.raises(NotFound, match="ghost"):
+        await store.get_principal("ghost")
+
+
+# API keys
+
+
+async def test_a_key_is_found_by_the_hash_of_its_secret(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+
+    key, secret = await store.create_api_key(acme.id, admin=True)
+
+    assert key.secret_hash == hash_secret(secret)
+    assert key.is_admin and key.principal_id == acme.id and key.revoked_at is None
+    assert await store.find_api_key(hash_secret(secret)) == key
+    assert await store.find_api_key(hash_secret(secret + "x")) is None
+
+
+async def test_only_the_hash_of_a_secret_is_stored(store: ControlStore, store_url: str) -> None:
+    acme = await store.create_principal("acme")
+
+    key, secret = await store.create_api_key(acme.id)
+    stored = await everything_stored(store_url)
+
+    assert key.secret_hash in stored or key.secret_hash.hex().encode() in stored  # the dump does see the key
+    assert secret.removeprefix("cg-").encode() not in stored
+
+
+async def test_keys_are_listed_per_principal_without_their_secrets(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+    zeta = await store.create_principal("zeta")
+    first, _ = await store.create_api_key(acme.id)
+    second, _ = await store.create_api_key(acme.id)
+    other, _ = await store.create_api_key(zeta.id)
+
+    assert {k.id for k in await store.list_api_keys(acme.id)} == {first.id, second.id}
+    assert {k.id for k in await store.list_api_keys()} == {first.id, second.id, other.id}
+
+
+async def test_a_key_for_an_unknown_principal_is_refused(store: ControlStore) -> None:
+    with pytest.raises(NotFound, match="prn_ghost"):
+        await store.create_api_key("prn_ghost")
+    assert await store.list_api_keys() == []
+
+
+async def test_a_revoked_key_is_still_found_with_its_revocation_time(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+    key, secret = await store.create_api_key(acme.id)
+
+    await store.revoke_api_key(key.id)
+    revoked = await store.find_api_key(hash_secret(secret))
+    await store.revoke_api_key(key.id)
+
+    assert revoked is not None and revoked.revoked_at is not None
+    assert revoked.revoked_at >= key.created_at
+    assert await store.find_api_key(hash_secret(secret)) == revoked  # the first revocation time stays
+
+
+async def test_revoking_an_unknown_key_is_not_found(store: ControlStore) -> None:
+    with pytest.raises(NotFound, match="key_ghost"):
+        await store.revoke_api_key("key_ghost")
+
+
+# endpoints and models
+
+
+async def test_endpoints_and_models_are_upserted(store: ControlStore) -> None:
+    model = await add_model(store)
+    moved = Endpoint("remote", "https://llm.example/v1", "sk-upstream")
+    await store.put_endpoint(moved)
+    await store.put_endpoint(replace(moved, base_url="https://llm2.example/v1"))
+    repriced = replace(model, endpoint="remote", input_price=Decimal("0.000000123456789"), tokenizer="hf:/models/x")
+
+    await store.put_model(repriced)
+    catalog = await store.load_catalog()
+
+    assert catalog.endpoints == {
+        "local": Endpoint("local", "http://127.0.0.1:8000/v1", None),
+        "remote": Endpoint("remote", "https://llm2.example/v1", "sk-upstream"),
+    }
+    assert catalog.models == {"m": repriced}
+    assert catalog.models["m"].input_price == Decimal("0.000000123456789")
+    assert catalog.tariffs == {}
+
+
+async def test_a_model_needs_an_existing_endpoint(store: ControlStore) -> None:
+    with pytest.raises(NotFound, match="nowhere"):
+        await store.put_model(Model("m", "nowhere", "x", "qwen3", Decimal(0), Decimal(0)))
+    assert (await store.load_catalog()).models == {}
+
+
+async def test_a_negative_price_is_refused(store: ControlStore) -> None:
+    model = await add_model(store)
+
+    with pytest.raises(ValueError, match="input_price"):
+        await store.put_model(replace(model, input_price=Decimal("-0.1")))
+    assert (await store.load_catalog()).models == {"m": model}
+
+
+# cache tariffs
+
+
+async def test_setting_a_tariff_twice_keeps_two_versions_one_open(store: ControlStore) -> None:
+    await add_model(store)
+    cheaper = CacheTariff(read_multiplier="0.05", min_prefix_tokens=2048)
+
+    first = await store.set_cache_tariff("m", CacheTariff(), at=T0)
+    second = await store.set_cache_tariff("m", cheaper, at=T0 + timedelta(hours=1))
+    versions = (await store.load_catalog()).tariffs["m"]
+
+    assert versions == (replace(first, valid_until=second.valid_from), second)
+    assert second.tariff == cheaper and second.valid_until is None
+
+
+async def test_the_tariff_in_force_at_a_time_is_picked(store: ControlStore) -> None:
+    await add_model(store)
+    second_tariff = CacheTariff(write_multiplier_5m="1.5")
+    await store.set_cache_tariff("m", CacheTariff(), at=T0)
+    await store.set_cache_tariff("m", second_tariff, at=T0 + timedelta(hours=1))
+    assert await store.disable_cache_tariff("m", at=T0 + timedelta(hours=2))
+
+    catalog = await store.load_catalog()
+
+    assert catalog.tariff_at("m", T0 - timedelta(microseconds=1)) is None
+    assert catalog.tariff_at("m", T0) == CacheTariff()
+    assert catalog.tariff_at("m", T0 + timedelta(minutes=59)) == CacheTariff()
+    assert catalog.tariff_at("m", T0 + timedelta(hours=1)) == second_tariff
+    assert catalog.tariff_at("m", T0 + timedelta(hours=2)) is None
+    assert all(v.valid_until is not None for v in catalog.tariffs["m"])
+
+
+async def test_disabling_closes_the_open_version_once(store: ControlStore) -> None:
+    await add_model(store)
+    await store.set_cache_tariff("m", CacheTariff())
+
+    assert await store.disable_cache_tariff("m") is True
+    assert await store.disable_cache_tariff("m") is False
+    assert (await store.load_catalog()).tariff_at("m", datetime.now(UTC)) is None
+
+
+async def test_a_tariff_is_stored_with_its_multipliers_exact(store: ControlStore) -> None:
+    await add_model(store)
+    tariff = CacheTariff("1.2500", "2", "2.75", "0.0125", 0)
+
+    await store.set_cache_tariff("m", tariff, at=T0)
+
+    assert (await store.load_catalog()).tariff_at("m", T0) == tariff
+
+
+async def test_a_tariff_for_an_unknown_model_is_not_found(store: ControlStore) -> None:
+    with pytest.raises(NotFound, match="ghost"):
+        await store.set_cache_tariff("ghost", CacheTariff())
+    with pytest.raises(NotFound, match="ghost"):
+        await store.disable_cache_tariff("ghost")
+
+
+@pytest.mark.parametrize(
+    "tariff",
+    [CacheTariff(read_multiplier="-0.1"), CacheTariff(write_multiplier_1h="two"), CacheTariff(min_prefix_tokens=-1)],
+)
+async def test_an_invalid_tariff_is_refused(store: ControlStore, tariff: CacheTariff) -> None:
+    await add_model(store)
+
+    with pytest.raises(ValueError):
+        await store.set_cache_tariff("m", tariff)
+    assert (await store.load_catalog()).tariffs == {}
+
+
+async def test_a_version_cannot_start_before_the_open_one(store: ControlStore) -> None:
+    await add_model(store)
+    await store.set_cache_tariff("m", CacheTariff(), at=T0)
+
+    with pytest.raises(Conflict, match="'m'"):
+        await store.set_cache_tariff("m", CacheTariff(read_multiplier="0.2"), at=T0 - timedelta(seconds=1))
+    with pytest.raises(Conflict, match="'m'"):
+        await store.disable_cache_tariff("m", at=T0 - timedelta(seconds=1))
+    assert len((await store.load_catalog()).tariffs["m"]) == 1
+
+
+async def test_naive_timestamps_are_refused(store: ControlStore) -> None:
+    await add_model(store)
+    naive = datetime(2025, 3, 1, 12, 0)
+
+    with pytest.raises(ValueError, match="timezone"):
+        await store.set_cache_tariff("m", CacheTariff(), at=naive)
+    with pytest.raises(ValueError, match="timezone"):
+        await store.append_ledger([ledger_row(naive, "prn_a", "m")])
+    assert (await store.load_catalog()).tariffs == {}
+    assert await store.usage_report() == []
+
+
+@pytest.mark.postgres
+async def test_concurrent_tariff_changes_never_leave_two_open_versions(pg_database: str) -> None:
+    from cachegate.store.postgres import PostgresStore
+
+    stores = [await PostgresStore.open(pg_database, max_size=4) for _ in range(2)]  # like two processes
+    try:
+        await stores[0].migrate()
+        await add_model(stores[0])
+        tariffs = [CacheTariff(read_multiplier=f"0.{n}") for n in range(1, 10)]
+
+        await asyncio.gather(*(stores[n % 2].set_cache_tariff("m", t) for n, t in enumerate(tariffs)))
+        versions = (await stores[1].load_catalog()).tariffs["m"]
+    finally:
+        for opened in stores:
+            await opened.aclose()
+
+    assert len(versions) == len(tariffs)
+    assert [v.valid_until is None for v in versions] == [False] * (len(tariffs) - 1) + [True]
+    assert all(earlier.valid_until == later.valid_from for earlier, later in itertools.pairwise(versions))
+    assert sorted(v.tariff.read_multiplier for v in versions) == sorted(t.read_multiplier for t in tariffs)
+
+
+# usage ledger
+
+
+def ledger_row(at: datetime, principal: str, model: str, **fields: object) -> LedgerRow:
+    row = LedgerRow(
+        at=at,
+        principal_id=principal,
+        key_id="key_test",
+        model=model,
+        status=200,
+        streaming=False,
+        prompt_tokens=100,
+        completion_tokens=10,
+        cache_read_tokens=50,
+        cache_creation_5m_tokens=20,
+        cache_creation_1h_tokens=5,
+        cache_creation_24h_tokens=1,
+        upstream_cached_tokens=None,
+        cost=Decimal("0.1"),
+        list_cost=Decimal("0.3"),
+        latency_ms=12.5,
+        degraded=False,
+    )
+    return replace(row, **fields)
+
+
+async def test_usage_is_reported_by_utc_day_principal_and_model(store: ControlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    await store.append_ledger(
+        [
+            ledger_row(T0, "prn_a", "m"),
+            ledger_row(T0 + timedelta(hours=1), "prn_a", "m", cost=Decimal("0.2"), degraded=True, streaming=True),
+            ledger_row(T0, "prn_a", "m", cost=None, list_cost=None, status=502, upstream_cached_tokens=7),
+            ledger_row(T0, "prn_b", "m", prompt_tokens=1, completion_tokens=2),
+            ledger_row(T0, "prn_a", "other", cache_read_tokens=0),
+            # 20:00 on March 1st at UTC-5 is 01:00 on March 2nd in UTC
+            ledger_row(datetime(2025, 3, 1, 20, 0, tzinfo=eastern), "prn_a", "m", cost=Decimal("0.000000001")),
+        ]
+    )
+
+    report = await store.usage_report()
+
+    assert report == [
+        UsageReportRow("2025-03-01", "prn_a", "m", 3, 300, 30, 150, 78, Decimal("0.3"), Decimal("0.6"), 1),
+        UsageReportRow("2025-03-01", "prn_a", "other", 1, 100, 10, 0, 26, Decimal("0.1"), Decimal("0.3"), 0),
+        UsageReportRow("2025-03-01", "prn_b", "m", 1, 1, 2, 50, 26, Decimal("0.1"), Decimal("0.3"), 0),
+        UsageReportRow("2025-03-02", "prn_a", "m", 1, 100, 10, 50, 26, Decimal("0.000000001"), Decimal("0.3"), 0),
+    ]
+    assert all(isinstance(row.cost, Decimal) and isinstance(row.list_cost, Decimal) for row in report)
+
+
+async def test_usage_since_a_time_leaves_earlier_rows_out(store: ControlStore) -> None:
+    await store.append_ledger([ledger_row(T0 + timedelta(days=day), "prn_a", "m") for day in range(3)])
+
+    report = await store.usage_report(since=T0 + timedelta(days=1))
+
+    assert [row.day for row in report] == ["2025-03-02", "2025-03-03"]
+    assert await store.usage_report(since=T0 + timedelta(days=3)) == []
+
+
+async def test_usage_costs_are_summed_exactly(store: ControlStore) -> None:
+    rows = [ledger_row(T0, "prn_a", "m", cost=Decimal("0.1"), list_cost=Decimal("0.0000001")) for _ in range(1000)]
+
+    await store.append_ledger(rows)
+    [report] = await store.usage_report()
+
+    assert report.cost == Decimal("100") and report.list_cost == Decimal("0.0001")
+    assert report.requests == 1000
+
+
+async def test_appending_nothing_is_a_no_op(store: ControlStore) -> None:
+    await store.append_ledger([])
+
+    assert await store.usage_report() == []
+
+
+async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:
+    refused_by_the_database = ledger_row(T0, "prn_a", "m", principal_id=None)  # NOT NULL
+
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.NotNullViolationError)):
+        await store.append_ledger([ledger_row(T0, "prn_a", "m"), refused_by_the_database])
+    assert await store.usage_report() == []
+
+
+async def test_money_is_never_stored_as_floating_point(store: ControlStore, store_url: str) -> None:
+    await add_model(store)
+    await store.set_cache_tariff("m", CacheTariff())
+    await store.append_ledger([ledger_row(T0, "prn_a", "m")])
+    decimal_columns = {
+        "models": ["input_price", "output_price"],
+        "cache_tariffs": ["write_multiplier_5m", "write_multiplier_1h", "write_multiplier_24h", "read_multiplier"],
+        "ledger": ["cost", "list_cost"],
+    }
+    type_of = "typeof" if store_url.startswith("sqlite") else "pg_typeof"
+
+    stored_types = {
+        f"{table}.{column}": await query(store_url, f"SELECT DISTINCT CAST({type_of}({column}) AS TEXT) FROM {table}")
+        for table, columns in decimal_columns.items()
+        for column in columns
+    }
+
+    expected = [("text",)] if type_of == "typeof" else [("numeric",)]
+    assert stored_types == {name: expected for name in stored_types}
+
+
+# migrations
+
+
+async def test_migrating_again_changes_nothing(store: ControlStore, store_url: str) -> None:
+    acme = await store.create_principal("acme")
+    before = await query(store_url, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+
+    await store.migrate()
+
+    assert await query(store_url, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version") == before
+    assert [version for version, *_ in before] == [1]
+    assert await store.list_principals() == [acme]
+
+
+async def test_two_processes_can_migrate_at_once(store_url: str) -> None:
+    from cachegate.store.factory import open_store
+
+    first, second = await open_store(store_url), await open_store(store_url)  # two connections, like two processes
+    try:
+        await asyncio.gather(first.migrate(), second.migrate())
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+    assert await query(store_url, "SELECT version FROM schema_migrations") == [(1,)]
