@@ -1,0 +1,33 @@
+"""Open the cache index a URL names: the one place that knows every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from cachegate.index.base import CacheIndex
+from cachegate.index.memory import MemoryIndex
+from cachegate.index.postgres import PostgresIndex
+from cachegate.index.sqlite import SqliteIndex, sqlite_path_from_url
+
+SUPPORTED_URLS = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://..."
+
+
+async def open_index(url: str, **options: Any) -> CacheIndex:
+    """Open the index at ``url``; ``options`` go to the backend's ``open``.
+
+    ``sqlite`` takes ``busy_timeout``; ``postgresql``/``postgres`` take ``min_size``, ``max_size``,
+    ``connect_timeout`` and ``retries``; ``memory`` takes none. An unknown option is a TypeError
+    and an unknown scheme a ValueError; a backend that cannot be reached raises IndexUnavailable.
+    """
+    # Only the scheme ever goes into a message: the rest of a URL may hold a password.
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        if options:
+            raise TypeError(f"the memory index takes no options, got {sorted(options)}")
+        return MemoryIndex()
+    if scheme == "sqlite":
+        return await SqliteIndex.open(sqlite_path_from_url(url), **options)
+    if scheme in ("postgresql", "postgres"):
+        return await PostgresIndex.open(url, **options)
+    raise ValueError(f"unsupported cache index URL scheme {scheme!r}: use {SUPPORTED_URLS}")

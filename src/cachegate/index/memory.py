@@ -1,0 +1,64 @@
+"""The in-process cache index: plain dicts, for tests and single-process deployments.
+
+It states the shared rules (see the package docstring) in their plainest form, which is why the
+SQL backends' property test compares them against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
+
+
+class MemoryIndex:
+    """A ``CacheIndex`` held in this process; lost on restart, shared with no one.
+
+    Every method runs without awaiting anything, so on one event loop each call is atomic.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: dict[Scope, dict[bytes, IndexMatch]] = {}
+
+    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+        entries = self._scopes.get(scope)
+        if not entries:
+            return []
+        candidates = (entries.get(prefix_hash) for prefix_hash in dict.fromkeys(hashes))
+        return [match for match in candidates if match is not None and match.expires_at > now]
+
+    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+        for entry in entries:
+            scoped = self._scopes.setdefault(entry.scope, {})
+            stored = scoped.get(entry.prefix_hash)
+            if stored is not None and stored.expires_at > entry.expires_at:
+                scoped[entry.prefix_hash] = replace(stored, cumulative_tokens=entry.cumulative_tokens)
+            else:
+                scoped[entry.prefix_hash] = IndexMatch(
+                    prefix_hash=entry.prefix_hash,
+                    cumulative_tokens=entry.cumulative_tokens,
+                    ttl=entry.ttl,
+                    expires_at=entry.expires_at,
+                )
+
+    async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
+        for refresh in refreshes:
+            scoped = self._scopes.get(refresh.scope, {})
+            stored = scoped.get(refresh.prefix_hash)
+            if stored is not None and now < stored.expires_at < refresh.expires_at:
+                scoped[refresh.prefix_hash] = replace(stored, expires_at=refresh.expires_at)
+
+    async def sweep(self, now: float) -> int:
+        removed = 0
+        for scope, scoped in list(self._scopes.items()):
+            expired = [prefix_hash for prefix_hash, match in scoped.items() if match.expires_at <= now]
+            for prefix_hash in expired:
+                del scoped[prefix_hash]
+            removed += len(expired)
+            if not scoped:
+                del self._scopes[scope]
+        return removed
+
+    async def aclose(self) -> None:
+        self._scopes.clear()

@@ -1,0 +1,254 @@
+"""The shared cache index: one PostgreSQL table that every gateway replica reads and writes.
+
+Timestamps are stored as ``double precision`` Unix seconds, exactly the floats of the API: they
+round-trip bit for bit (``timestamptz`` would round to microseconds), and all comparisons use the
+caller's ``now``, never the server's ``now()``, so each replica's view of expiry follows its own
+request time, as with the other backends.
+
+Several replicas write, refresh and sweep the same rows at once, so two rules keep them from
+deadlocking each other: a batch locks its rows in one global order (sorted by key), and a sweep skips
+rows that somebody else holds locked rather than waiting for them.
+
+The index's sessions commit with ``synchronous_commit = off``: a commit no longer waits for the WAL
+flush (a few milliseconds on every write, on the response's path by SPEC §7.4), and is still visible
+to every other session at once. A server crash can lose the last fraction of a second of writes;
+for a cache that only costs discounts, the same trade as SQLite's ``synchronous = NORMAL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import asyncpg
+
+from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.index.base import IndexUnavailable
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+TABLE = "cache_index_entries"
+
+# Any constant works, as long as nothing else in the database takes the same advisory lock.
+_SCHEMA_LOCK_KEY = 0x6361636865676174  # b"cachegat"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    principal         TEXT             NOT NULL,
+    model             TEXT             NOT NULL,
+    tokenizer_version TEXT             NOT NULL,
+    prefix_hash       BYTEA            NOT NULL,
+    cumulative_tokens BIGINT           NOT NULL CHECK (cumulative_tokens >= 0),
+    ttl               TEXT             NOT NULL CHECK (ttl IN ('5m', '1h', '24h')),
+    expires_at        DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (principal, model, tokenizer_version, prefix_hash)
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at);
+"""
+
+_LOOKUP = f"""
+SELECT prefix_hash, cumulative_tokens, ttl, expires_at FROM {TABLE}
+WHERE principal = $1 AND model = $2 AND tokenizer_version = $3
+  AND prefix_hash = ANY($4::bytea[]) AND expires_at > $5
+"""
+
+_WRITE = f"""
+INSERT INTO {TABLE} AS stored
+    (principal, model, tokenizer_version, prefix_hash, cumulative_tokens, ttl, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
+    cumulative_tokens = EXCLUDED.cumulative_tokens,
+    ttl = CASE WHEN stored.expires_at > EXCLUDED.expires_at THEN stored.ttl ELSE EXCLUDED.ttl END,
+    expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+"""
+
+_REFRESH = f"""
+UPDATE {TABLE} SET expires_at = $5
+WHERE principal = $1 AND model = $2 AND tokenizer_version = $3 AND prefix_hash = $4
+  AND expires_at > $6 AND expires_at < $5
+"""
+
+_SWEEP = f"""
+DELETE FROM {TABLE} WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM {TABLE} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED
+))
+"""
+
+# Errors that say the connection, not the statement, failed: worth one more try on a fresh
+# connection (a server restart, a proxy that closed idle connections, a full connection table).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, ConnectionDoesNotExistError included
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    # A pooled connection the server closed while it sat idle can fail its next statement with
+    # "cannot switch to state N; another operation (2) is in progress" (MagicStack/asyncpg#1069).
+    asyncpg.InternalClientError,
+)
+# Everything else asyncpg raises: the statement failed, and would fail again.
+_QUERY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError,)
+
+_BACKOFF_SECONDS = 0.05
+
+_SESSION_SETTINGS = {"application_name": "cachegate-index", "synchronous_commit": "off"}
+
+
+class PostgresIndex:
+    """A ``CacheIndex`` in PostgreSQL, over an asyncpg connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool, *, retries: int = 1) -> None:
+        """Use ``PostgresIndex.open``, which also creates the table."""
+        self._pool = pool
+        self._retries = retries
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        retries: int = 1,
+    ) -> PostgresIndex:
+        """Connect a pool to ``dsn`` and create the table if it is missing.
+
+        ``retries`` is how many more times an operation is tried after a connection-class error.
+        Timeouts are never retried: by then the caller's deadline is mostly spent.
+        """
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                reset=_keep_session,
+                server_settings=_SESSION_SETTINGS,
+            )
+        except (*_CONNECTION_ERRORS, *_QUERY_ERRORS) as exc:
+            raise IndexUnavailable(f"cannot connect to the PostgreSQL cache index: {exc}") from exc
+        index = cls(pool, retries=retries)
+        try:
+            await index._call("create the schema", _create_schema)
+        except BaseException:
+            await pool.close()
+            raise
+        return index
+
+    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+        if not hashes:
+            return []
+        arguments = (scope.principal, scope.model, scope.tokenizer_version, list(hashes), now)
+        rows = await self._call("lookup", lambda connection: connection.fetch(_LOOKUP, *arguments))
+        return [
+            IndexMatch(
+                prefix_hash=row["prefix_hash"],
+                cumulative_tokens=row["cumulative_tokens"],
+                ttl=TtlTier(row["ttl"]),
+                expires_at=row["expires_at"],
+            )
+            for row in rows
+        ]
+
+    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+        if not entries:
+            return
+        # A stable sort keeps duplicates of one key in their order, so the batch means the same.
+        rows = [
+            (
+                entry.scope.principal,
+                entry.scope.model,
+                entry.scope.tokenizer_version,
+                entry.prefix_hash,
+                entry.cumulative_tokens,
+                entry.ttl.value,
+                entry.expires_at,
+            )
+            for entry in sorted(entries, key=lambda entry: _lock_order(entry.scope, entry.prefix_hash))
+        ]
+        # executemany: one pipelined round trip, atomic (asyncpg runs it as one transaction).
+        await self._call("write", lambda connection: connection.executemany(_WRITE, rows))
+
+    async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
+        if not refreshes:
+            return
+        ordered = sorted(refreshes, key=lambda refresh: _lock_order(refresh.scope, refresh.prefix_hash))
+        rows = [
+            (
+                refresh.scope.principal,
+                refresh.scope.model,
+                refresh.scope.tokenizer_version,
+                refresh.prefix_hash,
+                refresh.expires_at,
+                now,
+            )
+            for refresh in ordered
+        ]
+        await self._call("refresh", lambda connection: connection.executemany(_REFRESH, rows))
+
+    async def sweep(self, now: float) -> int:
+        status = await self._call("sweep", lambda connection: connection.execute(_SWEEP, now))
+        return int(status.rsplit(" ", 1)[1])  # "DELETE <count>"
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
+    async def _call(self, operation: str, run: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """Run ``run`` on a pooled connection; retry connection errors; raise only IndexUnavailable.
+
+        Every operation is safe to repeat (lookups read; writes, refreshes and sweeps reach the
+        same state when applied twice), so a retry after a commit whose answer was lost is harmless.
+        """
+        attempt = 0
+        while True:
+            if self._closed:
+                raise IndexUnavailable("the PostgreSQL cache index is closed")
+            try:
+                async with self._pool.acquire() as connection:
+                    return await run(connection)
+            except TimeoutError as exc:
+                raise IndexUnavailable(f"cache index {operation} timed out") from exc
+            except _CONNECTION_ERRORS as exc:
+                if attempt == self._retries:
+                    raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
+                logger.warning("cache index %s hit a connection error (%s); retrying", operation, exc)
+                await asyncio.sleep(_BACKOFF_SECONDS * 2**attempt * random.uniform(1.0, 2.0))
+                attempt += 1
+            except _QUERY_ERRORS as exc:
+                raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
+
+
+def _lock_order(scope: Scope, prefix_hash: bytes) -> tuple[str, str, str, bytes]:
+    return (scope.principal, scope.model, scope.tokenizer_version, prefix_hash)
+
+
+async def _create_schema(connection: asyncpg.Connection) -> None:
+    # Look first: CREATE ... IF NOT EXISTS needs CREATE rights even when the table is there, and a
+    # least-privileged runtime role should be able to use a table its administrator created.
+    if await connection.fetchval("SELECT to_regclass($1)", TABLE) is not None:
+        return
+    # Replicas starting together would otherwise race in CREATE ... IF NOT EXISTS, which is not
+    # atomic against a concurrent creation of the same table (duplicate key in pg_type).
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        await connection.execute(_SCHEMA)
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset hook, replacing asyncpg's default round trip (RESET ALL, UNLISTEN *, ...).
+
+    This index never leaves session state behind: no LISTEN, no session-level advisory locks, no
+    SET. asyncpg still rolls back a transaction left open (by a cancelled call) before this hook.
+    """

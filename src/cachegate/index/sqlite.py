@@ -1,0 +1,256 @@
+"""The embedded cache index: one SQLite file, the default when nothing else is configured.
+
+The hot path does a lookup per request, so the event loop must never wait on the file: one dedicated
+worker thread owns the only connection and runs every statement, in call order. That also serializes
+the process's writers, so SQLite's single-writer lock is only contended by other processes sharing
+the file; WAL mode lets their readers go on while one of them writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.index.base import IndexUnavailable
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; a later release migrates files whose version is lower."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_index_entries (
+    principal         TEXT    NOT NULL,
+    model             TEXT    NOT NULL,
+    tokenizer_version TEXT    NOT NULL,
+    prefix_hash       BLOB    NOT NULL,
+    cumulative_tokens INTEGER NOT NULL CHECK (cumulative_tokens >= 0),
+    ttl               TEXT    NOT NULL CHECK (ttl IN ('5m', '1h', '24h')),
+    expires_at        REAL    NOT NULL,
+    PRIMARY KEY (principal, model, tokenizer_version, prefix_hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_index_entries_expires_at ON cache_index_entries (expires_at);
+"""
+
+_LOOKUP = """
+SELECT prefix_hash, cumulative_tokens, ttl, expires_at FROM cache_index_entries
+WHERE principal = ? AND model = ? AND tokenizer_version = ? AND expires_at > ?
+  AND prefix_hash IN ({placeholders})
+"""
+
+# In DO UPDATE, bare column names are the stored row and every SET expression sees its old values.
+_WRITE = """
+INSERT INTO cache_index_entries
+    (principal, model, tokenizer_version, prefix_hash, cumulative_tokens, ttl, expires_at)
+VALUES (:principal, :model, :tokenizer_version, :prefix_hash, :cumulative_tokens, :ttl, :expires_at)
+ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
+    cumulative_tokens = excluded.cumulative_tokens,
+    ttl = CASE WHEN expires_at > excluded.expires_at THEN ttl ELSE excluded.ttl END,
+    expires_at = max(expires_at, excluded.expires_at)
+"""
+
+_REFRESH = """
+UPDATE cache_index_entries SET expires_at = :expires_at
+WHERE principal = :principal AND model = :model AND tokenizer_version = :tokenizer_version
+  AND prefix_hash = :prefix_hash AND expires_at > :now AND expires_at < :expires_at
+"""
+
+_SWEEP = "DELETE FROM cache_index_entries WHERE expires_at <= ?"
+
+# Far below SQLite's host-parameter limit (32766 since 3.32), and a lookup asks for at most
+# 4 breakpoints x 20 candidates anyway; larger requests are split within the same worker call.
+_LOOKUP_CHUNK = 500
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """The database path of a ``sqlite:///...`` URL.
+
+    Three slashes then a relative path (``sqlite:///data/index.db``, relative to the working
+    directory), four for an absolute one (``sqlite:////var/lib/cachegate/index.db``), and
+    ``sqlite:///:memory:`` for a private in-memory database. Percent-escapes are decoded.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL (scheme {parts.scheme!r})")
+    if parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            "a sqlite URL has the form sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = unquote(parts.path.removeprefix("/"))
+    if not path:
+        raise ValueError("the sqlite URL names no database file: use sqlite:///path/to/index.db")
+    return path
+
+
+class SqliteIndex:
+    """A ``CacheIndex`` in one SQLite file, shared by the processes that open the same file."""
+
+    def __init__(self, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+        """Use ``SqliteIndex.open``: the connection must belong to ``executor``'s only thread."""
+        self._executor = executor
+        self._connection = connection
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout: float = 5.0) -> SqliteIndex:
+        """Open (creating if needed) the index file at ``path``.
+
+        ``busy_timeout`` (seconds) is how long a statement waits for another process's write lock
+        before failing, which then surfaces as ``IndexUnavailable``.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-index-sqlite")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(
+                executor, _connect, path, busy_timeout
+            )
+        except BaseException as exc:
+            executor.shutdown(wait=False)
+            if isinstance(exc, sqlite3.Error):
+                raise IndexUnavailable(f"cannot open the SQLite cache index {path!r}: {exc}") from exc
+            raise
+        return cls(executor, connection)
+
+    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+        if not hashes:
+            return []
+        return await self._run(_lookup, scope, list(dict.fromkeys(hashes)), now)
+
+    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+        if not entries:
+            return
+        rows = [
+            {
+                "principal": entry.scope.principal,
+                "model": entry.scope.model,
+                "tokenizer_version": entry.scope.tokenizer_version,
+                "prefix_hash": entry.prefix_hash,
+                "cumulative_tokens": entry.cumulative_tokens,
+                "ttl": entry.ttl.value,
+                "expires_at": entry.expires_at,
+            }
+            for entry in entries
+        ]
+        await self._run(_execute_many, _WRITE, rows)
+
+    async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
+        if not refreshes:
+            return
+        rows = [
+            {
+                "principal": refresh.scope.principal,
+                "model": refresh.scope.model,
+                "tokenizer_version": refresh.scope.tokenizer_version,
+                "prefix_hash": refresh.prefix_hash,
+                "expires_at": refresh.expires_at,
+                "now": now,
+            }
+            for refresh in refreshes
+        ]
+        await self._run(_execute_many, _REFRESH, rows)
+
+    async def sweep(self, now: float) -> int:
+        return await self._run(_sweep, now)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _run(self, operation: Callable[..., _T], *args: object) -> _T:
+        """Run ``operation(connection, *args)`` on the worker thread, errors as ``IndexUnavailable``."""
+        if self._closed:
+            raise IndexUnavailable("the SQLite cache index is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, operation, self._connection, *args
+            )
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
+
+
+# Everything below runs on the worker thread.
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; _transaction() says where they are.
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        _ensure_schema(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _ensure_schema(connection: sqlite3.Connection) -> None:
+    with _transaction(connection):
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise IndexUnavailable(
+                f"the SQLite cache index has schema version {version}, written by a newer cachegate"
+                f" (this one knows version {SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            # Statement by statement: executescript() would commit the open transaction first.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), instead of failing
+    # halfway through when a read transaction cannot be upgraded.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if connection.in_transaction:  # some errors (SQLITE_FULL, ...) have rolled back already
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _lookup(
+    connection: sqlite3.Connection, scope: Scope, hashes: list[bytes], now: float
+) -> list[IndexMatch]:
+    matches: list[IndexMatch] = []
+    for start in range(0, len(hashes), _LOOKUP_CHUNK):
+        chunk = hashes[start : start + _LOOKUP_CHUNK]
+        statement = _LOOKUP.format(placeholders=", ".join("?" * len(chunk)))
+        rows = connection.execute(
+            statement, (scope.principal, scope.model, scope.tokenizer_version, now, *chunk)
+        )
+        matches.extend(
+            IndexMatch(
+                prefix_hash=prefix_hash,
+                cumulative_tokens=cumulative_tokens,
+                ttl=TtlTier(ttl),
+                expires_at=expires_at,
+            )
+            for prefix_hash, cumulative_tokens, ttl, expires_at in rows
+        )
+    return matches
+
+
+def _execute_many(connection: sqlite3.Connection, statement: str, rows: list[dict[str, object]]) -> None:
+    with _transaction(connection):
+        connection.executemany(statement, rows)
+
+
+def _sweep(connection: sqlite3.Connection, now: float) -> int:
+    with _transaction(connection):
+        return connection.execute(_SWEEP, (now,)).rowcount

@@ -1,0 +1,65 @@
+"""Fixtures of the cache index suites: a fresh, empty index of each backend.
+
+(This folder is a package so that pytest puts tests/ on sys.path, where the shared ``pg`` lives.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pg import pg_server, pg_url  # noqa: F401  (fixtures)
+
+from cachegate.index.base import CacheIndex
+from cachegate.index.factory import open_index
+from cachegate.index.postgres import TABLE
+
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+
+
+def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def _open_empty(url: str) -> CacheIndex:
+    """Open the index at ``url`` with no entries (and, for the SQL backends, no table yet)."""
+    if url.startswith(("postgresql:", "postgres:")):
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        finally:
+            await connection.close()
+    return await open_index(url)
+
+
+@pytest.fixture(params=["memory", "sqlite", POSTGRES])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _backend_url(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", POSTGRES])
+def sql_index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _backend_url(request, tmp_path)
+
+
+@pytest.fixture
+async def index(index_url: str) -> AsyncIterator[CacheIndex]:
+    """An empty index of every backend in turn."""
+    opened = await _open_empty(index_url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+async def sql_index(sql_index_url: str) -> AsyncIterator[CacheIndex]:
+    """An empty index of each backend that is not the in-memory reference."""
+    opened = await _open_empty(sql_index_url)
+    yield opened
+    await opened.aclose()
