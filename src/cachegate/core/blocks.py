@@ -1,0 +1,66 @@
+"""Blocks and prefix hashes (SPEC §4): what makes two prompts "the same prefix".
+
+One running SHA-256 is fed, per block, ``kind ‖ 0x00 ‖ canonical JSON``; a message's header
+(``header ‖ 0x00 ‖ canonical JSON``) is fed just before its first block, or is the whole block of
+a message with no parts and no tool calls. ``prefix_hashes[i]`` is the digest after block ``i``.
+
+The stream of fed bytes can be read back in only one way — kinds are fixed words, canonical
+JSON never contains a NUL byte and every JSON value is self-delimiting —, so equal digests mean
+equal prefixes, with the boundaries at the same places.
+
+Canonical JSON is the block's object without its own top-level ``cache_control``, keys sorted
+at every depth, compact, UTF-8 (``orjson`` with ``OPT_SORT_KEYS``): the key order and whitespace
+a client happens to send, and its markers, never change a hash. Bodies are expected as
+``orjson.loads`` gives them (string keys, integers within 64 bits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from cachegate.core.layout import MARKER_KEY, iter_sites, message_header
+from cachegate.core.markers import TtlPolicy, find_breakpoints
+from cachegate.core.types import BlockKind, BlockRef, ParsedPrompt
+
+_SEPARATOR: Final = b"\x00"
+_KIND_PREFIX: Final = {kind: kind.value.encode() + _SEPARATOR for kind in BlockKind}
+_HEADER_PREFIX: Final = _KIND_PREFIX[BlockKind.HEADER]
+
+
+def parse_prompt(body: Mapping[str, Any], policy: TtlPolicy) -> ParsedPrompt:
+    """The blocks, prefix hashes and breakpoints of a chat request.
+
+    Raises ``MarkerError`` exactly as ``markers.validate_markers`` does.
+    """
+    sites = list(iter_sites(body))
+    breakpoints = find_breakpoints(body, sites, policy)
+    hasher = hashlib.sha256()
+    hashes: list[bytes] = []
+    for kind, _, _, value, owner, first, _ in sites:
+        if first:
+            hasher.update(_HEADER_PREFIX)
+            hasher.update(_canonical(message_header(owner)))
+        if kind is not BlockKind.HEADER:
+            hasher.update(_KIND_PREFIX[kind])
+            hasher.update(_canonical(_without_marker(value)))
+        hashes.append(hasher.digest())  # digest() does not finalize: the hasher runs on
+    return ParsedPrompt(
+        blocks=tuple(BlockRef(kind, message, index) for kind, message, index, *_ in sites),
+        prefix_hashes=tuple(hashes),
+        breakpoints=breakpoints,
+    )
+
+
+def _canonical(value: Any) -> bytes:
+    """Compact JSON with keys sorted at every depth."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _without_marker(value: Any) -> Any:
+    if isinstance(value, dict) and MARKER_KEY in value:
+        return {key: item for key, item in value.items() if key != MARKER_KEY}
+    return value

@@ -1,0 +1,181 @@
+"""Server-sent events (SPEC §8 streams): framing a byte stream and editing one frame's JSON.
+
+Frames are passed on exactly as received, so the framer only finds where events end; the
+usage frame is the only one ever re-serialized. Line endings follow the SSE specification:
+CRLF, LF or a lone CR, mixed freely, and an event ends at an empty line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import orjson
+
+DONE_EVENT: Final = b"data: [DONE]\n\n"
+DEFAULT_MAX_EVENT_BYTES: Final = 1 << 20
+
+_LINE_END: Final = re.compile(rb"\r\n?|\n")
+_DONE: Final = b"[DONE]"
+_CR: Final = 0x0D
+
+
+class SseFrameTooLarge(ValueError):
+    """An event grew past the framer's limit: the stream is not SSE, or is abusive."""
+
+
+class SseFramer:
+    """Splits a byte stream into complete events, each with its terminating empty line.
+
+    ``feed`` scans only bytes it has not looked at yet. A CR at the very end of what has arrived
+    is held back until the next byte says whether it is a CRLF. Concatenating everything ``feed``
+    returns and then ``flush`` gives back the stream byte for byte. Stray empty lines between
+    events come out as events of their own (with no fields). An event larger than
+    ``max_event_bytes``, complete or not, raises ``SseFrameTooLarge``, whatever the chunking;
+    the framer is spent after it.
+    """
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max_event_bytes = max_event_bytes
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already split into lines
+        self._line_start = 0  # where the line being scanned starts
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._buffer and _is_one_lf_event(chunk):
+            self._check_size(len(chunk))
+            return [chunk]  # the common case: one whole event per network chunk
+        buffer = self._buffer
+        buffer += chunk
+        events: list[bytes] = []
+        event_start = 0
+        position = self._scanned
+        line_start = self._line_start
+        while True:
+            line_end = _LINE_END.search(buffer, position)
+            if line_end is None:
+                position = len(buffer)
+                break
+            start, end = line_end.span()
+            if end == len(buffer) and end - start == 1 and buffer[start] == _CR:
+                position = start  # may be the first half of a CRLF: wait for the next byte
+                break
+            if start == line_start:  # an empty line ends the event
+                self._check_size(end - event_start)
+                events.append(bytes(buffer[event_start:end]))
+                event_start = end
+            line_start = position = end
+        self._check_size(len(buffer) - event_start)
+        del buffer[:event_start]
+        self._scanned = position - event_start
+        self._line_start = line_start - event_start
+        return events
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an unterminated event), and reset."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = self._line_start = 0
+        return rest
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_event_bytes:
+            raise SseFrameTooLarge(f"SSE event larger than {self._max_event_bytes} bytes")
+
+
+def _is_one_lf_event(chunk: bytes) -> bool:
+    """Whether ``chunk`` is exactly one LF-framed event: its only empty line is its last."""
+    return (
+        chunk.endswith(b"\n\n")
+        and chunk.find(b"\n\n") == len(chunk) - 2
+        and not chunk.startswith(b"\n")
+        and b"\r" not in chunk
+    )
+
+
+def event_json(event: bytes) -> Any | None:
+    """The JSON payload of an event's data; None for ``[DONE]``, comments and anything not JSON."""
+    data = _event_data(event)
+    if data is None or data == _DONE:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def is_done(event: bytes) -> bool:
+    if _DONE not in event:
+        return False  # content frames, nearly all of a stream, are turned away by one scan
+    data = _event_data(event)
+    return data is not None and data.strip() == _DONE
+
+
+def replace_event_json(event: bytes, payload: Any) -> bytes:
+    """The event with its data replaced by ``payload`` as one ``data: …`` line.
+
+    Other fields (``event:``, ``id:``, comments) and every line ending are kept as they were.
+    """
+    data_line = b"data: " + orjson.dumps(payload)
+    lines = event.splitlines(keepends=True)
+    out: list[bytes] = []
+    replaced = False
+    for line in lines:
+        text = line.rstrip(b"\r\n")
+        if _field_name(text) != b"data":
+            out.append(line)
+        elif not replaced:
+            out.append(data_line + line[len(text) :])
+            replaced = True
+    if not replaced:
+        fields = len(out)
+        while fields and not out[fields - 1].rstrip(b"\r\n"):
+            fields -= 1
+        out.insert(fields, data_line + _line_ending(lines))
+    return b"".join(out)
+
+
+def data_event(payload: Any, crlf: bool = False) -> bytes:
+    """A new event carrying ``payload``."""
+    return b"data: " + orjson.dumps(payload) + (b"\r\n\r\n" if crlf else b"\n\n")
+
+
+def is_usage_frame(obj: Any) -> bool:
+    """The frame ``stream_options.include_usage`` produces: no choices, a usage object."""
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+def carries_usage(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("usage"), dict)
+
+
+def is_error_frame(obj: Any) -> bool:
+    """An upstream error reported inside the stream (``"error": null`` is not one)."""
+    return isinstance(obj, dict) and obj.get("error") is not None
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The event's data field: its ``data`` lines' values joined with LF; None when it has none."""
+    if event.startswith(b"data:"):  # fast path: a single data line, as nearly every engine sends
+        line = event.rstrip(b"\r\n")
+        if b"\n" not in line and b"\r" not in line:
+            return _data_value(line)
+    values = [_data_value(line) for line in event.splitlines() if _field_name(line) == b"data"]
+    return b"\n".join(values) if values else None
+
+
+def _field_name(line: bytes) -> bytes:
+    colon = line.find(b":")
+    return line if colon < 0 else line[:colon]
+
+
+def _data_value(line: bytes) -> bytes:
+    """The value of a ``data`` line: what follows ``data:``, less one optional leading space."""
+    value = line[5:]
+    return value[1:] if value.startswith(b" ") else value
+
+
+def _line_ending(lines: list[bytes]) -> bytes:
+    first = lines[0] if lines else b"\n"
+    ending = first[len(first.rstrip(b"\r\n")) :]
+    return ending or b"\n"
