@@ -1,0 +1,294 @@
+"""The chat request as vLLM hands it to a chat template, with optional marks at block ends.
+
+Counts must match the engine, so the request is prepared exactly as vLLM prepares it for a
+template whose content format is "string" (``vllm/entrypoints/chat_utils.py``):
+
+- each message keeps ``role`` and a string ``content``: the text parts joined with ``"\\n"``
+  (configurable), absent or null content as ``""``; image parts add no text (their cost is
+  counted separately); text/refusal parts whose text is null are skipped;
+- assistants keep ``tool_calls`` (an empty list is dropped), each call's ``function.arguments``
+  parsed from its JSON string (unparsable or missing arguments become ``{}``) and ``reasoning``
+  (also offered as ``reasoning_content``); tool messages keep ``tool_call_id``; a string
+  ``name`` is kept; every other message field is dropped;
+- tools take the shape of vLLM's validated model: ``{"type", "function": {"name",
+  "description", "parameters", …extra keys}, …extra keys}``, missing fields as null.
+
+Markers never reach the template: prepared messages are rebuilt from the fields above, and the
+``cache_control`` keys that are markers on tools and tool calls are removed (SPEC §3.4).
+
+A *mark* is a string placed at the end of one block's text, so the renderer can find where
+that block ends in the rendered prompt (see ``hf.py``):
+
+- a text part: the end of its text (string content is one text part);
+- a tool definition: the end of the last string *value* of its ``function`` object in JSON
+  serialisation order (usually the last ``required`` name or a description);
+- a tool call: the end of the last string value of its parsed ``arguments``, or of its
+  function ``name`` when the arguments hold no string.
+  Only what templates render is marked (a call's ``id`` or ``type`` often is not), and keys
+  never are: they are the structure templates navigate by (a marked ``"arguments"`` key would
+  hide the arguments). The closing JSON characters after the marked string, and for a call
+  whose arguments hold no string the arguments themselves, count with what follows.
+
+Blocks without text of their own (images, empty texts, header-only messages) take no mark:
+it would be their whole content, and templates test content for emptiness.
+
+With ``before_trailing_space`` a mark goes before the trailing whitespace of its string, for
+templates that ``trim`` text (the whitespace then counts with what follows).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachegate.core.types import BlockKind, BlockRef
+from cachegate.tokens.base import TokenCountError
+
+_MARKER_KEY = "cache_control"
+
+# Part type -> the key holding its text (vLLM's MM_PARSER_MAP for text-like parts).
+_TEXT_PART_KEYS = {
+    "text": "text",
+    "input_text": "text",
+    "output_text": "text",
+    "refusal": "refusal",
+    "thinking": "thinking",
+}
+_SKIPPED_WHEN_NULL = frozenset({"text", "refusal"})
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image_pil", "image_embeds"})
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChat:
+    """What the template receives."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+
+
+def prepare_chat(
+    body: Mapping[str, Any],
+    content_join: str,
+    marks: Mapping[BlockRef, str] | None = None,
+    before_trailing_space: bool = False,
+) -> PreparedChat:
+    """Prepare ``body`` for the template, placing ``marks`` at the ends of their blocks."""
+    marks = marks or {}
+    placer = _Placer(marks, before_trailing_space)
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list):
+        raise TokenCountError("the request has no messages list")
+    messages = [placer.message(i, message, content_join) for i, message in enumerate(raw_messages)]
+    raw_tools = body.get("tools")
+    tools: list[dict[str, Any]] | None = None
+    if raw_tools is not None:
+        if not isinstance(raw_tools, list):
+            raise TokenCountError("tools is not a list")
+        tools = [placer.tool(i, tool) for i, tool in enumerate(raw_tools)]
+    return PreparedChat(messages=messages, tools=tools)
+
+
+def _is_image_part(part: Any) -> bool:
+    """Whether a content part is an image (its cost is the configured tokens per image)."""
+    if not isinstance(part, Mapping):
+        return False
+    part_type = part.get("type")
+    if part_type is None:
+        return any(key in part for key in _IMAGE_PART_TYPES)
+    return part_type in _IMAGE_PART_TYPES
+
+
+def count_images(body: Mapping[str, Any]) -> int:
+    """The image parts of all messages."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(
+        _is_image_part(part) for message in messages if isinstance(message, Mapping) for part in _content_parts(message)
+    )
+
+
+def _part_text(part: Any) -> str | None:
+    """The text a content part contributes to the joined content; None if it adds none."""
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, Mapping):
+        raise TokenCountError("a content part is neither an object nor a string")
+    part_type = part.get("type")
+    key = _TEXT_PART_KEYS.get(part_type) if isinstance(part_type, str) else None
+    if key is not None:
+        text = part.get(key)
+        if text is None and part_type in _SKIPPED_WHEN_NULL:
+            return None
+        if not isinstance(text, str):
+            raise TokenCountError(f"a {part_type!r} content part has no text")
+        return text
+    if _is_image_part(part):
+        return None
+    # Audio, video, embeddings…: the engine's token cost for them is not known here.
+    kind = part_type if isinstance(part_type, str) and part_type.isidentifier() else "untyped"
+    raise TokenCountError(f"content parts of type {kind!r} cannot be counted")
+
+
+def _content_parts(message: Mapping[str, Any]) -> list[Any]:
+    """A message's content as parts: string content is one text part, absent content none."""
+    content = message.get("content")
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return content
+    raise TokenCountError("a message content is neither a string, a list nor null")
+
+
+class _Placer:
+    """Builds prepared messages and tools, putting each block's mark where its text ends."""
+
+    def __init__(self, marks: Mapping[BlockRef, str], before_trailing_space: bool) -> None:
+        self._marks = marks
+        self._before_trailing_space = before_trailing_space
+
+    def message(self, index: int, message: Any, content_join: str) -> dict[str, Any]:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise TokenCountError("a message is not an object with a string role")
+        role = message["role"]
+        prepared: dict[str, Any] = {"role": role, "content": self._content(index, message, content_join)}
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if calls is not None:
+                if not isinstance(calls, list):
+                    raise TokenCountError("tool_calls is not a list")
+                if calls:
+                    prepared["tool_calls"] = [self._tool_call(index, k, call) for k, call in enumerate(calls)]
+            reasoning = message.get("reasoning")
+            if reasoning is not None:
+                prepared["reasoning"] = reasoning
+                prepared["reasoning_content"] = reasoning
+        elif role == "tool" and "tool_call_id" in message:
+            prepared["tool_call_id"] = message["tool_call_id"]
+        if isinstance(message.get("name"), str):
+            prepared["name"] = message["name"]
+        return prepared
+
+    def tool(self, index: int, tool: Any) -> dict[str, Any]:
+        if not isinstance(tool, Mapping) or not isinstance(tool.get("function"), Mapping):
+            raise TokenCountError("a tool is not an object with a function")
+        function = tool["function"]
+        shaped_function = {
+            "name": function.get("name"),
+            "description": function.get("description"),
+            "parameters": function.get("parameters"),
+            **{k: v for k, v in function.items() if k not in ("name", "description", "parameters")},
+        }
+        return {
+            "type": tool.get("type", "function"),
+            "function": self._with_mark(BlockRef(BlockKind.TOOL, None, index), shaped_function, ()),
+            **{k: v for k, v in tool.items() if k not in ("type", "function", _MARKER_KEY)},
+        }
+
+    def _tool_call(self, message: int, index: int, call: Any) -> dict[str, Any]:
+        if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+            raise TokenCountError("a tool call is not an object with a function")
+        function = {**call["function"], "arguments": _parsed_arguments(call["function"].get("arguments"))}
+        prepared = {k: v for k, v in call.items() if k != _MARKER_KEY}
+        prepared["function"] = self._with_mark(BlockRef(BlockKind.TOOL_CALL, message, index), function, ("arguments",))
+        return prepared
+
+    def _content(self, index: int, message: Mapping[str, Any], content_join: str) -> str:
+        texts: list[str] = []
+        for j, part in enumerate(_content_parts(message)):
+            text = _part_text(part)
+            if text is not None:
+                mark = self._marks.get(BlockRef(BlockKind.PART, index, j))
+                texts.append(self._place(text, mark) if mark else text)
+        return content_join.join(texts)
+
+    def _with_mark(self, ref: BlockRef, function: dict[str, Any], preferred: tuple[str, ...]) -> dict[str, Any]:
+        """Mark the last string value of ``function``, looking inside the ``preferred`` keys first."""
+        mark = self._marks.get(ref)
+        if not mark:
+            return function
+        for key in (*preferred, None):
+            scope = function if key is None else {key: function.get(key)}
+            marked, found = self._with_mark_in_last_string(scope, mark)
+            if found:
+                return {**function, **marked}
+        raise TokenCountError(f"a {ref.kind.value} block has no string value to mark")
+
+    def _with_mark_in_last_string(self, value: Any, mark: str) -> tuple[Any, bool]:
+        if isinstance(value, str):
+            return self._place(value, mark), True
+        if isinstance(value, Mapping):
+            keys = list(value)
+            for key in reversed(keys):
+                marked, found = self._with_mark_in_last_string(value[key], mark)
+                if found:
+                    return {**value, key: marked}, True
+        elif isinstance(value, list):
+            for position in reversed(range(len(value))):
+                marked, found = self._with_mark_in_last_string(value[position], mark)
+                if found:
+                    return [*value[:position], marked, *value[position + 1 :]], True
+        return value, False
+
+    def _place(self, text: str, mark: str) -> str:
+        if not self._before_trailing_space:
+            return text + mark
+        kept = len(text.rstrip())
+        return text[:kept] + mark + text[kept:]
+
+
+def _parsed_arguments(arguments: Any) -> Any:
+    """vLLM hands templates the arguments as an object: parsed JSON, ``{}`` when that fails."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return {}
+    if isinstance(arguments, (dict, list)):
+        return arguments
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTraits:
+    """What a block brings to the rendering."""
+
+    has_text: bool  # text of its own reaches the template, so the block can be marked
+    is_image: bool
+
+
+def describe_blocks(body: Mapping[str, Any], refs: Sequence[BlockRef]) -> list[BlockTraits]:
+    """The traits of each block of ``refs``, checked against ``body``."""
+    messages = body.get("messages")
+    tools = body.get("tools")
+    traits: list[BlockTraits] = []
+    for ref in refs:
+        if ref.kind is BlockKind.TOOL:
+            if not isinstance(tools, list) or ref.index is None or not 0 <= ref.index < len(tools):
+                raise TokenCountError("a tool block does not match the request")
+            traits.append(BlockTraits(has_text=True, is_image=False))
+            continue
+        if not isinstance(messages, list) or ref.message is None or not 0 <= ref.message < len(messages):
+            raise TokenCountError("a message block does not match the request")
+        message = messages[ref.message]
+        if not isinstance(message, Mapping):
+            raise TokenCountError("a message is not an object")
+        if ref.kind is BlockKind.PART:
+            parts = _content_parts(message)
+            if ref.index is None or not 0 <= ref.index < len(parts):
+                raise TokenCountError("a content-part block does not match the request")
+            part = parts[ref.index]
+            traits.append(BlockTraits(has_text=bool(_part_text(part)), is_image=_is_image_part(part)))
+        elif ref.kind is BlockKind.TOOL_CALL:
+            calls = message.get("tool_calls")
+            if not isinstance(calls, list) or ref.index is None or not 0 <= ref.index < len(calls):
+                raise TokenCountError("a tool-call block does not match the request")
+            # vLLM passes tool calls of assistant messages only; others never reach the template.
+            traits.append(BlockTraits(has_text=message.get("role") == "assistant", is_image=False))
+        else:
+            traits.append(BlockTraits(has_text=False, is_image=False))
+    return traits

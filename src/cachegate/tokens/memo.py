@@ -1,0 +1,60 @@
+"""Memoized counts: a prefix already counted is not rendered and tokenized again (SPEC §5).
+
+The cumulative count at a block is memoized under ``(tokenizer_version, prefix_hash)``:
+equal prefix hashes mean equal prefixes, and the version pins the tokenizer, the template and
+the counting options, so a remembered count is the count the inner counter would give again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cachegate.core.types import ParsedPrompt
+from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+
+
+class MemoizedCounter:
+    """A ``TokenCounter`` that answers from memory when every asked-for prefix is known.
+
+    Then ``total`` is None: the rest of the prompt was not counted. When any asked-for block is
+    new, or no block is asked for (the caller wants the total), the inner counter counts the
+    whole request and every asked-for count is remembered. The memory is a bounded LRU.
+    Not thread-safe: it is used from the event loop only.
+    """
+
+    def __init__(self, inner: TokenCounter, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._inner = inner
+        self._max_entries = max_entries
+        self._memory: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+
+    @property
+    def tokenizer_version(self) -> str:
+        return self._inner.tokenizer_version
+
+    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
+        if any(not 0 <= block < len(prompt.prefix_hashes) for block in blocks):
+            raise TokenCountError("an asked-for block is not in the prompt")
+        version = self._inner.tokenizer_version
+        keys = {block: (version, prompt.prefix_hashes[block]) for block in blocks}
+        known = {block: self._memory[key] for block, key in keys.items() if key in self._memory}
+        if keys and len(known) == len(keys):
+            for key in keys.values():
+                self._memory.move_to_end(key)
+            return PromptCounts(cumulative=known, total=None)
+        counts = await self._inner.count(body, prompt, blocks)
+        for block, key in keys.items():
+            self._remember(key, counts.cumulative[block])
+        return counts
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def _remember(self, key: tuple[str, bytes], count: int) -> None:
+        self._memory[key] = count
+        self._memory.move_to_end(key)
+        while len(self._memory) > self._max_entries:
+            self._memory.popitem(last=False)

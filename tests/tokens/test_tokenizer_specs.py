@@ -1,0 +1,88 @@
+"""Counters from configuration, and the shipped files' integrity check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cachegate.tokens import shipped
+from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.hf import TokenizerLoadError
+from cachegate.tokens.memo import MemoizedCounter
+from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
+from cachegate.tokens.shipped import load_qwen3, qwen3_files
+
+
+def test_the_builtin_spec_builds_the_shipped_counter_memoized() -> None:
+    counter = build_counter(TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3"}))
+
+    assert isinstance(counter, MemoizedCounter)
+    assert isinstance(counter, TokenCounter)
+    assert counter.tokenizer_version == load_qwen3().tokenizer_version
+
+
+def test_builtin_options_give_another_version() -> None:
+    spec = TokenizerSpec.model_validate(
+        {"kind": "builtin", "name": "qwen3", "template_kwargs": {"enable_thinking": False}}
+    )
+
+    assert build_counter(spec).tokenizer_version != load_qwen3().tokenizer_version
+
+
+def test_an_hf_spec_loads_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer.json").write_bytes(qwen3_files().tokenizer_json)
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0].content }}", encoding="utf-8")
+    spec = TokenizerSpec.model_validate({"kind": "hf", "path": str(tmp_path), "content_join": " ", "image_tokens": 256})
+
+    counter = build_counter(spec)
+
+    assert isinstance(spec.root, HfTokenizerSpec)
+    assert counter.tokenizer_version.startswith("sha256:")
+
+
+def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> None:
+    spec = TokenizerSpec.model_validate({"kind": "hf", "path": str(tmp_path / "absent")})
+
+    with pytest.raises(TokenizerLoadError, match=r"absent/tokenizer\.json"):
+        build_counter(spec)
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [
+        ({"kind": "remote"}, "does not match any of the expected tags: 'builtin', 'hf'"),
+        ({"name": "qwen3"}, "Unable to extract tag using discriminator 'kind'"),
+        ({"kind": "builtin", "name": "llama3"}, "builtin.name\n  Input should be 'qwen3'"),
+        ({"kind": "hf"}, "hf.path\n  Field required"),
+        (
+            {"kind": "hf", "path": "/m", "image_tokens": -1},
+            "hf.image_tokens\n  Input should be greater than or equal to 0",
+        ),
+        ({"kind": "hf", "path": "/m", "tokenizer_dir": "/m"}, "hf.tokenizer_dir\n  Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_specs_say_what_is_wrong(raw: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TokenizerSpec.model_validate(raw)
+
+    assert complaint in str(raised.value)
+
+
+def test_specs_read_from_yaml_like_data_keep_their_options() -> None:
+    spec = TokenizerSpec.model_validate(json.loads('{"kind": "builtin", "name": "qwen3", "content_join": ""}'))
+
+    assert spec.root == BuiltinTokenizerSpec(kind="builtin", name="qwen3", content_join="")
+
+
+def test_the_shipped_files_are_verified_and_a_damaged_copy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shipped, "QWEN3_TOKENIZER_SHA256", "0" * 64)
+
+    with pytest.raises(TokenizerLoadError, match="shipped tokenizer file is damaged"):
+        qwen3_files.__wrapped__()
+
+
+def test_the_shipped_counter_is_loaded_once() -> None:
+    assert load_qwen3() is load_qwen3()

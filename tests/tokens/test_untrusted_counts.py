@@ -1,0 +1,146 @@
+"""When a count may be wrong it is refused (TokenCountError), never billed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cachegate.core.types import BlockKind, BlockRef, ParsedPrompt
+from cachegate.tokens import hf
+from cachegate.tokens.base import TokenCountError
+from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.shipped import qwen3_files
+
+PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
+
+BODY = {"messages": [{"role": "system", "content": "Rules."}, {"role": "user", "content": "Hello  "}]}
+
+
+def counter_with(template: str) -> HfTokenCounter:
+    files = qwen3_files()
+    return HfTokenCounter(files.tokenizer_json, template, files.special_tokens)
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        pytest.param(
+            "{{ raise_exception('System messages are not supported.') }}",
+            "chat template refused the request: System messages are not supported.",
+            id="template raises",
+        ),
+        pytest.param(
+            "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}",
+            "the chat template drops the text of an asked-for block",
+            id="system dropped",
+        ),
+        pytest.param(
+            "{% for m in messages %}{{ m.content }}{% if m.content == 'Rules.' %}!{% endif %}{% endfor %}",
+            "the chat template renders differently when block ends are marked",
+            id="mark changes the rendering",
+        ),
+        pytest.param(
+            "{% for m in messages %}{% if m.content | length > 7 %}{{ raise_exception('too long') }}{% endif %}"
+            "{{ m.content }}{% endfor %}",
+            "the chat template fails when block ends are marked",
+            id="mark makes the template fail",
+        ),
+        pytest.param(
+            "{{ messages[0].content + 1 }}",
+            "chat template failed: TypeError",
+            id="template error",
+        ),
+    ],
+)
+async def test_untrustworthy_renderings_are_refused(template: str, reason: str, prompt_of: PromptOf) -> None:
+    counter = counter_with(template)
+
+    with pytest.raises(TokenCountError) as raised:
+        await counter.count(BODY, prompt_of(BODY), [0, 1])
+
+    assert str(raised.value) == reason
+    await counter.aclose()
+
+
+def test_blocks_not_asked_for_may_be_left_out_by_the_template(prompt_of: PromptOf) -> None:
+    counter = counter_with("{% for m in messages %}{{ m.content }}|{% endfor %}")  # renders no tools
+    body = {**BODY, "tools": [{"type": "function", "function": {"name": "f", "description": "Does f."}}]}
+
+    rendering = counter.render(body, prompt_of(body), [2])
+
+    assert rendering.boundaries == {2: len("Rules.|Hello  ")}
+
+
+def test_a_block_rendered_twice_ends_its_prefix_where_the_next_block_begins(prompt_of: PromptOf) -> None:
+    counter = counter_with("{% for m in messages %}{{ m.content }}|{% endfor %}Remember: {{ messages[0].content }}")
+
+    rendering = counter.render(BODY, prompt_of(BODY), [0, 1])
+
+    assert rendering.text == "Rules.|Hello  |Remember: Rules."
+    assert rendering.boundaries == {0: len("Rules."), 1: len(rendering.text)}
+
+
+def test_a_template_that_trims_text_is_counted_with_marks_before_the_trailing_space(prompt_of: PromptOf) -> None:
+    counter = counter_with("{% for m in messages %}<{{ m.content | trim }}>{% endfor %}")
+
+    rendering = counter.render(BODY, prompt_of(BODY), [0, 1])
+
+    assert rendering.text == "<Rules.><Hello>"
+    assert rendering.boundaries == {0: len("<Rules."), 1: len("<Rules.><Hello")}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": ""}}]}]},
+            "content parts of type 'input_audio' cannot be counted",
+            id="audio",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "x \U0010fc00"}]},
+            "the prompt contains the character reserved for boundary marks",
+            id="reserved character",
+        ),
+        pytest.param(
+            {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}]},
+            "a tool call is not an object with a function",
+            id="tool call without function",
+        ),
+    ],
+)
+def test_requests_that_cannot_be_counted_are_refused(
+    body: dict[str, Any], reason: str, qwen3: HfTokenCounter, prompt_of: PromptOf
+) -> None:
+    with pytest.raises(TokenCountError) as raised:
+        qwen3.count_blocking(body, prompt_of(body), [0])
+
+    assert str(raised.value) == reason
+
+
+def test_blocks_that_do_not_match_the_request_are_refused(qwen3: HfTokenCounter) -> None:
+    prompt = ParsedPrompt(blocks=(BlockRef(BlockKind.PART, 5, 0),), prefix_hashes=(b"h",), breakpoints=())
+
+    with pytest.raises(TokenCountError, match="does not match the request"):
+        qwen3.count_blocking(BODY, prompt, [0])
+
+
+def test_an_asked_for_block_outside_the_prompt_is_refused(qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+    with pytest.raises(TokenCountError, match="not in the prompt"):
+        qwen3.count_blocking(BODY, prompt_of(BODY), [7])
+
+
+def test_an_unexpected_failure_is_still_a_token_count_error(
+    qwen3: HfTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(offsets: object) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(hf, "_TokenCuts", broken)
+
+    with pytest.raises(TokenCountError) as raised:
+        qwen3.count_blocking(BODY, prompt_of(BODY), [0])
+
+    assert str(raised.value) == "unexpected KeyError while counting"
