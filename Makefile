@@ -1,0 +1,35 @@
+# The two commands of the README. Each does all set-up on a fresh machine.
+#   make serve   run the gateway on the embedded default (SQLite, shipped Qwen3 tokenizer, fake upstream)
+#   make test    run the whole test suite (starts PostgreSQL if it is not running)
+#   make bench   the benchmark of issue #2 (fake upstream + gateway, numbers on stdout)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: serve test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/cachegate serve
+
+test: $(STAMP)
+	scripts/ensure-services.sh
+	$(BIN)/pytest; status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
+	  exit $$status
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) data build src/*.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,229 @@
+"""Benchmark: the gateway against the fake upstream, on a cache-hit steady state.
+
+Starts the fake upstream and the gateway as separate processes (the gateway pinned to core 0,
+the upstream and the load generator ``wrk`` on core 1), sends a ~8.5 KB chat body whose system
+prompt carries a 1h marker, and reports, for JSON and streaming (20 chunks) at concurrency 1
+and 32: requests/s, p50/p99 latency through the gateway and straight to the upstream, the
+added latency, and the gateway's CPU time per request (from /proc, user + system).
+
+    make bench                       # or: .venv/bin/python bench/bench.py --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cachegate.store.factory import open_store
+
+WRK_SCRIPT = """
+local body_file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = body_file:read("*a")
+body_file:close()
+wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
+local bad = 0
+function response(status, headers, body)
+  if status ~= 200 then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def chat_body(model: str, stream: bool, marked: bool) -> bytes:
+    rules = " ".join(f"Rule {i}: answer precisely, cite section {i % 17}, never invent facts." for i in range(118))
+    system: dict[str, Any] = {"type": "text", "text": f"You are the support assistant of ExampleCorp. {rules}"}
+    if marked:
+        system["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": [system]},
+            {"role": "user", "content": "How do I reset my password? Please answer in three short steps."},
+        ],
+        "max_tokens": 64,
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return json.dumps(body).encode()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: {url} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise SystemExit(f"bench: {url} did not come up in {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def wrk(url: str, body_file: Path, key: str, connections: int, seconds: int, script: Path) -> Run:
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_KEY": key}
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    return Run(
+        requests=result["requests"],
+        seconds=result["duration_us"] / 1e6,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        errors=result["errors"],
+    )
+
+
+async def create_key(store_url: str) -> str:
+    store = await open_store(store_url)
+    try:
+        await store.migrate()
+        principal = await store.create_principal("bench")
+        _, secret = await store.create_api_key(principal.id)
+        return secret
+    finally:
+        await store.aclose()
+
+
+def post(url: str, body: bytes, key: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json", "authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per cell (default 10)")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: '{tool}' is needed (Debian: apt-get install {tool})")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("bench: needs two cores (gateway on one, upstream and load on the other)")
+
+    cachegate = str(Path(sys.executable).with_name("cachegate"))
+    work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
+    upstream_port, gateway_port = free_port(), free_port()
+    config = work / "config.yaml"
+    config.write_text(
+        f"""
+data_dir: {work}
+endpoints:
+  - name: fake
+    base_url: http://127.0.0.1:{upstream_port}/v1
+models:
+  - alias: bench
+    endpoint: fake
+    upstream_model: qwen3-fake
+    input_price: "0.000001"
+    output_price: "0.000002"
+    cache: {{min_prefix_tokens: 1024}}
+"""
+    )
+    key = asyncio.run(create_key(f"sqlite:///{work / 'control.db'}"))
+    script = work / "bench.lua"
+    script.write_text(WRK_SCRIPT)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    upstream = subprocess.Popen(
+        ["taskset", "-c", "1", cachegate, "-c", str(config), "fake-upstream", "--port", str(upstream_port)], **quiet
+    )
+    gateway = subprocess.Popen(
+        ["taskset", "-c", "0", cachegate, "-c", str(config), "serve", "--port", str(gateway_port)], **quiet
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models", upstream)
+        wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
+        gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+
+        warm = chat_body("bench", stream=False, marked=True)
+        first = post(gateway_url, warm, key)["usage"]
+        second = post(gateway_url, warm, key)["usage"]
+        size = len(warm)
+        print(f"body: {size} bytes; first request wrote {first['cache_creation_input_tokens']} tokens, "
+              f"the second read {second['cache_read_input_tokens']} (prompt_tokens {second['prompt_tokens']})")
+        if second["cache_read_input_tokens"] == 0:
+            raise SystemExit("bench: the warm-up did not produce a cache hit")
+
+        header = f"{'mode':<7}{'conc':>5} | {'gw req/s':>9}{'gw p50':>9}{'gw p99':>9} | {'up req/s':>9}{'up p50':>9}{'up p99':>9} | {'added p50':>10}{'gw CPU/req':>11}{'errors':>8}"
+        print(header)
+        print("-" * len(header))
+        for stream in (False, True):
+            mode = "stream" if stream else "json"
+            gw_body, up_body = work / f"{mode}-gw.json", work / f"{mode}-up.json"
+            gw_body.write_bytes(chat_body("bench", stream, marked=True))
+            up_body.write_bytes(chat_body("qwen3-fake", stream, marked=False))
+            for connections in (1, 32):
+                direct = wrk(upstream_url, up_body, "", connections, args.duration, script)
+                before = cpu_seconds(gateway.pid)
+                through = wrk(gateway_url, gw_body, key, connections, args.duration, script)
+                cpu_ms = (cpu_seconds(gateway.pid) - before) / max(through.requests, 1) * 1000
+                print(
+                    f"{mode:<7}{connections:>5} | {through.rps:>9.0f}{through.p50_ms:>8.2f}m{through.p99_ms:>8.2f}m"
+                    f" | {direct.rps:>9.0f}{direct.p50_ms:>8.2f}m{direct.p99_ms:>8.2f}m"
+                    f" | {through.p50_ms - direct.p50_ms:>9.2f}m{cpu_ms:>10.3f}m{through.errors + direct.errors:>8}"
+                )
+        print("(m = milliseconds; gateway pinned to core 0, upstream and wrk to core 1)")
+    finally:
+        for process in (gateway, upstream):
+            process.send_signal(signal.SIGINT)
+        for process in (gateway, upstream):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

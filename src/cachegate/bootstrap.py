@@ -1,0 +1,76 @@
+"""Open the ports a configuration names and wire them into a Gateway.
+
+The configuration's endpoints and models (and a model's initial cache tariff) are seeded into
+the control store, which stays the source of truth at run time; the CLI edits the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachegate.config import DEMO_MODEL, Config, ModelConfig
+from cachegate.gateway.app import Gateway
+from cachegate.index.factory import open_index
+from cachegate.store.base import ControlStore, Endpoint, Model, NotFound
+from cachegate.store.factory import open_store
+from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.registry import build_counter
+from cachegate.upstream.aiohttp_client import AiohttpUpstream
+
+DEMO_PRINCIPAL = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAccess:
+    base_url: str
+    model: str
+    secret: str
+
+
+def build_counters(config: Config) -> dict[str, TokenCounter]:
+    return {name: build_counter(spec) for name, spec in config.tokenizers.items()}
+
+
+async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
+    """Open the store (migrated and seeded), the index and the upstream client."""
+    if config.store_url.startswith("sqlite") or config.index_url.startswith("sqlite"):
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(config.store_url)
+    try:
+        await store.migrate()
+        await seed_store(store, config)
+        index = await open_index(config.index_url)
+    except BaseException:
+        await store.aclose()
+        raise
+    upstream = AiohttpUpstream(
+        connect_timeout=config.deadlines.upstream_connect_seconds,
+        read_timeout=config.deadlines.upstream_read_seconds,
+    )
+    return Gateway(config, store, index, counters or build_counters(config), upstream)
+
+
+async def seed_store(store: ControlStore, config: Config) -> None:
+    for endpoint in config.endpoints:
+        await store.put_endpoint(Endpoint(endpoint.name, endpoint.base_url, endpoint.api_key))
+    models: list[ModelConfig] = list(config.models)
+    if config.demo.enabled:
+        await store.put_endpoint(Endpoint("demo", f"http://127.0.0.1:{config.demo.port}/v1", None))
+        models.append(DEMO_MODEL)
+    catalog = await store.load_catalog()
+    for model in models:
+        await store.put_model(
+            Model(model.alias, model.endpoint, model.upstream_model, model.tokenizer, model.input_price, model.output_price)
+        )
+        if model.cache is not None and not catalog.tariffs.get(model.alias):
+            await store.set_cache_tariff(model.alias, model.cache.to_tariff())
+
+
+async def create_demo_key(store: ControlStore, gateway_url: str) -> DemoAccess:
+    """A fresh key for the demo principal; the secret exists only in what this returns."""
+    try:
+        principal = await store.get_principal(DEMO_PRINCIPAL)
+    except NotFound:
+        principal = await store.create_principal(DEMO_PRINCIPAL)
+    _, secret = await store.create_api_key(principal.id)
+    return DemoAccess(base_url=f"{gateway_url}/v1", model=DEMO_MODEL.alias, secret=secret)

@@ -1,0 +1,156 @@
+"""The ``cachegate`` command: serve the gateway, run the fake upstream, manage the control store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+import uvloop
+
+from cachegate import admin
+from cachegate.bootstrap import build_counters, create_demo_key, open_gateway
+from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
+from cachegate.fake_upstream import start_fake_upstream
+from cachegate.store.base import StoreError
+from cachegate.store.factory import open_store
+
+log = logging.getLogger("cachegate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Admin commands (admin.register) set ``func``; the gateway's own commands set ``run``.
+    run = _admin if hasattr(args, "func") else getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config or os.environ.get(CONFIG_PATH_ENV))
+    except ConfigError as exc:
+        print(f"cachegate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(uvloop.run(run(args, config)))
+    except StoreError as exc:
+        print(f"cachegate: control store: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cachegate", description=__doc__)
+    parser.add_argument("--config", "-c", help=f"YAML config file (default: ${CONFIG_PATH_ENV}, else the embedded demo)")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="listen address (overrides the config)")
+    serve.add_argument("--port", type=int, help="listen port (overrides the config)")
+    serve.set_defaults(run=_serve)
+
+    fake = commands.add_parser("fake-upstream", help="run the built-in fake OpenAI-compatible upstream")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8081)
+    fake.add_argument("--tokenizer", default="qwen3", help="token counter (from the config) used for prompt_tokens")
+    fake.set_defaults(run=_fake_upstream)
+
+    migrate = commands.add_parser("migrate", help="create or update the control-store schema")
+    migrate.set_defaults(run=_migrate)
+
+    admin.register(commands)
+    return parser
+
+
+async def _serve(args: argparse.Namespace, config: Config) -> int:
+    host = args.host or config.listen.host
+    port = args.port if args.port is not None else config.listen.port
+    counters = build_counters(config)
+    fake_runner = None
+    if config.demo.enabled:
+        fake_runner, _ = await start_fake_upstream(counters["qwen3"], "127.0.0.1", config.demo.port)
+    gateway = await open_gateway(config, counters)
+    if config.demo.enabled:
+        access = await create_demo_key(gateway.store, f"http://{host}:{port}")
+        print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway,
+            host=host,
+            port=port,
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="info",
+        )
+    )
+    try:
+        await server.serve()
+    finally:
+        if fake_runner is not None:
+            await fake_runner.cleanup()
+    return 0
+
+
+async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
+    counters = build_counters(config)
+    if args.tokenizer not in counters:
+        print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
+        return 2
+    runner, port = await start_fake_upstream(counters[args.tokenizer], args.host, args.port)
+    print(f"fake upstream listening on http://{args.host}:{port}/v1", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+async def _migrate(args: argparse.Namespace, config: Config) -> int:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(config.store_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.aclose()
+    print("control store is up to date")
+    return 0
+
+
+async def _admin(args: argparse.Namespace, config: Config) -> int:
+    if config.store_url.startswith("sqlite"):
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(config.store_url)
+    try:
+        await store.migrate()
+        return int(await args.func(args, store))
+    finally:
+        await store.aclose()
+
+
+def _demo_banner(base_url: str, model: str, secret: str) -> str:
+    return f"""
+cachegate is starting on the embedded default (SQLite, Qwen3 token counts, the fake upstream).
+
+  base URL : {base_url}
+  model    : {model}
+  API key  : {secret}      (shown once; a new one is made at every demo start)
+
+  curl {base_url}/chat/completions \\
+    -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{model}", "messages": [{{"role": "system", "content": [{{"type": "text", "text": "<a long, stable system prompt>", "cache_control": {{"type": "ephemeral", "ttl": "1h"}}}}]}}, {{"role": "user", "content": "Hello"}}]}}'
+
+  python: OpenAI(base_url="{base_url}", api_key="{secret}").chat.completions.create(model="{model}", messages=...)
+  Prefixes under 1024 tokens (the demo tariff's floor) are not cached.
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Configuration: one YAML file plus ``CACHEGATE_*`` environment overrides, validated at start.
+
+Environment variables override file values; nested keys are joined with ``__``, e.g.
+``CACHEGATE_LISTEN__PORT=9000`` or ``CACHEGATE_CACHE_INDEX_URL=postgresql://…``. List values
+(``CACHEGATE_ACCEPTED_TTLS=5m,1h``) are comma-separated. A missing file means the embedded
+default: SQLite under ``data_dir``, the shipped Qwen3 counter and the built-in fake upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cachegate.core.types import CacheTariff, TtlTier
+from cachegate.tokens.registry import TokenizerSpec
+
+ENV_PREFIX = "CACHEGATE_"
+CONFIG_PATH_ENV = "CACHEGATE_CONFIG"  # names the file itself; not an override
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class Deadlines(_Strict):
+    classify_seconds: float = Field(5.0, gt=0)
+    commit_seconds: float = Field(30.0, gt=0)
+    upstream_connect_seconds: float = Field(10.0, gt=0)
+    upstream_read_seconds: float = Field(600.0, gt=0)
+
+
+class EndpointConfig(_Strict):
+    name: str
+    base_url: str
+    api_key: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class CacheTariffConfig(_Strict):
+    write_multiplier_5m: Decimal = Decimal("1.25")
+    write_multiplier_1h: Decimal = Decimal("2.0")
+    write_multiplier_24h: Decimal = Decimal("2.5")
+    read_multiplier: Decimal = Decimal("0.1")
+    min_prefix_tokens: int = Field(1024, ge=0)
+
+    def to_tariff(self) -> CacheTariff:
+        return CacheTariff(
+            write_multiplier_5m=str(self.write_multiplier_5m),
+            write_multiplier_1h=str(self.write_multiplier_1h),
+            write_multiplier_24h=str(self.write_multiplier_24h),
+            read_multiplier=str(self.read_multiplier),
+            min_prefix_tokens=self.min_prefix_tokens,
+        )
+
+
+class ModelConfig(_Strict):
+    alias: str
+    endpoint: str
+    upstream_model: str
+    tokenizer: str = "qwen3"
+    input_price: Decimal = Field(Decimal("0"), ge=0)
+    output_price: Decimal = Field(Decimal("0"), ge=0)
+    cache: CacheTariffConfig | None = None  # seeded into the store when the model has no tariff yet
+
+
+class Demo(_Strict):
+    """The built-in fake upstream, started in process for demos (the default with no config file)."""
+
+    enabled: bool = False
+    port: int = Field(8081, ge=0, le=65535)
+
+
+class Config(_Strict):
+    listen: Listen = Listen()
+    data_dir: Path = Path("data")
+    control_store_url: str | None = None  # default: sqlite under data_dir
+    cache_index_url: str | None = None  # default: sqlite under data_dir
+    accepted_ttls: tuple[TtlTier, ...] = (TtlTier.FIVE_MINUTES, TtlTier.ONE_HOUR)
+    body_limit_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    deadlines: Deadlines = Deadlines()
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+    catalog_refresh_seconds: float = Field(10.0, gt=0)
+    tokenizers: dict[str, TokenizerSpec] = Field(
+        default_factory=lambda: {"qwen3": TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3"})}
+    )
+    endpoints: tuple[EndpointConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    demo: Demo = Demo()
+
+    @field_validator("accepted_ttls", mode="before")
+    @classmethod
+    def _split_ttls(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("accepted_ttls")
+    @classmethod
+    def _nonempty(cls, value: tuple[TtlTier, ...]) -> tuple[TtlTier, ...]:
+        if not value:
+            raise ValueError("at least one TTL must be accepted")
+        if TtlTier.FIVE_MINUTES not in value:
+            raise ValueError("5m must be accepted: it is the TTL of a marker without one")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        endpoints = {e.name for e in self.endpoints}
+        if self.demo.enabled:
+            endpoints.add("demo")
+        for model in self.models:
+            if model.endpoint not in endpoints:
+                raise ValueError(f"model {model.alias!r} names unknown endpoint {model.endpoint!r}")
+            if model.tokenizer not in self.tokenizers:
+                raise ValueError(f"model {model.alias!r} names unknown tokenizer {model.tokenizer!r}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.control_store_url or f"sqlite:///{self.data_dir / 'control.db'}"
+
+    @property
+    def index_url(self) -> str:
+        return self.cache_index_url or f"sqlite:///{self.data_dir / 'cache-index.db'}"
+
+
+DEMO_MODEL = ModelConfig(
+    alias="demo",
+    endpoint="demo",
+    upstream_model="qwen3-fake",
+    tokenizer="qwen3",
+    input_price=Decimal("0.000001"),
+    output_price=Decimal("0.000002"),
+    cache=CacheTariffConfig(),
+)
+
+
+def embedded_default() -> dict[str, Any]:
+    """The configuration used when no file is given: everything local, the fake upstream as ``demo``."""
+    return {"demo": {"enabled": True}}
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (YAML), apply environment overrides, validate; raise ConfigError with every problem."""
+    raw: dict[str, Any]
+    if path is None:
+        raw = embedded_default()
+    else:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = loaded
+    _apply_env(raw, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[path[-1]] = value

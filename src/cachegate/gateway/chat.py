@@ -1,0 +1,172 @@
+"""POST /v1/chat/completions: the request flow of SPEC §2.
+
+Validate, strip the markers, start the classification concurrently, forward, and splice the
+usage into whichever response comes back: a JSON body here, an SSE stream in ``streaming``.
+The classification is awaited only when the usage is needed, so it never delays the upstream
+request or the first streamed byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cachegate.core.blocks import parse_prompt
+from cachegate.core.errors import MarkerError
+from cachegate.core.markers import strip_markers, validate_markers
+from cachegate.core.types import Scope
+from cachegate.gateway import metrics
+from cachegate.gateway.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Send,
+    media_type,
+    read_body,
+    send_bytes,
+    send_error,
+)
+from cachegate.gateway.exchange import Exchange
+from cachegate.gateway.streaming import relay_stream
+from cachegate.store.base import ApiKey
+from cachegate.upstream.base import UpstreamBroken, UpstreamRequest, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from cachegate.gateway.app import Gateway
+
+DEGRADED_HEADER = (b"x-cachegate-cache", b"degraded")
+
+
+async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any], receive: Receive, send: Send) -> int:
+    """Serve one chat completion; returns the status sent to the client."""
+    started_at = time.time()
+    started_perf = time.perf_counter()
+    try:
+        raw = await read_body(receive, gateway.config.body_limit_bytes)
+    except BodyTooLarge:
+        limit = gateway.config.body_limit_bytes
+        await send_error(send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large")
+        return 413
+    except ClientGone:
+        return 499
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        await send_error(send, 400, "request body is not valid JSON", "invalid_request_error", "invalid_json")
+        return 400
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        await send_error(send, 400, "request body must be a JSON object with a string 'model'", "invalid_request_error", "invalid_request", "model")
+        return 400
+
+    catalog = gateway.catalog.current
+    alias: str = body["model"]
+    model = catalog.models.get(alias)
+    endpoint = catalog.endpoints.get(model.endpoint) if model is not None else None
+    if model is None or endpoint is None:
+        await send_error(send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model")
+        return 404
+    tariff = catalog.tariff_at(alias, datetime.fromtimestamp(started_at, timezone.utc))
+
+    try:
+        prompt = parse_prompt(body, gateway.ttl_policy) if tariff is not None else None
+        if prompt is None:
+            validate_markers(body, gateway.ttl_policy)
+    except MarkerError as exc:
+        metrics.MARKERS_REJECTED.labels(reason=exc.reason).inc()
+        await send_error(send, 400, exc.message, "invalid_request_error", "invalid_cache_control", exc.param)
+        return 400
+
+    streaming = body.get("stream") is True
+    options = body.get("stream_options")
+    client_wants_usage = streaming and isinstance(options, dict) and options.get("include_usage") is True
+    changed = strip_markers(body)
+    if model.upstream_model != alias:
+        body["model"] = model.upstream_model
+        changed = True
+    if streaming and not client_wants_usage:
+        if isinstance(options, dict):
+            options["include_usage"] = True
+        else:
+            body["stream_options"] = {"include_usage": True}
+        changed = True
+    forward = orjson.dumps(body) if changed else raw
+
+    exchange = Exchange(
+        key=key,
+        model=model,
+        tariff=tariff,
+        streaming=streaming,
+        started_at=started_at,
+        started_perf=started_perf,
+        classify_deadline=gateway.config.deadlines.classify_seconds,
+        classifier=gateway.classifier,
+    )
+    if prompt is not None and tariff is not None and prompt.breakpoints:
+        counter = gateway.counters[model.tokenizer]
+        cache_scope = Scope(key.principal_id, alias, counter.tokenizer_version)
+        exchange.task = asyncio.create_task(
+            gateway.classifier.classify(cache_scope, prompt, body, tariff, counter, started_at)
+        )
+
+    request = UpstreamRequest(
+        "POST", f"{endpoint.base_url}/chat/completions", gateway.upstream_headers(scope, endpoint), forward
+    )
+    try:
+        response = await gateway.upstream.send(request)
+    except UpstreamUnavailable:
+        exchange.vetoed("upstream_unreachable")
+        await send_error(send, 502, f"the upstream for model '{alias}' is unreachable", "upstream_error", "upstream_unreachable")
+        exchange.status = 502
+        gateway.ledger.append(exchange.ledger_row())
+        return 502
+
+    exchange.status = response.status
+    try:
+        if media_type(response.headers) == b"text/event-stream":
+            await relay_stream(exchange, response, receive, send, client_wants_usage)
+        else:
+            await _relay_json(exchange, response, send)
+    finally:
+        response.release()
+        gateway.ledger.append(exchange.ledger_row())
+    return exchange.status
+
+
+async def _relay_json(exchange: Exchange, response: Any, send: Send) -> None:
+    try:
+        data: bytes = await response.read()
+    except UpstreamBroken:
+        exchange.vetoed("upstream_broken")
+        exchange.status = 502
+        await send_error(send, 502, "the upstream response broke off", "upstream_error", "upstream_broken")
+        return
+    headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    ok = 200 <= response.status < 300
+    kind = media_type(response.headers)
+    payload = _usage_payload(data) if ok and kind in (None, b"application/json") else None
+    if payload is None:
+        exchange.vetoed("non_2xx" if not ok else "no_usage")
+        await send_bytes(send, response.status, headers, data)
+        return
+    await exchange.apply_usage(payload["usage"])
+    await exchange.succeeded()  # read-your-writes: entries land before the body is sent (§7.4)
+    if exchange.degraded:
+        headers.append(DEGRADED_HEADER)
+    await send_bytes(send, response.status, headers, orjson.dumps(payload))
+
+
+def _usage_payload(data: bytes) -> dict[str, Any] | None:
+    """The parsed body if it is a JSON object carrying a usage object, else None (left untouched)."""
+    if b'"usage"' not in data:
+        return None
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+        return payload
+    return None

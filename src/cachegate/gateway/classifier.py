@@ -1,0 +1,120 @@
+"""The I/O around the pure classification (SPEC §6, §7): one index lookup, counting, the commit.
+
+``core.classify`` decides from plain inputs; this module fetches those inputs (the index
+lookup, the token counts) and carries out the decision (writes before the response's last
+byte, refreshes coalesced in the background). Every failure here degrades — the request is
+served with zeros and ``cache_degraded`` — and never fails the request (SPEC §11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from cachegate.core.classify import blocks_to_count, decide, deepest_hit, lookup_candidates
+from cachegate.core.types import CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh, Scope
+from cachegate.gateway import metrics
+from cachegate.index.base import CacheIndex, IndexUnavailable
+from cachegate.tokens.base import TokenCounter, TokenCountError
+
+log = logging.getLogger(__name__)
+
+
+class CacheClassifier:
+    def __init__(self, index: CacheIndex, commit_deadline: float, refresh_interval: float = 1.0) -> None:
+        self._index = index
+        self._commit_deadline = commit_deadline
+        self.refreshes = RefreshQueue(index, refresh_interval)
+
+    async def classify(
+        self,
+        scope: Scope,
+        prompt: ParsedPrompt,
+        body: Mapping[str, Any],
+        tariff: CacheTariff,
+        counter: TokenCounter,
+        now: float,
+    ) -> Classification:
+        if not prompt.breakpoints:
+            return Classification()
+        try:
+            matches = await self._index.lookup(scope, lookup_candidates(prompt), now)
+        except IndexUnavailable as exc:
+            metrics.DEGRADED.labels(reason="index").inc()
+            log.warning("cache index lookup failed, serving uncached: %s", exc)
+            return Classification.degraded_zeros()
+        hit = deepest_hit(prompt, matches)
+        needed = blocks_to_count(prompt, hit)
+        counts: Mapping[int, int] = {}
+        if needed:
+            try:
+                counts = (await counter.count(body, prompt, needed)).cumulative
+            except TokenCountError as exc:
+                metrics.DEGRADED.labels(reason="token_counter").inc()
+                log.warning("token count failed, serving uncached: %s", exc)
+                return Classification.degraded_zeros()
+        return decide(scope, prompt, hit, counts, tariff, now)
+
+    async def commit(self, writes: list[IndexEntry]) -> bool:
+        """Write new entries within the commit deadline; returns whether they landed."""
+        if not writes:
+            return True
+        try:
+            await asyncio.wait_for(self._index.write(writes, time.time()), self._commit_deadline)
+        except (IndexUnavailable, asyncio.TimeoutError) as exc:
+            metrics.COMMITS.labels(result="error").inc()
+            log.warning("cache index commit failed: %s", exc.__class__.__name__)
+            return False
+        metrics.COMMITS.labels(result="ok").inc()
+        return True
+
+
+class RefreshQueue:
+    """Expiry refreshes need no ordering (SPEC §7.4): coalesce them and write in batches."""
+
+    def __init__(self, index: CacheIndex, interval: float, max_pending: int = 50_000) -> None:
+        self._index = index
+        self._interval = interval
+        self._max_pending = max_pending
+        self._pending: dict[tuple[Scope, bytes], Refresh] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, refresh: Refresh) -> None:
+        key = (refresh.scope, refresh.prefix_hash)
+        known = self._pending.get(key)
+        if known is None or known.expires_at < refresh.expires_at:
+            if known is None and len(self._pending) >= self._max_pending:
+                metrics.REFRESHES_DROPPED.inc()
+                return
+            self._pending[key] = refresh
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="cachegate-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = list(self._pending.values()), {}
+        try:
+            await self._index.refresh(batch, time.time())
+        except IndexUnavailable as exc:
+            # Losing a refresh only shortens an entry's life: a cache, not a ledger.
+            log.warning("dropped %d cache refreshes: %s", len(batch), exc)
+            metrics.REFRESHES_DROPPED.inc(len(batch))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

@@ -1,0 +1,180 @@
+"""One chat request in flight: what the cache decided and what must happen when the response ends.
+
+Both response shapes (a JSON body, an SSE stream) reach the same three moments — the usage is
+needed, the response succeeded, the request is over — and this object is where the cache
+work for each moment lives, so the JSON and streaming paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from cachegate.core.pricing import price
+from cachegate.core.types import CacheStats, CacheTariff, Classification
+from cachegate.core.usage import scrub_usage, splice_usage, upstream_cached_tokens
+from cachegate.gateway import metrics
+from cachegate.gateway.classifier import CacheClassifier
+from cachegate.store.base import ApiKey, LedgerRow, Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Exchange:
+    key: ApiKey
+    model: Model
+    tariff: CacheTariff | None  # None: caching is off for this model
+    streaming: bool
+    started_at: float  # time.time() when the request arrived: tariffs and TTLs count from here
+    started_perf: float
+    classify_deadline: float
+    classifier: CacheClassifier
+    task: asyncio.Task[Classification] | None = None
+    classification: Classification | None = None
+    reported: CacheStats = field(default_factory=CacheStats)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    upstream_cached: int | None = None
+    status: int = 0
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.tariff is not None
+
+    @property
+    def degraded(self) -> bool:
+        return self.classification is not None and self.classification.degraded
+
+    async def classification_result(self) -> Classification:
+        """The classification, awaited only now that the usage is needed, within the deadline (§2.5)."""
+        if self.classification is not None:
+            return self.classification
+        if self.task is None:
+            self.classification = Classification()
+            return self.classification
+        remaining = self.classify_deadline - (time.perf_counter() - self.started_perf)
+        try:
+            if self.task.done():
+                self.classification = self.task.result()
+            else:
+                self.classification = await asyncio.wait_for(asyncio.shield(self.task), max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            self.task.cancel()
+            metrics.DEGRADED.labels(reason="deadline").inc()
+            log.warning("cache classification missed its deadline, serving uncached")
+            self.classification = Classification.degraded_zeros()
+        except Exception:  # noqa: BLE001 - a bug in classification must never fail the request (§11)
+            metrics.DEGRADED.labels(reason="error").inc()
+            log.exception("cache classification failed, serving uncached")
+            self.classification = Classification.degraded_zeros()
+        return self.classification
+
+    async def apply_usage(self, usage: dict[str, Any]) -> None:
+        """Write our cache fields into ``usage`` (or scrub the upstream's, for a model without caching)."""
+        self._record_counts(usage)
+        if not self.cache_enabled:
+            scrub_usage(usage)
+            return
+        classification = await self.classification_result()
+        before = classification.stats
+        self.reported = splice_usage(usage, before, degraded=classification.degraded)
+        if self.reported != before:
+            metrics.CAPPED.inc()
+
+    def apply_usage_if_ready(self, usage: dict[str, Any]) -> None:
+        """For frames that carry usage mid-stream: never wait; splice if decided, else scrub (§8)."""
+        self._record_counts(usage)
+        if self.cache_enabled and self.task is not None and self.task.done() and self.classification is None:
+            with contextlib.suppress(Exception):
+                self.classification = self.task.result()
+        if self.cache_enabled and (self.classification is not None or self.task is None):
+            classification = self.classification or Classification()
+            splice_usage(usage, classification.stats, degraded=classification.degraded)
+        else:
+            scrub_usage(usage)
+
+    async def succeeded(self) -> None:
+        """The response succeeded (§7.4): commit new entries now, before its last byte; queue the refresh."""
+        if self.classification is None:
+            return
+        if self.classification.writes:
+            await self.classifier.commit(self.classification.writes)
+        if self.classification.refresh is not None:
+            self.classifier.refreshes.add(self.classification.refresh)
+
+    def vetoed(self, reason: str) -> None:
+        """The response did not succeed: whatever the classification planned is dropped."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.classification is not None and self.classification.writes:
+            metrics.COMMITS_VETOED.labels(reason=reason).inc()
+
+    def ledger_row(self) -> LedgerRow:
+        cost: Decimal | None
+        list_cost: Decimal | None
+        cost, list_cost = price(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.reported,
+            self.model.input_price,
+            self.model.output_price,
+            self.tariff,
+        )
+        self._count_outcome()
+        return LedgerRow(
+            at=datetime.fromtimestamp(self.started_at, timezone.utc),
+            principal_id=self.key.principal_id,
+            key_id=self.key.id,
+            model=self.model.alias,
+            status=self.status,
+            streaming=self.streaming,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cache_read_tokens=self.reported.read,
+            cache_creation_5m_tokens=self.reported.creation_5m,
+            cache_creation_1h_tokens=self.reported.creation_1h,
+            cache_creation_24h_tokens=self.reported.creation_24h,
+            upstream_cached_tokens=self.upstream_cached,
+            cost=cost,
+            list_cost=list_cost,
+            latency_ms=(time.perf_counter() - self.started_perf) * 1000.0,
+            degraded=self.degraded,
+        )
+
+    def _record_counts(self, usage: dict[str, Any]) -> None:
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens = prompt
+        if isinstance(completion, int):
+            self.completion_tokens = completion
+        cached = upstream_cached_tokens(usage)
+        if cached is not None:
+            self.upstream_cached = cached
+
+    def _count_outcome(self) -> None:
+        if not self.cache_enabled:
+            return
+        stats = self.reported
+        if self.degraded:
+            outcome = "degraded"
+        elif stats.read and stats.creation:
+            outcome = "read_and_write"
+        elif stats.read:
+            outcome = "read"
+        elif stats.creation:
+            outcome = "write"
+        else:
+            outcome = "none"
+        metrics.CACHE_OUTCOMES.labels(outcome=outcome).inc()
+        if stats.read:
+            metrics.CACHE_TOKENS.labels(model=self.model.alias, kind="read").inc(stats.read)
+        if stats.creation:
+            metrics.CACHE_TOKENS.labels(model=self.model.alias, kind="creation").inc(stats.creation)

@@ -1,0 +1,33 @@
+"""Prometheus metrics. Labels are bounded: model labels carry configured aliases only, never raw
+client strings, and nothing here ever holds prompt text or secrets (SPEC §12)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "cachegate_requests_total", "Requests answered, by route kind and status class.", ["route", "status"]
+)
+CACHE_OUTCOMES = Counter(
+    "cachegate_cache_outcomes_total",
+    "Chat requests of cache-enabled models by what the cache did.",
+    ["outcome"],  # read | write | read_and_write | none | degraded
+)
+CACHE_TOKENS = Counter(
+    "cachegate_cache_tokens_total", "Tokens reported as cache read or creation.", ["model", "kind"]
+)
+DEGRADED = Counter("cachegate_cache_degraded_total", "Requests served uncached because of an outage.", ["reason"])
+MARKERS_REJECTED = Counter("cachegate_markers_rejected_total", "Requests refused for invalid markers.", ["reason"])
+COMMITS = Counter("cachegate_cache_commits_total", "Index commits after a successful response.", ["result"])
+COMMITS_VETOED = Counter(
+    "cachegate_cache_commits_vetoed_total", "Pending writes dropped because the response did not succeed.", ["reason"]
+)
+REFRESHES_DROPPED = Counter("cachegate_cache_refreshes_dropped_total", "Expiry refreshes lost to overload or outage.")
+CAPPED = Counter("cachegate_cache_split_capped_total", "Responses whose cache split was capped to prompt_tokens.")
+LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
+UPSTREAM_LATENCY = Histogram(
+    "cachegate_request_seconds",
+    "Time from request to the last byte, by route kind.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

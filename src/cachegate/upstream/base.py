@@ -1,0 +1,71 @@
+"""The upstream port: something that sends an HTTP request to an OpenAI-compatible server.
+
+Like httpx's transports, the thing that moves bytes is an interface: the gateway only sees a
+status, headers and an async iterator of body chunks, so tests can plug in an in-process one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class UpstreamError(Exception):
+    """Base of the upstream errors."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream could not be reached (connection refused, DNS, connect timeout): the client gets 502."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The upstream's response broke off mid-body (reset, truncated chunk, read timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@runtime_checkable
+class UpstreamResponse(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]  # lower-case names, hop-by-hop headers removed
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises UpstreamBroken if it breaks off."""
+
+    async def read(self) -> bytes:
+        """The whole body; raises UpstreamBroken if it breaks off."""
+
+    def release(self) -> None:
+        """Give the connection back (or drop it, if the body was not read to the end)."""
+
+
+@runtime_checkable
+class Upstream(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send the request and return once the status and headers have arrived."""
+
+    async def aclose(self) -> None: ...
+
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from harness import GatewayHarness
+from pg import pg_server  # noqa: F401 - a fixture
+
+from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.shipped import load_qwen3
+
+# Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
+# has a floor no test prompt reaches; "plain" has no cache tariff; "unreachable" points nowhere.
+TEST_CONFIG = {
+    "deadlines": {"classify_seconds": 1.0},
+    "models": [
+        {"alias": "cached", "endpoint": "fake", "upstream_model": "qwen3-fake", "cache": {"min_prefix_tokens": 64},
+         "input_price": "0.000001", "output_price": "0.000002"},
+        {"alias": "floored", "endpoint": "fake", "upstream_model": "qwen3-fake", "cache": {"min_prefix_tokens": 100000}},
+        {"alias": "plain", "endpoint": "fake", "upstream_model": "qwen3-fake"},
+        {"alias": "unreachable", "endpoint": "dead", "upstream_model": "qwen3-fake", "cache": {}},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def qwen3() -> TokenCounter:
+    return load_qwen3()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def gateway(request: pytest.FixtureRequest, qwen3: TokenCounter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
+    if request.param == "sqlite":
+        folder = tmp_path_factory.mktemp("gateway")
+        store_url, index_url = f"sqlite:///{folder}/control.db", f"sqlite:///{folder}/index.db"
+    else:
+        server = request.getfixturevalue("pg_server")
+        store_url, index_url = server.create_database(), server.create_database()
+    harness = GatewayHarness(qwen3, store_url, index_url, TEST_CONFIG).start()
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture(autouse=True)
+def _healthy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with the faults switched off, whatever the previous one did."""
+    yield
+    if "gateway" in request.fixturenames:
+        request.getfixturevalue("gateway").reset_faults()

@@ -1,0 +1,166 @@
+"""A real gateway and a real fake upstream on loopback ports, in a background event loop.
+
+Tests talk to it over real HTTP with the official SDKs, exactly as users do. The index and the
+token counter are wrapped in switchable faults so that the degraded paths can be driven.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import uvicorn
+import uvloop
+
+from cachegate.bootstrap import seed_store
+from cachegate.config import Config
+from cachegate.core.types import IndexEntry, IndexMatch, ParsedPrompt, Refresh, Scope
+from cachegate.fake_upstream import start_fake_upstream
+from cachegate.gateway.app import Gateway
+from cachegate.index.base import CacheIndex, IndexUnavailable
+from cachegate.index.factory import open_index
+from cachegate.store.factory import open_store
+from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+from cachegate.upstream.aiohttp_client import AiohttpUpstream
+
+T = TypeVar("T")
+
+
+class FaultyIndex:
+    """Delegates to a real index unless told to fail."""
+
+    def __init__(self, inner: CacheIndex) -> None:
+        self.inner = inner
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise IndexUnavailable("index switched off by the test")
+
+    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+        self._check()
+        return await self.inner.lookup(scope, hashes, now)
+
+    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+        self._check()
+        await self.inner.write(entries, now)
+
+    async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
+        self._check()
+        await self.inner.refresh(refreshes, now)
+
+    async def sweep(self, now: float) -> int:
+        self._check()
+        return await self.inner.sweep(now)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FaultyCounter:
+    """Delegates to a real counter unless told to fail or to be slow."""
+
+    def __init__(self, inner: TokenCounter) -> None:
+        self.inner = inner
+        self.failing = False
+        self.delay = 0.0
+
+    @property
+    def tokenizer_version(self) -> str:
+        return self.inner.tokenizer_version
+
+    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.failing:
+            raise TokenCountError("counter switched off by the test")
+        return await self.inner.count(body, prompt, blocks)
+
+    async def aclose(self) -> None:
+        """The inner counter is shared by the whole test session; it is not closed here."""
+
+
+@dataclass
+class Keys:
+    a: str
+    b: str
+    principal_a: str
+    principal_b: str
+
+
+class GatewayHarness:
+    def __init__(self, counter: TokenCounter, store_url: str, index_url: str, config: dict[str, Any]) -> None:
+        self._counter = counter
+        self._store_url = store_url
+        self._index_url = index_url
+        self._config = config
+        self._loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-harness", daemon=True)
+        self.base_url = ""
+        self.fake_url = ""
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> GatewayHarness:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        self.call(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> None:
+        self._fake_runner, fake_port = await start_fake_upstream(self._counter, "127.0.0.1", 0)
+        self.fake_url = f"http://127.0.0.1:{fake_port}"
+        raw = {
+            "control_store_url": self._store_url,
+            "cache_index_url": self._index_url,
+            "endpoints": [
+                {"name": "fake", "base_url": f"{self.fake_url}/v1"},
+                {"name": "dead", "base_url": "http://127.0.0.1:9/v1"},
+            ],
+            **self._config,
+        }
+        self.config = Config.model_validate(raw)
+        store = await open_store(self.config.store_url)
+        await store.migrate()
+        await seed_store(store, self.config)
+        self.index = FaultyIndex(await open_index(self.config.index_url))
+        self.counter = FaultyCounter(self._counter)
+        self.gateway = Gateway(self.config, store, self.index, {"qwen3": self.counter}, AiohttpUpstream())
+        a = await store.create_principal("tenant-a")
+        b = await store.create_principal("tenant-b")
+        _, secret_a = await store.create_api_key(a.id)
+        _, secret_b = await store.create_api_key(b.id)
+        self.keys = Keys(secret_a, secret_b, a.id, b.id)
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.gateway, loop="none", http="httptools", lifespan="on", log_level="warning")
+        )
+        self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+            await asyncio.sleep(0.01)
+
+    async def _stop(self) -> None:
+        self._server.should_exit = True
+        await self._serve_task
+        await self._fake_runner.cleanup()
+
+    def reset_faults(self) -> None:
+        self.index.down = False
+        self.counter.failing = False
+        self.counter.delay = 0.0
