@@ -19,6 +19,7 @@ from cachegate.core.sse import (
     is_done,
     is_error_frame,
     is_usage_frame,
+    may_carry_usage_or_error,
     replace_event_json,
 )
 
@@ -238,3 +239,39 @@ class TestBuildAndPredicates:
         assert not is_error_frame({"error": None, "choices": []})
         assert not is_error_frame({"choices": []})
         assert not is_error_frame(None)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        USAGE,
+        b'data: {"choices": [], "usage": {"prompt_tokens": 1}}\r\n\r\n',
+        b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}\n\n',
+        b'data: {"error":{"message":"boom"}}\n\n',
+        b'data: {"error": null}\n\n',
+    ],
+)
+def test_frames_with_usage_or_error_are_inspected(event: bytes) -> None:
+    assert may_carry_usage_or_error(event)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        DELTA,
+        b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n',
+        b'data: {"choices": [{"delta": {"content": "x"}}], "usage": null}\n\n',
+        b'data: {"choices":[{"delta":{"content":"say \\"usage\\": {1} and \\"error\\": 2"}}]}\n\n',
+        DONE_EVENT,
+    ],
+)
+def test_content_frames_are_not_inspected(event: bytes) -> None:
+    assert not may_carry_usage_or_error(event)
+
+
+@PROPERTY
+@given(st.dictionaries(st.sampled_from(["usage", "error", "choices", "id"]), st.none() | st.integers(0, 10**6) | st.dictionaries(st.text(max_size=3), st.integers(0, 10**6), max_size=2), max_size=4))
+def test_every_frame_that_carries_usage_or_error_is_inspected(frame: dict[str, Any]) -> None:
+    event = data_event(frame)
+    if carries_usage(frame) or "error" in frame:
+        assert may_carry_usage_or_error(event)

@@ -16,8 +16,10 @@ DONE_EVENT: Final = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT_BYTES: Final = 1 << 20
 
 _LINE_END: Final = re.compile(rb"\r\n?|\n")
+_USAGE_OR_ERROR: Final = re.compile(rb'"usage"\s*:\s*\{|"error"\s*:')
 _DONE: Final = b"[DONE]"
 _CR: Final = 0x0D
+_LF: Final = 0x0A
 
 
 class SseFrameTooLarge(ValueError):
@@ -42,9 +44,8 @@ class SseFramer:
         self._line_start = 0  # where the line being scanned starts
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if not self._buffer and _is_one_lf_event(chunk):
-            self._check_size(len(chunk))
-            return [chunk]  # the common case: one whole event per network chunk
+        if not self._buffer and b"\r" not in chunk:
+            return self._feed_lf(chunk)  # the common case: LF framing, whole events per chunk
         buffer = self._buffer
         buffer += chunk
         events: list[bytes] = []
@@ -71,6 +72,32 @@ class SseFramer:
         self._line_start = line_start - event_start
         return events
 
+    def _feed_lf(self, chunk: bytes) -> list[bytes]:
+        """``feed`` for an empty buffer and a chunk without CR: events end at ``\\n\\n``.
+
+        Byte searches instead of a line-by-line scan; an LF at an event's start is a stray empty
+        line, an event of its own, exactly as the line scanner has it. What is left over (the
+        start of an event) is buffered and scanned from its start by the next ``feed``.
+        """
+        events: list[bytes] = []
+        position, size = 0, len(chunk)
+        while position < size:
+            if chunk[position] == _LF:
+                events.append(chunk[position : position + 1])
+                position += 1
+                continue
+            end = chunk.find(b"\n\n", position)
+            if end < 0:
+                break
+            self._check_size(end + 2 - position)
+            events.append(chunk[position : end + 2])
+            position = end + 2
+        if position < size:
+            self._check_size(size - position)
+            self._buffer += chunk[position:]
+            self._scanned = self._line_start = 0
+        return events
+
     def flush(self) -> bytes:
         """What is left at the end of the stream (an unterminated event), and reset."""
         rest = bytes(self._buffer)
@@ -83,16 +110,6 @@ class SseFramer:
             raise SseFrameTooLarge(f"SSE event larger than {self._max_event_bytes} bytes")
 
 
-def _is_one_lf_event(chunk: bytes) -> bool:
-    """Whether ``chunk`` is exactly one LF-framed event: its only empty line is its last."""
-    return (
-        chunk.endswith(b"\n\n")
-        and chunk.find(b"\n\n") == len(chunk) - 2
-        and not chunk.startswith(b"\n")
-        and b"\r" not in chunk
-    )
-
-
 def event_json(event: bytes) -> Any | None:
     """The JSON payload of an event's data; None for ``[DONE]``, comments and anything not JSON."""
     data = _event_data(event)
@@ -102,6 +119,16 @@ def event_json(event: bytes) -> Any | None:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def may_carry_usage_or_error(event: bytes) -> bool:
+    """Whether the event may hold a usage object or an error: the only frames ever parsed.
+
+    Content frames, nearly all of a stream (with ``"usage": null`` on each when usage was asked
+    for), are turned away by one scan. Inside a JSON string the quotes are escaped, so text
+    that merely mentions ``"usage": {`` does not match.
+    """
+    return _USAGE_OR_ERROR.search(event) is not None
 
 
 def is_done(event: bytes) -> bool:

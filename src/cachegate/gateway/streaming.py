@@ -24,6 +24,7 @@ from cachegate.core.sse import (
     is_done,
     is_error_frame,
     is_usage_frame,
+    may_carry_usage_or_error,
     replace_event_json,
 )
 from cachegate.gateway.asgi import Receive, Send
@@ -81,7 +82,7 @@ async def relay_stream(
             await finish()
             await forward(event)
             return
-        if b"usage" not in event and b"error" not in event:
+        if not may_carry_usage_or_error(event):
             await forward(event)  # the hot path: content frames pass untouched
             return
         payload = event_json(event)
