@@ -88,6 +88,8 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
             http="httptools",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # client addresses are never used; skip the middleware
+            server_header=False,
             log_level="info",
         )
     )

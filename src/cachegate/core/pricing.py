@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import lru_cache
 
 from cachegate.core.types import CacheStats, CacheTariff
 from cachegate.core.usage import cap_stats
@@ -32,9 +33,15 @@ def price(
     uncached = prompt_tokens - split.read - split.creation
     input_units = (
         uncached
-        + split.read * Decimal(tariff.read_multiplier)
-        + split.creation_5m * Decimal(tariff.write_multiplier_5m)
-        + split.creation_1h * Decimal(tariff.write_multiplier_1h)
-        + split.creation_24h * Decimal(tariff.write_multiplier_24h)
+        + split.read * _decimal(tariff.read_multiplier)
+        + split.creation_5m * _decimal(tariff.write_multiplier_5m)
+        + split.creation_1h * _decimal(tariff.write_multiplier_1h)
+        + split.creation_24h * _decimal(tariff.write_multiplier_24h)
     )
     return input_units * input_price + output_cost, list_cost
+
+
+@lru_cache(maxsize=256)
+def _decimal(text: str) -> Decimal:
+    """Tariffs hold their multipliers as text; a request is priced with a handful of them."""
+    return Decimal(text)

@@ -127,11 +127,11 @@ class Gateway:
             key = await self.keys.resolve(bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key")))
         except AuthError as exc:
             await send_error(send, 401, str(exc), "invalid_request_error", "invalid_api_key")
-            metrics.REQUESTS.labels(route=route, status="4xx").inc()
+            metrics.labelled(metrics.REQUESTS, route, "4xx").inc()
             return
         except AuthUnavailable as exc:
             await send_error(send, 503, str(exc), "service_unavailable", "control_store_unavailable")
-            metrics.REQUESTS.labels(route=route, status="5xx").inc()
+            metrics.labelled(metrics.REQUESTS, route, "5xx").inc()
             return
         if route == "chat":
             status = await chat_completions(self, key, scope, receive, send)
@@ -139,8 +139,8 @@ class Gateway:
             status = await self._models(send)
         else:
             status = await proxy(self, scope, receive, send)
-        metrics.REQUESTS.labels(route=route, status=f"{status // 100}xx").inc()
-        metrics.UPSTREAM_LATENCY.labels(route=route).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.REQUESTS, route, f"{status // 100}xx").inc()
+        metrics.labelled(metrics.UPSTREAM_LATENCY, route).observe(time.perf_counter() - started)
 
     async def _models(self, send: Send) -> int:
         """The models a client may name: the catalog's aliases, not the upstreams' names."""

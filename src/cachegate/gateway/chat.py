@@ -76,7 +76,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         if prompt is None:
             validate_markers(body, gateway.ttl_policy)
     except MarkerError as exc:
-        metrics.MARKERS_REJECTED.labels(reason=exc.reason).inc()
+        metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
         await send_error(send, 400, exc.message, "invalid_request_error", "invalid_cache_control", exc.param)
         return 400
 

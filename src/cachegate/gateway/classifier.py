@@ -44,7 +44,7 @@ class CacheClassifier:
         try:
             matches = await self._index.lookup(scope, lookup_candidates(prompt), now)
         except IndexUnavailable as exc:
-            metrics.DEGRADED.labels(reason="index").inc()
+            metrics.labelled(metrics.DEGRADED, "index").inc()
             log.warning("cache index lookup failed, serving uncached: %s", exc)
             return Classification.degraded_zeros()
         hit = deepest_hit(prompt, matches)
@@ -54,7 +54,7 @@ class CacheClassifier:
             try:
                 counts = (await counter.count(body, prompt, needed)).cumulative
             except TokenCountError as exc:
-                metrics.DEGRADED.labels(reason="token_counter").inc()
+                metrics.labelled(metrics.DEGRADED, "token_counter").inc()
                 log.warning("token count failed, serving uncached: %s", exc)
                 return Classification.degraded_zeros()
         return decide(scope, prompt, hit, counts, tariff, now)
@@ -66,10 +66,10 @@ class CacheClassifier:
         try:
             await asyncio.wait_for(self._index.write(writes, time.time()), self._commit_deadline)
         except (IndexUnavailable, asyncio.TimeoutError) as exc:
-            metrics.COMMITS.labels(result="error").inc()
+            metrics.labelled(metrics.COMMITS, "error").inc()
             log.warning("cache index commit failed: %s", exc.__class__.__name__)
             return False
-        metrics.COMMITS.labels(result="ok").inc()
+        metrics.labelled(metrics.COMMITS, "ok").inc()
         return True
 
 

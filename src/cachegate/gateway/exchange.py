@@ -67,11 +67,11 @@ class Exchange:
                 self.classification = await asyncio.wait_for(asyncio.shield(self.task), max(remaining, 0.0))
         except asyncio.TimeoutError:
             self.task.cancel()
-            metrics.DEGRADED.labels(reason="deadline").inc()
+            metrics.labelled(metrics.DEGRADED, "deadline").inc()
             log.warning("cache classification missed its deadline, serving uncached")
             self.classification = Classification.degraded_zeros()
         except Exception:  # noqa: BLE001 - a bug in classification must never fail the request (§11)
-            metrics.DEGRADED.labels(reason="error").inc()
+            metrics.labelled(metrics.DEGRADED, "error").inc()
             log.exception("cache classification failed, serving uncached")
             self.classification = Classification.degraded_zeros()
         return self.classification
@@ -114,7 +114,7 @@ class Exchange:
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.classification is not None and self.classification.writes:
-            metrics.COMMITS_VETOED.labels(reason=reason).inc()
+            metrics.labelled(metrics.COMMITS_VETOED, reason).inc()
 
     def ledger_row(self) -> LedgerRow:
         cost: Decimal | None
@@ -173,8 +173,8 @@ class Exchange:
             outcome = "write"
         else:
             outcome = "none"
-        metrics.CACHE_OUTCOMES.labels(outcome=outcome).inc()
+        metrics.labelled(metrics.CACHE_OUTCOMES, outcome).inc()
         if stats.read:
-            metrics.CACHE_TOKENS.labels(model=self.model.alias, kind="read").inc(stats.read)
+            metrics.labelled(metrics.CACHE_TOKENS, self.model.alias, "read").inc(stats.read)
         if stats.creation:
-            metrics.CACHE_TOKENS.labels(model=self.model.alias, kind="creation").inc(stats.creation)
+            metrics.labelled(metrics.CACHE_TOKENS, self.model.alias, "creation").inc(stats.creation)

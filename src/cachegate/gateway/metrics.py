@@ -3,6 +3,9 @@ client strings, and nothing here ever holds prompt text or secrets (SPEC §12)."
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter(
@@ -31,3 +34,13 @@ UPSTREAM_LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+
+@functools.cache
+def labelled(metric: Counter | Histogram, *values: str) -> Any:
+    """The child of ``metric`` for these label values, resolved once.
+
+    ``labels()`` takes a lock and builds a key on every call (a few microseconds); label sets
+    here are bounded, so their children are kept.
+    """
+    return metric.labels(*values)

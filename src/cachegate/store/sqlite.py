@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
@@ -484,10 +485,14 @@ def _tariff_version(row: sqlite3.Row) -> TariffVersion:
     )
 
 
+_LEDGER_VALUES = attrgetter(*LEDGER_COLUMNS)
+_AT, _COST, _LIST_COST = (LEDGER_COLUMNS.index(name) for name in ("at", "cost", "list_cost"))
+
+
 def _ledger_record(row: LedgerRow) -> tuple[object, ...]:
-    """The row's values in LEDGER_COLUMNS order, as SQLite stores them."""
-    values: dict[str, object] = {name: getattr(row, name) for name in LEDGER_COLUMNS}
-    values["at"] = encode_timestamp(row.at)
-    values["cost"] = None if row.cost is None else decimal_text(check_amount(row.cost, "cost"))
-    values["list_cost"] = None if row.list_cost is None else decimal_text(check_amount(row.list_cost, "list_cost"))
-    return tuple(values[name] for name in LEDGER_COLUMNS)
+    """The row's values in LEDGER_COLUMNS order, as SQLite stores them (one per request: kept cheap)."""
+    values = list(_LEDGER_VALUES(row))
+    values[_AT] = encode_timestamp(row.at)
+    values[_COST] = None if row.cost is None else decimal_text(check_amount(row.cost, "cost"))
+    values[_LIST_COST] = None if row.list_cost is None else decimal_text(check_amount(row.list_cost, "list_cost"))
+    return tuple(values)
