@@ -12,10 +12,12 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 ``cached=N``        report ``prompt_tokens_details.cached_tokens = N`` like vLLM does
 ``chunk-usage``     attach usage to every streamed chunk, as some engines do
 ``chunks=N``        stream N content chunks (default 20)
+``pace=S``          wait S seconds between streamed chunks
 ``crlf``            frame the stream with CRLF line endings
+``set-cookie``      answer with a ``Set-Cookie`` header
 
-The last request body it received is served at ``GET /_fake/last-request`` (tests use it to
-check what the gateway forwarded).
+The last request it received is served at ``GET /_fake/last-request`` (the body) and
+``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class Behavior:
     cached_tokens: int | None = None
     chunk_usage: bool = False
     chunks: int = 20
+    pace: float = 0.0
     crlf: bool = False
+    set_cookie: bool = False
 
     @classmethod
     def parse(cls, header: str | None) -> Behavior:
@@ -73,8 +77,12 @@ class Behavior:
                 fields["chunk_usage"] = True
             elif name == "chunks":
                 fields["chunks"] = int(value)
+            elif name == "pace":
+                fields["pace"] = float(value)
             elif name == "crlf":
                 fields["crlf"] = True
+            elif name == "set-cookie":
+                fields["set_cookie"] = True
             elif name:
                 raise ValueError(f"unknown fake behavior {name!r}")
         return cls(**fields)
@@ -106,6 +114,7 @@ class FakeUpstream:
     def __init__(self, counter: TokenCounter) -> None:
         self._prompt = PromptCounter(counter)
         self.last_request: bytes = b""
+        self.last_headers: dict[str, str] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -113,6 +122,7 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/_fake/last-request", self._last_request)
+        app.router.add_get("/_fake/last-headers", self._last_headers)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -133,9 +143,13 @@ class FakeUpstream:
     async def _last_request(self, request: web.Request) -> web.Response:
         return web.Response(body=self.last_request, content_type="application/json")
 
+    async def _last_headers(self, request: web.Request) -> web.Response:
+        return _json(self.last_headers)
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.last_request = raw
+        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
         try:
             behavior = Behavior.parse(request.headers.get("x-fake-behavior"))
             body = orjson.loads(raw)
@@ -165,7 +179,10 @@ class FakeUpstream:
         }
         if behavior.usage:
             payload["usage"] = _usage(prompt_tokens, len(words), behavior.cached_tokens)
-        return _json(payload, status=behavior.status)
+        response = _json(payload, status=behavior.status)
+        if behavior.set_cookie:
+            response.set_cookie("upstream-session", uuid.uuid4().hex)
+        return response
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], behavior: Behavior, model: str, prompt_tokens: int
@@ -197,6 +214,8 @@ class FakeUpstream:
                 assert request.transport is not None
                 request.transport.abort()  # the client sees a broken chunked body
                 return response
+            if behavior.pace:
+                await asyncio.sleep(behavior.pace)
             delta = {"content": _WORDS[i % len(_WORDS)]}
             await response.write(frame([{"index": 0, "delta": delta, "finish_reason": None}], per_chunk))
         if behavior.error_frame:

@@ -11,7 +11,8 @@ from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.shipped import load_qwen3
 
 # Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
-# has a floor no test prompt reaches; "plain" has no cache tariff; "unreachable" points nowhere.
+# has a floor no test prompt reaches; "plain" has no cache tariff; "keyed" sends the endpoint's
+# own key upstream; "unreachable" points nowhere.
 TEST_CONFIG = {
     "deadlines": {"classify_seconds": 1.0},
     "models": [
@@ -19,6 +20,7 @@ TEST_CONFIG = {
          "input_price": "0.000001", "output_price": "0.000002"},
         {"alias": "floored", "endpoint": "fake", "upstream_model": "qwen3-fake", "cache": {"min_prefix_tokens": 100000}},
         {"alias": "plain", "endpoint": "fake", "upstream_model": "qwen3-fake"},
+        {"alias": "keyed", "endpoint": "fake-with-key", "upstream_model": "qwen3-fake"},
         {"alias": "unreachable", "endpoint": "dead", "upstream_model": "qwen3-fake", "cache": {}},
     ],
 }

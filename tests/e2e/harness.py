@@ -125,6 +125,8 @@ class GatewayHarness:
             "cache_index_url": self._index_url,
             "endpoints": [
                 {"name": "fake", "base_url": f"{self.fake_url}/v1"},
+                # By name, not address: HTTP clients keep cookies of named hosts only.
+                {"name": "fake-with-key", "base_url": f"http://localhost:{fake_port}/v1", "api_key": "upstream-secret"},
                 {"name": "dead", "base_url": "http://127.0.0.1:9/v1"},
             ],
             **self._config,

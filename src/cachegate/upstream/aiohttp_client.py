@@ -70,6 +70,9 @@ class AiohttpUpstream:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300),
                 timeout=self._timeout,
+                # One session serves every tenant: a cookie an upstream sets for one request must
+                # never ride along on another tenant's request (SPEC §12).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
