@@ -23,6 +23,7 @@ from cachegate.fake_upstream import start_fake_upstream
 from cachegate.gateway.app import Gateway
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.index.factory import open_index
+from cachegate.store.base import ApiKey, Catalog, ControlStore, LedgerRow, StoreUnavailable
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
 from cachegate.upstream.aiohttp_client import AiohttpUpstream
@@ -84,6 +85,33 @@ class FaultyCounter:
         """The inner counter is shared by the whole test session; it is not closed here."""
 
 
+class FaultyStore:
+    """Delegates to a real control store; while ``down``, what the gateway asks of it at run time fails."""
+
+    def __init__(self, inner: ControlStore) -> None:
+        self.inner = inner
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("control store switched off by the test")
+
+    async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
+        self._check()
+        return await self.inner.find_api_key(secret_hash)
+
+    async def load_catalog(self) -> Catalog:
+        self._check()
+        return await self.inner.load_catalog()
+
+    async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
+        self._check()
+        await self.inner.append_ledger(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @dataclass
 class Keys:
     a: str
@@ -135,9 +163,10 @@ class GatewayHarness:
         store = await open_store(self.config.store_url)
         await store.migrate()
         await seed_store(store, self.config)
+        self.store = FaultyStore(store)
         self.index = FaultyIndex(await open_index(self.config.index_url))
         self.counter = FaultyCounter(self._counter)
-        self.gateway = Gateway(self.config, store, self.index, {"qwen3": self.counter}, AiohttpUpstream())
+        self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, AiohttpUpstream())
         a = await store.create_principal("tenant-a")
         b = await store.create_principal("tenant-b")
         _, secret_a = await store.create_api_key(a.id)
@@ -163,6 +192,7 @@ class GatewayHarness:
         await self._fake_runner.cleanup()
 
     def reset_faults(self) -> None:
+        self.store.down = False
         self.index.down = False
         self.counter.failing = False
         self.counter.delay = 0.0
