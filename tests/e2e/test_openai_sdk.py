@@ -304,3 +304,19 @@ def test_other_paths_are_proxied(gateway: GatewayHarness) -> None:
     assert result.data[0].embedding == [0.0, 0.5, 1.0]
     models = {m.id for m in client(gateway).models.list()}
     assert {"cached", "plain", "floored"} <= models
+
+
+def test_our_prompt_count_equals_the_upstreams(gateway: GatewayHarness) -> None:
+    """The drift metric (SPEC §6.6): the fake upstream counts the forwarded body with the same
+    tokenizer and template, so any drift means markers or rewriting changed what is counted."""
+    import urllib.request
+
+    ask(gateway, conversation(system_text()))  # a write: the whole prompt is rendered and counted
+    with urllib.request.urlopen(f"{gateway.base_url}/metrics") as response:
+        lines = response.read().decode().splitlines()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith("cachegate_token_count_drift")}
+    count = values['cachegate_token_count_drift_tokens_count{model="cached"}']
+    assert count >= 1
+    # Integer drifts: none at or below -1, all at or below 0, so every one was exactly 0.
+    assert values['cachegate_token_count_drift_tokens_bucket{le="-1.0",model="cached"}'] == 0
+    assert values['cachegate_token_count_drift_tokens_bucket{le="0.0",model="cached"}'] == count

@@ -171,6 +171,7 @@ class Classification:
     writes: list[IndexEntry] = field(default_factory=list)
     refresh: Refresh | None = None
     degraded: bool = False  # zeros because of an outage, not because of the request (§11)
+    counted_total: int | None = None  # our count of the whole prompt, when it was rendered
 
     @classmethod
     def degraded_zeros(cls) -> Classification:

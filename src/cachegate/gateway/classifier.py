@@ -49,15 +49,17 @@ class CacheClassifier:
             return Classification.degraded_zeros()
         hit = deepest_hit(prompt, matches)
         needed = blocks_to_count(prompt, hit)
-        counts: Mapping[int, int] = {}
-        if needed:
-            try:
-                counts = (await counter.count(body, prompt, needed)).cumulative
-            except TokenCountError as exc:
-                metrics.labelled(metrics.DEGRADED, "token_counter").inc()
-                log.warning("token count failed, serving uncached: %s", exc)
-                return Classification.degraded_zeros()
-        return decide(scope, prompt, hit, counts, tariff, now)
+        if not needed:
+            return decide(scope, prompt, hit, {}, tariff, now)
+        try:
+            counts = await counter.count(body, prompt, needed)
+        except TokenCountError as exc:
+            metrics.labelled(metrics.DEGRADED, "token_counter").inc()
+            log.warning("token count failed, serving uncached: %s", exc)
+            return Classification.degraded_zeros()
+        classification = decide(scope, prompt, hit, counts.cumulative, tariff, now)
+        classification.counted_total = counts.total
+        return classification
 
     async def commit(self, writes: list[IndexEntry]) -> bool:
         """Write new entries within the commit deadline; returns whether they landed."""

@@ -83,6 +83,9 @@ class Exchange:
             scrub_usage(usage)
             return
         classification = await self.classification_result()
+        if classification.counted_total is not None and isinstance(usage.get("prompt_tokens"), int):
+            drift = classification.counted_total - usage["prompt_tokens"]
+            metrics.labelled(metrics.COUNT_DRIFT, self.model.alias).observe(drift)
         before = classification.stats
         self.reported = splice_usage(usage, before, degraded=classification.degraded)
         if self.reported != before:

@@ -27,6 +27,12 @@ COMMITS_VETOED = Counter(
 )
 REFRESHES_DROPPED = Counter("cachegate_cache_refreshes_dropped_total", "Expiry refreshes lost to overload or outage.")
 CAPPED = Counter("cachegate_cache_split_capped_total", "Responses whose cache split was capped to prompt_tokens.")
+COUNT_DRIFT = Histogram(
+    "cachegate_token_count_drift_tokens",
+    "Our count of a whole prompt minus the upstream's prompt_tokens (0 when the counts agree).",
+    ["model"],
+    buckets=(-500, -100, -50, -20, -5, -1, 0, 1, 5, 20, 50, 100, 500),
+)
 LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
 UPSTREAM_LATENCY = Histogram(
     "cachegate_request_seconds",
