@@ -6,6 +6,10 @@ prompt carries a 1h marker, and reports, for JSON and streaming (20 chunks) at c
 and 32: requests/s, p50/p99 latency through the gateway and straight to the upstream, the
 added latency, and the gateway's CPU time per request (from /proc, user + system).
 
+For reference it measures, in the same run and on the same core, a bare proxy (bench/
+bare_proxy.py: the same server and upstream client, JSON parsing and nothing else), so that
+what the machine costs can be told apart from what the cache layer costs.
+
     make bench                       # or: .venv/bin/python bench/bench.py --duration 10
 """
 
@@ -101,6 +105,26 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
     raise SystemExit(f"bench: {url} did not come up in {timeout} s")
 
 
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: the process for port {port} exited with code {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: nothing listens on port {port} after {timeout} s")
+
+
+def measure(url: str, body: Path, key: str, connections: int, seconds: int, script: Path, pid: int) -> tuple[Run, float]:
+    """A wrk run against ``url`` and the CPU milliseconds process ``pid`` spent per request."""
+    before = cpu_seconds(pid)
+    run = wrk(url, body, key, connections, seconds, script)
+    return run, (cpu_seconds(pid) - before) / max(run.requests, 1) * 1000
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -152,7 +176,7 @@ def main() -> int:
 
     cachegate = str(Path(sys.executable).with_name("cachegate"))
     work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
-    upstream_port, gateway_port = free_port(), free_port()
+    upstream_port, gateway_port, bare_port = free_port(), free_port(), free_port()
     config = work / "config.yaml"
     config.write_text(
         f"""
@@ -179,11 +203,18 @@ models:
     gateway = subprocess.Popen(
         ["taskset", "-c", "0", cachegate, "-c", str(config), "serve", "--port", str(gateway_port)], **quiet
     )
+    bare = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, str(Path(__file__).with_name("bare_proxy.py")),
+         f"http://127.0.0.1:{upstream_port}/v1", str(bare_port)],
+        **quiet,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models", upstream)
         wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
+        wait_port(bare_port, bare)
         gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
 
         warm = chat_body("bench", stream=False, marked=True)
         first = post(gateway_url, warm, key)["usage"]
@@ -194,7 +225,11 @@ models:
         if second["cache_read_input_tokens"] == 0:
             raise SystemExit("bench: the warm-up did not produce a cache hit")
 
-        header = f"{'mode':<7}{'conc':>5} | {'gw req/s':>9}{'gw p50':>9}{'gw p99':>9} | {'up req/s':>9}{'up p50':>9}{'up p99':>9} | {'added p50':>10}{'gw CPU/req':>11}{'errors':>8}"
+        header = (
+            f"{'mode':<7}{'conc':>5} | {'gw req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms':>8}"
+            f" | {'bare req/s':>10}{'p50 ms':>8}{'CPU ms':>8} | {'up req/s':>9}{'p50 ms':>8}"
+            f" | {'added p50 ms':>12} | {'errors':>6}"
+        )
         print(header)
         print("-" * len(header))
         for stream in (False, True):
@@ -204,19 +239,21 @@ models:
             up_body.write_bytes(chat_body("qwen3-fake", stream, marked=False))
             for connections in (1, 32):
                 direct = wrk(upstream_url, up_body, "", connections, args.duration, script)
-                before = cpu_seconds(gateway.pid)
-                through = wrk(gateway_url, gw_body, key, connections, args.duration, script)
-                cpu_ms = (cpu_seconds(gateway.pid) - before) / max(through.requests, 1) * 1000
+                reference, bare_cpu = measure(bare_url, up_body, "", connections, args.duration, script, bare.pid)
+                through, gw_cpu = measure(gateway_url, gw_body, key, connections, args.duration, script, gateway.pid)
+                errors = through.errors + reference.errors + direct.errors
                 print(
-                    f"{mode:<7}{connections:>5} | {through.rps:>9.0f}{through.p50_ms:>8.2f}m{through.p99_ms:>8.2f}m"
-                    f" | {direct.rps:>9.0f}{direct.p50_ms:>8.2f}m{direct.p99_ms:>8.2f}m"
-                    f" | {through.p50_ms - direct.p50_ms:>9.2f}m{cpu_ms:>10.3f}m{through.errors + direct.errors:>8}"
+                    f"{mode:<7}{connections:>5} | {through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{gw_cpu:>8.3f}"
+                    f" | {reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f} | {direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
+                    f" | {through.p50_ms - direct.p50_ms:>12.2f} | {errors:>6}"
                 )
-        print("(m = milliseconds; gateway pinned to core 0, upstream and wrk to core 1)")
+        print("gw = cachegate, bare = bare proxy (no cache work), up = the fake upstream directly;")
+        print("CPU ms = process CPU time (user + system) per request; gateway and bare proxy on core 0,")
+        print("upstream and wrk on core 1; added p50 = gateway p50 - upstream p50.")
     finally:
-        for process in (gateway, upstream):
+        for process in (gateway, bare, upstream):
             process.send_signal(signal.SIGINT)
-        for process in (gateway, upstream):
+        for process in (gateway, bare, upstream):
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
