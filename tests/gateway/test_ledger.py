@@ -1,0 +1,192 @@
+"""The ledger writer (SPEC §2.6, §10, §11): rows are written in batches off the request path, wait in a
+bounded buffer while the control store is down, and are written in order when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+
+from cachegate.gateway.ledger import LedgerWriter
+from cachegate.store.base import ControlStore
+
+from .doubles import GIVE_UP_AFTER, LedgerStore, eventually, ledger_row, metric
+
+DROPPED = "cachegate_ledger_rows_dropped_total"
+
+
+def writer_for(
+    store: LedgerStore, *, interval: float = 60.0, batch_size: int = 1000, max_buffered: int = 100_000
+) -> LedgerWriter:
+    return LedgerWriter(cast(ControlStore, store), interval, batch_size, max_buffered)
+
+
+def append(writer: LedgerWriter, *sequence: int) -> None:
+    for number in sequence:
+        writer.append(ledger_row(number))
+
+
+async def test_flush_writes_every_row_in_order_in_batches_of_batch_size() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, batch_size=2)
+    append(writer, 0, 1, 2, 3, 4)
+
+    assert await writer.flush() is True
+
+    assert [len(batch) for batch in store.batches] == [2, 2, 1]
+    assert store.written == [0, 1, 2, 3, 4]
+    assert writer.buffered == 0
+
+
+async def test_flush_of_an_empty_buffer_does_not_call_the_store() -> None:
+    store = LedgerStore()
+
+    assert await writer_for(store).flush() is True
+    assert store.calls == 0
+
+
+async def test_rows_wait_while_the_store_is_down_and_are_written_in_order_when_it_returns() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, batch_size=2)
+    append(writer, 0, 1, 2, 3, 4)
+    store.down = True
+
+    assert await writer.flush() is False
+    assert writer.buffered == 5
+
+    store.down = False
+    assert await writer.flush() is True
+    assert store.written == [0, 1, 2, 3, 4]
+
+
+async def test_an_outage_in_the_middle_of_a_flush_keeps_the_unwritten_rows_in_order() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, batch_size=2)
+    append(writer, 0, 1, 2, 3, 4)
+
+    def down_after_first_batch() -> None:
+        store.down = bool(store.batches)
+
+    store.before_write = down_after_first_batch
+    assert await writer.flush() is False
+    assert store.written == [0, 1]
+    assert writer.buffered == 3
+
+    store.before_write = None
+    store.down = False
+    append(writer, 5)
+    assert await writer.flush() is True
+    assert store.written == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_full_buffer_drops_the_oldest_rows_and_counts_them() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, max_buffered=3)
+    dropped_before = metric(DROPPED)
+
+    append(writer, 0, 1, 2, 3, 4)
+
+    assert writer.buffered == 3
+    assert metric(DROPPED) - dropped_before == 2
+    await writer.flush()
+    assert store.written == [2, 3, 4]
+
+
+async def test_rows_arriving_during_a_failed_write_push_out_the_oldest_of_the_failed_batch() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, batch_size=4, max_buffered=4)
+    append(writer, 0, 1, 2, 3)
+    dropped_before = metric(DROPPED)
+
+    def requests_arrive_then_the_write_fails() -> None:
+        append(writer, 4, 5)
+        store.down = True
+
+    store.before_write = requests_arrive_then_the_write_fails
+    assert await writer.flush() is False
+
+    assert writer.buffered == 4
+    assert metric(DROPPED) - dropped_before == 2
+    store.before_write = None
+    store.down = False
+    await writer.flush()
+    assert store.written == [2, 3, 4, 5]
+
+
+async def test_the_background_task_writes_appended_rows() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, interval=0.005)
+    writer.start()
+    try:
+        append(writer, 0, 1)
+        await eventually(lambda: store.written == [0, 1])
+    finally:
+        await writer.stop()
+
+
+async def test_the_background_task_keeps_rows_through_an_outage() -> None:
+    store = LedgerStore()
+    store.down = True
+    writer = writer_for(store, interval=0.005)
+    writer.start()
+    try:
+        append(writer, 0, 1)
+        await eventually(lambda: store.calls >= 3)
+        assert store.written == []
+        store.down = False
+        await eventually(lambda: store.written == [0, 1])
+    finally:
+        await writer.stop()
+
+
+async def test_stop_flushes_what_is_buffered() -> None:
+    store = LedgerStore()
+    writer = writer_for(store)
+    writer.start()
+    append(writer, 0, 1, 2)
+
+    await writer.stop()
+
+    assert store.written == [0, 1, 2]
+    assert writer.buffered == 0
+
+
+async def test_stop_with_the_store_down_keeps_the_rows_and_does_not_raise() -> None:
+    store = LedgerStore()
+    store.down = True
+    writer = writer_for(store)
+    writer.start()
+    append(writer, 0, 1, 2)
+
+    await writer.stop()
+
+    assert writer.buffered == 3
+
+
+async def test_stop_during_a_write_in_flight_loses_no_row() -> None:
+    store = LedgerStore()
+    store.gate = asyncio.Event()
+    writer = writer_for(store, interval=0.001)
+    writer.start()
+    append(writer, 0, 1)
+    await asyncio.wait_for(store.writing.wait(), GIVE_UP_AFTER)
+    asyncio.get_running_loop().call_later(0.01, store.gate.set)  # the slow write would have finished
+
+    await writer.stop()
+
+    assert sorted(store.written) == [0, 1]
+
+
+async def test_the_background_task_survives_an_unexpected_store_error() -> None:
+    store = LedgerStore()
+    store.failures = [ValueError("numeric field overflow")]
+    writer = writer_for(store, interval=0.005)
+    writer.start()
+    try:
+        append(writer, 0)
+        await eventually(lambda: store.calls >= 1)
+        append(writer, 1)
+        await eventually(lambda: 1 in store.written, timeout=0.5)
+    finally:
+        await writer.stop()
