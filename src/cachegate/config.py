@@ -58,10 +58,10 @@ class EndpointConfig(_Strict):
 
 
 class CacheTariffConfig(_Strict):
-    write_multiplier_5m: Decimal = Decimal("1.25")
-    write_multiplier_1h: Decimal = Decimal("2.0")
-    write_multiplier_24h: Decimal = Decimal("2.5")
-    read_multiplier: Decimal = Decimal("0.1")
+    write_multiplier_5m: Decimal = Field(Decimal("1.25"), ge=0, allow_inf_nan=False)
+    write_multiplier_1h: Decimal = Field(Decimal("2.0"), ge=0, allow_inf_nan=False)
+    write_multiplier_24h: Decimal = Field(Decimal("2.5"), ge=0, allow_inf_nan=False)
+    read_multiplier: Decimal = Field(Decimal("0.1"), ge=0, allow_inf_nan=False)
     min_prefix_tokens: int = Field(1024, ge=0)
 
     def to_tariff(self) -> CacheTariff:
@@ -124,10 +124,16 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        for kind, names in (("endpoint", [e.name for e in self.endpoints]), ("model", [m.alias for m in self.models])):
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"{kind} names must be unique: {', '.join(duplicates)} appear more than once")
         endpoints = {e.name for e in self.endpoints}
+        models = list(self.models)
         if self.demo.enabled:
-            endpoints.add("demo")
-        for model in self.models:
+            endpoints.add(DEMO_MODEL.endpoint)
+            models.append(DEMO_MODEL)
+        for model in models:
             if model.endpoint not in endpoints:
                 raise ValueError(f"model {model.alias!r} names unknown endpoint {model.endpoint!r}")
             if model.tokenizer not in self.tokenizers:
@@ -169,6 +175,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is None:

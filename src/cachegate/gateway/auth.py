@@ -36,7 +36,7 @@ def bearer_secret(authorization: bytes | None, x_api_key: bytes | None = None) -
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    if x_api_key:
+    if x_api_key and x_api_key.strip():
         return x_api_key.decode("latin-1").strip()
     raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
 

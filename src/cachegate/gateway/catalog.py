@@ -6,10 +6,9 @@ Routing and pricing never wait on the store: a failed reload keeps the last good
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
+from cachegate.gateway.periodic import Periodic
 from cachegate.store.base import Catalog, ControlStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -18,27 +17,20 @@ log = logging.getLogger(__name__)
 class CatalogCache:
     def __init__(self, store: ControlStore, refresh_seconds: float) -> None:
         self._store = store
-        self._refresh_seconds = refresh_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("catalog reload", refresh_seconds, self._reload)
         self.current = Catalog(endpoints={}, models={}, tariffs={})
 
     async def load(self) -> None:
         self.current = await self._store.load_catalog()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._reload_forever(), name="cachegate-catalog")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
 
-    async def _reload_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_seconds)
-            try:
-                await self.load()
-            except StoreError as exc:
-                log.warning("catalog reload failed, keeping the last one: %s", exc)
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+        except StoreError as exc:
+            log.warning("catalog reload failed, keeping the last one: %s", exc)

@@ -9,7 +9,6 @@ served with zeros and ``cache_degraded`` â€” and never fails the request (SPEC Â
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from typing import Any
 from cachegate.core.classify import blocks_to_count, decide, deepest_hit, lookup_candidates
 from cachegate.core.types import CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh, Scope
 from cachegate.gateway import metrics
+from cachegate.gateway.periodic import Periodic
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.tokens.base import TokenCounter, TokenCountError
 
@@ -67,7 +67,7 @@ class CacheClassifier:
             return True
         try:
             await asyncio.wait_for(self._index.write(writes, time.time()), self._commit_deadline)
-        except (IndexUnavailable, asyncio.TimeoutError) as exc:
+        except (IndexUnavailable, TimeoutError) as exc:
             metrics.labelled(metrics.COMMITS, "error").inc()
             log.warning("cache index commit failed: %s", exc.__class__.__name__)
             return False
@@ -80,10 +80,9 @@ class RefreshQueue:
 
     def __init__(self, index: CacheIndex, interval: float, max_pending: int = 50_000) -> None:
         self._index = index
-        self._interval = interval
         self._max_pending = max_pending
         self._pending: dict[tuple[Scope, bytes], Refresh] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("cache refresh", interval, self.flush)
 
     def add(self, refresh: Refresh) -> None:
         key = (refresh.scope, refresh.prefix_hash)
@@ -95,14 +94,10 @@ class RefreshQueue:
             self._pending[key] = refresh
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever(), name="cachegate-refresh")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
         await self.flush()
 
     async def flush(self) -> None:
@@ -115,8 +110,3 @@ class RefreshQueue:
             # Losing a refresh only shortens an entry's life: a cache, not a ledger.
             log.warning("dropped %d cache refreshes: %s", len(batch), exc)
             metrics.REFRESHES_DROPPED.inc(len(batch))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()

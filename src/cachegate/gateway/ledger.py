@@ -6,12 +6,11 @@ While the control store is down, rows wait in a bounded buffer and are written w
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import deque
 
 from cachegate.gateway import metrics
+from cachegate.gateway.periodic import Periodic
 from cachegate.store.base import ControlStore, LedgerRow, StoreError
 
 log = logging.getLogger(__name__)
@@ -22,11 +21,10 @@ class LedgerWriter:
         self, store: ControlStore, interval: float = 1.0, batch_size: int = 1000, max_buffered: int = 100_000
     ) -> None:
         self._store = store
-        self._interval = interval
         self._batch_size = batch_size
         self._rows: deque[LedgerRow] = deque()
         self._max_buffered = max_buffered
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("ledger flush", interval, self.flush)
 
     @property
     def buffered(self) -> int:
@@ -39,14 +37,10 @@ class LedgerWriter:
         self._rows.append(row)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever(), name="cachegate-ledger")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
         await self.flush()
 
     async def flush(self) -> bool:
@@ -62,9 +56,8 @@ class LedgerWriter:
                 metrics.LEDGER_DROPPED.inc(len(batch) - len(kept))
                 log.warning("ledger write failed, %d rows kept for later: %s", len(self._rows), exc)
                 return False
+            except Exception:
+                # Not an outage but rows the store refuses: retrying them would block every later row.
+                metrics.LEDGER_DROPPED.inc(len(batch))
+                log.exception("the store refused a ledger batch of %d rows; they are dropped", len(batch))
         return True
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
