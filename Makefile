@@ -1,6 +1,6 @@
 # The two commands of the README. Each does all set-up on a fresh machine.
 #   make serve   run the gateway on the embedded default (SQLite, shipped Qwen3 tokenizer, fake upstream)
-#   make test    run the whole test suite (starts PostgreSQL if it is not running)
+#   make test    lint, then run the whole test suite (starts PostgreSQL if it is not running)
 #   make bench   the benchmark of issue #2 (fake upstream + gateway, numbers on stdout)
 
 PYTHON ?= python3
@@ -22,6 +22,8 @@ serve: $(STAMP)
 	$(BIN)/cachegate serve
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	scripts/ensure-services.sh
 	$(BIN)/pytest; status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \

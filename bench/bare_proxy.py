@@ -46,8 +46,13 @@ class BareProxy:
         request["model"] = "qwen3-fake"
         async with self._session.post(self._url, data=orjson.dumps(request), headers=_UPSTREAM_HEADERS) as response:
             if request.get("stream"):
-                await send({"type": "http.response.start", "status": response.status,
-                            "headers": [(b"content-type", b"text/event-stream")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": [(b"content-type", b"text/event-stream")],
+                    }
+                )
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
@@ -55,16 +60,27 @@ class BareProxy:
             payload = orjson.loads(await response.read())
         payload["usage"]["cache_read_input_tokens"] = 0
         data = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_HEADERS, (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_HEADERS, (b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
 
 def main() -> None:
     upstream, port = sys.argv[1], int(sys.argv[2])
     config = uvicorn.Config(
-        BareProxy(upstream), port=port, loop="none", http="httptools", access_log=False,
-        proxy_headers=False, server_header=False, log_level="warning",
+        BareProxy(upstream),
+        port=port,
+        loop="none",
+        http="httptools",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
     )
     uvloop.run(uvicorn.Server(config).serve())
 

@@ -47,9 +47,10 @@ function response(status, headers, body)
   if status ~= 200 then bad = bad + 1 end
 end
 function done(summary, latency, requests)
+  local e = summary.errors
   io.write(string.format('{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "errors": %d}\\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
+    e.connect + e.read + e.write + e.status + e.timeout))
 end
 """
 
@@ -118,7 +119,9 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0
     raise SystemExit(f"bench: nothing listens on port {port} after {timeout} s")
 
 
-def measure(url: str, body: Path, key: str, connections: int, seconds: int, script: Path, pid: int) -> tuple[Run, float]:
+def measure(
+    url: str, body: Path, key: str, connections: int, seconds: int, script: Path, pid: int
+) -> tuple[Run, float]:
     """A wrk run against ``url`` and the CPU milliseconds process ``pid`` spent per request."""
     before = cpu_seconds(pid)
     run = wrk(url, body, key, connections, seconds, script)
@@ -133,7 +136,19 @@ def cpu_seconds(pid: int) -> float:
 
 def wrk(url: str, body_file: Path, key: str, connections: int, seconds: int, script: Path) -> Run:
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_KEY": key}
-    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    command = [
+        "taskset",
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
     return Run(
@@ -204,8 +219,15 @@ models:
         ["taskset", "-c", "0", cachegate, "-c", str(config), "serve", "--port", str(gateway_port)], **quiet
     )
     bare = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, str(Path(__file__).with_name("bare_proxy.py")),
-         f"http://127.0.0.1:{upstream_port}/v1", str(bare_port)],
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            str(Path(__file__).with_name("bare_proxy.py")),
+            f"http://127.0.0.1:{upstream_port}/v1",
+            str(bare_port),
+        ],
         **quiet,
     )
     try:
@@ -220,8 +242,10 @@ models:
         first = post(gateway_url, warm, key)["usage"]
         second = post(gateway_url, warm, key)["usage"]
         size = len(warm)
-        print(f"body: {size} bytes; first request wrote {first['cache_creation_input_tokens']} tokens, "
-              f"the second read {second['cache_read_input_tokens']} (prompt_tokens {second['prompt_tokens']})")
+        print(
+            f"body: {size} bytes; first request wrote {first['cache_creation_input_tokens']} tokens, "
+            f"the second read {second['cache_read_input_tokens']} (prompt_tokens {second['prompt_tokens']})"
+        )
         if second["cache_read_input_tokens"] == 0:
             raise SystemExit("bench: the warm-up did not produce a cache hit")
 
@@ -242,10 +266,13 @@ models:
                 reference, bare_cpu = measure(bare_url, up_body, "", connections, args.duration, script, bare.pid)
                 through, gw_cpu = measure(gateway_url, gw_body, key, connections, args.duration, script, gateway.pid)
                 errors = through.errors + reference.errors + direct.errors
+                gateway_cells = f"{through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{gw_cpu:>8.3f}"
+                bare_cells = f"{reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f}"
+                upstream_cells = f"{direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
+                added = through.p50_ms - direct.p50_ms
                 print(
-                    f"{mode:<7}{connections:>5} | {through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{gw_cpu:>8.3f}"
-                    f" | {reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f} | {direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
-                    f" | {through.p50_ms - direct.p50_ms:>12.2f} | {errors:>6}"
+                    f"{mode:<7}{connections:>5} | {gateway_cells} | {bare_cells} | {upstream_cells}"
+                    f" | {added:>12.2f} | {errors:>6}"
                 )
         print("gw = cachegate, bare = bare proxy (no cache work), up = the fake upstream directly;")
         print("CPU ms = process CPU time (user + system) per request; gateway and bare proxy on core 0,")

@@ -60,7 +60,14 @@ async def seed_store(store: ControlStore, config: Config) -> None:
     catalog = await store.load_catalog()
     for model in models:
         await store.put_model(
-            Model(model.alias, model.endpoint, model.upstream_model, model.tokenizer, model.input_price, model.output_price)
+            Model(
+                model.alias,
+                model.endpoint,
+                model.upstream_model,
+                model.tokenizer,
+                model.input_price,
+                model.output_price,
+            )
         )
         if model.cache is not None and not catalog.tariffs.get(model.alias):
             await store.set_cache_tariff(model.alias, model.cache.to_tariff())

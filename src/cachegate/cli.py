@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -47,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachegate", description=__doc__)
-    parser.add_argument("--config", "-c", help=f"YAML config file (default: ${CONFIG_PATH_ENV}, else the embedded demo)")
+    parser.add_argument(
+        "--config", "-c", help=f"YAML config file (default: ${CONFIG_PATH_ENV}, else the embedded demo)"
+    )
     commands = parser.add_subparsers(title="commands")
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -138,6 +141,10 @@ async def _admin(args: argparse.Namespace, config: Config) -> int:
 
 
 def _demo_banner(base_url: str, model: str, secret: str) -> str:
+    marker = {"type": "ephemeral", "ttl": "1h"}
+    system = {"type": "text", "text": "<a long, stable system prompt>", "cache_control": marker}
+    messages = [{"role": "system", "content": [system]}, {"role": "user", "content": "Hello"}]
+    payload = json.dumps({"model": model, "messages": messages})
     return f"""
 cachegate is starting on the embedded default (SQLite, Qwen3 token counts, the fake upstream).
 
@@ -147,7 +154,7 @@ cachegate is starting on the embedded default (SQLite, Qwen3 token counts, the f
 
   curl {base_url}/chat/completions \\
     -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
-    -d '{{"model": "{model}", "messages": [{{"role": "system", "content": [{{"type": "text", "text": "<a long, stable system prompt>", "cache_control": {{"type": "ephemeral", "ttl": "1h"}}}}]}}, {{"role": "user", "content": "Hello"}}]}}'
+    -d '{payload}'
 
   python: OpenAI(base_url="{base_url}", api_key="{secret}").chat.completions.create(model="{model}", messages=...)
   Prefixes under 1024 tokens (the demo tariff's floor) are not cached.

@@ -208,7 +208,9 @@ class FakeUpstream:
             return b"data: " + orjson.dumps(chunk) + newline + newline
 
         per_chunk = usage if behavior.chunk_usage else None
-        await response.write(frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], per_chunk))
+        await response.write(
+            frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], per_chunk)
+        )
         for i in range(behavior.chunks):
             if behavior.cut_after is not None and i == behavior.cut_after:
                 assert request.transport is not None
@@ -256,5 +258,5 @@ async def start_fake_upstream(counter: TokenCounter, host: str, port: int) -> tu
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else ()  # noqa: SLF001 - aiohttp exposes no public accessor
+    sockets = site._server.sockets if site._server else ()
     return runner, sockets[0].getsockname()[1] if sockets else port

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-
 POLICY = " ".join(f"Rule {i}: keep answers short, kind and exact." for i in range(150))
 MESSAGES = [
-    {"role": "system", "content": [{"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+    {
+        "role": "system",
+        "content": [{"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+    },
     {"role": "user", "content": "Hello"},
 ]
 
@@ -39,7 +41,11 @@ def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
     env["CACHEGATE_DEMO__PORT"] = str(free_port())
     process = subprocess.Popen(
         [sys.executable, "-m", "cachegate", "serve", "--port", str(port)],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     output = ""

@@ -230,7 +230,7 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cachegate.yaml"
     path.write_bytes(b"listen:\n  host: caf\xe9\n")  # Latin-1, as an old editor saves it
 
-    with pytest.raises(ConfigError, match="cachegate.yaml"):
+    with pytest.raises(ConfigError, match=r"cachegate\.yaml"):
         load_config(path, {})
 
 

@@ -41,9 +41,7 @@ def tool(name: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def tool_call(
-    call_id: str, name: str = "lookup", arguments: str = "{}", **fields: Any
-) -> dict[str, Any]:
+def tool_call(call_id: str, name: str = "lookup", arguments: str = "{}", **fields: Any) -> dict[str, Any]:
     return {
         "id": call_id,
         "type": "function",
@@ -124,9 +122,7 @@ any_markers = valid_markers | st.sampled_from(
 
 
 @st.composite
-def marked_bodies(
-    draw: st.DrawFn, marker_values: st.SearchStrategy[Any] = any_markers
-) -> dict[str, Any]:
+def marked_bodies(draw: st.DrawFn, marker_values: st.SearchStrategy[Any] = any_markers) -> dict[str, Any]:
     """A body with markers drawn from ``marker_values`` at random marker sites (top level too)."""
     body = draw(bodies)
     holders = [holder for _, holder in marker_holders(body)] + [body]

@@ -156,9 +156,7 @@ class TestBreakpoints:
         )
 
     def test_message_marker_on_a_header_only_message(self) -> None:
-        prompt = parse_prompt(
-            chat(msg("user", "u"), msg("assistant", None, cache_control=marker())), DEFAULT
-        )
+        prompt = parse_prompt(chat(msg("user", "u"), msg("assistant", None, cache_control=marker())), DEFAULT)
         assert prompt.breakpoints == (Breakpoint(1, TtlTier.FIVE_MINUTES),)
 
     def test_automatic_lands_on_the_last_block(self) -> None:
@@ -168,14 +166,10 @@ class TestBreakpoints:
             msg("assistant", "c"),
             cache_control=marker(),
         )
-        assert parse_prompt(body, DEFAULT).breakpoints == (
-            Breakpoint(3, TtlTier.FIVE_MINUTES, automatic=True),
-        )
+        assert parse_prompt(body, DEFAULT).breakpoints == (Breakpoint(3, TtlTier.FIVE_MINUTES, automatic=True),)
 
     def test_automatic_honours_its_ttl_and_combines_with_explicit(self) -> None:
-        body = chat(
-            msg("system", [text("s", marker("1h"))]), msg("user", "u"), cache_control=marker("1h")
-        )
+        body = chat(msg("system", [text("s", marker("1h"))]), msg("user", "u"), cache_control=marker("1h"))
         assert parse_prompt(body, DEFAULT).breakpoints == (
             Breakpoint(0, TtlTier.ONE_HOUR),
             Breakpoint(1, TtlTier.ONE_HOUR, automatic=True),
@@ -322,18 +316,14 @@ class TestHashes:
 
     def test_junk_content_stays_in_the_hash(self) -> None:
         assert hashes(chat(msg("user", 5))) != hashes(chat(msg("user", 6)))
-        assert hashes(chat({"role": "assistant", "tool_calls": {"x": 1}})) != hashes(
-            chat(msg("assistant", None))
-        )
+        assert hashes(chat({"role": "assistant", "tool_calls": {"x": 1}})) != hashes(chat(msg("assistant", None)))
 
     def test_a_message_that_is_not_an_object_is_hashed(self) -> None:
         assert hashes({"messages": ["a"]}) != hashes({"messages": ["b"]})
 
     @PROPERTY
     @given(st.text(), st.sampled_from(["system", "user", "assistant", "tool"]), bodies)
-    def test_string_content_hashes_like_one_text_part(
-        self, value: str, role: str, body: dict[str, Any]
-    ) -> None:
+    def test_string_content_hashes_like_one_text_part(self, value: str, role: str, body: dict[str, Any]) -> None:
         def ending_with(content: Any) -> ParsedPrompt:
             variant = copy.deepcopy(body)
             variant["messages"].append(msg(role, content))
@@ -356,9 +346,7 @@ class TestHashes:
 
     @PROPERTY
     @given(bodies, st.lists(messages, min_size=1, max_size=3))
-    def test_appending_never_changes_earlier_hashes(
-        self, body: dict[str, Any], more: list[dict[str, Any]]
-    ) -> None:
+    def test_appending_never_changes_earlier_hashes(self, body: dict[str, Any], more: list[dict[str, Any]]) -> None:
         before = hashes(body)
         body["messages"].extend(more)
         after = hashes(body)
@@ -367,17 +355,13 @@ class TestHashes:
 
     @PROPERTY
     @given(bodies, st.data())
-    def test_a_changed_block_changes_it_and_every_later_hash(
-        self, body: dict[str, Any], data: st.DataObject
-    ) -> None:
+    def test_a_changed_block_changes_it_and_every_later_hash(self, body: dict[str, Any], data: st.DataObject) -> None:
         prompt = parse_prompt(body, DEFAULT)
         block = data.draw(st.integers(0, len(prompt.blocks) - 1))
         mutate(body, prompt.blocks[block])
         changed = hashes(body)
         assert changed[:block] == prompt.prefix_hashes[:block]
-        assert all(
-            a != b for a, b in zip(changed[block:], prompt.prefix_hashes[block:], strict=True)
-        )
+        assert all(a != b for a, b in zip(changed[block:], prompt.prefix_hashes[block:], strict=True))
 
     @PROPERTY
     @given(bodies, st.data())
@@ -391,9 +375,7 @@ class TestHashes:
         first = next(block for block, ref in enumerate(prompt.blocks) if ref.message == m)
         changed = hashes(body)
         assert changed[:first] == prompt.prefix_hashes[:first]
-        assert all(
-            a != b for a, b in zip(changed[first:], prompt.prefix_hashes[first:], strict=True)
-        )
+        assert all(a != b for a, b in zip(changed[first:], prompt.prefix_hashes[first:], strict=True))
 
     @PROPERTY
     @given(
@@ -411,7 +393,5 @@ class TestHashes:
             },
         ),
     )
-    def test_request_parameters_are_not_hashed(
-        self, body: dict[str, Any], params: dict[str, Any]
-    ) -> None:
+    def test_request_parameters_are_not_hashed(self, body: dict[str, Any], params: dict[str, Any]) -> None:
         assert hashes({**body, **params}) == hashes(body)

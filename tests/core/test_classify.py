@@ -38,17 +38,12 @@ HOUR, FIVE_MINUTES = TtlTier.ONE_HOUR, TtlTier.FIVE_MINUTES
 
 def system_then_user() -> ParsedPrompt:
     """The reference classifier's request: a system block marked 1h, then user "hello"."""
-    return parse_prompt(
-        chat(msg("system", [text("static system", marker("1h"))]), msg("user", "hello")), DEFAULT
-    )
+    return parse_prompt(chat(msg("system", [text("static system", marker("1h"))]), msg("user", "hello")), DEFAULT)
 
 
 def conversation(blocks: int, marked: dict[int, str]) -> ParsedPrompt:
     """One text block per message; ``marked`` maps a block to its marker's TTL."""
-    parts = [
-        msg("user", [text(f"turn {i}", marker(marked[i]) if i in marked else None)])
-        for i in range(blocks)
-    ]
+    parts = [msg("user", [text(f"turn {i}", marker(marked[i]) if i in marked else None)]) for i in range(blocks)]
     return parse_prompt(chat(*parts), ALL_TTLS)
 
 
@@ -141,19 +136,14 @@ class TestDecide:
     def test_the_refresh_uses_the_stored_entrys_ttl(self) -> None:
         prompt = system_then_user()
         hit = Hit(0, match(prompt, 0, 1500, FIVE_MINUTES))
-        assert decide(SCOPE, prompt, hit, {}, TARIFF, NOW).refresh == Refresh(
-            SCOPE, prompt.prefix_hashes[0], NOW + 300
-        )
+        assert decide(SCOPE, prompt, hit, {}, TARIFF, NOW).refresh == Refresh(SCOPE, prompt.prefix_hashes[0], NOW + 300)
 
     def test_below_the_floor_is_nothing(self) -> None:
         assert decide(SCOPE, system_then_user(), None, {0: 500}, TARIFF, NOW) == Classification()
 
     def test_a_hit_below_the_floor_is_neither_read_nor_refreshed(self) -> None:
         prompt = system_then_user()
-        assert (
-            decide(SCOPE, prompt, Hit(0, match(prompt, 0, 500)), {}, TARIFF, NOW)
-            == Classification()
-        )
+        assert decide(SCOPE, prompt, Hit(0, match(prompt, 0, 500)), {}, TARIFF, NOW) == Classification()
 
     def test_the_floor_is_the_deepest_breakpoints_count(self) -> None:
         prompt = conversation(4, {1: "1h", 3: "5m"})
@@ -194,16 +184,8 @@ class TestDecide:
 
     def test_the_tariff_floor_is_honoured(self) -> None:
         prompt = system_then_user()
-        assert (
-            decide(SCOPE, prompt, None, {0: 1500}, CacheTariff(min_prefix_tokens=2048), NOW)
-            == Classification()
-        )
-        assert (
-            decide(
-                SCOPE, prompt, None, {0: 10}, CacheTariff(min_prefix_tokens=0), NOW
-            ).stats.creation_1h
-            == 10
-        )
+        assert decide(SCOPE, prompt, None, {0: 1500}, CacheTariff(min_prefix_tokens=2048), NOW) == Classification()
+        assert decide(SCOPE, prompt, None, {0: 10}, CacheTariff(min_prefix_tokens=0), NOW).stats.creation_1h == 10
 
     @PROPERTY
     @given(st.data())
@@ -214,11 +196,7 @@ class TestDecide:
         steps = data.draw(st.lists(st.integers(0, 2000), min_size=size, max_size=size))
         cumulative = [sum(steps[: i + 1]) for i in range(size)]
         hit_block = data.draw(st.none() | st.integers(0, max(marked)))
-        hit = (
-            None
-            if hit_block is None
-            else Hit(hit_block, match(prompt, hit_block, cumulative[hit_block]))
-        )
+        hit = None if hit_block is None else Hit(hit_block, match(prompt, hit_block, cumulative[hit_block]))
         counts = {block: cumulative[block] for block in blocks_to_count(prompt, hit)}
         result = decide(SCOPE, prompt, hit, counts, TARIFF, NOW)
         deepest = cumulative[max(marked)]

@@ -44,9 +44,7 @@ class TestGrammar:
 
     def test_ttl_defaults_to_the_policy_default(self) -> None:
         assert parse_marker(marker(), DEFAULT, "p") is TtlTier.FIVE_MINUTES
-        assert (
-            parse_marker({"type": "ephemeral", "ttl": None}, DEFAULT, "p") is TtlTier.FIVE_MINUTES
-        )
+        assert parse_marker({"type": "ephemeral", "ttl": None}, DEFAULT, "p") is TtlTier.FIVE_MINUTES
         hourly = TtlPolicy(frozenset({TtlTier.ONE_HOUR}), default=TtlTier.ONE_HOUR)
         assert parse_marker(marker(), hourly, "p") is TtlTier.ONE_HOUR
 
@@ -55,10 +53,7 @@ class TestGrammar:
         assert parse_marker(marker(tier.value), ALL_TTLS, "p") is tier
 
     def test_unknown_keys_are_ignored(self) -> None:
-        assert (
-            parse_marker({"type": "ephemeral", "ttl": "1h", "scope": "x"}, DEFAULT, "p")
-            is TtlTier.ONE_HOUR
-        )
+        assert parse_marker({"type": "ephemeral", "ttl": "1h", "scope": "x"}, DEFAULT, "p") is TtlTier.ONE_HOUR
 
     @pytest.mark.parametrize(
         ("value", "reason"),
@@ -141,17 +136,11 @@ class TestLimits:
         )
 
     def test_longer_ttl_may_not_follow_a_shorter_one(self) -> None:
-        body = chat(
-            msg("system", [text("s", marker("5m"))]), msg("user", [text("u", marker("1h"))])
-        )
+        body = chat(msg("system", [text("s", marker("5m"))]), msg("user", [text("u", marker("1h"))]))
         assert rejection(body) == ("ttl_order", "messages[1].content[0].cache_control")
 
     def test_order_is_checked_against_the_previous_breakpoint(self) -> None:
-        body = chat(
-            msg(
-                "user", [text("a", marker("24h")), text("b", marker("5m")), text("c", marker("1h"))]
-            )
-        )
+        body = chat(msg("user", [text("a", marker("24h")), text("b", marker("5m")), text("c", marker("1h"))]))
         assert rejection(body, ALL_TTLS) == ("ttl_order", "messages[0].content[2].cache_control")
 
     def test_ttls_may_shorten_along_the_prompt(self) -> None:
@@ -162,9 +151,7 @@ class TestLimits:
         assert validate_markers(body, ALL_TTLS) == 4
 
     def test_ttl_order_spans_tools_and_messages(self) -> None:
-        body = chat(
-            msg("user", "u", cache_control=marker("1h")), tools=[tool("f", cache_control=marker())]
-        )
+        body = chat(msg("user", "u", cache_control=marker("1h")), tools=[tool("f", cache_control=marker())])
         assert rejection(body) == ("ttl_order", "messages[0].cache_control")
 
 
@@ -225,10 +212,7 @@ class TestAutomatic:
         assert validate_markers(body, DEFAULT) == 4
 
     def test_skipped_without_blocks_but_still_validated(self) -> None:
-        assert (
-            validate_markers({"model": "m", "messages": [], "cache_control": marker()}, DEFAULT)
-            == 0
-        )
+        assert validate_markers({"model": "m", "messages": [], "cache_control": marker()}, DEFAULT) == 0
         assert rejection({"model": "m", "cache_control": {"type": "ephemeral", "ttl": "2h"}}) == (
             "invalid_ttl",
             "cache_control",
@@ -249,9 +233,7 @@ class TestAutomatic:
         assert rejection(chat(msg("user", "u"), cache_control=value)) == (reason, "cache_control")
 
     def test_obeys_the_ttl_order(self) -> None:
-        body = chat(
-            msg("system", [text("s", marker("5m"))]), msg("user", "u"), cache_control=marker("1h")
-        )
+        body = chat(msg("system", [text("s", marker("5m"))]), msg("user", "u"), cache_control=marker("1h"))
         assert rejection(body) == ("ttl_order", "cache_control")
 
     def test_grammar_is_checked_before_the_blocks(self) -> None:
@@ -292,11 +274,7 @@ class TestParams:
 
     def test_error_body_has_openais_shape(self) -> None:
         error = MarkerError("bad ttl", param="cache_control", reason="invalid_ttl")
-        body = orjson.loads(
-            openai_error(
-                error.message, "invalid_request_error", "invalid_cache_control", error.param
-            )
-        )
+        body = orjson.loads(openai_error(error.message, "invalid_request_error", "invalid_cache_control", error.param))
         assert body == {
             "error": {
                 "message": "bad ttl",
@@ -347,9 +325,7 @@ class TestStrip:
             msg(
                 "assistant",
                 None,
-                tool_calls=[
-                    tool_call("c1", arguments='{"cache_control": 1}', cache_control=marker())
-                ],
+                tool_calls=[tool_call("c1", arguments='{"cache_control": 1}', cache_control=marker())],
             ),
             msg("user", "u", cache_control=marker()),
             tools=[item],

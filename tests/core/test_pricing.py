@@ -17,9 +17,7 @@ IN, OUT = Decimal("0.00001"), Decimal("0.00003")
 
 def test_the_reference_worked_example() -> None:
     # prompt 2000 = read 1000 + 1h creation 500 + uncached 500; completion 500
-    cost, list_cost = price(
-        2000, 500, CacheStats(read=1000, creation_1h=500), IN, OUT, CacheTariff()
-    )
+    cost, list_cost = price(2000, 500, CacheStats(read=1000, creation_1h=500), IN, OUT, CacheTariff())
     assert cost == Decimal("0.031")  # 0.005 uncached + 0.001 read + 0.010 write + 0.015 output
     assert list_cost == Decimal("0.035")
 

@@ -105,9 +105,9 @@ class TestFramer:
             framer.feed(event[50:])
 
 
-_field_values = st.text(
-    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=15
-).map(str.encode)
+_field_values = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"), max_size=15).map(
+    str.encode
+)
 _lines = st.one_of(
     st.builds(lambda v: b"data: " + v, _field_values),
     st.builds(lambda v: b"data:" + v, _field_values),
@@ -121,17 +121,13 @@ _lines = st.one_of(
 def sse_events(draw: st.DrawFn) -> bytes:
     """One event: one to three non-empty lines and an empty line, in one line-ending style."""
     ending = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
-    return (
-        b"".join(line + ending for line in draw(st.lists(_lines, min_size=1, max_size=3))) + ending
-    )
+    return b"".join(line + ending for line in draw(st.lists(_lines, min_size=1, max_size=3))) + ending
 
 
 class TestFramerProperties:
     @PROPERTY
     @given(st.lists(sse_events(), max_size=6), st.data())
-    def test_framing_does_not_depend_on_chunking(
-        self, events: list[bytes], data: st.DataObject
-    ) -> None:
+    def test_framing_does_not_depend_on_chunking(self, events: list[bytes], data: st.DataObject) -> None:
         stream = b"".join(events)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
         got, rest = frame(stream, *cuts)
@@ -193,10 +189,7 @@ class TestReplace:
 
     def test_keeps_other_fields(self) -> None:
         event = b'event: chunk\r\nid: 7\r\ndata: {"a": 1}\r\n: note\r\n\r\n'
-        assert (
-            replace_event_json(event, {"b": 2})
-            == b'event: chunk\r\nid: 7\r\ndata: {"b":2}\r\n: note\r\n\r\n'
-        )
+        assert replace_event_json(event, {"b": 2}) == b'event: chunk\r\nid: 7\r\ndata: {"b":2}\r\n: note\r\n\r\n'
 
     def test_folds_several_data_lines_into_one(self) -> None:
         assert replace_event_json(b"data: [1,\ndata: 2]\n\n", [3]) == b"data: [3]\n\n"
@@ -270,7 +263,13 @@ def test_content_frames_are_not_inspected(event: bytes) -> None:
 
 
 @PROPERTY
-@given(st.dictionaries(st.sampled_from(["usage", "error", "choices", "id"]), st.none() | st.integers(0, 10**6) | st.dictionaries(st.text(max_size=3), st.integers(0, 10**6), max_size=2), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["usage", "error", "choices", "id"]),
+        st.none() | st.integers(0, 10**6) | st.dictionaries(st.text(max_size=3), st.integers(0, 10**6), max_size=2),
+        max_size=4,
+    )
+)
 def test_every_frame_that_carries_usage_or_error_is_inspected(frame: dict[str, Any]) -> None:
     event = data_event(frame)
     if carries_usage(frame) or "error" in frame:

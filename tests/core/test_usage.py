@@ -99,11 +99,7 @@ class TestSplice:
         usage = upstream_usage(prompt_tokens=1000)
         capped = splice_usage(usage, STATS, degraded=False)
         assert capped == CacheStats(read=1000)
-        assert (
-            usage["cache_read_input_tokens"]
-            == usage["prompt_tokens_details"]["cached_tokens"]
-            == 1000
-        )
+        assert usage["cache_read_input_tokens"] == usage["prompt_tokens_details"]["cached_tokens"] == 1000
         assert usage["cache_creation_input_tokens"] == 0
         assert usage["prompt_tokens"] == 1000
 
@@ -149,9 +145,7 @@ class TestUpstreamCachedTokens:
         assert upstream_cached_tokens({"prompt_tokens": 5}) is None
         assert upstream_cached_tokens({"prompt_tokens_details": None}) is None
         for junk in ("687", 687.5, True):
-            assert (
-                upstream_cached_tokens({"prompt_tokens_details": {"cached_tokens": junk}}) is None
-            )
+            assert upstream_cached_tokens({"prompt_tokens_details": {"cached_tokens": junk}}) is None
 
 
 class TestCap:
@@ -163,15 +157,9 @@ class TestCap:
         assert cap_stats(STATS, 1084) == STATS
 
     def test_creation_is_trimmed_5m_then_1h_then_24h(self) -> None:
-        assert cap_stats(STATS, 1079) == CacheStats(
-            read=1024, creation_5m=5, creation_1h=20, creation_24h=30
-        )
-        assert cap_stats(STATS, 1064) == CacheStats(
-            read=1024, creation_5m=0, creation_1h=10, creation_24h=30
-        )
-        assert cap_stats(STATS, 1044) == CacheStats(
-            read=1024, creation_5m=0, creation_1h=0, creation_24h=20
-        )
+        assert cap_stats(STATS, 1079) == CacheStats(read=1024, creation_5m=5, creation_1h=20, creation_24h=30)
+        assert cap_stats(STATS, 1064) == CacheStats(read=1024, creation_5m=0, creation_1h=10, creation_24h=30)
+        assert cap_stats(STATS, 1044) == CacheStats(read=1024, creation_5m=0, creation_1h=0, creation_24h=20)
 
     def test_then_the_read(self) -> None:
         assert cap_stats(STATS, 1000) == CacheStats(read=1000)
@@ -190,9 +178,7 @@ class TestCap:
         st.builds(CacheStats, *[st.integers(0, 5000)] * 4),
         st.integers(0, 25_000),
     )
-    def test_cap_trims_just_enough_and_never_adds(
-        self, stats: CacheStats, prompt_tokens: int
-    ) -> None:
+    def test_cap_trims_just_enough_and_never_adds(self, stats: CacheStats, prompt_tokens: int) -> None:
         capped = cap_stats(stats, prompt_tokens)
         assert capped.read + capped.creation == min(stats.read + stats.creation, prompt_tokens)
         assert capped.read <= stats.read

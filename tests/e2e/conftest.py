@@ -4,11 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import GatewayHarness
-from pg import pg_server  # noqa: F401 - a fixture
-
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.shipped import load_qwen3
+
+from harness import GatewayHarness
+from pg import pg_server  # noqa: F401 - a fixture
 
 # Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
 # has a floor no test prompt reaches; "plain" has no cache tariff; "keyed" sends the endpoint's
@@ -16,9 +16,20 @@ from cachegate.tokens.shipped import load_qwen3
 TEST_CONFIG = {
     "deadlines": {"classify_seconds": 1.0},
     "models": [
-        {"alias": "cached", "endpoint": "fake", "upstream_model": "qwen3-fake", "cache": {"min_prefix_tokens": 64},
-         "input_price": "0.000001", "output_price": "0.000002"},
-        {"alias": "floored", "endpoint": "fake", "upstream_model": "qwen3-fake", "cache": {"min_prefix_tokens": 100000}},
+        {
+            "alias": "cached",
+            "endpoint": "fake",
+            "upstream_model": "qwen3-fake",
+            "cache": {"min_prefix_tokens": 64},
+            "input_price": "0.000001",
+            "output_price": "0.000002",
+        },
+        {
+            "alias": "floored",
+            "endpoint": "fake",
+            "upstream_model": "qwen3-fake",
+            "cache": {"min_prefix_tokens": 100000},
+        },
         {"alias": "plain", "endpoint": "fake", "upstream_model": "qwen3-fake"},
         {"alias": "keyed", "endpoint": "fake-with-key", "upstream_model": "qwen3-fake"},
         {"alias": "unreachable", "endpoint": "dead", "upstream_model": "qwen3-fake", "cache": {}},
@@ -32,7 +43,9 @@ def qwen3() -> TokenCounter:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def gateway(request: pytest.FixtureRequest, qwen3: TokenCounter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHarness]:
+def gateway(
+    request: pytest.FixtureRequest, qwen3: TokenCounter, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayHarness]:
     if request.param == "sqlite":
         folder = tmp_path_factory.mktemp("gateway")
         store_url, index_url = f"sqlite:///{folder}/control.db", f"sqlite:///{folder}/index.db"

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 from harness import GatewayHarness
 
 
-def post(gateway: GatewayHarness, body: bytes, key: str | None = "A", path: str = "/v1/chat/completions") -> tuple[int, dict]:
+def post(
+    gateway: GatewayHarness, body: bytes, key: str | None = "A", path: str = "/v1/chat/completions"
+) -> tuple[int, dict]:
     url = urlsplit(gateway.base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     headers = {"content-type": "application/json"}
@@ -29,7 +31,7 @@ def test_malformed_json_is_400(gateway: GatewayHarness) -> None:
 
 
 def test_body_without_model_is_400(gateway: GatewayHarness) -> None:
-    for payload in (b'[1, 2]', b'{"messages": []}', b'{"model": 7, "messages": []}'):
+    for payload in (b"[1, 2]", b'{"messages": []}', b'{"model": 7, "messages": []}'):
         status, body = post(gateway, payload)
         assert status == 400, payload
         assert body["error"]["param"] == "model"

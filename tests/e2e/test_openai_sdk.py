@@ -20,11 +20,15 @@ def usage_of(response: Any) -> dict[str, Any]:
     return response.model_dump()["usage"]
 
 
-def ask(gateway: GatewayHarness, messages: list[dict[str, Any]], *, key: str | None = None, model: str = "cached", **kw: Any) -> dict[str, Any]:
+def ask(
+    gateway: GatewayHarness, messages: list[dict[str, Any]], *, key: str | None = None, model: str = "cached", **kw: Any
+) -> dict[str, Any]:
     return usage_of(client(gateway, key).chat.completions.create(model=model, messages=messages, **kw))
 
 
-def stream_usage(gateway: GatewayHarness, messages: list[dict[str, Any]], *, key: str | None = None, **kw: Any) -> tuple[str, dict[str, Any] | None]:
+def stream_usage(
+    gateway: GatewayHarness, messages: list[dict[str, Any]], *, key: str | None = None, **kw: Any
+) -> tuple[str, dict[str, Any] | None]:
     chunks = client(gateway, key).chat.completions.create(
         model="cached", messages=messages, stream=True, stream_options={"include_usage": True}, **kw
     )
@@ -43,20 +47,29 @@ def conversation(text: str, mark: dict[str, str] = MARK_1H) -> list[dict[str, An
 
 # -- write, then read ---------------------------------------------------------------------------
 
+
 def test_write_then_read_with_exact_counts(gateway: GatewayHarness) -> None:
     messages = conversation(system_text())
     first = ask(gateway, messages)
     # An independent check of the count: the same system prompt as the whole request, marked on
     # its last block, makes the breakpoint count the upstream's prompt_tokens less the template tail.
-    alone = ask(gateway, [{"role": "system", "content": messages[0]["content"][0]["text"]}],
-                extra_body={"cache_control": {"type": "ephemeral", "ttl": "1h"}})
-    assert alone["cache_creation_input_tokens"] + alone["cache_read_input_tokens"] == alone["prompt_tokens"] - QWEN3_TAIL_TOKENS
+    alone = ask(
+        gateway,
+        [{"role": "system", "content": messages[0]["content"][0]["text"]}],
+        extra_body={"cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    )
+    assert (
+        alone["cache_creation_input_tokens"] + alone["cache_read_input_tokens"]
+        == alone["prompt_tokens"] - QWEN3_TAIL_TOKENS
+    )
 
     assert first["cache_read_input_tokens"] == 0
     created = first["cache_creation_input_tokens"]
     assert 64 <= created < first["prompt_tokens"]
     assert first["cache_creation"] == {
-        "ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": created, "ephemeral_24h_input_tokens": 0,
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": created,
+        "ephemeral_24h_input_tokens": 0,
     }
     assert first["prompt_tokens_details"]["cached_tokens"] == 0
     assert first["prompt_tokens_details"]["cache_write_tokens"] == created
@@ -98,7 +111,9 @@ def test_two_breakpoints_one_hour_before_five_minutes(gateway: GatewayHarness) -
     first = ask(gateway, messages)
     tiers = first["cache_creation"]
     assert tiers["ephemeral_1h_input_tokens"] > 0 and tiers["ephemeral_5m_input_tokens"] > 0
-    assert first["cache_creation_input_tokens"] == tiers["ephemeral_1h_input_tokens"] + tiers["ephemeral_5m_input_tokens"]
+    assert (
+        first["cache_creation_input_tokens"] == tiers["ephemeral_1h_input_tokens"] + tiers["ephemeral_5m_input_tokens"]
+    )
 
     # The same system prompt alone reads exactly the 1h segment.
     only_system = ask(gateway, [marked_system(system, MARK_1H), {"role": "user", "content": "other question"}])
@@ -115,7 +130,10 @@ def test_lookback_reads_an_earlier_breakpoint(gateway: GatewayHarness) -> None:
     for i in range(4):
         turns += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
     # turns[-2] is "question 3": first sent as the last, marked message.
-    first_turns = [*turns[:-2], {"role": "user", "content": [{"type": "text", "text": "question 3", "cache_control": MARK_5M}]}]
+    first_turns = [
+        *turns[:-2],
+        {"role": "user", "content": [{"type": "text", "text": "question 3", "cache_control": MARK_5M}]},
+    ]
     first = ask(gateway, first_turns)
     created = first["cache_creation_input_tokens"]
     assert created > 0
@@ -155,12 +173,21 @@ def test_unmarked_request_to_cached_model_reports_zeros(gateway: GatewayHarness)
 
 # -- what the upstream sees and says ------------------------------------------------------------
 
+
 def test_markers_are_stripped_and_model_rewritten_upstream(gateway: GatewayHarness) -> None:
     import json
     import urllib.request
 
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"cache_control": {"type": "string"}}}}, "cache_control": MARK_1H}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {"type": "object", "properties": {"cache_control": {"type": "string"}}},
+            },
+            "cache_control": MARK_1H,
+        }
+    ]
     client(gateway).chat.completions.create(model="cached", messages=conversation(system_text()), tools=tools)
     with urllib.request.urlopen(f"{gateway.fake_url}/_fake/last-request") as response:
         forwarded = json.load(response)
@@ -180,22 +207,72 @@ def test_upstream_cache_counts_are_replaced(gateway: GatewayHarness) -> None:
 
 
 def test_client_that_did_not_ask_for_usage_never_receives_it(gateway: GatewayHarness) -> None:
-    chunks = list(client(gateway).chat.completions.create(model="cached", messages=conversation(system_text()), stream=True))
+    chunks = list(
+        client(gateway).chat.completions.create(model="cached", messages=conversation(system_text()), stream=True)
+    )
     assert chunks and all(chunk.usage is None for chunk in chunks)
     assert all(chunk.choices for chunk in chunks)
 
 
 # -- bad input ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("messages", "extra", "param"),
     [
-        ([{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "persistent"}}]}], {}, "messages[0].content[0].cache_control"),
-        ([{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]}], {}, "messages[0].content[0].cache_control"),
-        ([{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "24h"}}]}], {}, "messages[0].content[0].cache_control"),
-        ([{"role": "user", "content": [{"type": "text", "text": str(i), "cache_control": MARK_5M} for i in range(5)]}], {}, None),
-        ([{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": MARK_5M}, {"type": "text", "text": "b", "cache_control": MARK_1H}]}], {}, None),
-        ([{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": MARK_5M}]}], {"cache_control": MARK_1H}, None),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "persistent"}}]}],
+            {},
+            "messages[0].content[0].cache_control",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "2h"}}],
+                }
+            ],
+            {},
+            "messages[0].content[0].cache_control",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "24h"}}],
+                }
+            ],
+            {},
+            "messages[0].content[0].cache_control",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": str(i), "cache_control": MARK_5M} for i in range(5)],
+                }
+            ],
+            {},
+            None,
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a", "cache_control": MARK_5M},
+                        {"type": "text", "text": "b", "cache_control": MARK_1H},
+                    ],
+                }
+            ],
+            {},
+            None,
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": MARK_5M}]}],
+            {"cache_control": MARK_1H},
+            None,
+        ),
     ],
     ids=["bad-type", "unknown-ttl", "ttl-not-accepted", "five-breakpoints", "5m-before-1h", "automatic-ttl-conflict"],
 )
@@ -215,7 +292,9 @@ def test_invalid_markers_are_refused_before_forwarding(
 
 def test_unknown_key_is_401_and_unknown_model_404(gateway: GatewayHarness) -> None:
     with pytest.raises(openai.AuthenticationError):
-        client(gateway, "cg-not-a-key").chat.completions.create(model="cached", messages=[{"role": "user", "content": "x"}])
+        client(gateway, "cg-not-a-key").chat.completions.create(
+            model="cached", messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(openai.NotFoundError) as caught:
         client(gateway).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "model_not_found"
@@ -229,10 +308,13 @@ def test_unreachable_upstream_is_502(gateway: GatewayHarness) -> None:
 
 # -- responses that did not succeed never commit ----------------------------------------------
 
+
 def test_upstream_error_is_passed_through_and_never_commits(gateway: GatewayHarness) -> None:
     messages = conversation(system_text())
     with pytest.raises(openai.InternalServerError) as caught:
-        client(gateway).chat.completions.create(model="cached", messages=messages, extra_headers={"x-fake-behavior": "status=500"})
+        client(gateway).chat.completions.create(
+            model="cached", messages=messages, extra_headers={"x-fake-behavior": "status=500"}
+        )
     assert "told to fail" in str(caught.value)
     after = ask(gateway, messages)
     assert after["cache_read_input_tokens"] == 0 and after["cache_creation_input_tokens"] > 0
@@ -242,7 +324,10 @@ def test_cut_stream_reaches_the_client_as_an_error_and_never_commits(gateway: Ga
     messages = conversation(system_text())
     with pytest.raises(openai.APIError):
         for _ in client(gateway).chat.completions.create(
-            model="cached", messages=messages, stream=True, stream_options={"include_usage": True},
+            model="cached",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
             extra_headers={"x-fake-behavior": "cut=3"},
         ):
             pass
@@ -254,7 +339,10 @@ def test_error_frame_never_commits(gateway: GatewayHarness) -> None:
     messages = conversation(system_text())
     try:
         for _ in client(gateway).chat.completions.create(
-            model="cached", messages=messages, stream=True, stream_options={"include_usage": True},
+            model="cached",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
             extra_headers={"x-fake-behavior": "error-frame"},
         ):
             pass
@@ -266,6 +354,7 @@ def test_error_frame_never_commits(gateway: GatewayHarness) -> None:
 
 # -- degraded paths (SPEC §11) ------------------------------------------------------------------
 
+
 def _assert_degraded(response: Any) -> None:
     usage = usage_of(response.parse())
     assert response.headers.get("x-cachegate-cache") == "degraded"
@@ -275,19 +364,25 @@ def _assert_degraded(response: Any) -> None:
 
 def test_index_down_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.index.down = True
-    raw = client(gateway).chat.completions.with_raw_response.create(model="cached", messages=conversation(system_text()))
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=conversation(system_text())
+    )
     _assert_degraded(raw)
 
 
 def test_token_counter_failing_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.counter.failing = True
-    raw = client(gateway).chat.completions.with_raw_response.create(model="cached", messages=conversation(system_text()))
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=conversation(system_text())
+    )
     _assert_degraded(raw)
 
 
 def test_deadline_passed_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.counter.delay = 2.0  # the harness's classify deadline is 1 s
-    raw = client(gateway).chat.completions.with_raw_response.create(model="cached", messages=conversation(system_text()))
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=conversation(system_text())
+    )
     _assert_degraded(raw)
 
 
@@ -298,6 +393,7 @@ def test_degraded_stream_says_so_in_its_usage(gateway: GatewayHarness) -> None:
 
 
 # -- other paths ------------------------------------------------------------------------------
+
 
 def test_other_paths_are_proxied(gateway: GatewayHarness) -> None:
     result = client(gateway).embeddings.create(model="plain", input="hello")
@@ -314,7 +410,11 @@ def test_our_prompt_count_equals_the_upstreams(gateway: GatewayHarness) -> None:
     ask(gateway, conversation(system_text()))  # a write: the whole prompt is rendered and counted
     with urllib.request.urlopen(f"{gateway.base_url}/metrics") as response:
         lines = response.read().decode().splitlines()
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith("cachegate_token_count_drift")}
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in lines
+        if line.startswith("cachegate_token_count_drift")
+    }
     count = values['cachegate_token_count_drift_tokens_count{model="cached"}']
     assert count >= 1
     # Integer drifts: none at or below -1, all at or below 0, so every one was exactly 0.

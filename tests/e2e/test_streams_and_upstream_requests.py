@@ -30,7 +30,10 @@ def fake(gateway: GatewayHarness, what: str) -> Any:
 
 def stream_usages(gateway: GatewayHarness, messages: list[dict[str, Any]], behavior: str) -> list[dict[str, Any]]:
     chunks = client(gateway).chat.completions.create(
-        model="cached", messages=messages, stream=True, stream_options={"include_usage": True},
+        model="cached",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_headers={"x-fake-behavior": behavior},
     )
     return [chunk.usage.model_dump() for chunk in chunks if chunk.usage is not None]
@@ -40,9 +43,14 @@ def raw_stream(gateway: GatewayHarness, body: dict[str, Any], behavior: str) -> 
     url = urlsplit(gateway.base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     connection.request(
-        "POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {gateway.keys.a}", "content-type": "application/json",
-                 "x-fake-behavior": behavior},
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body).encode(),
+        headers={
+            "authorization": f"Bearer {gateway.keys.a}",
+            "content-type": "application/json",
+            "x-fake-behavior": behavior,
+        },
     )
     return connection.getresponse()
 
@@ -54,7 +62,7 @@ def test_crlf_framed_stream_keeps_its_framing_and_gets_the_fields(gateway: Gatew
     assert response.status == 200
     events = [event for event in data.split(b"\r\n\r\n") if event]
     assert events[-1] == b"data: [DONE]"
-    usage_events = [json.loads(event[len(b"data: "):]) for event in events if b'"usage":{' in event]
+    usage_events = [json.loads(event[len(b"data: ") :]) for event in events if b'"usage":{' in event]
     assert usage_events and usage_events[-1]["usage"]["cache_creation_input_tokens"] > 0
     assert b"\n\n" not in data.replace(b"\r\n\r\n", b"")  # every frame kept CRLF
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -117,7 +117,7 @@ class BlockCounter:
 
 # --- control store -----------------------------------------------------------------------------
 
-ISSUED = datetime(2025, 1, 1, tzinfo=timezone.utc)
+ISSUED = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class KeyStore:

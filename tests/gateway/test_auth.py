@@ -49,9 +49,7 @@ def resolver_for(store: KeyStore, capacity: int = 100) -> KeyResolver:
 # --- bearer_secret -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "authorization", [b"Bearer s3cret", b"bearer s3cret", b"BEARER s3cret", b"Bearer   s3cret  "]
-)
+@pytest.mark.parametrize("authorization", [b"Bearer s3cret", b"bearer s3cret", b"BEARER s3cret", b"Bearer   s3cret  "])
 def test_the_bearer_scheme_is_case_insensitive_and_the_token_trimmed(authorization: bytes) -> None:
     assert bearer_secret(authorization) == "s3cret"
 

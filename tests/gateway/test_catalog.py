@@ -6,8 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import cast
 
-import pytest
-
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.store.base import Catalog, ControlStore, Endpoint, Model, StoreUnavailable
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,9 +23,12 @@ STARTED_AT = 1_750_000_000.0
 DEGRADED = "cachegate_cache_degraded_total"
 
 
+DEFAULT_TARIFF = CacheTariff()
+
+
 def exchange(
     *,
-    tariff: CacheTariff | None = CacheTariff(),
+    tariff: CacheTariff | None = DEFAULT_TARIFF,
     task: asyncio.Task[Classification] | None = None,
     deadline: float = 5.0,
     elapsed: float = 0.0,
@@ -196,7 +199,7 @@ async def test_the_ledger_row_is_priced_with_the_tariff_in_decimals() -> None:
     assert (row.prompt_tokens, row.completion_tokens) == (2000, 100)
     assert (row.cache_read_tokens, row.cache_creation_5m_tokens, row.cache_creation_1h_tokens) == (1000, 300, 200)
     assert (row.principal_id, row.key_id, row.model, row.status) == ("prn_a", "key_a", "m", 200)
-    assert row.at == datetime.fromtimestamp(STARTED_AT, timezone.utc)
+    assert row.at == datetime.fromtimestamp(STARTED_AT, UTC)
     assert not row.degraded
 
 

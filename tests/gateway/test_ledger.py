@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-import pytest
-
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.store.base import ControlStore
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 
 from cachegate.index.base import CacheIndex
 from cachegate.index.factory import open_index
 from cachegate.index.postgres import TABLE
+
+from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 

@@ -58,40 +58,28 @@ actions = st.one_of(
     st.builds(Slide, st.lists(st.tuples(scope_ids, hash_ids, offsets), max_size=4)),
     st.just(Sweep()),
 )
-operations = st.lists(
-    st.builds(Operation, st.sampled_from([0.0, 0.5, 100.0, 300.0, 3600.0]), actions), max_size=12
-)
+operations = st.lists(st.builds(Operation, st.sampled_from([0.0, 0.5, 100.0, 300.0, 3600.0]), actions), max_size=12)
 
 
 async def apply(index: CacheIndex, action: Write | Slide | Sweep, scopes: list[Scope], now: float) -> None:
     if isinstance(action, Write):
         await index.write(
-            [
-                IndexEntry(scopes[s], HASHES[h], tokens, ttl, now + offset)
-                for s, h, tokens, ttl, offset in action.items
-            ],
+            [IndexEntry(scopes[s], HASHES[h], tokens, ttl, now + offset) for s, h, tokens, ttl, offset in action.items],
             now,
         )
     elif isinstance(action, Slide):
-        await index.refresh(
-            [Refresh(scopes[s], HASHES[h], now + offset) for s, h, offset in action.items], now
-        )
+        await index.refresh([Refresh(scopes[s], HASHES[h], now + offset) for s, h, offset in action.items], now)
     else:
         await index.sweep(now)
 
 
 async def visible(index: CacheIndex, scopes: list[Scope], now: float) -> list[list[IndexMatch]]:
-    return [
-        sorted(await index.lookup(scope, HASHES, now), key=lambda match: match.prefix_hash)
-        for scope in scopes
-    ]
+    return [sorted(await index.lookup(scope, HASHES, now), key=lambda match: match.prefix_hash) for scope in scopes]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=operations)
-async def test_sql_backends_agree_with_the_memory_index(
-    sql_index: CacheIndex, operations: list[Operation]
-) -> None:
+async def test_sql_backends_agree_with_the_memory_index(sql_index: CacheIndex, operations: list[Operation]) -> None:
     example = next(_example_ids)
     scopes = [Scope(f"principal-{example}-{n}", "qwen", "sha256:v1") for n in range(2)]
     reference = MemoryIndex()

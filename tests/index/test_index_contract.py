@@ -28,9 +28,7 @@ def entry(
     expires_at: float = NOW + 300,
     scope: Scope = ALICE,
 ) -> IndexEntry:
-    return IndexEntry(
-        scope=scope, prefix_hash=digest(name), cumulative_tokens=tokens, ttl=ttl, expires_at=expires_at
-    )
+    return IndexEntry(scope=scope, prefix_hash=digest(name), cumulative_tokens=tokens, ttl=ttl, expires_at=expires_at)
 
 
 def match(name: str, tokens: int, ttl: TtlTier, expires_at: float) -> IndexMatch:
@@ -52,9 +50,7 @@ async def found(index: CacheIndex, *names: str, now: float = NOW, scope: Scope =
 async def test_write_then_lookup_returns_match(index: CacheIndex) -> None:
     await index.write([entry("hash-a", 1024, TtlTier.ONE_HOUR, NOW + 3600.125)], NOW)
 
-    assert await found(index, "hash-a", "missing") == [
-        match("hash-a", 1024, TtlTier.ONE_HOUR, NOW + 3600.125)
-    ]
+    assert await found(index, "hash-a", "missing") == [match("hash-a", 1024, TtlTier.ONE_HOUR, NOW + 3600.125)]
     assert await found(index, "missing") == []
 
 
@@ -130,12 +126,8 @@ async def test_other_scope_cannot_refresh_or_replace_an_entry(index: CacheIndex,
     await index.refresh([refresh("shared-prefix", NOW + 3600, scope=other)], NOW)
     await index.write([entry("shared-prefix", 7, TtlTier.ONE_HOUR, NOW + 3600, scope=other)], NOW)
 
-    assert await found(index, "shared-prefix") == [
-        match("shared-prefix", 1024, TtlTier.FIVE_MINUTES, NOW + 300)
-    ]
-    assert await found(index, "shared-prefix", scope=other) == [
-        match("shared-prefix", 7, TtlTier.ONE_HOUR, NOW + 3600)
-    ]
+    assert await found(index, "shared-prefix") == [match("shared-prefix", 1024, TtlTier.FIVE_MINUTES, NOW + 300)]
+    assert await found(index, "shared-prefix", scope=other) == [match("shared-prefix", 7, TtlTier.ONE_HOUR, NOW + 3600)]
 
 
 async def test_one_batch_may_span_scopes(index: CacheIndex) -> None:
@@ -226,12 +218,8 @@ async def test_batch_with_duplicates_applies_in_order(index: CacheIndex) -> None
         NOW,
     )
 
-    assert await found(index, "short-then-long") == [
-        match("short-then-long", 200, TtlTier.ONE_HOUR, NOW + 3600)
-    ]
-    assert await found(index, "long-then-short") == [
-        match("long-then-short", 200, TtlTier.ONE_HOUR, NOW + 3600)
-    ]
+    assert await found(index, "short-then-long") == [match("short-then-long", 200, TtlTier.ONE_HOUR, NOW + 3600)]
+    assert await found(index, "long-then-short") == [match("long-then-short", 200, TtlTier.ONE_HOUR, NOW + 3600)]
     assert await index.sweep(NOW + 10**6) == 2
 
 

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from pg import PgServer
 
 from cachegate.core.types import IndexEntry, Refresh, Scope, TtlTier
 from cachegate.index.base import IndexUnavailable
 from cachegate.index.postgres import TABLE, PostgresIndex
+
+from pg import PgServer
 
 NOW = 1_750_000_000.0
 SCOPE = Scope(principal="alice", model="qwen", tokenizer_version="sha256:v1")

@@ -127,9 +127,7 @@ async def test_a_lookup_larger_than_one_statement_finds_everything(tmp_path: Pat
     index = await SqliteIndex.open(str(tmp_path / "index.db"))
     hashes = [hashlib.sha256(str(n).encode()).digest() for n in range(1200)]
     try:
-        await index.write(
-            [IndexEntry(SCOPE, h, n, TtlTier.FIVE_MINUTES, NOW + 300) for n, h in enumerate(hashes)], NOW
-        )
+        await index.write([IndexEntry(SCOPE, h, n, TtlTier.FIVE_MINUTES, NOW + 300) for n, h in enumerate(hashes)], NOW)
         matches = await index.lookup(SCOPE, hashes, NOW)
     finally:
         await index.aclose()

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from pg import PgServer, pg_server  # noqa: F401  (fixture)
 
 from cachegate.store.base import ControlStore
 from cachegate.store.factory import open_store
+
+from pg import PgServer, pg_server  # noqa: F401  (fixture)
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
 

@@ -40,10 +40,6 @@ class MarkerError(ValueError):
         self.reason = reason
 
 
-def openai_error(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> bytes:
+def openai_error(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     """The body OpenAI's API answers errors with, so SDKs surface them as they would OpenAI's."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})

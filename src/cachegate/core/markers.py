@@ -108,9 +108,7 @@ def validate_markers(body: Mapping[str, Any], policy: TtlPolicy) -> int:
     return len(find_breakpoints(body, iter_sites(body), policy))
 
 
-def find_breakpoints(
-    body: Mapping[str, Any], sites: Iterable[Site], policy: TtlPolicy
-) -> tuple[Breakpoint, ...]:
+def find_breakpoints(body: Mapping[str, Any], sites: Iterable[Site], policy: TtlPolicy) -> tuple[Breakpoint, ...]:
     """The breakpoints of ``body``, in block order, given its ``sites`` (``layout.iter_sites``)."""
     automatic = parse_marker(body.get(MARKER_KEY), policy, MARKER_KEY)
     breakpoints: list[Breakpoint] = []
@@ -123,8 +121,7 @@ def find_breakpoints(
         ttl, param = _block_ttl(own, inherited, policy, kind, message, index)
         if len(breakpoints) >= MAX_BREAKPOINTS:
             raise MarkerError(
-                f"too many {MARKER_KEY} breakpoints: at most {MAX_BREAKPOINTS} per request, "
-                "the automatic one included",
+                f"too many {MARKER_KEY} breakpoints: at most {MAX_BREAKPOINTS} per request, the automatic one included",
                 param=param,
                 reason="too_many_breakpoints",
             )

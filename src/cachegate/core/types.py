@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 
-class TtlTier(str, enum.Enum):
+class TtlTier(enum.StrEnum):
     """A cache lifetime a breakpoint may ask for (SPEC §3.2)."""
 
     FIVE_MINUTES = "5m"
@@ -44,7 +44,7 @@ _DURATIONS = {
 _RANKS = {TtlTier.FIVE_MINUTES: 0, TtlTier.ONE_HOUR: 1, TtlTier.ONE_DAY: 2}
 
 
-class BlockKind(str, enum.Enum):
+class BlockKind(enum.StrEnum):
     """What a block is; fed into the running hash so a tool and a text never collide."""
 
     TOOL = "tool"

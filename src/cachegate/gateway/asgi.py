@@ -77,7 +77,8 @@ async def send_error(
 
 
 def media_type(headers: Headers) -> bytes | None:
-    """The base media type of ``content-type``, lower-cased (``text/event-stream; charset=…`` → ``text/event-stream``)."""
+    """The base media type of ``content-type``, lower-cased (``text/event-stream; charset=…`` gives
+    ``text/event-stream``)."""
     for key, value in headers:
         if key == b"content-type":
             return value.split(b";", 1)[0].strip().lower()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,7 +49,9 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         raw = await read_body(receive, gateway.config.body_limit_bytes)
     except BodyTooLarge:
         limit = gateway.config.body_limit_bytes
-        await send_error(send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large")
+        await send_error(
+            send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
+        )
         return 413
     except ClientGone:
         return 499
@@ -59,7 +61,14 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         await send_error(send, 400, "request body is not valid JSON", "invalid_request_error", "invalid_json")
         return 400
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        await send_error(send, 400, "request body must be a JSON object with a string 'model'", "invalid_request_error", "invalid_request", "model")
+        await send_error(
+            send,
+            400,
+            "request body must be a JSON object with a string 'model'",
+            "invalid_request_error",
+            "invalid_request",
+            "model",
+        )
         return 400
 
     catalog = gateway.catalog.current
@@ -67,9 +76,11 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     model = catalog.models.get(alias)
     endpoint = catalog.endpoints.get(model.endpoint) if model is not None else None
     if model is None or endpoint is None:
-        await send_error(send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model")
+        await send_error(
+            send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model"
+        )
         return 404
-    tariff = catalog.tariff_at(alias, datetime.fromtimestamp(started_at, timezone.utc))
+    tariff = catalog.tariff_at(alias, datetime.fromtimestamp(started_at, UTC))
 
     try:
         prompt = parse_prompt(body, gateway.ttl_policy) if tariff is not None else None
@@ -119,7 +130,9 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         response = await gateway.upstream.send(request)
     except UpstreamUnavailable:
         exchange.vetoed("upstream_unreachable")
-        await send_error(send, 502, f"the upstream for model '{alias}' is unreachable", "upstream_error", "upstream_unreachable")
+        await send_error(
+            send, 502, f"the upstream for model '{alias}' is unreachable", "upstream_error", "upstream_unreachable"
+        )
         exchange.status = 502
         gateway.ledger.append(exchange.ledger_row())
         return 502

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -65,12 +65,12 @@ class Exchange:
                 self.classification = self.task.result()
             else:
                 self.classification = await asyncio.wait_for(asyncio.shield(self.task), max(remaining, 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.task.cancel()
             metrics.labelled(metrics.DEGRADED, "deadline").inc()
             log.warning("cache classification missed its deadline, serving uncached")
             self.classification = Classification.degraded_zeros()
-        except Exception:  # noqa: BLE001 - a bug in classification must never fail the request (§11)
+        except Exception:
             metrics.labelled(metrics.DEGRADED, "error").inc()
             log.exception("cache classification failed, serving uncached")
             self.classification = Classification.degraded_zeros()
@@ -132,7 +132,7 @@ class Exchange:
         )
         self._count_outcome()
         return LedgerRow(
-            at=datetime.fromtimestamp(self.started_at, timezone.utc),
+            at=datetime.fromtimestamp(self.started_at, UTC),
             principal_id=self.key.principal_id,
             key_id=self.key.id,
             model=self.model.alias,

@@ -16,9 +16,7 @@ CACHE_OUTCOMES = Counter(
     "Chat requests of cache-enabled models by what the cache did.",
     ["outcome"],  # read | write | read_and_write | none | degraded
 )
-CACHE_TOKENS = Counter(
-    "cachegate_cache_tokens_total", "Tokens reported as cache read or creation.", ["model", "kind"]
-)
+CACHE_TOKENS = Counter("cachegate_cache_tokens_total", "Tokens reported as cache read or creation.", ["model", "kind"])
 DEGRADED = Counter("cachegate_cache_degraded_total", "Requests served uncached because of an outage.", ["reason"])
 MARKERS_REJECTED = Counter("cachegate_markers_rejected_total", "Requests refused for invalid markers.", ["reason"])
 COMMITS = Counter("cachegate_cache_commits_total", "Index commits after a successful response.", ["result"])

@@ -24,7 +24,9 @@ async def proxy(gateway: Gateway, scope: dict[str, Any], receive: Receive, send:
         body = await read_body(receive, gateway.config.body_limit_bytes)
     except BodyTooLarge:
         limit = gateway.config.body_limit_bytes
-        await send_error(send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large")
+        await send_error(
+            send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
+        )
         return 413
     except ClientGone:
         return 499
@@ -35,7 +37,9 @@ async def proxy(gateway: Gateway, scope: dict[str, Any], receive: Receive, send:
     if isinstance(alias, str):
         model = catalog.models.get(alias)
         if model is None or (endpoint := catalog.endpoints.get(model.endpoint)) is None:
-            await send_error(send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model")
+            await send_error(
+                send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model"
+            )
             return 404
         if model.upstream_model != alias:
             assert payload is not None
@@ -44,7 +48,14 @@ async def proxy(gateway: Gateway, scope: dict[str, Any], receive: Receive, send:
     elif len(catalog.endpoints) == 1:
         endpoint = next(iter(catalog.endpoints.values()))
     else:
-        await send_error(send, 404, "no model named in the request, and no single endpoint to send it to", "invalid_request_error", "model_not_found", "model")
+        await send_error(
+            send,
+            404,
+            "no model named in the request, and no single endpoint to send it to",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
         return 404
 
     path = scope["path"][len("/v1") :]

@@ -33,7 +33,7 @@ from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
 
 class _StreamState:
-    __slots__ = ("saw_error", "usage_frame_seen", "last_usage", "last_chunk", "crlf", "finished")
+    __slots__ = ("crlf", "finished", "last_chunk", "last_usage", "saw_error", "usage_frame_seen")
 
     def __init__(self) -> None:
         self.saw_error = False

@@ -86,9 +86,7 @@ def sqlite_path_from_url(url: str) -> str:
     if parts.scheme != "sqlite":
         raise ValueError(f"not a sqlite URL (scheme {parts.scheme!r})")
     if parts.netloc or parts.query or parts.fragment:
-        raise ValueError(
-            "a sqlite URL has the form sqlite:///relative/path.db or sqlite:////absolute/path.db"
-        )
+        raise ValueError("a sqlite URL has the form sqlite:///relative/path.db or sqlite:////absolute/path.db")
     path = unquote(parts.path.removeprefix("/"))
     if not path:
         raise ValueError("the sqlite URL names no database file: use sqlite:///path/to/index.db")
@@ -116,9 +114,7 @@ class SqliteIndex:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-index-sqlite")
         try:
-            connection = await asyncio.get_running_loop().run_in_executor(
-                executor, _connect, path, busy_timeout
-            )
+            connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, path, busy_timeout)
         except BaseException as exc:
             executor.shutdown(wait=False)
             if isinstance(exc, sqlite3.Error):
@@ -199,9 +195,7 @@ class SqliteIndex:
         if self._closed:
             raise IndexUnavailable("the SQLite cache index is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, operation, self._connection, *args
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, operation, self._connection, *args)
         except sqlite3.Error as exc:
             raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
 
@@ -263,16 +257,12 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("COMMIT")
 
 
-def _lookup(
-    connection: sqlite3.Connection, scope: Scope, hashes: list[bytes], now: float
-) -> list[IndexMatch]:
+def _lookup(connection: sqlite3.Connection, scope: Scope, hashes: list[bytes], now: float) -> list[IndexMatch]:
     matches: list[IndexMatch] = []
     for start in range(0, len(hashes), _LOOKUP_CHUNK):
         chunk = hashes[start : start + _LOOKUP_CHUNK]
         statement = _LOOKUP.format(placeholders=", ".join("?" * len(chunk)))
-        rows = connection.execute(
-            statement, (scope.principal, scope.model, scope.tokenizer_version, now, *chunk)
-        )
+        rows = connection.execute(statement, (scope.principal, scope.model, scope.tokenizer_version, now, *chunk))
         matches.extend(
             IndexMatch(
                 prefix_hash=prefix_hash,

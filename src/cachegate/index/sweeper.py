@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 class Sweeper:
     """Calls ``index.sweep(clock())`` every ``interval`` seconds, from ``start()`` until ``stop()``."""
 
-    def __init__(
-        self, index: CacheIndex, interval: float = 60.0, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, index: CacheIndex, interval: float = 60.0, *, clock: Callable[[], float] = time.time) -> None:
         if interval <= 0:
             raise ValueError(f"the sweep interval must be positive, not {interval!r}")
         self._index = index

@@ -31,9 +31,7 @@ class TokenCounter(Protocol):
     def tokenizer_version(self) -> str:
         """Identifies the tokenizer file, the template and the options that change counts."""
 
-    async def count(
-        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]
-    ) -> PromptCounts:
+    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         """Count ``body`` (the client's chat request; markers are ignored) at each of ``blocks``."""
 
     async def aclose(self) -> None: ...

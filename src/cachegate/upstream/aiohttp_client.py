@@ -24,14 +24,12 @@ _CHUNK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
 class AiohttpResponse:
-    __slots__ = ("_response", "status", "headers")
+    __slots__ = ("_response", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
-        self.headers = [
-            (name.lower(), value) for name, value in response.raw_headers if name.lower() not in HOP_BY_HOP
-        ]
+        self.headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() not in HOP_BY_HOP]
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -88,7 +86,7 @@ class AiohttpUpstream:
                 headers=headers,
                 allow_redirects=False,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"upstream unreachable: {exc.__class__.__name__}") from exc
         return AiohttpResponse(response)
 
