@@ -16,7 +16,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.gateway import metrics
-from cachegate.gateway.asgi import JSON_HEADERS, Headers, Receive, Scope, Send, header, send_bytes, send_error
+from cachegate.gateway.asgi import (
+    JSON_HEADERS,
+    ClientGone,
+    Headers,
+    Receive,
+    Refusal,
+    Scope,
+    Send,
+    header,
+    send_bytes,
+    send_error,
+)
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import chat_completions
@@ -133,12 +144,18 @@ class Gateway:
             await send_error(send, 503, str(exc), "service_unavailable", "control_store_unavailable")
             metrics.labelled(metrics.REQUESTS, route, "5xx").inc()
             return
-        if route == "chat":
-            status = await chat_completions(self, key, scope, receive, send)
-        elif path == "/v1/models" and method == "GET":
-            status = await self._models(send)
-        else:
-            status = await proxy(self, scope, receive, send)
+        try:
+            if route == "chat":
+                status = await chat_completions(self, key, scope, receive, send)
+            elif path == "/v1/models" and method == "GET":
+                status = await self._models(send)
+            else:
+                status = await proxy(self, scope, receive, send)
+        except Refusal as refusal:
+            await refusal.send(send)
+            status = refusal.status
+        except ClientGone:
+            status = 499  # nobody to answer
         metrics.labelled(metrics.REQUESTS, route, f"{status // 100}xx").inc()
         metrics.labelled(metrics.UPSTREAM_LATENCY, route).observe(time.perf_counter() - started)
 

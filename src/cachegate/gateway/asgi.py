@@ -17,8 +17,24 @@ Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 
-class BodyTooLarge(Exception):
-    """The request body is over the configured limit (413)."""
+class Refusal(Exception):
+    """A request the gateway answers itself, before any upstream response, with an OpenAI-shaped error.
+
+    Raised anywhere on a request's path; the application sends it and counts it in one place.
+    """
+
+    def __init__(
+        self, status: int, message: str, code: str, param: str | None = None, type_: str = "invalid_request_error"
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type_
+
+    async def send(self, send: Send) -> None:
+        await send_error(send, self.status, self.message, self.type, self.code, self.param)
 
 
 class ClientGone(Exception):
@@ -34,7 +50,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing bodies over ``limit`` bytes as soon as they cross it."""
+    """The whole request body, refused (413) as soon as it crosses ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -45,7 +61,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge
+                raise Refusal(413, f"request body is larger than {limit} bytes", "body_too_large")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 
+from cachegate.gateway.asgi import Refusal
 from cachegate.gateway.periodic import Periodic
-from cachegate.store.base import Catalog, ControlStore, StoreError
+from cachegate.store.base import Catalog, ControlStore, Endpoint, Model, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,14 @@ class CatalogCache:
         self._store = store
         self._periodic = Periodic("catalog reload", refresh_seconds, self._reload)
         self.current = Catalog(endpoints={}, models={}, tariffs={})
+
+    def route(self, alias: str) -> tuple[Model, Endpoint]:
+        """The model a client named and the endpoint serving it; 404 ``model_not_found`` otherwise."""
+        model = self.current.models.get(alias)
+        endpoint = self.current.endpoints.get(model.endpoint) if model is not None else None
+        if model is None or endpoint is None:
+            raise Refusal(404, f"The model '{alias}' does not exist", "model_not_found", "model")
+        return model, endpoint
 
     async def load(self) -> None:
         self.current = await self._store.load_catalog()

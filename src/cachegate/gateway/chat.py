@@ -20,16 +20,7 @@ from cachegate.core.errors import MarkerError
 from cachegate.core.markers import strip_markers, validate_markers
 from cachegate.core.types import Scope
 from cachegate.gateway import metrics
-from cachegate.gateway.asgi import (
-    BodyTooLarge,
-    ClientGone,
-    Receive,
-    Send,
-    media_type,
-    read_body,
-    send_bytes,
-    send_error,
-)
+from cachegate.gateway.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.streaming import relay_stream
 from cachegate.store.base import ApiKey
@@ -42,70 +33,25 @@ DEGRADED_HEADER = (b"x-cachegate-cache", b"degraded")
 
 
 async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any], receive: Receive, send: Send) -> int:
-    """Serve one chat completion; returns the status sent to the client."""
+    """Serve one chat completion; returns the status sent to the client (raises Refusal before forwarding)."""
     started_at = time.time()
     started_perf = time.perf_counter()
-    try:
-        raw = await read_body(receive, gateway.config.body_limit_bytes)
-    except BodyTooLarge:
-        limit = gateway.config.body_limit_bytes
-        await send_error(
-            send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
-        )
-        return 413
-    except ClientGone:
-        return 499
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        await send_error(send, 400, "request body is not valid JSON", "invalid_request_error", "invalid_json")
-        return 400
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        await send_error(
-            send,
-            400,
-            "request body must be a JSON object with a string 'model'",
-            "invalid_request_error",
-            "invalid_request",
-            "model",
-        )
-        return 400
-
-    catalog = gateway.catalog.current
+    raw = await read_body(receive, gateway.config.body_limit_bytes)
+    body = _chat_request(raw)
     alias: str = body["model"]
-    model = catalog.models.get(alias)
-    endpoint = catalog.endpoints.get(model.endpoint) if model is not None else None
-    if model is None or endpoint is None:
-        await send_error(
-            send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model"
-        )
-        return 404
-    tariff = catalog.tariff_at(alias, datetime.fromtimestamp(started_at, UTC))
-
+    model, endpoint = gateway.catalog.route(alias)
+    tariff = gateway.catalog.current.tariff_at(alias, datetime.fromtimestamp(started_at, UTC))
     try:
         prompt = parse_prompt(body, gateway.ttl_policy) if tariff is not None else None
         if prompt is None:
             validate_markers(body, gateway.ttl_policy)
     except MarkerError as exc:
         metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
-        await send_error(send, 400, exc.message, "invalid_request_error", "invalid_cache_control", exc.param)
-        return 400
+        raise Refusal(400, exc.message, "invalid_cache_control", exc.param) from exc
 
     streaming = body.get("stream") is True
-    options = body.get("stream_options")
-    client_wants_usage = streaming and isinstance(options, dict) and options.get("include_usage") is True
-    changed = strip_markers(body)
-    if model.upstream_model != alias:
-        body["model"] = model.upstream_model
-        changed = True
-    if streaming and not client_wants_usage:
-        if isinstance(options, dict):
-            options["include_usage"] = True
-        else:
-            body["stream_options"] = {"include_usage": True}
-        changed = True
-    forward = orjson.dumps(body) if changed else raw
-
+    client_wants_usage = _asks_for_usage(body)
+    forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage)
     exchange = Exchange(
         key=key,
         model=model,
@@ -119,6 +65,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     if prompt is not None and tariff is not None and prompt.breakpoints:
         counter = gateway.counters[model.tokenizer]
         cache_scope = Scope(key.principal_id, alias, counter.tokenizer_version)
+        # Concurrent with the upstream request: it must never delay it (SPEC §2.3).
         exchange.task = asyncio.create_task(
             gateway.classifier.classify(cache_scope, prompt, body, tariff, counter, started_at)
         )
@@ -128,14 +75,13 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     )
     try:
         response = await gateway.upstream.send(request)
-    except UpstreamUnavailable:
+    except UpstreamUnavailable as exc:
         exchange.vetoed("upstream_unreachable")
-        await send_error(
-            send, 502, f"the upstream for model '{alias}' is unreachable", "upstream_error", "upstream_unreachable"
-        )
         exchange.status = 502
         gateway.ledger.append(exchange.ledger_row())
-        return 502
+        raise Refusal(
+            502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
+        ) from exc
 
     exchange.status = response.status
     try:
@@ -149,14 +95,47 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     return exchange.status
 
 
+def _chat_request(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise Refusal(400, "request body must be a JSON object with a string 'model'", "invalid_request", "model")
+    return body
+
+
+def _asks_for_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return body.get("stream") is True and isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _forwarded_body(body: dict[str, Any], raw: bytes, upstream_model: str, force_usage: bool) -> bytes:
+    """What goes upstream (SPEC §2.4): markers stripped, ``model`` renamed, stream usage forced on.
+
+    ``body`` is changed in place; an unchanged request is forwarded byte for byte.
+    """
+    changed = strip_markers(body)
+    if body["model"] != upstream_model:
+        body["model"] = upstream_model
+        changed = True
+    if force_usage:
+        options = body.get("stream_options")
+        if isinstance(options, dict):
+            options["include_usage"] = True
+        else:
+            body["stream_options"] = {"include_usage": True}
+        changed = True
+    return orjson.dumps(body) if changed else raw
+
+
 async def _relay_json(exchange: Exchange, response: Any, send: Send) -> None:
     try:
         data: bytes = await response.read()
-    except UpstreamBroken:
+    except UpstreamBroken as exc:
         exchange.vetoed("upstream_broken")
         exchange.status = 502
-        await send_error(send, 502, "the upstream response broke off", "upstream_error", "upstream_broken")
-        return
+        raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
     headers = [(k, v) for k, v in response.headers if k != b"content-length"]
     ok = 200 <= response.status < 300
     kind = media_type(response.headers)

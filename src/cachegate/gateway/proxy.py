@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cachegate.gateway.asgi import BodyTooLarge, ClientGone, Receive, Send, read_body, send_error
-from cachegate.store.base import Endpoint
+from cachegate.gateway.asgi import Receive, Refusal, Send, read_body
 from cachegate.upstream.base import UpstreamBroken, UpstreamRequest, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -20,43 +19,20 @@ if TYPE_CHECKING:
 
 
 async def proxy(gateway: Gateway, scope: dict[str, Any], receive: Receive, send: Send) -> int:
-    try:
-        body = await read_body(receive, gateway.config.body_limit_bytes)
-    except BodyTooLarge:
-        limit = gateway.config.body_limit_bytes
-        await send_error(
-            send, 413, f"request body is larger than {limit} bytes", "invalid_request_error", "body_too_large"
-        )
-        return 413
-    except ClientGone:
-        return 499
-    catalog = gateway.catalog.current
-    endpoint: Endpoint | None = None
+    body = await read_body(receive, gateway.config.body_limit_bytes)
     payload = _json_object(body)
     alias = payload.get("model") if payload is not None else None
     if isinstance(alias, str):
-        model = catalog.models.get(alias)
-        if model is None or (endpoint := catalog.endpoints.get(model.endpoint)) is None:
-            await send_error(
-                send, 404, f"The model '{alias}' does not exist", "invalid_request_error", "model_not_found", "model"
-            )
-            return 404
-        if model.upstream_model != alias:
-            assert payload is not None
+        model, endpoint = gateway.catalog.route(alias)
+        if payload is not None and model.upstream_model != alias:
             payload["model"] = model.upstream_model
             body = orjson.dumps(payload)
-    elif len(catalog.endpoints) == 1:
-        endpoint = next(iter(catalog.endpoints.values()))
+    elif len(gateway.catalog.current.endpoints) == 1:
+        endpoint = next(iter(gateway.catalog.current.endpoints.values()))
     else:
-        await send_error(
-            send,
-            404,
-            "no model named in the request, and no single endpoint to send it to",
-            "invalid_request_error",
-            "model_not_found",
-            "model",
+        raise Refusal(
+            404, "no model named in the request, and no single endpoint to send it to", "model_not_found", "model"
         )
-        return 404
 
     path = scope["path"][len("/v1") :]
     query = scope.get("query_string", b"")
@@ -64,9 +40,8 @@ async def proxy(gateway: Gateway, scope: dict[str, Any], receive: Receive, send:
     request = UpstreamRequest(scope["method"], url, gateway.upstream_headers(scope, endpoint, keep_encoding=True), body)
     try:
         response = await gateway.upstream.send(request)
-    except UpstreamUnavailable:
-        await send_error(send, 502, "the upstream is unreachable", "upstream_error", "upstream_unreachable")
-        return 502
+    except UpstreamUnavailable as exc:
+        raise Refusal(502, "the upstream is unreachable", "upstream_unreachable", type_="upstream_error") from exc
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         try:
