@@ -32,109 +32,107 @@ from cachegate.gateway.exchange import Exchange
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
 
-class _StreamState:
-    __slots__ = ("crlf", "finished", "last_chunk", "last_usage", "saw_error", "usage_frame_seen")
-
-    def __init__(self) -> None:
-        self.saw_error = False
-        self.usage_frame_seen = False
-        self.last_usage: dict[str, Any] | None = None
-        self.last_chunk: dict[str, Any] | None = None
-        self.crlf = False
-        self.finished = False
-
-
 async def relay_stream(
     exchange: Exchange, response: UpstreamResponse, receive: Receive, send: Send, client_wants_usage: bool
 ) -> None:
     headers = [(k, v) for k, v in response.headers if k != b"content-length"]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    disconnected = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
-    ok = 200 <= response.status < 300
-    state = _StreamState()
-
-    async def forward(event: bytes) -> None:
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-
-    async def finish() -> None:
-        """End-of-stream work, before ``[DONE]``: a usage frame if the upstream sent none, then the commit."""
-        state.finished = True
-        if not state.usage_frame_seen and state.last_usage is not None and ok and not state.saw_error:
-            frame = {**(state.last_chunk or {}), "choices": [], "usage": dict(state.last_usage)}
-            await exchange.apply_usage(frame["usage"])
-            state.usage_frame_seen = True
-            if client_wants_usage:
-                await forward(data_event(frame, crlf=state.crlf))
-        if not ok:
-            exchange.vetoed("non_2xx")
-        elif state.saw_error:
-            exchange.vetoed("error_frame")
-        elif not state.usage_frame_seen:
-            exchange.vetoed("no_usage")
-        elif disconnected.is_set():
-            exchange.vetoed("client_disconnected")
-        else:
-            await exchange.succeeded()
-
-    async def on_event(event: bytes) -> None:
-        if is_done(event):
-            await finish()
-            await forward(event)
-            return
-        if not may_carry_usage_or_error(event):
-            await forward(event)  # the hot path: content frames pass untouched
-            return
-        payload = event_json(event)
-        if not isinstance(payload, dict):
-            await forward(event)
-            return
-        state.crlf = b"\r\n" in event
-        if is_error_frame(payload):
-            state.saw_error = True
-            await forward(event)
-        elif is_usage_frame(payload):
-            state.usage_frame_seen = True
-            await exchange.apply_usage(payload["usage"])
-            if client_wants_usage:
-                await forward(replace_event_json(event, payload))
-        elif carries_usage(payload):
-            state.last_usage = dict(payload["usage"])
-            state.last_chunk = {k: v for k, v in payload.items() if k not in ("choices", "usage")}
-            exchange.apply_usage_if_ready(payload["usage"])
-            await forward(replace_event_json(event, payload))
-        else:
-            await forward(event)
-
+    relay = _Relay(exchange, send, ok=200 <= response.status < 300, client_wants_usage=client_wants_usage)
+    watcher = asyncio.create_task(_watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
-    broken = False
     try:
         async for chunk in response.chunks():
             for event in framer.feed(chunk):
-                await on_event(event)
-            if disconnected.is_set():
+                await relay.on_event(event)
+            if relay.disconnected.is_set():
                 break  # stop reading: releasing the unread response drops the upstream connection
         else:
             tail = framer.flush()
             if tail:
-                await on_event(tail)
+                await relay.on_event(tail)
     except (UpstreamBroken, SseFrameTooLarge):
-        # An event over the framer's limit cannot be relayed faithfully: treated as a broken stream.
-        broken = True
-        state.saw_error = True
+        # An event over the framer's limit cannot be relayed faithfully either: a broken stream.
+        exchange.vetoed("upstream_broken")
+        return  # leave the response incomplete: the server drops the connection mid-body
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    if disconnected.is_set():
-        exchange.vetoed("client_disconnected")
-        return
-    if broken:
-        exchange.vetoed("upstream_broken")
-        return  # leave the response incomplete: the server drops the connection mid-body
-    if not state.finished:
-        await finish()  # the upstream ended cleanly without [DONE]
+    if not relay.finished:
+        if relay.disconnected.is_set():
+            exchange.vetoed("client_disconnected")
+            return
+        await relay.finish()  # the upstream ended cleanly without [DONE]
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Relay:
+    """What one stream has shown so far, and what each event does to it."""
+
+    def __init__(self, exchange: Exchange, send: Send, *, ok: bool, client_wants_usage: bool) -> None:
+        self.exchange = exchange
+        self.send = send
+        self.ok = ok
+        self.client_wants_usage = client_wants_usage
+        self.disconnected = asyncio.Event()
+        self.saw_error = False
+        self.usage_frame_seen = False
+        self.last_usage: dict[str, Any] | None = None  # the latest per-chunk usage, for a missing usage frame
+        self.last_chunk: dict[str, Any] | None = None  # its id/model/created, to dress that frame
+        self.crlf = False
+        self.finished = False
+
+    async def forward(self, event: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": event, "more_body": True})
+
+    async def on_event(self, event: bytes) -> None:
+        if is_done(event):
+            await self.finish()
+            await self.forward(event)
+            return
+        if not may_carry_usage_or_error(event):
+            await self.forward(event)  # the hot path: content frames pass untouched
+            return
+        payload = event_json(event)
+        if not isinstance(payload, dict):
+            await self.forward(event)
+            return
+        self.crlf = b"\r\n" in event
+        if is_error_frame(payload):
+            self.saw_error = True
+            await self.forward(event)
+        elif is_usage_frame(payload):
+            self.usage_frame_seen = True
+            await self.exchange.apply_usage(payload["usage"])
+            if self.client_wants_usage:
+                await self.forward(replace_event_json(event, payload))
+        elif carries_usage(payload):
+            self.last_usage = dict(payload["usage"])
+            self.last_chunk = {k: v for k, v in payload.items() if k not in ("choices", "usage")}
+            self.exchange.apply_usage_if_ready(payload["usage"])
+            await self.forward(replace_event_json(event, payload))
+        else:
+            await self.forward(event)
+
+    async def finish(self) -> None:
+        """End-of-stream work, before ``[DONE]``: a usage frame if the upstream sent none, then the commit."""
+        self.finished = True
+        if not self.usage_frame_seen and self.last_usage is not None and self.ok and not self.saw_error:
+            frame = {**(self.last_chunk or {}), "choices": [], "usage": dict(self.last_usage)}
+            await self.exchange.apply_usage(frame["usage"])
+            self.usage_frame_seen = True
+            if self.client_wants_usage:
+                await self.forward(data_event(frame, crlf=self.crlf))
+        if not self.ok:
+            self.exchange.vetoed("non_2xx")
+        elif self.saw_error:
+            self.exchange.vetoed("error_frame")
+        elif not self.usage_frame_seen:
+            self.exchange.vetoed("no_usage")
+        elif self.disconnected.is_set():
+            self.exchange.vetoed("client_disconnected")
+        else:
+            await self.exchange.succeeded()
 
 
 async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
