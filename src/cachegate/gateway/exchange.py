@@ -8,7 +8,6 @@ work for each moment lives, so the JSON and streaming paths cannot drift apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,25 +55,31 @@ class Exchange:
         """The classification, awaited only now that the usage is needed, within the deadline (§2.5)."""
         if self.classification is not None:
             return self.classification
+        if self.task is not None and not self.task.done():
+            remaining = self.classify_deadline - (time.perf_counter() - self.started_perf)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), max(remaining, 0.0))
+            except TimeoutError:
+                self.task.cancel()
+                metrics.labelled(metrics.DEGRADED, "deadline").inc()
+                log.warning("cache classification missed its deadline, serving uncached")
+                self.classification = Classification.degraded_zeros()
+                return self.classification
+            except Exception:  # the finished task's error is reported just below
+                pass
+        self.classification = self._settled()
+        return self.classification
+
+    def _settled(self) -> Classification:
+        """The classification of a finished (or absent) task; a task that failed degrades (§11)."""
         if self.task is None:
-            self.classification = Classification()
-            return self.classification
-        remaining = self.classify_deadline - (time.perf_counter() - self.started_perf)
+            return Classification()
         try:
-            if self.task.done():
-                self.classification = self.task.result()
-            else:
-                self.classification = await asyncio.wait_for(asyncio.shield(self.task), max(remaining, 0.0))
-        except TimeoutError:
-            self.task.cancel()
-            metrics.labelled(metrics.DEGRADED, "deadline").inc()
-            log.warning("cache classification missed its deadline, serving uncached")
-            self.classification = Classification.degraded_zeros()
-        except Exception:
+            return self.task.result()
+        except (Exception, asyncio.CancelledError):
             metrics.labelled(metrics.DEGRADED, "error").inc()
             log.exception("cache classification failed, serving uncached")
-            self.classification = Classification.degraded_zeros()
-        return self.classification
+            return Classification.degraded_zeros()
 
     async def apply_usage(self, usage: dict[str, Any]) -> None:
         """Write our cache fields into ``usage`` (or scrub the upstream's, for a model without caching)."""
@@ -94,14 +99,12 @@ class Exchange:
     def apply_usage_if_ready(self, usage: dict[str, Any]) -> None:
         """For frames that carry usage mid-stream: never wait; splice if decided, else scrub (§8)."""
         self._record_counts(usage)
-        if self.cache_enabled and self.task is not None and self.task.done() and self.classification is None:
-            with contextlib.suppress(Exception):
-                self.classification = self.task.result()
-        if self.cache_enabled and (self.classification is not None or self.task is None):
-            classification = self.classification or Classification()
-            splice_usage(usage, classification.stats, degraded=classification.degraded)
-        else:
+        if not self.cache_enabled or (self.task is not None and not self.task.done()):
             scrub_usage(usage)
+            return
+        if self.classification is None:
+            self.classification = self._settled()
+        splice_usage(usage, self.classification.stats, degraded=self.classification.degraded)
 
     async def succeeded(self) -> None:
         """The response succeeded (§7.4): commit new entries now, before its last byte; queue the refresh."""
