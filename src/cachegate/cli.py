@@ -1,4 +1,4 @@
-"""The ``cachegate`` command: serve the gateway, run the fake upstream, manage the control store."""
+"""The cachegate command: serve the gateway, run the fake upstream, manage the control store."""
 
 from __future__ import annotations
 
