@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cachegate.config import DEMO_MODEL, Config, ModelConfig
 from cachegate.gateway.app import Gateway
 from cachegate.index.factory import open_index
-from cachegate.store.base import ControlStore, Endpoint, Model, NotFound
+from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.registry import build_counter
@@ -52,23 +52,14 @@ async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None 
 
 async def seed_store(store: ControlStore, config: Config) -> None:
     for endpoint in config.endpoints:
-        await store.put_endpoint(Endpoint(endpoint.name, endpoint.base_url, endpoint.api_key))
+        await store.put_endpoint(endpoint.to_endpoint())
     models: list[ModelConfig] = list(config.models)
     if config.demo.enabled:
         await store.put_endpoint(Endpoint("demo", f"http://127.0.0.1:{config.demo.port}/v1", None))
         models.append(DEMO_MODEL)
     catalog = await store.load_catalog()
     for model in models:
-        await store.put_model(
-            Model(
-                model.alias,
-                model.endpoint,
-                model.upstream_model,
-                model.tokenizer,
-                model.input_price,
-                model.output_price,
-            )
-        )
+        await store.put_model(model.to_model())
         if model.cache is not None and not catalog.tariffs.get(model.alias):
             await store.set_cache_tariff(model.alias, model.cache.to_tariff())
 

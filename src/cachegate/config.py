@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cachegate.core.types import CacheTariff, TtlTier
+from cachegate.store.base import Endpoint, Model
 from cachegate.tokens.registry import TokenizerSpec
 
 ENV_PREFIX = "CACHEGATE_"
@@ -48,6 +49,9 @@ class EndpointConfig(_Strict):
     name: str
     base_url: str
     api_key: str | None = None
+
+    def to_endpoint(self) -> Endpoint:
+        return Endpoint(self.name, self.base_url, self.api_key)
 
     @field_validator("base_url")
     @classmethod
@@ -82,6 +86,11 @@ class ModelConfig(_Strict):
     input_price: Decimal = Field(Decimal("0"), ge=0)
     output_price: Decimal = Field(Decimal("0"), ge=0)
     cache: CacheTariffConfig | None = None  # seeded into the store when the model has no tariff yet
+
+    def to_model(self) -> Model:
+        return Model(
+            self.alias, self.endpoint, self.upstream_model, self.tokenizer, self.input_price, self.output_price
+        )
 
 
 class Demo(_Strict):
