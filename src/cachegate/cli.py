@@ -19,6 +19,7 @@ from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
 from cachegate.store.factory import open_store
+from cachegate.tokens import cli as tokenizer_cli
 
 log = logging.getLogger("cachegate")
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     admin.register(commands)
+    tokenizer_cli.register(commands)
     return parser
 
 

@@ -162,6 +162,11 @@ class HfTokenCounter:
             # failed because its tokens could not be counted (SPEC §11).
             raise TokenCountError(f"unexpected {type(exc).__name__} while counting") from exc
 
+    def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """The token count of each text alone: no chat template, no special tokens (the raw
+        segments of the tokenizer service's ``/v1/tokenize``). Blocking: call it off the event loop."""
+        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         rendering = self.render(body, prompt, blocks)
         try:

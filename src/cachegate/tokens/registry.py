@@ -66,16 +66,21 @@ class TokenizerSpec(RootModel[Annotated[BuiltinTokenizerSpec | HfTokenizerSpec, 
     model_config = ConfigDict(frozen=True)
 
 
-def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:
-    """Load the tokenizer ``spec`` names, with counts memoized by prefix.
+def load_counter(spec: TokenizerSpec) -> HfTokenCounter:
+    """Load the tokenizer ``spec`` names, unmemoized (the tokenizer service serves it as is).
 
     Raises ``TokenizerLoadError`` when its files are missing or invalid.
     """
     choice = spec.root
     options = choice.count_options()
-    inner: HfTokenCounter
     if isinstance(choice, BuiltinTokenizerSpec):
-        inner = load_qwen3() if options == CountOptions() else qwen3_counter(options)
-    else:
-        inner = HfTokenCounter.from_folder(choice.path, choice.template_file, options)
-    return MemoizedCounter(inner, memo_entries)
+        return load_qwen3() if options == CountOptions() else qwen3_counter(options)
+    return HfTokenCounter.from_folder(choice.path, choice.template_file, options)
+
+
+def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:
+    """Load the tokenizer ``spec`` names, with counts memoized by prefix.
+
+    Raises ``TokenizerLoadError`` when its files are missing or invalid.
+    """
+    return MemoizedCounter(load_counter(spec), memo_entries)
