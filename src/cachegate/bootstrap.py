@@ -14,7 +14,7 @@ from cachegate.index.factory import open_index
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.registry import build_counter
+from cachegate.tokens.registry import open_counter
 from cachegate.upstream.aiohttp_client import AiohttpUpstream
 
 DEMO_PRINCIPAL = "demo"
@@ -27,8 +27,9 @@ class DemoAccess:
     secret: str
 
 
-def build_counters(config: Config) -> dict[str, TokenCounter]:
-    return {name: build_counter(spec) for name, spec in config.tokenizers.items()}
+async def open_counters(config: Config) -> dict[str, TokenCounter]:
+    """Every configured token counter, ready: local files loaded, remote services asked for their version."""
+    return {name: await open_counter(spec) for name, spec in config.tokenizers.items()}
 
 
 async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
@@ -47,7 +48,7 @@ async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None 
         connect_timeout=config.deadlines.upstream_connect_seconds,
         read_timeout=config.deadlines.upstream_read_seconds,
     )
-    return Gateway(config, store, index, counters or build_counters(config), upstream)
+    return Gateway(config, store, index, counters or await open_counters(config), upstream)
 
 
 async def seed_store(store: ControlStore, config: Config) -> None:

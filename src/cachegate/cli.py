@@ -14,7 +14,7 @@ import uvicorn
 import uvloop
 
 from cachegate import admin
-from cachegate.bootstrap import build_counters, create_demo_key, open_gateway
+from cachegate.bootstrap import create_demo_key, open_counters, open_gateway
 from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     host = args.host or config.listen.host
     port = args.port if args.port is not None else config.listen.port
-    counters = build_counters(config)
+    counters = await open_counters(config)
     fake_runner = None
     if config.demo.enabled:
         fake_runner, _ = await start_fake_upstream(counters["qwen3"], "127.0.0.1", config.demo.port)
@@ -107,7 +107,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
-    counters = build_counters(config)
+    counters = await open_counters(config)
     if args.tokenizer not in counters:
         print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
         return 2

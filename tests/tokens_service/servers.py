@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import uvicorn
 import uvloop
 
-from cachegate.gateway.asgi import ASGIApp
+from cachegate.asgi import ASGIApp
 
 SERVICE_BODY_LIMIT = 64 * 1024
 """The body limit of the tests' tokenizer service: small, so a body over it is cheap to send."""

@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
+from cachegate.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
 from cachegate.core.types import ParsedPrompt
-from cachegate.gateway.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
 from cachegate.tokens.hf import HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.service import ServedModel, TokenizerService
 
@@ -229,3 +230,23 @@ async def test_a_bad_answer_is_a_count_error(
     with pytest.raises(TokenCountError, match=reason):
         await counter.count(forwarded, prompt, [0])
     await counter.aclose()
+
+
+async def test_a_remote_tokenizer_from_config_counts_like_the_in_process_one(
+    service_url: str, qwen3: HfTokenCounter
+) -> None:
+    spec = TokenizerSpec.model_validate({"kind": "remote", "url": service_url, "model": "qwen3"})
+    counter = await open_counter(spec)
+    try:
+        prompt, forwarded = gateway_view(TWO_BREAKPOINTS)
+        blocks = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
+        assert counter.tokenizer_version == qwen3.tokenizer_version
+        assert await counter.count(forwarded, prompt, blocks) == await qwen3.count(TWO_BREAKPOINTS, prompt, blocks)
+    finally:
+        await counter.aclose()
+
+
+def test_a_remote_tokenizer_is_not_loaded_from_files() -> None:
+    spec = TokenizerSpec.model_validate({"kind": "remote", "url": "http://127.0.0.1:9", "model": "qwen3"})
+    with pytest.raises(TokenizerLoadError, match="open_counter"):
+        load_counter(spec)

@@ -13,10 +13,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cachegate.config import Config
-from cachegate.core.markers import TtlPolicy
-from cachegate.gateway import metrics
-from cachegate.gateway.asgi import (
+from cachegate.asgi import (
     JSON_HEADERS,
     ClientGone,
     Headers,
@@ -28,6 +25,9 @@ from cachegate.gateway.asgi import (
     send_bytes,
     send_error,
 )
+from cachegate.config import Config
+from cachegate.core.markers import TtlPolicy
+from cachegate.gateway import metrics
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import chat_completions

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from cachegate.gateway.asgi import Refusal
+from cachegate.asgi import Refusal
 from cachegate.gateway.periodic import Periodic
 from cachegate.store.base import Catalog, ControlStore, Endpoint, Model, StoreError
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cachegate.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import strip_markers, validate_markers
 from cachegate.core.types import Scope
 from cachegate.gateway import metrics
-from cachegate.gateway.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.streaming import relay_stream
 from cachegate.store.base import ApiKey

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cachegate.gateway.asgi import Receive, Refusal, Send, read_body
+from cachegate.asgi import Receive, Refusal, Send, read_body
 from cachegate.upstream.base import UpstreamBroken, UpstreamRequest, UpstreamUnavailable
 
 if TYPE_CHECKING:

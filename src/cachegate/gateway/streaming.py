@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from cachegate.asgi import Receive, Send
 from cachegate.core.sse import (
     SseFramer,
     SseFrameTooLarge,
@@ -27,7 +28,6 @@ from cachegate.core.sse import (
     may_carry_usage_or_error,
     replace_event_json,
 )
-from cachegate.gateway.asgi import Receive, Send
 from cachegate.gateway.exchange import Exchange
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 

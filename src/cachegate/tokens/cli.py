@@ -16,7 +16,7 @@ import uvicorn
 
 from cachegate.config import Config
 from cachegate.tokens.hf import TokenizerLoadError
-from cachegate.tokens.registry import BuiltinTokenizerSpec, TokenizerSpec, load_counter
+from cachegate.tokens.registry import BuiltinTokenizerSpec, RemoteTokenizerSpec, TokenizerSpec, load_counter
 from cachegate.tokens.service import ServedModel, TokenizerService
 
 DEFAULT_HOST = "127.0.0.1"
@@ -64,13 +64,16 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def served_models(specs: Mapping[str, TokenizerSpec]) -> dict[str, ServedModel]:
-    """Load each configured tokenizer, unmemoized: the gateways in front memoize their own counts.
+    """Load each configured local tokenizer, unmemoized: the gateways in front memoize their own counts.
 
+    Remote tokenizers in the same configuration are another service's to serve, and are left out.
     Raises ``TokenizerLoadError`` naming the tokenizer that failed.
     """
     models: dict[str, ServedModel] = {}
     for alias, spec in specs.items():
         choice = spec.root
+        if isinstance(choice, RemoteTokenizerSpec):
+            continue
         source = choice.name if isinstance(choice, BuiltinTokenizerSpec) else str(choice.path)
         try:
             counter = load_counter(spec)

@@ -12,6 +12,10 @@ model folder (the general case: the operator's own model)::
         content_join: "\\n"              # how the upstream joins multi-part text (vLLM: "\\n")
         image_tokens: 0                 # what one image costs upstream
         template_kwargs: {}             # e.g. {enable_thinking: false}, as the upstream renders
+      shared:
+        kind: remote
+        url: http://tokenizers:8082     # a `cachegate tokenizer serve`
+        model: my-model                 # the name that service serves it under
 
 Every option that changes counts is part of the counter's ``tokenizer_version``, hence of the
 cache scope: changing one starts a fresh cache instead of mispricing the old one.
@@ -25,8 +29,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.hf import CountOptions, HfTokenCounter
+from cachegate.tokens.hf import CountOptions, HfTokenCounter, TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
+from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
 
 
@@ -60,7 +65,23 @@ class HfTokenizerSpec(_CountingOptions):
     template_file: Path | None = None
 
 
-class TokenizerSpec(RootModel[Annotated[BuiltinTokenizerSpec | HfTokenizerSpec, Field(discriminator="kind")]]):
+class RemoteTokenizerSpec(BaseModel):
+    """A tokenizer served by a ``cachegate tokenizer serve`` that several gateways share."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["remote"]
+    url: str
+    model: str
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+LocalTokenizerSpec = BuiltinTokenizerSpec | HfTokenizerSpec
+
+
+class TokenizerSpec(
+    RootModel[Annotated[BuiltinTokenizerSpec | HfTokenizerSpec | RemoteTokenizerSpec, Field(discriminator="kind")]]
+):
     """One configured tokenizer; ``kind`` says which form it takes."""
 
     model_config = ConfigDict(frozen=True)
@@ -72,6 +93,8 @@ def load_counter(spec: TokenizerSpec) -> HfTokenCounter:
     Raises ``TokenizerLoadError`` when its files are missing or invalid.
     """
     choice = spec.root
+    if isinstance(choice, RemoteTokenizerSpec):
+        raise TokenizerLoadError("a remote tokenizer is opened with open_counter(), not loaded from files")
     options = choice.count_options()
     if isinstance(choice, BuiltinTokenizerSpec):
         return load_qwen3() if options == CountOptions() else qwen3_counter(options)
@@ -84,3 +107,16 @@ def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCoun
     Raises ``TokenizerLoadError`` when its files are missing or invalid.
     """
     return MemoizedCounter(load_counter(spec), memo_entries)
+
+
+async def open_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:
+    """The counter ``spec`` names, memoized; a remote one is asked for its version first.
+
+    Raises ``TokenizerLoadError`` when the files are missing or the service cannot serve it.
+    """
+    choice = spec.root
+    if isinstance(choice, RemoteTokenizerSpec):
+        remote = RemoteTokenCounter(choice.url, choice.model, timeout=choice.timeout_seconds)
+        await remote.open()
+        return MemoizedCounter(remote, memo_entries)
+    return build_counter(spec, memo_entries)

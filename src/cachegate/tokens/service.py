@@ -39,11 +39,11 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cachegate.asgi import JSON_HEADERS, ClientGone, Receive, Refusal, Scope, Send, read_body, send_bytes
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt, TtlTier
-from cachegate.gateway.asgi import JSON_HEADERS, ClientGone, Receive, Refusal, Scope, Send, read_body, send_bytes
 from cachegate.tokens.base import TokenCounter, TokenCountError
 
 DEFAULT_BODY_LIMIT = 32 * 1024 * 1024
