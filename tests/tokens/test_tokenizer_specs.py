@@ -53,7 +53,7 @@ def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("raw", "complaint"),
     [
-        ({"kind": "remote"}, "does not match any of the expected tags: 'builtin', 'hf'"),
+        ({"kind": "gguf"}, "does not match any of the expected tags: 'builtin', 'hf', 'remote'"),
         ({"name": "qwen3"}, "Unable to extract tag using discriminator 'kind'"),
         ({"kind": "builtin", "name": "llama3"}, "builtin.name\n  Input should be 'qwen3'"),
         ({"kind": "hf"}, "hf.path\n  Field required"),
