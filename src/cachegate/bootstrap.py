@@ -15,7 +15,7 @@ from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.registry import open_counter
-from cachegate.upstream.aiohttp_client import AiohttpUpstream
+from cachegate.upstream.httptools_client import HttptoolsUpstream
 
 DEMO_PRINCIPAL = "demo"
 
@@ -44,7 +44,7 @@ async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None 
     except BaseException:
         await store.aclose()
         raise
-    upstream = AiohttpUpstream(
+    upstream = HttptoolsUpstream(
         connect_timeout=config.deadlines.upstream_connect_seconds,
         read_timeout=config.deadlines.upstream_read_seconds,
     )

@@ -26,7 +26,7 @@ from cachegate.index.factory import open_index
 from cachegate.store.base import ApiKey, Catalog, ControlStore, LedgerRow, StoreUnavailable
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
-from cachegate.upstream.aiohttp_client import AiohttpUpstream
+from cachegate.upstream.httptools_client import HttptoolsUpstream
 
 T = TypeVar("T")
 
@@ -166,7 +166,7 @@ class GatewayHarness:
         self.store = FaultyStore(store)
         self.index = FaultyIndex(await open_index(self.config.index_url))
         self.counter = FaultyCounter(self._counter)
-        self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, AiohttpUpstream())
+        self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, HttptoolsUpstream())
         a = await store.create_principal("tenant-a")
         b = await store.create_principal("tenant-b")
         _, secret_a = await store.create_api_key(a.id)
