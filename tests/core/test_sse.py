@@ -20,6 +20,7 @@ from cachegate.core.sse import (
     is_error_frame,
     is_usage_frame,
     may_carry_usage_or_error,
+    only_plain_events,
     replace_event_json,
 )
 
@@ -274,3 +275,27 @@ def test_every_frame_that_carries_usage_or_error_is_inspected(frame: dict[str, A
     event = data_event(frame)
     if carries_usage(frame) or "error" in frame:
         assert may_carry_usage_or_error(event)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "plain"),
+    [
+        (DELTA, True),
+        (DELTA + DELTA, True),
+        (DELTA + USAGE, False),
+        (DELTA + DONE_EVENT, False),
+        (DELTA[:-1], False),  # an event still open
+        (DELTA.replace(b"\n", b"\r\n"), False),  # CRLF framing goes through the framer
+        (b'data: {"error":{"message":"boom"}}\n\n', False),
+    ],
+)
+def test_only_chunks_of_plain_whole_events_pass_as_they_are(chunk: bytes, plain: bool) -> None:
+    assert only_plain_events(chunk) is plain
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from([DELTA, USAGE, DONE_EVENT, b": keep-alive\n\n"]), min_size=1, max_size=6))
+def test_a_plain_chunk_holds_no_event_that_needs_a_look(events: list[bytes]) -> None:
+    chunk = b"".join(events)
+    if only_plain_events(chunk):
+        assert all(not may_carry_usage_or_error(event) and not is_done(event) for event in events)

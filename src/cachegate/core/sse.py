@@ -98,6 +98,11 @@ class SseFramer:
             self._scanned = self._line_start = 0
         return events
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of an event is buffered, waiting for the rest."""
+        return bool(self._buffer)
+
     def flush(self) -> bytes:
         """What is left at the end of the stream (an unterminated event), and reset."""
         rest = bytes(self._buffer)
@@ -119,6 +124,16 @@ def event_json(event: bytes) -> Any | None:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def only_plain_events(chunk: bytes) -> bool:
+    """Whether ``chunk`` is whole LF-framed events, none ``[DONE]`` and none that may carry usage or an error.
+
+    Such a chunk (most of a stream) can be passed on as it is, without splitting it into events.
+    """
+    return (
+        chunk.endswith(b"\n\n") and b"\r" not in chunk and _DONE not in chunk and _USAGE_OR_ERROR.search(chunk) is None
+    )
 
 
 def may_carry_usage_or_error(event: bytes) -> bool:

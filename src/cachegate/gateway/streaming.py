@@ -26,6 +26,7 @@ from cachegate.core.sse import (
     is_error_frame,
     is_usage_frame,
     may_carry_usage_or_error,
+    only_plain_events,
     replace_event_json,
 )
 from cachegate.gateway.exchange import Exchange
@@ -42,8 +43,11 @@ async def relay_stream(
     framer = SseFramer()
     try:
         async for chunk in response.chunks():
-            for event in framer.feed(chunk):
-                await relay.on_event(event)
+            if not framer.pending and only_plain_events(chunk):
+                await relay.forward(chunk)  # the hot path: content frames pass untouched, as they came
+            else:
+                for event in framer.feed(chunk):
+                    await relay.on_event(event)
             if relay.disconnected.is_set():
                 break  # stop reading: releasing the unread response drops the upstream connection
         else:
@@ -91,7 +95,7 @@ class _Relay:
             await self.forward(event)
             return
         if not may_carry_usage_or_error(event):
-            await self.forward(event)  # the hot path: content frames pass untouched
+            await self.forward(event)
             return
         payload = event_json(event)
         if not isinstance(payload, dict):
