@@ -10,10 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-import uvicorn
 import uvloop
 
-from cachegate import admin
+from cachegate import admin, serving
 from cachegate.bootstrap import create_demo_key, open_counters, open_gateway
 from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
@@ -84,20 +83,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     if config.demo.enabled:
         access = await create_demo_key(gateway.store, f"http://{host}:{port}")
         print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            gateway,
-            host=host,
-            port=port,
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            proxy_headers=False,  # client addresses are never used; skip the middleware
-            server_header=False,
-            log_level="info",
-        )
-    )
+    server = serving.server(gateway, host, port)
     try:
         await server.serve()
     finally:

@@ -13,9 +13,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import uvicorn
 import uvloop
 
+from cachegate import serving
 from cachegate.bootstrap import seed_store
 from cachegate.config import Config
 from cachegate.core.types import IndexEntry, IndexMatch, ParsedPrompt, Refresh, Scope
@@ -177,9 +177,7 @@ class GatewayHarness:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.gateway, loop="none", http="httptools", lifespan="on", log_level="warning")
-        )
+        self._server = serving.server(self.gateway, log_level="warning")
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._serve_task.done():

@@ -12,8 +12,7 @@ import argparse
 import sys
 from collections.abc import Mapping
 
-import uvicorn
-
+from cachegate import serving
 from cachegate.config import Config
 from cachegate.tokens.hf import TokenizerLoadError
 from cachegate.tokens.registry import BuiltinTokenizerSpec, RemoteTokenizerSpec, TokenizerSpec, load_counter
@@ -41,20 +40,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         print(f"cachegate: {exc}", file=sys.stderr)
         return 1
     service = TokenizerService(models, config.body_limit_bytes)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            service,
-            host=args.host,
-            port=args.port,
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            log_level="info",
-        )
-    )
+    server = serving.server(service, args.host, args.port)
     try:
         await server.serve()
     finally:
