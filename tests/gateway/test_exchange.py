@@ -47,9 +47,9 @@ def exchange(
     )
 
 
-def classified(stats: CacheStats) -> asyncio.Task[Classification]:
+def classified(stats: CacheStats, counted_total: int | None = None) -> asyncio.Task[Classification]:
     async def decided() -> Classification:
-        return Classification(stats=stats)
+        return Classification(stats=stats, counted_total=counted_total)
 
     return asyncio.create_task(decided())
 
@@ -201,6 +201,16 @@ async def test_the_ledger_row_is_priced_with_the_tariff_in_decimals() -> None:
     assert (row.principal_id, row.key_id, row.model, row.status) == ("prn_a", "key_a", "m", 200)
     assert row.at == datetime.fromtimestamp(STARTED_AT, UTC)
     assert not row.degraded
+
+
+async def test_the_ledger_keeps_our_prompt_count_when_the_prompt_was_counted() -> None:
+    counted = exchange(task=classified(CacheStats(creation_1h=1500), counted_total=1990))
+    await counted.apply_usage(usage(2000, 10))
+    looked_up = exchange(task=classified(CacheStats(read=1500)))
+    await looked_up.apply_usage(usage(2000, 10))
+
+    assert counted.ledger_row().counted_prompt_tokens == 1990
+    assert looked_up.ledger_row().counted_prompt_tokens is None  # a pure read renders nothing
 
 
 async def test_the_ledger_bills_the_split_as_capped_for_the_client() -> None:

@@ -23,6 +23,7 @@ from cachegate.store.base import (
     UsageReportRow,
 )
 from cachegate.store.keys import hash_secret
+from cachegate.store.schema import migrations
 from store.rawdb import everything_stored, query
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -346,6 +347,16 @@ async def test_appending_nothing_is_a_no_op(store: ControlStore) -> None:
     assert await store.usage_report() == []
 
 
+async def test_our_prompt_count_is_kept_beside_the_upstreams(store: ControlStore, store_url: str) -> None:
+    await store.append_ledger(
+        [ledger_row(T0, "prn_a", "m", counted_prompt_tokens=98), ledger_row(T0, "prn_a", "m", key_id="key_2")]
+    )
+
+    stored = await query(store_url, "SELECT key_id, prompt_tokens, counted_prompt_tokens FROM ledger ORDER BY key_id")
+
+    assert stored == [("key_2", 100, None), ("key_test", 100, 98)]
+
+
 async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:
     refused_by_the_database = ledger_row(T0, "prn_a", "m", principal_id=None)  # NOT NULL
 
@@ -385,7 +396,7 @@ async def test_migrating_again_changes_nothing(store: ControlStore, store_url: s
     await store.migrate()
 
     assert await query(store_url, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version") == before
-    assert [version for version, *_ in before] == [1]
+    assert [version for version, *_ in before] == [step.version for step in migrations()]
     assert await store.list_principals() == [acme]
 
 
@@ -399,4 +410,4 @@ async def test_two_processes_can_migrate_at_once(store_url: str) -> None:
         await first.aclose()
         await second.aclose()
 
-    assert await query(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert await query(store_url, "SELECT version FROM schema_migrations") == [(step.version,) for step in migrations()]

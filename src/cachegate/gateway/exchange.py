@@ -152,6 +152,7 @@ class Exchange:
             list_cost=list_cost,
             latency_ms=(time.perf_counter() - self.started_perf) * 1000.0,
             degraded=self.degraded,
+            counted_prompt_tokens=self.classification.counted_total if self.classification is not None else None,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:

@@ -114,6 +114,7 @@ class LedgerRow:
     list_cost: Decimal | None
     latency_ms: float
     degraded: bool
+    counted_prompt_tokens: int | None = None  # our count of the prompt, when it was rendered (drift = this - prompt)
 
 
 @dataclass(frozen=True, slots=True)
