@@ -43,6 +43,7 @@ from tokenizers import Tokenizer
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
 from cachegate.tokens.conversation import BlockTraits, PreparedChat, count_images, describe_blocks, prepare_chat
+from cachegate.tokens.encoding import PieceEncoder
 from cachegate.tokens.template import (
     ChatTemplate,
     chat_template_from_config,
@@ -102,6 +103,7 @@ class HfTokenCounter:
         if self._options.image_tokens < 0:
             raise TokenizerLoadError("image_tokens must not be negative")
         self._tokenizer = _parsed_tokenizer(tokenizer_json)
+        self._encoder = PieceEncoder(self._tokenizer)
         try:
             self._template = ChatTemplate(chat_template, {**special_tokens, **self._options.template_kwargs})
         except jinja2.TemplateError as exc:
@@ -138,8 +140,9 @@ class HfTokenCounter:
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         """Count in a worker thread, so the event loop keeps serving while we render and tokenize.
 
-        One thread per counter: ``tokenizers`` holds the GIL, so more threads would only take
-        more of it from the event loop.
+        One thread per counter: a long rendering is encoded in pieces by ``encode_batch``, which
+        spreads them over the cores itself and releases the GIL meanwhile (tokens/encoding.py);
+        a short one holds the GIL only briefly.
         """
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-tokens")
@@ -170,17 +173,17 @@ class HfTokenCounter:
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         rendering = self.render(body, prompt, blocks)
         try:
-            encoding = self._tokenizer.encode(rendering.text, add_special_tokens=False)
+            offsets = self._encoder.offsets(rendering.text)
         except Exception as exc:
             raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
-        cuts = _TokenCuts(encoding.offsets)
+        cuts = _TokenCuts(offsets)
         images = _images_through(describe_blocks(body, prompt.blocks))
         image_tokens = self._options.image_tokens
         cumulative = {
             block: cuts.count_before(offset) + image_tokens * images[block]
             for block, offset in rendering.boundaries.items()
         }
-        return PromptCounts(cumulative=cumulative, total=len(encoding.ids) + image_tokens * count_images(body))
+        return PromptCounts(cumulative=cumulative, total=len(offsets) + image_tokens * count_images(body))
 
     def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
         """The clean rendering and, for each asked-for block, the offset where its prefix ends."""

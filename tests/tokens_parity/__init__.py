@@ -1,0 +1,1 @@
+"""Exactness of cachegate's chat-template rendering against Hugging Face transformers."""
