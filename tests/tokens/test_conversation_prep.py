@@ -58,7 +58,7 @@ def test_messages_keep_only_the_fields_vllm_keeps() -> None:
 
     assert chat.messages == [
         {"role": "user", "content": "u", "name": "ann"},
-        {"role": "assistant", "content": "a", "reasoning": "r", "reasoning_content": "r"},
+        {"role": "assistant", "content": "a", "reasoning": "r", "reasoning_content": "r", "thinking": "r"},
         {"role": "tool", "content": "t1\nt2", "tool_call_id": "1"},
     ]
     assert chat.tools is None

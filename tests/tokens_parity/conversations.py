@@ -115,6 +115,25 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
             {"role": "user", "content": "Should I take a coat?"},
         ],
     },
+    "reasoning before a tool call": {
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "reasoning": "Call the weather tool.",
+                "tool_calls": [
+                    {
+                        "id": "call00004",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call00004", "content": "snow"},
+        ],
+    },
     "unicode, emoji and CJK": {
         "messages": [
             {"role": "system", "content": "Réponds en français, s'il te plaît. Ünïcödé ✓"},
@@ -137,10 +156,35 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
             {"role": "user", "content": "And 97?"},
         ]
     },
+    "a whitespace-only text part": {
+        "messages": [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "  "}]},
+        ]
+    },
+    "raw reasoning in the parts of an assistant turn": {
+        "messages": [
+            {"role": "user", "content": "Is 91 prime?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "<think>Try 7.</think>"},
+                    {"type": "text", "text": "No: 91 = 7 × 13."},
+                ],
+            },
+            {"role": "user", "content": "And 97?"},
+        ]
+    },
     "assistant turn last": {
         "messages": [
             {"role": "user", "content": "Say hi."},
             {"role": "assistant", "content": "Hi!"},
+        ]
+    },
+    "two user turns in a row": {
+        "messages": [
+            {"role": "user", "content": "First question."},
+            {"role": "user", "content": "Second question."},
         ]
     },
     "no messages": {"messages": []},

@@ -8,7 +8,8 @@ template whose content format is "string" (``vllm/entrypoints/chat_utils.py``):
   counted separately); text/refusal parts whose text is null are skipped;
 - assistants keep ``tool_calls`` (an empty list is dropped), each call's ``function.arguments``
   parsed from its JSON string (unparsable or missing arguments become ``{}``) and ``reasoning``
-  (also offered as ``reasoning_content``); tool messages keep ``tool_call_id``; a string
+  (also offered as ``reasoning_content`` and ``thinking``, as transformers 5 aliases it); tool
+  messages keep ``tool_call_id``; a string
   ``name`` is kept; every other message field is dropped;
 - tools take the shape of vLLM's validated model: ``{"type", "function": {"name",
   "description", "parameters", …extra keys}, …extra keys}``, missing fields as null.
@@ -167,6 +168,7 @@ class _Placer:
             if reasoning is not None:
                 prepared["reasoning"] = reasoning
                 prepared["reasoning_content"] = reasoning
+                prepared["thinking"] = reasoning  # transformers 5 aliases it so; gpt-oss reads this one
         elif role == "tool" and "tool_call_id" in message:
             prepared["tool_call_id"] = message["tool_call_id"]
         if isinstance(message.get("name"), str):
