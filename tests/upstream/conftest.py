@@ -39,9 +39,12 @@ class FixedCounter:
         pass
 
 
-@pytest.fixture(params=["httptools"])
-async def make_upstream(request: pytest.FixtureRequest) -> AsyncIterator[MakeUpstream]:
-    """Builds the adapter under test with the given timeouts; every one built is closed afterwards."""
+@pytest.fixture
+async def make_upstream() -> AsyncIterator[MakeUpstream]:
+    """Builds the adapter under test with the given timeouts; every one built is closed afterwards.
+
+    One adapter today; a second one would make this fixture parametrized, and the suite its contract.
+    """
     made: list[Upstream] = []
 
     def make(*, connect_timeout: float = 10.0, read_timeout: float = 600.0) -> Upstream:

@@ -1,4 +1,4 @@
-"""The Upstream port's contract, run against every adapter (the fixture ``make_upstream`` lists them).
+"""The Upstream port's contract, run against its adapter (conftest's ``make_upstream`` builds it).
 
 What the gateway relies on: ``send`` returns at the head, ``chunks`` yields the body as it arrives
 (with back-pressure), ``read`` returns all of it, ``release`` reuses or drops the connection, and
@@ -334,7 +334,7 @@ async def test_the_keep_alive_race_is_retried_on_a_new_connection(upstream: Upst
     assert body == b"ok"
 
 
-async def test_aclose_closes_idle_and_busy_connections(upstream: Upstream, request: pytest.FixtureRequest):
+async def test_aclose_closes_idle_and_busy_connections(upstream: Upstream):
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (request := await read_request(reader)) is not None:
@@ -420,7 +420,7 @@ async def test_a_header_stall_past_the_read_timeout_is_unavailable(make_upstream
 
 
 @pytest.mark.parametrize("reading", ["read", "chunks"])
-async def test_a_malformed_chunked_body_is_broken(upstream: Upstream, reading: str, request: pytest.FixtureRequest):
+async def test_a_malformed_chunked_body_is_broken(upstream: Upstream, reading: str):
     head_arrived = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -157,7 +157,7 @@ class Gateway:
         except ClientGone:
             status = 499  # nobody to answer
         metrics.labelled(metrics.REQUESTS, route, f"{status // 100}xx").inc()
-        metrics.labelled(metrics.UPSTREAM_LATENCY, route).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.REQUEST_SECONDS, route).observe(time.perf_counter() - started)
 
     async def _models(self, send: Send) -> int:
         """The models a client may name: the catalog's aliases, not the upstreams' names."""

@@ -32,7 +32,7 @@ COUNT_DRIFT = Histogram(
     buckets=(-500, -100, -50, -20, -5, -1, 0, 1, 5, 20, 50, 100, 500),
 )
 LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
-UPSTREAM_LATENCY = Histogram(
+REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",
     ["route"],
