@@ -11,12 +11,12 @@ from tokenizers import Tokenizer
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.shipped import load_qwen3, qwen3_files
 
 
 @pytest.fixture(scope="session")
-def qwen3() -> HfTokenCounter:
+def qwen3() -> ChatTokenCounter:
     return load_qwen3()
 
 

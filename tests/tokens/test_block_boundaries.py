@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts
-from cachegate.tokens.hf import CountOptions, HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions
 from cachegate.tokens.shipped import qwen3_counter
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
@@ -30,13 +30,13 @@ CONVERSATION: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def unjoined() -> HfTokenCounter:
+def unjoined() -> ChatTokenCounter:
     """Multi-part text glued with no separator: words and characters run across part boundaries."""
     return qwen3_counter(CountOptions(content_join=""))
 
 
 def test_count_at_a_token_aligned_boundary_is_the_count_of_the_text_before_it(
-    qwen3: HfTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
+    qwen3: ChatTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
 ) -> None:
     prompt = prompt_of(CONVERSATION)
     blocks = range(len(prompt.blocks))
@@ -52,7 +52,7 @@ def test_count_at_a_token_aligned_boundary_is_the_count_of_the_text_before_it(
     assert counts.total == len(ids)
 
 
-def test_boundaries_are_the_ends_of_the_blocks_texts(qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+def test_boundaries_are_the_ends_of_the_blocks_texts(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
     prompt = prompt_of(CONVERSATION)
 
     rendering = qwen3.render(CONVERSATION, prompt, range(len(prompt.blocks)))
@@ -66,7 +66,7 @@ def test_boundaries_are_the_ends_of_the_blocks_texts(qwen3: HfTokenCounter, prom
 
 
 def test_a_token_straddling_the_boundary_belongs_to_what_follows(
-    unjoined: HfTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
+    unjoined: ChatTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
 ) -> None:
     body = {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}]
@@ -80,7 +80,7 @@ def test_a_token_straddling_the_boundary_belongs_to_what_follows(
 
 
 def test_a_character_split_over_tokens_is_never_cut(
-    unjoined: HfTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
+    unjoined: ChatTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
 ) -> None:
     # Byte-level BPE encodes "🍕ん" as [first bytes of 🍕] [last byte of 🍕 + ん]: the first token
     # ends inside the first part, but taking it alone would cut the pizza in half.
@@ -95,7 +95,7 @@ def test_a_character_split_over_tokens_is_never_cut(
 
 
 def test_system_rendered_before_the_tools_gives_the_tools_no_prefix_of_their_own(
-    qwen3: HfTokenCounter, prompt_of: PromptOf
+    qwen3: ChatTokenCounter, prompt_of: PromptOf
 ) -> None:
     # Qwen3 renders the system message first, then the tools: a prefix ending at a tool would
     # include the system text, which is not part of it. Only the template's opening precedes it.
@@ -110,7 +110,7 @@ def test_system_rendered_before_the_tools_gives_the_tools_no_prefix_of_their_own
     assert rendering.text[: rendering.boundaries[2]].endswith("<|im_start|>user\nGo.")
 
 
-def test_blocks_without_text_end_where_the_block_before_them_ends(qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+def test_blocks_without_text_end_where_the_block_before_them_ends(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
     body = {
         "messages": [
             {
@@ -146,7 +146,7 @@ def test_each_image_costs_the_configured_tokens_from_its_block_on(prompt_of: Pro
 
 
 async def test_count_runs_in_a_worker_thread_and_survives_aclose(
-    qwen3: HfTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
+    qwen3: ChatTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = qwen3_counter(CountOptions())
     prompt = prompt_of(CONVERSATION)
@@ -202,8 +202,8 @@ def _bodies(draw: st.DrawFn) -> dict[str, Any]:
 def test_counted_tokens_decode_to_a_prefix_of_the_text_before_the_boundary(
     body: dict[str, Any],
     glued: bool,
-    qwen3: HfTokenCounter,
-    unjoined: HfTokenCounter,
+    qwen3: ChatTokenCounter,
+    unjoined: ChatTokenCounter,
     qwen3_tokenizer: Tokenizer,
     prompt_of: PromptOf,
 ) -> None:

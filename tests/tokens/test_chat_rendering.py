@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 
@@ -136,7 +136,7 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_rendering_equals_the_hand_written_text(case: str, qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+def test_rendering_equals_the_hand_written_text(case: str, qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
     body, expected = CASES[case]
     prompt = prompt_of(body)
 
@@ -147,7 +147,7 @@ def test_rendering_equals_the_hand_written_text(case: str, qwen3: HfTokenCounter
 
 @pytest.mark.parametrize("case", CASES)
 async def test_total_is_the_token_count_of_the_rendering(
-    case: str, qwen3: HfTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
+    case: str, qwen3: ChatTokenCounter, qwen3_tokenizer: Tokenizer, prompt_of: PromptOf
 ) -> None:
     body, expected = CASES[case]
     prompt = prompt_of(body)
@@ -157,7 +157,7 @@ async def test_total_is_the_token_count_of_the_rendering(
     assert counts.total == len(qwen3_tokenizer.encode(expected, add_special_tokens=False).ids)
 
 
-def test_markers_never_reach_the_template(qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+def test_markers_never_reach_the_template(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
     marker = {"type": "ephemeral", "ttl": "1h"}
     schema = {"type": "object", "properties": {"cache_control": {"type": "string"}}}  # user data, kept
     body = {

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.hf import CountOptions, HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import CountOptions, TokenizerLoadError
+from cachegate.tokens.hf import hf_counter, hf_counter_from_folder
 from cachegate.tokens.shipped import load_qwen3, qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
@@ -37,7 +38,7 @@ def _data_folder() -> Path:
 
 
 def test_a_folder_with_the_shipped_files_is_the_shipped_tokenizer(folder: Path, prompt_of: PromptOf) -> None:
-    counter = HfTokenCounter.from_folder(folder)
+    counter = hf_counter_from_folder(folder)
 
     assert counter.tokenizer_version == load_qwen3().tokenizer_version
     assert counter.count_blocking(BODY, prompt_of(BODY), [0]) == load_qwen3().count_blocking(BODY, prompt_of(BODY), [0])
@@ -46,7 +47,7 @@ def test_a_folder_with_the_shipped_files_is_the_shipped_tokenizer(folder: Path, 
 def test_chat_template_jinja_wins_over_the_config_and_changes_the_version(folder: Path, prompt_of: PromptOf) -> None:
     (folder / "chat_template.jinja").write_text(PLAIN_TEMPLATE, encoding="utf-8")
 
-    counter = HfTokenCounter.from_folder(folder)
+    counter = hf_counter_from_folder(folder)
 
     assert counter.render(BODY, prompt_of(BODY), [0]).text == "[user] Hi\n"
     assert counter.tokenizer_version != load_qwen3().tokenizer_version
@@ -59,7 +60,7 @@ def test_a_template_file_overrides_the_folder(
     override = tmp_path_factory.mktemp("override") / "template.jinja"
     override.write_text("{{ messages[0].content }}!", encoding="utf-8")
 
-    counter = HfTokenCounter.from_folder(folder, template_file=override)
+    counter = hf_counter_from_folder(folder, template_file=override)
 
     assert counter.render(BODY, prompt_of(BODY), [0]).text == "Hi!"
 
@@ -73,7 +74,7 @@ def test_a_list_of_named_templates_uses_the_default(
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
-    counter = HfTokenCounter.from_folder(folder)
+    counter = hf_counter_from_folder(folder)
 
     assert counter.render(BODY, prompt_of(BODY), [0]).text == "[user] Hi\n"
 
@@ -85,7 +86,7 @@ def test_chat_template_json_is_the_last_resort(
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": PLAIN_TEMPLATE}), encoding="utf-8")
 
-    counter = HfTokenCounter.from_folder(folder)
+    counter = hf_counter_from_folder(folder)
 
     assert counter.render(BODY, prompt_of(BODY), [0]).text == "[user] Hi\n"
 
@@ -97,7 +98,7 @@ def test_special_tokens_come_from_the_config(folder: Path, shipped_config: dict[
         "{{ bos_token }}{{ eos_token }}{{ messages[0].content }}", encoding="utf-8"
     )
 
-    counter = HfTokenCounter.from_folder(folder)
+    counter = hf_counter_from_folder(folder)
 
     assert counter.render(BODY, prompt_of(BODY), [0]).text == "<|endoftext|><|im_end|>Hi"
     assert counter.count_blocking(BODY, prompt_of(BODY), [0]).total == 3  # two special tokens and "Hi"
@@ -114,7 +115,7 @@ def test_special_tokens_come_from_the_config(folder: Path, shipped_config: dict[
 def test_every_option_that_changes_counts_changes_the_version(options: CountOptions) -> None:
     files = qwen3_files()
 
-    counter = HfTokenCounter(files.tokenizer_json, files.chat_template, files.special_tokens, options)
+    counter = hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options)
 
     assert counter.tokenizer_version != load_qwen3().tokenizer_version
     assert counter.tokenizer_version.startswith("sha256:")
@@ -124,7 +125,7 @@ def test_a_folder_without_tokenizer_json_is_refused(folder: Path) -> None:
     (folder / "tokenizer.json").unlink()
 
     with pytest.raises(TokenizerLoadError, match=r"tokenizer\.json"):
-        HfTokenCounter.from_folder(folder)
+        hf_counter_from_folder(folder)
 
 
 def test_a_folder_without_a_chat_template_is_refused(folder: Path, shipped_config: dict[str, Any]) -> None:
@@ -132,18 +133,18 @@ def test_a_folder_without_a_chat_template_is_refused(folder: Path, shipped_confi
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
     with pytest.raises(TokenizerLoadError, match="no chat template"):
-        HfTokenCounter.from_folder(folder)
+        hf_counter_from_folder(folder)
 
 
 def test_a_template_with_a_syntax_error_is_refused_at_load(folder: Path) -> None:
     (folder / "chat_template.jinja").write_text("{% for m in messages %}", encoding="utf-8")
 
     with pytest.raises(TokenizerLoadError, match="chat template could not be compiled"):
-        HfTokenCounter.from_folder(folder)
+        hf_counter_from_folder(folder)
 
 
 def test_template_kwargs_may_not_replace_the_conversation() -> None:
     files = qwen3_files()
 
     with pytest.raises(TokenizerLoadError, match="messages"):
-        HfTokenCounter(files.tokenizer_json, files.chat_template, {}, CountOptions(template_kwargs={"messages": []}))
+        hf_counter(files.tokenizer_json, files.chat_template, {}, CountOptions(template_kwargs={"messages": []}))

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cachegate.tokens import shipped
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.hf import TokenizerLoadError
+from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
 from cachegate.tokens.shipped import load_qwen3, qwen3_files

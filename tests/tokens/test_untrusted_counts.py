@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from cachegate.core.types import BlockKind, BlockRef, ParsedPrompt
-from cachegate.tokens import hf
+from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter
+from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.shipped import qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
@@ -18,9 +19,9 @@ PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 BODY = {"messages": [{"role": "system", "content": "Rules."}, {"role": "user", "content": "Hello  "}]}
 
 
-def counter_with(template: str) -> HfTokenCounter:
+def counter_with(template: str) -> ChatTokenCounter:
     files = qwen3_files()
-    return HfTokenCounter(files.tokenizer_json, template, files.special_tokens)
+    return hf_counter(files.tokenizer_json, template, files.special_tokens)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +113,7 @@ def test_a_template_that_trims_text_is_counted_with_marks_before_the_trailing_sp
     ],
 )
 def test_requests_that_cannot_be_counted_are_refused(
-    body: dict[str, Any], reason: str, qwen3: HfTokenCounter, prompt_of: PromptOf
+    body: dict[str, Any], reason: str, qwen3: ChatTokenCounter, prompt_of: PromptOf
 ) -> None:
     with pytest.raises(TokenCountError) as raised:
         qwen3.count_blocking(body, prompt_of(body), [0])
@@ -120,25 +121,25 @@ def test_requests_that_cannot_be_counted_are_refused(
     assert str(raised.value) == reason
 
 
-def test_blocks_that_do_not_match_the_request_are_refused(qwen3: HfTokenCounter) -> None:
+def test_blocks_that_do_not_match_the_request_are_refused(qwen3: ChatTokenCounter) -> None:
     prompt = ParsedPrompt(blocks=(BlockRef(BlockKind.PART, 5, 0),), prefix_hashes=(b"h",), breakpoints=())
 
     with pytest.raises(TokenCountError, match="does not match the request"):
         qwen3.count_blocking(BODY, prompt, [0])
 
 
-def test_an_asked_for_block_outside_the_prompt_is_refused(qwen3: HfTokenCounter, prompt_of: PromptOf) -> None:
+def test_an_asked_for_block_outside_the_prompt_is_refused(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
     with pytest.raises(TokenCountError, match="not in the prompt"):
         qwen3.count_blocking(BODY, prompt_of(BODY), [7])
 
 
 def test_an_unexpected_failure_is_still_a_token_count_error(
-    qwen3: HfTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
+    qwen3: ChatTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(offsets: object) -> None:
+    def broken(traits: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(hf, "_TokenCuts", broken)
+    monkeypatch.setattr(counter_module, "_images_through", broken)
 
     with pytest.raises(TokenCountError) as raised:
         qwen3.count_blocking(BODY, prompt_of(BODY), [0])

@@ -6,7 +6,7 @@ Two claims are checked apart, so that a failure says which part differs:
 
 - the rendering: cachegate's preparation (``prepare_chat``) and jinja environment
   (``ChatTemplate``) give the reference's text, or refuse where it refuses;
-- the counter: ``HfTokenCounter.render`` gives that same text (its boundary marks leave no
+- the counter: ``ChatTokenCounter.render`` gives that same text (its boundary marks leave no
   trace) and ``count`` the reference's number of token ids, or both refuse.
 """
 
@@ -26,7 +26,8 @@ from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat
-from cachegate.tokens.hf import CountOptions, HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions
+from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import ChatTemplate
 
@@ -94,10 +95,10 @@ def reference() -> TransformersReference:
 
 
 @pytest.fixture(scope="module")
-def counters() -> dict[str, HfTokenCounter]:
+def counters() -> dict[str, ChatTokenCounter]:
     tokenizer_json = qwen3_files().tokenizer_json
     return {
-        name: HfTokenCounter(
+        name: hf_counter(
             tokenizer_json,
             template.source,
             template.special_tokens,
@@ -147,7 +148,7 @@ def assert_same_rendering(
 
 
 def assert_same_count(
-    counter: HfTokenCounter, reference: TransformersReference, template: TemplateUnderTest, body: Mapping[str, Any]
+    counter: ChatTokenCounter, reference: TransformersReference, template: TemplateUnderTest, body: Mapping[str, Any]
 ) -> None:
     """The counter renders the reference's text and counts its ids, or both refuse."""
     prompt = parse_prompt(body, TtlPolicy.default_policy())
@@ -168,7 +169,7 @@ def test_rendering_equals_transformers(template: str, conversation: str, referen
 
 @pytest.mark.parametrize(("template", "conversation"), _cases(COUNTER_DIFFERENCES))
 def test_counter_equals_transformers(
-    template: str, conversation: str, counters: dict[str, HfTokenCounter], reference: TransformersReference
+    template: str, conversation: str, counters: dict[str, ChatTokenCounter], reference: TransformersReference
 ) -> None:
     assert_same_count(counters[template], reference, TEMPLATES[template], CONVERSATIONS[conversation])
 
@@ -198,7 +199,7 @@ def _conversations(draw: st.DrawFn) -> dict[str, Any]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_conversations())
 def test_any_plain_conversation_renders_and_counts_as_transformers(
-    template: str, body: dict[str, Any], counters: dict[str, HfTokenCounter], reference: TransformersReference
+    template: str, body: dict[str, Any], counters: dict[str, ChatTokenCounter], reference: TransformersReference
 ) -> None:
     """The rendering always equals the reference's. The counter counts the reference's ids or, where
     a template's string handling moves text around a boundary mark (the fixed cases above show

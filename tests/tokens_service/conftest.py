@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.service import ServedModel, TokenizerService
 from cachegate.tokens.shipped import load_qwen3
 
@@ -14,12 +14,12 @@ from .servers import SERVICE_BODY_LIMIT, BackgroundServer
 
 
 @pytest.fixture(scope="session")
-def qwen3() -> HfTokenCounter:
+def qwen3() -> ChatTokenCounter:
     return load_qwen3()
 
 
 @pytest.fixture(scope="session")
-def service_url(qwen3: HfTokenCounter) -> Iterator[str]:
+def service_url(qwen3: ChatTokenCounter) -> Iterator[str]:
     """The tokenizer service over the shipped Qwen3 counter, served as ``qwen3``, with a small body limit."""
     service = TokenizerService({"qwen3": ServedModel(qwen3, "qwen3")}, body_limit=SERVICE_BODY_LIMIT)
     with BackgroundServer(service) as server:

@@ -18,7 +18,7 @@ import pytest
 
 from cachegate import cli as cachegate_cli
 from cachegate.tokens import cli
-from cachegate.tokens.hf import HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
 from cachegate.tokens.registry import TokenizerSpec
 from cachegate.tokens.shipped import qwen3_files
 
@@ -45,7 +45,7 @@ def test_serve_takes_host_and_port() -> None:
     assert (chosen.host, chosen.port) == ("0.0.0.0", 9000)
 
 
-def test_each_tokenizer_is_served_under_its_name_with_its_source(model_folder: Path, qwen3: HfTokenCounter) -> None:
+def test_each_tokenizer_is_served_under_its_name_with_its_source(model_folder: Path, qwen3: ChatTokenCounter) -> None:
     specs = {
         "qwen3": TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3"}),
         "mine": TokenizerSpec.model_validate({"kind": "hf", "path": str(model_folder)}),

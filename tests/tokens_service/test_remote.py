@@ -12,7 +12,7 @@ import pytest
 from cachegate.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
-from cachegate.tokens.hf import HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
 from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.service import ServedModel, TokenizerService
@@ -69,7 +69,7 @@ async def opened(url: str, timeout: float = 5.0) -> RemoteTokenCounter:
     return counter
 
 
-async def test_open_learns_the_served_tokenizer_version(remote: RemoteTokenCounter, qwen3: HfTokenCounter) -> None:
+async def test_open_learns_the_served_tokenizer_version(remote: RemoteTokenCounter, qwen3: ChatTokenCounter) -> None:
     assert isinstance(remote, TokenCounter)
     assert remote.tokenizer_version == qwen3.tokenizer_version
 
@@ -83,7 +83,7 @@ async def test_open_learns_the_served_tokenizer_version(remote: RemoteTokenCount
     ],
 )
 async def test_counts_are_the_in_process_counts(
-    body: dict[str, Any], remote: RemoteTokenCounter, qwen3: HfTokenCounter
+    body: dict[str, Any], remote: RemoteTokenCounter, qwen3: ChatTokenCounter
 ) -> None:
     prompt, forwarded = gateway_view(body)
     breakpoints = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
@@ -95,7 +95,7 @@ async def test_counts_are_the_in_process_counts(
         assert expected.total is not None and all(0 < expected.cumulative[b] <= expected.total for b in blocks)
 
 
-async def test_with_no_block_asked_the_count_is_the_total(remote: RemoteTokenCounter, qwen3: HfTokenCounter) -> None:
+async def test_with_no_block_asked_the_count_is_the_total(remote: RemoteTokenCounter, qwen3: ChatTokenCounter) -> None:
     """What the fake upstream asks for its prompt_tokens."""
     no_prompt = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
     _, forwarded = gateway_view(TWO_BREAKPOINTS)
@@ -139,7 +139,7 @@ def test_the_version_is_unknown_before_open() -> None:
         _ = RemoteTokenCounter("http://127.0.0.1:9", "qwen3").tokenizer_version
 
 
-async def test_a_service_gone_down_is_a_count_error(qwen3: HfTokenCounter) -> None:
+async def test_a_service_gone_down_is_a_count_error(qwen3: ChatTokenCounter) -> None:
     prompt, forwarded = gateway_view(ONE_BLOCK)
     with BackgroundServer(TokenizerService({"qwen3": ServedModel(qwen3, "qwen3")})) as server:
         counter = await opened(server.url)
@@ -233,7 +233,7 @@ async def test_a_bad_answer_is_a_count_error(
 
 
 async def test_a_remote_tokenizer_from_config_counts_like_the_in_process_one(
-    service_url: str, qwen3: HfTokenCounter
+    service_url: str, qwen3: ChatTokenCounter
 ) -> None:
     spec = TokenizerSpec.model_validate({"kind": "remote", "url": service_url, "model": "qwen3"})
     counter = await open_counter(spec)

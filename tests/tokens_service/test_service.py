@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from cachegate.core.blocks import parse_prompt
-from cachegate.tokens.hf import HfTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.shipped import qwen3_files
 
 from .chats import ALL_TTLS, FIVE_MINUTES, TWO_BREAKPOINTS, gateway_view
@@ -54,7 +54,7 @@ def test_healthz(service_url: str) -> None:
     assert call(service_url, "GET", "/healthz") == (200, {"status": "ok"})
 
 
-def test_models_lists_each_tokenizer_with_its_source_and_version(service_url: str, qwen3: HfTokenCounter) -> None:
+def test_models_lists_each_tokenizer_with_its_source_and_version(service_url: str, qwen3: ChatTokenCounter) -> None:
     status, body = call(service_url, "GET", "/v1/models")
 
     assert status == 200
@@ -62,7 +62,7 @@ def test_models_lists_each_tokenizer_with_its_source_and_version(service_url: st
 
 
 def test_tokenize_counts_each_segment_as_the_tokenizer_encodes_it_alone(
-    service_url: str, tokenizer: Tokenizer, qwen3: HfTokenCounter
+    service_url: str, tokenizer: Tokenizer, qwen3: ChatTokenCounter
 ) -> None:
     segments = ["You are a careful assistant.", "", "第一部分 🙂 Übung", "<|im_start|>user\nhi"]
     expected = [len(tokenizer.encode(text, add_special_tokens=False).ids) for text in segments]
@@ -89,7 +89,9 @@ def test_tokenize_counts_any_text_raw(segments: list[str], service_url: str, tok
     assert body["total"] == sum(body["segment_counts"])
 
 
-def test_render_counts_every_breakpoint_as_the_in_process_counter_does(service_url: str, qwen3: HfTokenCounter) -> None:
+def test_render_counts_every_breakpoint_as_the_in_process_counter_does(
+    service_url: str, qwen3: ChatTokenCounter
+) -> None:
     prompt = parse_prompt(TWO_BREAKPOINTS, ALL_TTLS)
     blocks = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
     expected = qwen3.count_blocking(TWO_BREAKPOINTS, prompt, blocks)
@@ -108,7 +110,7 @@ def test_render_counts_every_breakpoint_as_the_in_process_counter_does(service_u
 
 
 def test_render_counts_the_blocks_a_gateway_names_in_a_body_without_markers(
-    service_url: str, qwen3: HfTokenCounter
+    service_url: str, qwen3: ChatTokenCounter
 ) -> None:
     """A gateway counts the forwarded body, whose markers are gone; it names the blocks by index and hash."""
     prompt, forwarded = gateway_view(TWO_BREAKPOINTS)
@@ -122,7 +124,7 @@ def test_render_counts_the_blocks_a_gateway_names_in_a_body_without_markers(
     assert body["total"] == expected.total
 
 
-def test_render_with_no_block_asked_gives_the_total(service_url: str, qwen3: HfTokenCounter) -> None:
+def test_render_with_no_block_asked_gives_the_total(service_url: str, qwen3: ChatTokenCounter) -> None:
     prompt = parse_prompt(TWO_BREAKPOINTS, ALL_TTLS)
 
     status, body = post(service_url, "/v1/render", {"virtual_model": "qwen3", "request": TWO_BREAKPOINTS, "blocks": []})

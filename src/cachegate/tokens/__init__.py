@@ -1,15 +1,15 @@
 """Token counting (SPEC §5): exact counts from the model's own tokenizer and chat template."""
 
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
-from cachegate.tokens.hf import CountOptions, HfTokenCounter, MarkedRendering, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, MarkedRendering, TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
 from cachegate.tokens.shipped import load_qwen3
 
 __all__ = [
     "BuiltinTokenizerSpec",
+    "ChatTokenCounter",
     "CountOptions",
-    "HfTokenCounter",
     "HfTokenizerSpec",
     "MarkedRendering",
     "MemoizedCounter",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from cachegate import serving
 from cachegate.config import Config
-from cachegate.tokens.hf import TokenizerLoadError
+from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.registry import BuiltinTokenizerSpec, RemoteTokenizerSpec, TokenizerSpec, load_counter
 from cachegate.tokens.service import ServedModel, TokenizerService
 

@@ -1,281 +1,59 @@
-"""Exact token counts from a Hugging Face tokenizer and the model's chat template (SPEC §5).
+"""Hugging Face tokenizers: a ``tokenizer.json`` (alone or in a model folder) for the chat counter.
 
-The counts at the breakpoints come from one rendering and one tokenization (the sentinel
-method): the end of every block that has text is marked with a unique private-use string, the
-marked prompt is rendered, the marks are found and removed (their character offsets are the
-block ends), and the rendering without marks must give exactly the text that is left. The
-clean text is tokenized once; the cumulative count at a block is the number of leading tokens
-that end at or before its boundary.
-
-The boundary of block b is the end of its text. A block without text of its own (an image, an
-empty text, a header-only message) is not marked; its boundary is that of the block before
-it. And a cached prefix must be determined by blocks 0..b alone: when the template renders the
-text of a later block before the end of b (Qwen-style templates put the system message before
-the tool definitions; Llama 3.1 puts the tools inside the first user message), the boundary is
-the furthest end of a block ≤ b that precedes every later block's text (possibly 0). For
-templates that keep blocks in order this is just the end of block b. The same rule covers a
-template that renders a block twice.
-
-A template may leave out blocks that were not asked for (tools it does not support, roles it
-ignores). Whenever the marks cannot be trusted — the template dropped an asked-for block, or
-rendered differently because of a mark — the count fails with ``TokenCountError`` rather than
-bill a number that may be wrong.
+``encode_batch`` encodes new pieces (``pieces.py``) on every core and releases the GIL
+meanwhile. A piece's table keeps only its token count: most pieces are asked for their total
+alone (a block boundary usually falls just before a special token, at a piece's end). The
+first time an offset inside a piece is asked for, the piece is encoded once more for its
+token offsets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import functools
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from tokenizers import Tokenizer
 
-from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import PromptCounts, TokenCountError
-from cachegate.tokens.conversation import BlockTraits, PreparedChat, count_images, describe_blocks, prepare_chat
-from cachegate.tokens.encoding import PieceEncoder
-from cachegate.tokens.template import (
-    ChatTemplate,
-    chat_template_from_config,
-    special_tokens_from_config,
-)
-
-# Bump when a change to the preparation or counting rules changes counts: the version is part
-# of the cache scope, so old entries are then never read with new counts.
-_COUNTING_RULES = "1"
-
-# Marks are built from supplementary private-use characters, which real prompts do not contain.
-_MARK_OPEN = "\U0010fc00"
-_MARK_CLOSE = "\U0010fc01"
-_MARK_PATTERN = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
-
-# Template complaints go into logs: short, and they are the template's words, not the prompt's.
-_REASON_LIMIT = 200
+from cachegate.tokens.counter import DEFAULT_PIECE_MEMO_BYTES, ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 
-class TokenizerLoadError(Exception):
-    """A tokenizer or its chat template could not be loaded; the message says which file and why."""
+def hf_counter(
+    tokenizer_json: bytes,
+    chat_template: str,
+    special_tokens: Mapping[str, Any],
+    options: CountOptions | None = None,
+    piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+) -> ChatTokenCounter:
+    """A counter over a ``tokenizer.json``'s bytes and a chat template."""
+    pieces = HfPieces(_parsed_tokenizer(tokenizer_json), hashlib.sha256(tokenizer_json).digest())
+    return ChatTokenCounter(pieces, chat_template, special_tokens, options, piece_memo_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class CountOptions:
-    """The options that change counts; all of them are part of ``tokenizer_version``.
+def hf_counter_from_folder(
+    path: str | Path,
+    template_file: str | Path | None = None,
+    options: CountOptions | None = None,
+    piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+) -> ChatTokenCounter:
+    """Load a local model folder: ``tokenizer.json``, ``tokenizer_config.json`` and the template.
 
-    ``content_join`` must match the upstream's join of multi-part text (vLLM: ``"\\n"``);
-    ``image_tokens`` is what one image costs upstream; ``template_kwargs`` are extra template
-    variables (e.g. ``enable_thinking``, a pinned ``date_string``) the upstream renders with.
+    The template is, in order: ``template_file``; the folder's ``chat_template.jinja``;
+    ``tokenizer_config.json``'s ``chat_template`` (a string, or the list entry named
+    ``default``); ``chat_template.json``.
     """
-
-    content_join: str = "\n"
-    image_tokens: int = 0
-    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class MarkedRendering:
-    """The prompt as the upstream sees it, and where each asked-for block ends in it."""
-
-    text: str
-    boundaries: Mapping[int, int]  # block index -> character offset in ``text`` where its prefix ends
-
-
-class HfTokenCounter:
-    """A ``TokenCounter`` over a ``tokenizer.json`` and a jinja chat template, in process."""
-
-    def __init__(
-        self,
-        tokenizer_json: bytes,
-        chat_template: str,
-        special_tokens: Mapping[str, Any],
-        options: CountOptions | None = None,
-    ) -> None:
-        self._options = options or CountOptions()
-        if self._options.image_tokens < 0:
-            raise TokenizerLoadError("image_tokens must not be negative")
-        self._tokenizer = _parsed_tokenizer(tokenizer_json)
-        self._encoder = PieceEncoder(self._tokenizer)
-        try:
-            self._template = ChatTemplate(chat_template, {**special_tokens, **self._options.template_kwargs})
-        except jinja2.TemplateError as exc:
-            raise TokenizerLoadError(f"chat template could not be compiled: {exc}") from exc
-        except ValueError as exc:
-            raise TokenizerLoadError(str(exc)) from exc
-        self._version = _version(tokenizer_json, chat_template, special_tokens, self._options)
-        self._executor: ThreadPoolExecutor | None = None
-
-    @classmethod
-    def from_folder(
-        cls,
-        path: str | Path,
-        template_file: str | Path | None = None,
-        options: CountOptions | None = None,
-    ) -> HfTokenCounter:
-        """Load a local model folder: ``tokenizer.json``, ``tokenizer_config.json`` and the template.
-
-        The template is, in order: ``template_file``; the folder's ``chat_template.jinja``;
-        ``tokenizer_config.json``'s ``chat_template`` (a string, or the list entry named
-        ``default``); ``chat_template.json``.
-        """
-        folder = Path(path)
-        tokenizer_json = _read_bytes(folder / "tokenizer.json")
-        config_path = folder / "tokenizer_config.json"
-        config = _read_json(config_path) if config_path.is_file() else {}
-        template = _folder_template(folder, config, None if template_file is None else Path(template_file))
-        return cls(tokenizer_json, template, special_tokens_from_config(config), options)
-
-    @property
-    def tokenizer_version(self) -> str:
-        return self._version
-
-    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        """Count in a worker thread, so the event loop keeps serving while we render and tokenize.
-
-        One thread per counter: a long rendering is encoded in pieces by ``encode_batch``, which
-        spreads them over the cores itself and releases the GIL meanwhile (tokens/encoding.py);
-        a short one holds the GIL only briefly.
-        """
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-tokens")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.count_blocking, body, prompt, tuple(blocks))
-
-    async def aclose(self) -> None:
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            executor.shutdown(wait=False, cancel_futures=True)
-
-    def count_blocking(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        """``count`` without the thread hop, for callers that are already off the event loop."""
-        try:
-            return self._count(body, prompt, blocks)
-        except TokenCountError:
-            raise
-        except Exception as exc:
-            # The port promises TokenCountError, which callers degrade on: a request is never
-            # failed because its tokens could not be counted (SPEC §11).
-            raise TokenCountError(f"unexpected {type(exc).__name__} while counting") from exc
-
-    def count_texts(self, texts: Sequence[str]) -> list[int]:
-        """The token count of each text alone: no chat template, no special tokens (the raw
-        segments of the tokenizer service's ``/v1/tokenize``). Blocking: call it off the event loop."""
-        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
-    def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        rendering = self.render(body, prompt, blocks)
-        try:
-            offsets = self._encoder.offsets(rendering.text)
-        except Exception as exc:
-            raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
-        cuts = _TokenCuts(offsets)
-        images = _images_through(describe_blocks(body, prompt.blocks))
-        image_tokens = self._options.image_tokens
-        cumulative = {
-            block: cuts.count_before(offset) + image_tokens * images[block]
-            for block, offset in rendering.boundaries.items()
-        }
-        return PromptCounts(cumulative=cumulative, total=len(offsets) + image_tokens * count_images(body))
-
-    def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
-        """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
-        asked = set(blocks)
-        if any(not 0 <= block < len(prompt.blocks) for block in asked):
-            raise TokenCountError("an asked-for block is not in the prompt")
-        traits = describe_blocks(body, prompt.blocks)
-        marked = [block for block, trait in enumerate(traits) if trait.has_text]
-        variables = body.get("chat_template_kwargs")
-        request_variables = variables if isinstance(variables, Mapping) else None
-        join = self._options.content_join
-
-        clean = self._render(prepare_chat(body, join), request_variables)
-        if not marked:
-            return MarkedRendering(text=clean, boundaries=dict.fromkeys(asked, 0))
-        if _MARK_OPEN in clean:
-            raise TokenCountError("the prompt contains the character reserved for boundary marks")
-        marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
-        first_try = prepare_chat(body, join, marks)
-        needed = {n for n, block in enumerate(marked) if block in asked}
-        found = self._find_marks(first_try, request_variables, clean, needed)
-        if isinstance(found, str):
-            # Templates that trim text drop whitespace after a mark; try marks before it.
-            second_try = prepare_chat(body, join, marks, before_trailing_space=True)
-            if second_try != first_try:
-                found = self._find_marks(second_try, request_variables, clean, needed)
-        if isinstance(found, str):
-            raise TokenCountError(found)
-        return MarkedRendering(text=clean, boundaries=_prefix_boundaries(marked, found, asked))
-
-    def _render(self, chat: PreparedChat, request_variables: Mapping[str, Any] | None) -> str:
-        try:
-            return self._template.render(chat.messages, chat.tools, request_variables)
-        except jinja2.TemplateError as exc:
-            # raise_exception() and jinja say what the template objects to.
-            reason = (exc.message or type(exc).__name__)[:_REASON_LIMIT]
-            raise TokenCountError(f"chat template refused the request: {reason}") from exc
-        except Exception as exc:
-            raise TokenCountError(f"chat template failed: {type(exc).__name__}") from exc
-
-    def _find_marks(
-        self,
-        chat: PreparedChat,
-        request_variables: Mapping[str, Any] | None,
-        clean: str,
-        needed: set[int],
-    ) -> list[tuple[int, int]] | str:
-        """The marks as (mark number, offset in the unmarked text) in text order, or why they cannot be trusted.
-
-        Only the ``needed`` marks (those of asked-for blocks) must be there: a template may leave
-        out other blocks (tools it does not support, roles it ignores), which then bound nothing.
-        """
-        try:
-            rendered = self._render(chat, request_variables)
-        except TokenCountError:
-            return "the chat template fails when block ends are marked"
-        found: list[tuple[int, int]] = []
-        pieces: list[str] = []
-        stripped_length = 0
-        position = 0
-        for match in _MARK_PATTERN.finditer(rendered):
-            piece = rendered[position : match.start()]
-            pieces.append(piece)
-            stripped_length += len(piece)
-            position = match.end()
-            found.append((int(match.group(1)), stripped_length))
-        pieces.append(rendered[position:])
-        if "".join(pieces) != clean:
-            return "the chat template renders differently when block ends are marked"
-        if not needed <= {n for n, _ in found}:
-            return "the chat template drops the text of an asked-for block"
-        return found
-
-
-def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:
-    """The boundary of each asked-for block b: the furthest end of a mark of a block ≤ b that
-    precedes the text of every block > b.
-
-    ``marked[n]`` is the block of mark n; ``found`` lists each occurrence (n, offset) in text
-    order (a template may render a block twice). Text is never nested, so an occurrence's text
-    starts after the occurrence before it: that offset bounds from below where it may begin.
-    """
-    occurrences: list[tuple[int, int, int]] = []  # (block, end, text starts after)
-    previous = 0
-    for n, offset in found:
-        occurrences.append((marked[n], offset, previous))
-        previous = offset
-    boundaries: dict[int, int] = {}
-    for block in asked:
-        later_text_from = min((start for b, _, start in occurrences if b > block), default=math.inf)
-        boundaries[block] = max((end for b, end, _ in occurrences if b <= block and end <= later_text_from), default=0)
-    return boundaries
+    folder = Path(path)
+    tokenizer_json = _read_bytes(folder / "tokenizer.json")
+    config_path = folder / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    template = _folder_template(folder, config, None if template_file is None else Path(template_file))
+    return hf_counter(tokenizer_json, template, special_tokens_from_config(config), options, piece_memo_bytes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -294,8 +72,56 @@ def _parsed_tokenizer(tokenizer_json: bytes) -> Tokenizer:
     return tokenizer
 
 
-class _TokenCuts:
-    """Where the token sequence may be cut, and how many tokens lie before each cut.
+class HfPieces:
+    def __init__(self, tokenizer: Tokenizer, identity: bytes) -> None:
+        self._tokenizer = tokenizer
+        self._identity = identity
+        added = tokenizer.get_added_tokens_decoder().values()
+        cuttable = bool(added) and not any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added)
+        contents = sorted({token.content for token in added}, key=len, reverse=True)
+        self._cut_pattern = re.compile("|".join(map(re.escape, contents))) if cuttable else None
+
+    @property
+    def cut_pattern(self) -> re.Pattern[str] | None:
+        return self._cut_pattern
+
+    @property
+    def identity(self) -> bytes:
+        return self._identity
+
+    def tables(self, pieces: list[str]) -> list[HfPieceTable]:
+        if len(pieces) == 1:
+            encodings = [self._tokenizer.encode(pieces[0], add_special_tokens=False)]
+        else:
+            encodings = self._tokenizer.encode_batch(pieces, add_special_tokens=False)
+        return [HfPieceTable(len(encoding.ids), self._tokenizer) for encoding in encodings]
+
+    def count_texts(self, texts: Sequence[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+class HfPieceTable:
+    __slots__ = ("_cuts", "_tokenizer", "tokens")
+
+    def __init__(self, tokens: int, tokenizer: Tokenizer) -> None:
+        self.tokens = tokens
+        self._tokenizer = tokenizer
+        self._cuts: TokenCuts | None = None
+
+    @property
+    def weight(self) -> int:
+        return 64 + 16 * self.tokens  # with the cuts, once an inner offset is asked for
+
+    def count_before(self, piece: str, offset: int) -> int:
+        if offset >= len(piece):
+            return self.tokens
+        if self._cuts is None:
+            self._cuts = TokenCuts(self._tokenizer.encode(piece, add_special_tokens=False).offsets)
+        return self._cuts.count_before(offset)
+
+
+class TokenCuts:
+    """Where a token sequence may be cut, and how many tokens lie before each cut.
 
     Offsets are character offsets into the text. A cut after token k is clean when no later
     token starts before token k's end: byte-level BPE can split one character over several
@@ -304,6 +130,8 @@ class _TokenCuts:
     a token straddling the boundary — or sharing a character with one that does — belongs to
     what follows.
     """
+
+    __slots__ = ("_counts", "_ends")
 
     def __init__(self, offsets: Sequence[tuple[int, int]]) -> None:
         self._ends: list[int] = [0]
@@ -318,40 +146,6 @@ class _TokenCuts:
 
     def count_before(self, boundary: int) -> int:
         return self._counts[bisect.bisect_right(self._ends, boundary) - 1]
-
-
-def _images_through(traits: Sequence[BlockTraits]) -> list[int]:
-    """images[b]: the number of image parts in blocks 0..b (an image costs at every later boundary)."""
-    running = 0
-    images: list[int] = []
-    for trait in traits:
-        running += trait.is_image
-        images.append(running)
-    return images
-
-
-def _version(
-    tokenizer_json: bytes,
-    chat_template: str,
-    special_tokens: Mapping[str, Any],
-    options: CountOptions,
-) -> str:
-    digest = hashlib.sha256()
-    settings = {
-        "rules": _COUNTING_RULES,
-        "special_tokens": special_tokens,
-        "content_join": options.content_join,
-        "image_tokens": options.image_tokens,
-        "template_kwargs": options.template_kwargs,
-    }
-    try:
-        canonical = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    except TypeError as exc:
-        raise TokenizerLoadError(f"template kwargs must be JSON values: {exc}") from exc
-    for chunk in (hashlib.sha256(tokenizer_json).digest(), chat_template.encode(), canonical.encode()):
-        digest.update(len(chunk).to_bytes(8, "big"))
-        digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:32]
 
 
 def _folder_template(folder: Path, config: Mapping[str, Any], template_file: Path | None) -> str:

@@ -29,7 +29,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.hf import CountOptions, HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.hf import hf_counter_from_folder
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
@@ -87,7 +88,7 @@ class TokenizerSpec(
     model_config = ConfigDict(frozen=True)
 
 
-def load_counter(spec: TokenizerSpec) -> HfTokenCounter:
+def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
     """Load the tokenizer ``spec`` names, unmemoized (the tokenizer service serves it as is).
 
     Raises ``TokenizerLoadError`` when its files are missing or invalid.
@@ -98,7 +99,7 @@ def load_counter(spec: TokenizerSpec) -> HfTokenCounter:
     options = choice.count_options()
     if isinstance(choice, BuiltinTokenizerSpec):
         return load_qwen3() if options == CountOptions() else qwen3_counter(options)
-    return HfTokenCounter.from_folder(choice.path, choice.template_file, options)
+    return hf_counter_from_folder(choice.path, choice.template_file, options)
 
 
 def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:

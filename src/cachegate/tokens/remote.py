@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
-from cachegate.tokens.hf import TokenizerLoadError
+from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.service import ModelsAnswer, RenderAnswer
 
 _JSON_HEADERS = {"content-type": "application/json"}

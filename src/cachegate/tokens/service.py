@@ -106,7 +106,7 @@ class RenderAnswer(_Wire):
 
 
 class ServedCounter(TokenCounter, Protocol):
-    """A counter that can also count raw text: ``HfTokenCounter``."""
+    """A counter that can also count raw text: ``ChatTokenCounter``."""
 
     def count_texts(self, texts: Sequence[str]) -> list[int]:
         """The token count of each text alone, without chat template or special tokens."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from cachegate.tokens.hf import CountOptions, HfTokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 # SHA-256 of the uncompressed bytes (the same digests as the data manifest and NOTICE).
@@ -47,15 +48,15 @@ def qwen3_files() -> ShippedTokenizer:
 
 
 @functools.cache
-def load_qwen3() -> HfTokenCounter:
+def load_qwen3() -> ChatTokenCounter:
     """The shipped Qwen3 counter with the default options, loaded once per process."""
     return qwen3_counter(CountOptions())
 
 
-def qwen3_counter(options: CountOptions) -> HfTokenCounter:
+def qwen3_counter(options: CountOptions) -> ChatTokenCounter:
     """A Qwen3 counter with other options (the verified files are read only once)."""
     files = qwen3_files()
-    return HfTokenCounter(files.tokenizer_json, files.chat_template, files.special_tokens, options)
+    return hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options)
 
 
 def _verified(data: bytes, expected_sha256: str) -> bytes:

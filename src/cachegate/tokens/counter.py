@@ -1,0 +1,287 @@
+"""Exact token counts from the model's tokenizer and its chat template (SPEC §5).
+
+The counts at the breakpoints come from one rendering and one tokenization (the sentinel
+method): the end of every block that has text is marked with a unique private-use string, the
+marked prompt is rendered, the marks are found and removed (their character offsets are the
+block ends), and the rendering without marks must give exactly the text that is left. The
+clean text is tokenized once; the cumulative count at a block is the number of leading tokens
+that end at or before its boundary.
+
+The boundary of block b is the end of its text. A block without text of its own (an image, an
+empty text, a header-only message) is not marked; its boundary is that of the block before
+it. And a cached prefix must be determined by blocks 0..b alone: when the template renders the
+text of a later block before the end of b (Qwen-style templates put the system message before
+the tool definitions; Llama 3.1 puts the tools inside the first user message), the boundary is
+the furthest end of a block ≤ b that precedes every later block's text (possibly 0). For
+templates that keep blocks in order this is just the end of block b. The same rule covers a
+template that renders a block twice.
+
+A template may leave out blocks that were not asked for (tools it does not support, roles it
+ignores). Whenever the marks cannot be trusted — the template dropped an asked-for block, or
+rendered differently because of a mark — the count fails with ``TokenCountError`` rather than
+bill a number that may be wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from cachegate.core.types import ParsedPrompt
+from cachegate.tokens.base import PromptCounts, TokenCountError
+from cachegate.tokens.conversation import BlockTraits, PreparedChat, count_images, describe_blocks, prepare_chat
+from cachegate.tokens.pieces import PieceCounter, PieceTokenizer
+from cachegate.tokens.template import ChatTemplate
+
+# Bump when a change to the preparation or counting rules changes counts: the version is part
+# of the cache scope, so old entries are then never read with new counts.
+_COUNTING_RULES = "1"
+
+# Marks are built from supplementary private-use characters, which real prompts do not contain.
+_MARK_OPEN = "\U0010fc00"
+_MARK_CLOSE = "\U0010fc01"
+_MARK_PATTERN = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
+
+DEFAULT_PIECE_MEMO_BYTES = 64 << 20
+"""Tokenized pieces kept per counter: the texts of about 80 distinct 200k-token prompts."""
+
+# Template complaints go into logs: short, and they are the template's words, not the prompt's.
+_REASON_LIMIT = 200
+
+
+class TokenizerLoadError(Exception):
+    """A tokenizer or its chat template could not be loaded; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CountOptions:
+    """The options that change counts; all of them are part of ``tokenizer_version``.
+
+    ``content_join`` must match the upstream's join of multi-part text (vLLM: ``"\\n"``);
+    ``image_tokens`` is what one image costs upstream; ``template_kwargs`` are extra template
+    variables (e.g. ``enable_thinking``, a pinned ``date_string``) the upstream renders with.
+    """
+
+    content_join: str = "\n"
+    image_tokens: int = 0
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedRendering:
+    """The prompt as the upstream sees it, and where each asked-for block ends in it."""
+
+    text: str
+    boundaries: Mapping[int, int]  # block index -> character offset in ``text`` where its prefix ends
+
+
+class ChatTokenCounter:
+    """A ``TokenCounter`` over a tokenizer's pieces and a jinja chat template, in process.
+
+    ``piece_memo_bytes`` bounds the memory of tokenized pieces (``pieces.py``).
+    """
+
+    def __init__(
+        self,
+        pieces: PieceTokenizer,
+        chat_template: str,
+        special_tokens: Mapping[str, Any],
+        options: CountOptions | None = None,
+        piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+    ) -> None:
+        self._options = options or CountOptions()
+        if self._options.image_tokens < 0:
+            raise TokenizerLoadError("image_tokens must not be negative")
+        self._pieces = PieceCounter(pieces, piece_memo_bytes)
+        try:
+            self._template = ChatTemplate(chat_template, {**special_tokens, **self._options.template_kwargs})
+        except jinja2.TemplateError as exc:
+            raise TokenizerLoadError(f"chat template could not be compiled: {exc}") from exc
+        except ValueError as exc:
+            raise TokenizerLoadError(str(exc)) from exc
+        self._version = _version(pieces.identity, chat_template, special_tokens, self._options)
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def tokenizer_version(self) -> str:
+        return self._version
+
+    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
+        """Count in a worker thread, so the event loop keeps serving while we render and tokenize.
+
+        One thread per counter: new pieces are encoded in a batch that the tokenizer spreads
+        over the cores itself, with the GIL released (``pieces.py``).
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-tokens")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.count_blocking, body, prompt, tuple(blocks))
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def count_blocking(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
+        """``count`` without the thread hop, for callers that are already off the event loop."""
+        try:
+            return self._count(body, prompt, blocks)
+        except TokenCountError:
+            raise
+        except Exception as exc:
+            # The port promises TokenCountError, which callers degrade on: a request is never
+            # failed because its tokens could not be counted (SPEC §11).
+            raise TokenCountError(f"unexpected {type(exc).__name__} while counting") from exc
+
+    def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """The token count of each text alone: no chat template, no special tokens (the raw
+        segments of the tokenizer service's ``/v1/tokenize``). Blocking: call it off the event loop."""
+        return self._pieces.tokenizer.count_texts(texts)
+
+    def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
+        rendering = self.render(body, prompt, blocks)
+        try:
+            at_offset, total = self._pieces.count(rendering.text, set(rendering.boundaries.values()))
+        except Exception as exc:
+            raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
+        images = _images_through(describe_blocks(body, prompt.blocks))
+        image_tokens = self._options.image_tokens
+        cumulative = {
+            block: at_offset[offset] + image_tokens * images[block] for block, offset in rendering.boundaries.items()
+        }
+        return PromptCounts(cumulative=cumulative, total=total + image_tokens * count_images(body))
+
+    def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
+        """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
+        asked = set(blocks)
+        if any(not 0 <= block < len(prompt.blocks) for block in asked):
+            raise TokenCountError("an asked-for block is not in the prompt")
+        traits = describe_blocks(body, prompt.blocks)
+        marked = [block for block, trait in enumerate(traits) if trait.has_text]
+        variables = body.get("chat_template_kwargs")
+        request_variables = variables if isinstance(variables, Mapping) else None
+        join = self._options.content_join
+
+        clean = self._render(prepare_chat(body, join), request_variables)
+        if not marked:
+            return MarkedRendering(text=clean, boundaries=dict.fromkeys(asked, 0))
+        if _MARK_OPEN in clean:
+            raise TokenCountError("the prompt contains the character reserved for boundary marks")
+        marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
+        first_try = prepare_chat(body, join, marks)
+        needed = {n for n, block in enumerate(marked) if block in asked}
+        found = self._find_marks(first_try, request_variables, clean, needed)
+        if isinstance(found, str):
+            # Templates that trim text drop whitespace after a mark; try marks before it.
+            second_try = prepare_chat(body, join, marks, before_trailing_space=True)
+            if second_try != first_try:
+                found = self._find_marks(second_try, request_variables, clean, needed)
+        if isinstance(found, str):
+            raise TokenCountError(found)
+        return MarkedRendering(text=clean, boundaries=_prefix_boundaries(marked, found, asked))
+
+    def _render(self, chat: PreparedChat, request_variables: Mapping[str, Any] | None) -> str:
+        try:
+            return self._template.render(chat.messages, chat.tools, request_variables)
+        except jinja2.TemplateError as exc:
+            # raise_exception() and jinja say what the template objects to.
+            reason = (exc.message or type(exc).__name__)[:_REASON_LIMIT]
+            raise TokenCountError(f"chat template refused the request: {reason}") from exc
+        except Exception as exc:
+            raise TokenCountError(f"chat template failed: {type(exc).__name__}") from exc
+
+    def _find_marks(
+        self,
+        chat: PreparedChat,
+        request_variables: Mapping[str, Any] | None,
+        clean: str,
+        needed: set[int],
+    ) -> list[tuple[int, int]] | str:
+        """The marks as (mark number, offset in the unmarked text) in text order, or why they cannot be trusted.
+
+        Only the ``needed`` marks (those of asked-for blocks) must be there: a template may leave
+        out other blocks (tools it does not support, roles it ignores), which then bound nothing.
+        """
+        try:
+            rendered = self._render(chat, request_variables)
+        except TokenCountError:
+            return "the chat template fails when block ends are marked"
+        found: list[tuple[int, int]] = []
+        pieces: list[str] = []
+        stripped_length = 0
+        position = 0
+        for match in _MARK_PATTERN.finditer(rendered):
+            piece = rendered[position : match.start()]
+            pieces.append(piece)
+            stripped_length += len(piece)
+            position = match.end()
+            found.append((int(match.group(1)), stripped_length))
+        pieces.append(rendered[position:])
+        if "".join(pieces) != clean:
+            return "the chat template renders differently when block ends are marked"
+        if not needed <= {n for n, _ in found}:
+            return "the chat template drops the text of an asked-for block"
+        return found
+
+
+def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:
+    """The boundary of each asked-for block b: the furthest end of a mark of a block ≤ b that
+    precedes the text of every block > b.
+
+    ``marked[n]`` is the block of mark n; ``found`` lists each occurrence (n, offset) in text
+    order (a template may render a block twice). Text is never nested, so an occurrence's text
+    starts after the occurrence before it: that offset bounds from below where it may begin.
+    """
+    occurrences: list[tuple[int, int, int]] = []  # (block, end, text starts after)
+    previous = 0
+    for n, offset in found:
+        occurrences.append((marked[n], offset, previous))
+        previous = offset
+    boundaries: dict[int, int] = {}
+    for block in asked:
+        later_text_from = min((start for b, _, start in occurrences if b > block), default=math.inf)
+        boundaries[block] = max((end for b, end, _ in occurrences if b <= block and end <= later_text_from), default=0)
+    return boundaries
+
+
+def _images_through(traits: Sequence[BlockTraits]) -> list[int]:
+    """images[b]: the number of image parts in blocks 0..b (an image costs at every later boundary)."""
+    running = 0
+    images: list[int] = []
+    for trait in traits:
+        running += trait.is_image
+        images.append(running)
+    return images
+
+
+def _version(
+    tokenizer_identity: bytes,
+    chat_template: str,
+    special_tokens: Mapping[str, Any],
+    options: CountOptions,
+) -> str:
+    digest = hashlib.sha256()
+    settings = {
+        "rules": _COUNTING_RULES,
+        "special_tokens": special_tokens,
+        "content_join": options.content_join,
+        "image_tokens": options.image_tokens,
+        "template_kwargs": options.template_kwargs,
+    }
+    try:
+        canonical = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    except TypeError as exc:
+        raise TokenizerLoadError(f"template kwargs must be JSON values: {exc}") from exc
+    for chunk in (tokenizer_identity, chat_template.encode(), canonical.encode()):
+        digest.update(len(chunk).to_bytes(8, "big"))
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:32]

@@ -1,0 +1,144 @@
+"""Counting a rendering's tokens piece by piece, so a prefix already seen is not tokenized again.
+
+A tokenizer splits its input at its special (added) tokens before normalizing, pre-tokenizing
+or merging anything, so a rendering cut just before each special token gives *pieces* that
+encode to exactly the tokens of the whole — and a rendered chat has such a cut at every
+message. Two things follow:
+
+- pieces can be encoded in one batch, which the tokenizer libraries spread over every core
+  with the GIL released (encoding one long text holds the GIL and uses one core);
+- a piece's tokens depend on its text alone, so they can be remembered by text. The next
+  request of an agent loop renders the same messages again plus a few new ones: its pieces
+  are looked up, and only the new ones — the tail — are tokenized (SPEC §5).
+
+A tokenizer whose special tokens reach into their neighbours (``lstrip``, ``rstrip``,
+``single_word``) or match after normalization has no exact cut; its text is one piece.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+
+class PieceTable(Protocol):
+    """The tokens of one piece: how many there are, and how many end at or before an offset."""
+
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def weight(self) -> int:
+        """Roughly the bytes this table keeps alive (read once, when it is remembered)."""
+
+    def count_before(self, piece: str, offset: int) -> int:
+        """Tokens of ``piece`` (the text this table was made from) that end at or before character ``offset``."""
+
+
+class PieceTokenizer(Protocol):
+    """What a tokenizer library provides to count pieces: where to cut, and the pieces' tokens."""
+
+    @property
+    def cut_pattern(self) -> re.Pattern[str] | None:
+        """Matches each special token the text may hold; None when the text must not be cut."""
+
+    @property
+    def identity(self) -> bytes:
+        """Identifies the vocabulary, the pre-tokenization and the special tokens."""
+
+    def tables(self, pieces: list[str]) -> list[PieceTable]:
+        """Encode ``pieces`` (special tokens recognized), on every core; one table each."""
+
+    def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """The plain token count of each text: no special tokens added or recognized."""
+
+
+class PieceCounter:
+    """Token counts of renderings at character boundaries, with pieces remembered by text.
+
+    The memory is an LRU bounded by ``memo_bytes`` (piece text plus tables). It is shared by
+    every request for this tokenizer and guarded by a lock, so the counting threads of a
+    tokenizer service may use one counter.
+    """
+
+    def __init__(self, tokenizer: PieceTokenizer, memo_bytes: int = 64 << 20) -> None:
+        if memo_bytes < 0:
+            raise ValueError("memo_bytes must not be negative")
+        self._tokenizer = tokenizer
+        self._memo_bytes = memo_bytes
+        self._memo: OrderedDict[str, tuple[PieceTable, int]] = OrderedDict()  # piece -> (table, weight)
+        self._memo_weight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> PieceTokenizer:
+        return self._tokenizer
+
+    def count(self, text: str, boundaries: Iterable[int]) -> tuple[dict[int, int], int]:
+        """The tokens of ``text`` that end at or before each boundary, and all of ``text``'s tokens.
+
+        A token that straddles a boundary belongs to what follows it.
+        """
+        starts = self._piece_starts(text)
+        ends = [*starts[1:], len(text)]
+        pieces = [text[start:end] for start, end in zip(starts, ends, strict=True)]
+        tables = self._tables(pieces)
+        before: list[int] = []  # before[i]: tokens of the pieces ahead of piece i
+        running = 0
+        for table in tables:
+            before.append(running)
+            running += table.tokens
+        counts: dict[int, int] = {}
+        for boundary in boundaries:
+            if boundary <= 0:
+                counts[boundary] = 0
+            elif boundary >= len(text):
+                counts[boundary] = running
+            else:
+                i = bisect.bisect_right(starts, boundary) - 1
+                counts[boundary] = before[i] + tables[i].count_before(pieces[i], boundary - starts[i])
+        return counts, running
+
+    def _piece_starts(self, text: str) -> list[int]:
+        pattern = self._tokenizer.cut_pattern
+        if pattern is None:
+            return [0]
+        starts = [match.start() for match in pattern.finditer(text)]
+        if not starts or starts[0] != 0:
+            starts.insert(0, 0)
+        return starts
+
+    def _tables(self, pieces: list[str]) -> list[PieceTable]:
+        found: list[PieceTable | None] = []
+        with self._lock:
+            for piece in pieces:
+                entry = self._memo.get(piece)
+                if entry is not None:
+                    self._memo.move_to_end(piece)
+                found.append(None if entry is None else entry[0])
+        missing = list(dict.fromkeys(piece for piece, table in zip(pieces, found, strict=True) if table is None))
+        if not missing:
+            return found  # type: ignore[return-value]  # every entry was found
+        fresh = dict(zip(missing, self._tokenizer.tables(missing), strict=True))
+        self._remember(fresh)
+        return [fresh[piece] if table is None else table for piece, table in zip(pieces, found, strict=True)]
+
+    def _remember(self, fresh: dict[str, PieceTable]) -> None:
+        with self._lock:
+            for piece, table in fresh.items():
+                # A str holds one to four bytes a character; most prompts are one-byte text.
+                weight = len(piece) + table.weight
+                if weight > self._memo_bytes:
+                    continue
+                previous = self._memo.pop(piece, None)
+                if previous is not None:
+                    self._memo_weight -= previous[1]
+                self._memo[piece] = (table, weight)
+                self._memo_weight += weight
+            while self._memo_weight > self._memo_bytes:
+                _, (_, weight) = self._memo.popitem(last=False)
+                self._memo_weight -= weight
