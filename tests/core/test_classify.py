@@ -12,6 +12,7 @@ from cachegate.core.blocks import parse_prompt
 from cachegate.core.classify import (
     Hit,
     blocks_to_count,
+    blocks_to_verify,
     decide,
     deepest_hit,
     lookup_candidates,
@@ -98,6 +99,33 @@ class TestDeepestHit:
     def test_a_write_twenty_blocks_back_is_out_of_reach(self) -> None:
         prompt = conversation(30, {29: "5m"})
         assert deepest_hit(prompt, index_answer(prompt, [match(prompt, 9, 1500)])) is None
+
+
+class TestVerifiedHit:
+    """A match whose stored count differs from this rendering's count is stale (the template rewrote it)."""
+
+    def test_a_match_that_agrees_with_the_counts_holds(self) -> None:
+        prompt = conversation(10, {4: "1h", 9: "5m"})
+        matches = [match(prompt, 4, 400), match(prompt, 7, 700)]
+        assert deepest_hit(prompt, matches, {4: 400, 7: 700, 9: 900}) == Hit(7, matches[1])
+
+    def test_a_stale_match_gives_way_to_the_deepest_one_that_holds(self) -> None:
+        prompt = conversation(10, {4: "1h", 9: "5m"})
+        matches = [match(prompt, 4, 400), match(prompt, 7, 700)]
+        assert deepest_hit(prompt, matches, {4: 400, 7: 650, 9: 850}) == Hit(4, matches[0])
+        assert deepest_hit(prompt, matches, {4: 390, 7: 650, 9: 850}) is None
+
+    def test_a_match_without_a_count_is_taken_as_it_is(self) -> None:
+        prompt = conversation(10, {9: "5m"})
+        matches = [match(prompt, 7, 700)]
+        assert deepest_hit(prompt, matches, {9: 900}) == Hit(7, matches[0])
+
+    def test_the_blocks_to_verify_are_every_matched_block_and_every_breakpoint(self) -> None:
+        prompt = conversation(30, {4: "1h", 29: "5m"})
+        stray = IndexMatch(b"\x00" * 32, 5000, HOUR, NOW + 60)
+        matches = [match(prompt, 12, 1200), stray, match(prompt, 2, 200)]
+        assert blocks_to_verify(prompt, matches) == [2, 4, 12, 29]
+        assert blocks_to_verify(conversation(3, {}), matches) == []
 
     def test_another_breakpoint_brings_an_old_write_back_in_reach(self) -> None:
         prompt = conversation(30, {12: "5m", 29: "5m"})

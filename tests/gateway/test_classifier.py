@@ -95,9 +95,54 @@ async def test_a_partial_hit_counts_only_the_breakpoints_past_it(classifier: Cac
 
     result = await classify(classifier, SECOND_TURN, counter)
 
-    assert counter.asked == [[3]]
+    assert counter.asked == [[0, 3]]  # the new breakpoint, and the hit to check it against this rendering
     assert (result.stats.read, result.stats.creation_5m) == (600, counter.cumulative(3) - 600)
     assert [entry.cumulative_tokens for entry in result.writes] == [counter.cumulative(3)]
+
+
+class RewritingCounter(BlockCounter):
+    """A template that, once later turns arrive, renders the blocks from ``from_block`` on shorter
+    (as Qwen3 drops the reasoning of turns before the last user query)."""
+
+    def __init__(self, from_block: int, dropped: int) -> None:
+        super().__init__()
+        self.from_block = from_block
+        self.dropped = dropped
+
+    def cumulative(self, block: int) -> int:
+        return super().cumulative(block) - (self.dropped if block >= self.from_block else 0)
+
+
+THIRD_TURN = chat(
+    *SECOND_TURN["messages"][1:],
+    {"role": "assistant", "content": "Five minutes by default."},
+    {"role": "user", "content": [marked("And an hour?")]},  # block 5
+)
+
+
+async def test_a_match_the_template_now_renders_differently_is_not_read(classifier: CacheClassifier) -> None:
+    await classifier.commit((await classify(classifier, SECOND_TURN, BlockCounter())).writes)  # blocks 0 and 3
+    rewriting = RewritingCounter(from_block=2, dropped=100)
+    stale_before = metric("cachegate_cache_stale_hits_total")
+
+    result = await classify(classifier, THIRD_TURN, rewriting)
+
+    # Block 3 was written holding 2,400 tokens; this rendering gives it 2,300: stale. Block 0 still holds.
+    assert result.stats.read == 600
+    assert result.stats.creation_5m == rewriting.cumulative(5) - 600
+    assert [entry.cumulative_tokens for entry in result.writes] == [rewriting.cumulative(3), rewriting.cumulative(5)]
+    assert result.refresh == Refresh(SCOPE, prompt_of(THIRD_TURN).prefix_hashes[0], NOW + 300)
+    assert metric("cachegate_cache_stale_hits_total") - stale_before == 1
+
+
+async def test_when_no_match_holds_nothing_is_read(classifier: CacheClassifier) -> None:
+    await classifier.commit((await classify(classifier, SECOND_TURN, BlockCounter())).writes)
+
+    result = await classify(classifier, THIRD_TURN, RewritingCounter(from_block=0, dropped=1))
+
+    assert result.stats.read == 0
+    assert result.refresh is None
+    assert [entry.cumulative_tokens for entry in result.writes] == [599, 2399, 3599]
 
 
 async def test_what_one_principal_wrote_is_never_read_by_another(classifier: CacheClassifier) -> None:

@@ -2,7 +2,16 @@
 
 Plain inputs, plain outputs; the shell does the I/O in between:
 ``lookup_candidates`` → index lookup → ``deepest_hit`` → ``blocks_to_count`` → token counter →
-``decide``.
+(``blocks_to_verify``, ``deepest_hit`` again with the counts) → ``decide``.
+
+Templates that rewrite earlier turns (Qwen3 and DeepSeek drop the reasoning of turns before
+the last user query; Mistral moves the system prompt into the last user message) render the
+same blocks differently once later messages arrive: the prefix a match names is then no
+longer the prefix this prompt sends, and its stored count is not what this prompt holds.
+Whenever the prompt is counted anyway, each match's stored count is checked against this
+rendering's count at its block, and a match that disagrees is stale — not a hit. Like
+Anthropic, a rewrite invalidates the cache from the rewritten turn on; the tokens the
+template dropped are never billed as read.
 """
 
 from __future__ import annotations
@@ -44,22 +53,43 @@ def lookup_candidates(prompt: ParsedPrompt, lookback: int = LOOKBACK) -> list[by
     return [prompt.prefix_hashes[block] for block in sorted(positions, reverse=True)]
 
 
-def deepest_hit(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> Hit | None:
+def deepest_hit(
+    prompt: ParsedPrompt, matches: Iterable[IndexMatch], counts: Mapping[int, int] | None = None
+) -> Hit | None:
     """The match that covers the longest prefix of ``prompt``.
 
     Every block has its own hash, so a match names exactly one position. Matches of hashes that
-    are not a prefix of this prompt, or lie past its deepest breakpoint, are ignored.
+    are not a prefix of this prompt, or lie past its deepest breakpoint, are ignored. With
+    ``counts`` (this prompt's cumulative counts, at least at ``blocks_to_verify``), a match
+    whose stored count differs from this prompt's count at its block is stale and ignored too.
     """
-    if not prompt.breakpoints:
-        return None
-    deepest = prompt.breakpoints[-1].block
-    positions = {digest: block for block, digest in enumerate(prompt.prefix_hashes[: deepest + 1])}
     best: Hit | None = None
-    for match in matches:
-        block = positions.get(match.prefix_hash)
-        if block is not None and (best is None or block > best.block):
+    for block, match in _matched_blocks(prompt, matches).items():
+        if counts is not None and counts.get(block, match.cumulative_tokens) != match.cumulative_tokens:
+            continue
+        if best is None or block > best.block:
             best = Hit(block, match)
     return best
+
+
+def blocks_to_verify(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> list[int]:
+    """The blocks whose counts ``deepest_hit`` checks the matches against, and ``decide`` then
+    needs whichever match survives: every matched block and every breakpoint, in order."""
+    blocks = set(_matched_blocks(prompt, matches)) | {breakpoint_.block for breakpoint_ in prompt.breakpoints}
+    return sorted(blocks)
+
+
+def _matched_blocks(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> dict[int, IndexMatch]:
+    if not prompt.breakpoints:
+        return {}
+    deepest = prompt.breakpoints[-1].block
+    positions = {digest: block for block, digest in enumerate(prompt.prefix_hashes[: deepest + 1])}
+    matched: dict[int, IndexMatch] = {}
+    for match in matches:
+        block = positions.get(match.prefix_hash)
+        if block is not None:
+            matched[block] = match
+    return matched
 
 
 def blocks_to_count(prompt: ParsedPrompt, hit: Hit | None) -> list[int]:

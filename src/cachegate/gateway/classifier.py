@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cachegate.core.classify import blocks_to_count, decide, deepest_hit, lookup_candidates
+from cachegate.core.classify import blocks_to_count, blocks_to_verify, decide, deepest_hit, lookup_candidates
 from cachegate.core.types import CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh, Scope
 from cachegate.gateway import metrics
 from cachegate.gateway.periodic import Periodic
@@ -48,15 +48,20 @@ class CacheClassifier:
             log.warning("cache index lookup failed, serving uncached: %s", exc)
             return Classification.degraded_zeros()
         hit = deepest_hit(prompt, matches)
-        needed = blocks_to_count(prompt, hit)
-        if not needed:
+        if not blocks_to_count(prompt, hit):
+            # Every breakpoint is cached: nothing to count, so nothing to check the hit against.
             return decide(scope, prompt, hit, {}, tariff, now)
         try:
-            counts = await counter.count(body, prompt, needed)
+            # One rendering counts the new breakpoints and checks every match (core/classify.py).
+            counts = await counter.count(body, prompt, blocks_to_verify(prompt, matches))
         except TokenCountError as exc:
             metrics.labelled(metrics.DEGRADED, "token_counter").inc()
             log.warning("token count failed, serving uncached: %s", exc)
             return Classification.degraded_zeros()
+        verified = deepest_hit(prompt, matches, counts.cumulative)
+        if verified != hit:
+            metrics.STALE_HITS.inc()
+            hit = verified
         classification = decide(scope, prompt, hit, counts.cumulative, tariff, now)
         classification.counted_total = counts.total
         return classification

@@ -23,6 +23,10 @@ COMMITS = Counter("cachegate_cache_commits_total", "Index commits after a succes
 COMMITS_VETOED = Counter(
     "cachegate_cache_commits_vetoed_total", "Pending writes dropped because the response did not succeed.", ["reason"]
 )
+STALE_HITS = Counter(
+    "cachegate_cache_stale_hits_total",
+    "Deepest matches refused because the template now renders their prefix differently.",
+)
 REFRESHES_DROPPED = Counter("cachegate_cache_refreshes_dropped_total", "Expiry refreshes lost to overload or outage.")
 CAPPED = Counter("cachegate_cache_split_capped_total", "Responses whose cache split was capped to prompt_tokens.")
 COUNT_DRIFT = Histogram(
