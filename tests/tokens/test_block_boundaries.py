@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from cachegate.core.types import ParsedPrompt
+from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import PromptCounts
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions
 from cachegate.tokens.shipped import qwen3_counter
@@ -225,3 +226,38 @@ def test_counted_tokens_decode_to_a_prefix_of_the_text_before_the_boundary(
             assert not before.startswith(qwen3_tokenizer.decode(ids[: count + 1], skip_special_tokens=False))
         assert count >= previous
         previous = count
+
+
+def _prefix_boundaries_by_definition(
+    marked: list[int], found: list[tuple[int, int]], asked: set[int]
+) -> dict[int, int]:
+    """The rule read literally, one pass over every occurrence for each asked-for block."""
+    occurrences = []
+    previous = 0
+    for n, offset in found:
+        occurrences.append((marked[n], offset, previous))
+        previous = offset
+    boundaries = {}
+    for block in asked:
+        later = min((start for b, _, start in occurrences if b > block), default=float("inf"))
+        boundaries[block] = max((end for b, end, _ in occurrences if b <= block and end <= later), default=0)
+    return boundaries
+
+
+@settings(max_examples=500)
+@given(st.data())
+def test_the_fast_prefix_boundaries_follow_the_rule(data: st.DataObject) -> None:
+    blocks = data.draw(st.integers(min_value=1, max_value=12))
+    marked = sorted(data.draw(st.sets(st.integers(0, blocks - 1), min_size=1)))
+    # Marks in text order: mostly in block order, with repeats and reorderings as templates make them.
+    numbers = data.draw(st.lists(st.integers(0, len(marked) - 1), max_size=20))
+    gaps = data.draw(st.lists(st.integers(0, 5), min_size=len(numbers), max_size=len(numbers)))
+    found, offset = [], 0
+    for n, gap in zip(numbers, gaps, strict=True):
+        offset += gap
+        found.append((n, offset))
+    asked = data.draw(st.sets(st.integers(0, blocks - 1)))
+
+    assert counter_module._prefix_boundaries(marked, found, asked) == _prefix_boundaries_by_definition(
+        marked, found, asked
+    )

@@ -25,6 +25,7 @@ bill a number that may be wrong.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import json
 import math
@@ -148,12 +149,13 @@ class ChatTokenCounter:
         return self._pieces.tokenizer.count_texts(texts)
 
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        rendering = self.render(body, prompt, blocks)
+        traits = describe_blocks(body, prompt.blocks)
+        rendering = self._render_marked(body, prompt, blocks, traits)
         try:
             at_offset, total = self._pieces.count(rendering.text, set(rendering.boundaries.values()))
         except Exception as exc:
             raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
-        images = _images_through(describe_blocks(body, prompt.blocks))
+        images = _images_through(traits)
         image_tokens = self._options.image_tokens
         cumulative = {
             block: at_offset[offset] + image_tokens * images[block] for block, offset in rendering.boundaries.items()
@@ -162,10 +164,14 @@ class ChatTokenCounter:
 
     def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
         """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
+        return self._render_marked(body, prompt, blocks, describe_blocks(body, prompt.blocks))
+
+    def _render_marked(
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int], traits: Sequence[BlockTraits]
+    ) -> MarkedRendering:
         asked = set(blocks)
         if any(not 0 <= block < len(prompt.blocks) for block in asked):
             raise TokenCountError("an asked-for block is not in the prompt")
-        traits = describe_blocks(body, prompt.blocks)
         marked = [block for block, trait in enumerate(traits) if trait.has_text]
         variables = body.get("chat_template_kwargs")
         request_variables = variables if isinstance(variables, Mapping) else None
@@ -240,16 +246,30 @@ def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], 
     ``marked[n]`` is the block of mark n; ``found`` lists each occurrence (n, offset) in text
     order (a template may render a block twice). Text is never nested, so an occurrence's text
     starts after the occurrence before it: that offset bounds from below where it may begin.
+    Every matched block of the index is asked for (to check it), so this takes O(log n) a
+    block rather than a pass over all occurrences.
     """
-    occurrences: list[tuple[int, int, int]] = []  # (block, end, text starts after)
+    blocks: list[int] = []
+    ends: list[int] = []
+    first_start: dict[int, int] = {}  # block -> the earliest its text may begin
     previous = 0
     for n, offset in found:
-        occurrences.append((marked[n], offset, previous))
+        block = marked[n]
+        blocks.append(block)
+        ends.append(offset)
+        first_start.setdefault(block, previous)
         previous = offset
+    ordered = sorted(first_start)
+    later_from = [math.inf] * (len(ordered) + 1)  # later_from[i]: where the text of ordered[i:] may begin
+    for i in range(len(ordered) - 1, -1, -1):
+        later_from[i] = min(later_from[i + 1], first_start[ordered[i]])
     boundaries: dict[int, int] = {}
     for block in asked:
-        later_text_from = min((start for b, _, start in occurrences if b > block), default=math.inf)
-        boundaries[block] = max((end for b, end, _ in occurrences if b <= block and end <= later_text_from), default=0)
+        limit = later_from[bisect.bisect_right(ordered, block)]
+        k = bisect.bisect_right(ends, limit) - 1
+        while k >= 0 and blocks[k] > block:
+            k -= 1
+        boundaries[block] = ends[k] if k >= 0 else 0
     return boundaries
 
 
