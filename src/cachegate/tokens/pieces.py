@@ -50,8 +50,12 @@ class PieceTokenizer(Protocol):
     def identity(self) -> bytes:
         """Identifies the vocabulary, the pre-tokenization and the special tokens."""
 
-    def tables(self, pieces: list[str]) -> list[PieceTable]:
-        """Encode ``pieces`` (special tokens recognized), on every core; one table each."""
+    def tables(self, pieces: list[str], inner: Sequence[bool]) -> Sequence[PieceTable]:
+        """Encode ``pieces`` (special tokens recognized), on every core; one table each.
+
+        ``inner[i]``: an offset inside piece i will be asked for at once, so its table should
+        keep what ``count_before`` needs rather than find it again later.
+        """
 
     def count_texts(self, texts: Sequence[str]) -> list[int]:
         """The plain token count of each text: no special tokens added or recognized."""
@@ -86,21 +90,28 @@ class PieceCounter:
         starts = self._piece_starts(text)
         ends = [*starts[1:], len(text)]
         pieces = [text[start:end] for start, end in zip(starts, ends, strict=True)]
-        tables = self._tables(pieces)
+        inside: dict[int, int] = {}  # boundary -> the piece it falls inside of (not at its start)
+        for boundary in boundaries:
+            if 0 < boundary < len(text):
+                i = bisect.bisect_right(starts, boundary) - 1
+                if boundary > starts[i]:
+                    inside[boundary] = i
+        tables = self._tables(pieces, set(inside.values()))
         before: list[int] = []  # before[i]: tokens of the pieces ahead of piece i
         running = 0
         for table in tables:
             before.append(running)
             running += table.tokens
+        before.append(running)
         counts: dict[int, int] = {}
         for boundary in boundaries:
             if boundary <= 0:
                 counts[boundary] = 0
-            elif boundary >= len(text):
-                counts[boundary] = running
-            else:
-                i = bisect.bisect_right(starts, boundary) - 1
+            elif boundary in inside:
+                i = inside[boundary]
                 counts[boundary] = before[i] + tables[i].count_before(pieces[i], boundary - starts[i])
+            else:  # the start of a piece, or the end of the text
+                counts[boundary] = before[bisect.bisect_left(starts, boundary)] if boundary < len(text) else running
         return counts, running
 
     def _piece_starts(self, text: str) -> list[int]:
@@ -112,7 +123,7 @@ class PieceCounter:
             starts.insert(0, 0)
         return starts
 
-    def _tables(self, pieces: list[str]) -> list[PieceTable]:
+    def _tables(self, pieces: list[str], inner: set[int]) -> list[PieceTable]:
         found: list[PieceTable | None] = []
         with self._lock:
             for piece in pieces:
@@ -120,10 +131,13 @@ class PieceCounter:
                 if entry is not None:
                     self._memo.move_to_end(piece)
                 found.append(None if entry is None else entry[0])
-        missing = list(dict.fromkeys(piece for piece, table in zip(pieces, found, strict=True) if table is None))
+        missing: dict[str, bool] = {}  # piece -> whether an offset inside it is asked for
+        for i, (piece, table) in enumerate(zip(pieces, found, strict=True)):
+            if table is None:
+                missing[piece] = missing.get(piece, False) or i in inner
         if not missing:
             return found  # type: ignore[return-value]  # every entry was found
-        fresh = dict(zip(missing, self._tokenizer.tables(missing), strict=True))
+        fresh = dict(zip(missing, self._tokenizer.tables(list(missing), list(missing.values())), strict=True))
         self._remember(fresh)
         return [fresh[piece] if table is None else table for piece, table in zip(pieces, found, strict=True)]
 
