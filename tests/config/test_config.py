@@ -69,7 +69,7 @@ def test_the_example_file_loads_and_validates() -> None:
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8080)
     assert config.store_url == config.index_url == "postgresql://postgres@127.0.0.1:5432/cachegate"
     assert not config.demo.enabled
-    assert sorted(config.tokenizers) == ["my-model", "qwen3", "shared"]
+    assert sorted(config.tokenizers) == ["gpt-oss", "my-model", "qwen3", "shared"]
     assert [(endpoint.name, endpoint.base_url) for endpoint in config.endpoints] == [
         ("vllm-a", "http://10.0.0.5:8000/v1")
     ]

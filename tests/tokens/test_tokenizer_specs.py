@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from cachegate.core.blocks import parse_prompt
+from cachegate.core.markers import TtlPolicy
 from cachegate.tokens import shipped
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
-from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
+from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter, load_counter
 from cachegate.tokens.shipped import load_qwen3, qwen3_files
 
 
@@ -43,6 +46,36 @@ def test_an_hf_spec_loads_the_folder(tmp_path: Path) -> None:
     assert counter.tokenizer_version.startswith("sha256:")
 
 
+def test_a_tiktoken_spec_counts_with_the_shipped_encoding_and_the_given_template(tmp_path: Path) -> None:
+    template = tmp_path / "chat_template.jinja"
+    template.write_text("{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}")
+    spec = TokenizerSpec.model_validate(
+        {"kind": "tiktoken", "encoding": "o200k_harmony", "template_file": str(template)}
+    )
+    body = {"messages": [{"role": "user", "content": "Hello, world"}]}
+
+    counts = load_counter(spec).count_blocking(body, parse_prompt(body, TtlPolicy.default_policy()), [])
+
+    assert counts.total == 3 + 3 + 1  # <|start|>user<|message|> · Hello , world · <|end|>
+
+
+def test_a_tiktoken_spec_takes_an_operators_rank_file_checked_by_its_digest(tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages[0].content }}")
+    ranks = tmp_path / "tiny.tiktoken"
+    ranks.write_bytes(b"".join(base64.b64encode(bytes([b])) + b" %d\n" % b for b in range(256)))
+    raw = {"kind": "tiktoken", "template_file": str(template), "rank_file": str(ranks), "pattern": r"\S+|\s+"}
+    body = {"messages": [{"role": "user", "content": "abc de"}]}
+
+    counts = load_counter(TokenizerSpec.model_validate(raw)).count_blocking(
+        body, parse_prompt(body, TtlPolicy.default_policy()), []
+    )
+    assert counts.total == len("abc de")  # single bytes only: one token a byte
+
+    with pytest.raises(TokenizerLoadError, match="sha256 of the ranks is"):
+        load_counter(TokenizerSpec.model_validate({**raw, "rank_file_sha256": "0" * 64}))
+
+
 def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> None:
     spec = TokenizerSpec.model_validate({"kind": "hf", "path": str(tmp_path / "absent")})
 
@@ -53,7 +86,18 @@ def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("raw", "complaint"),
     [
-        ({"kind": "gguf"}, "does not match any of the expected tags: 'builtin', 'hf', 'remote'"),
+        ({"kind": "gguf"}, "does not match any of the expected tags: 'builtin', 'hf', 'tiktoken', 'remote'"),
+        ({"kind": "tiktoken", "template_file": "/t.jinja"}, "give either encoding (a shipped one) or rank_file"),
+        (
+            {"kind": "tiktoken", "template_file": "/t.jinja", "encoding": "o200k_base", "rank_file": "/r"},
+            "give either encoding (a shipped one) or rank_file",
+        ),
+        ({"kind": "tiktoken", "template_file": "/t.jinja", "rank_file": "/r"}, "a rank_file needs its pre-tokeniz"),
+        (
+            {"kind": "tiktoken", "template_file": "/t.jinja", "encoding": "o200k_base", "pattern": "."},
+            "go with a rank_file, not a named encoding",
+        ),
+        ({"kind": "tiktoken", "encoding": "cl100k_base", "template_file": "/t"}, "Input should be 'o200k_base' or"),
         ({"name": "qwen3"}, "Unable to extract tag using discriminator 'kind'"),
         ({"kind": "builtin", "name": "llama3"}, "builtin.name\n  Input should be 'qwen3'"),
         ({"kind": "hf"}, "hf.path\n  Field required"),

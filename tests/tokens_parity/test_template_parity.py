@@ -12,11 +12,14 @@ Two claims are checked apart, so that a failure says which part differs:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import pytest
+import tiktoken
 import transformers.utils.chat_template_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +33,7 @@ from cachegate.tokens.counter import ChatTokenCounter, CountOptions
 from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import ChatTemplate
+from cachegate.tokens.tiktoken_pieces import encoding_spec, named_encoding, tiktoken_counter
 
 from .conversations import CONVERSATIONS
 from .models import TEMPLATES, TemplateUnderTest
@@ -209,3 +213,55 @@ def test_any_plain_conversation_renders_and_counts_as_transformers(
         assert_same_count(counters[template], reference, TEMPLATES[template], body)
     except TokenCountError as refusal:
         assert "when block ends are marked" in str(refusal)
+
+
+@pytest.fixture(scope="module")
+def gpt_oss_tiktoken() -> tuple[ChatTokenCounter, tiktoken.Encoding]:
+    """gpt-oss as vLLM serves it: its template over o200k_harmony; and tiktoken's own encoder of that encoding."""
+    template = TEMPLATES["gpt-oss"]
+    counter = tiktoken_counter(named_encoding("o200k_harmony"), template.source, CountOptions())
+    spec = encoding_spec("o200k_harmony")
+    theirs = tiktoken.Encoding(
+        "o200k_harmony",
+        pat_str=spec.pat_str,
+        mergeable_ranks=dict(spec.ranks.ranks),
+        special_tokens=dict(spec.special_tokens),
+    )
+    return counter, theirs
+
+
+@pytest.mark.parametrize(
+    "conversation",
+    [
+        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=COUNTER_DIFFERENCES["gpt-oss", name])])
+        if ("gpt-oss", name) in COUNTER_DIFFERENCES
+        else name
+        for name in CONVERSATIONS
+    ],
+)
+def test_gpt_oss_counts_as_tiktoken_encodes_the_reference_text(
+    conversation: str,
+    gpt_oss_tiktoken: tuple[ChatTokenCounter, tiktoken.Encoding],
+    reference: TransformersReference,
+) -> None:
+    """With its own tokenizer, o200k_harmony: the total is tiktoken's count of transformers' text."""
+    counter, theirs = gpt_oss_tiktoken
+    template = TEMPLATES["gpt-oss"]
+    body = CONVERSATIONS[conversation]
+    prompt = parse_prompt(body, TtlPolicy.default_policy())
+    expected = _reference_text(reference, template, body)
+    if expected is None:
+        with pytest.raises(TokenCountError):
+            counter.count_blocking(body, prompt, ())
+        return
+    blocks = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
+    counts = counter.count_blocking(body, prompt, blocks)
+
+    assert counts.total == len(theirs.encode(expected, allowed_special="all"))
+    rendering = counter.render(body, prompt, blocks)
+    for block, boundary in rendering.boundaries.items():
+        # A boundary lies between characters: the tokens before it are those of the text before it,
+        # less a token that straddles it.
+        before = theirs.encode(expected, allowed_special="all")
+        ends = list(itertools.accumulate(len(theirs.decode_single_token_bytes(t)) for t in before))
+        assert counts.cumulative[block] == bisect.bisect_right(ends, len(expected[:boundary].encode()))

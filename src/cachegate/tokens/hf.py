@@ -152,10 +152,10 @@ class TokenCuts:
 
 def _folder_template(folder: Path, config: Mapping[str, Any], template_file: Path | None) -> str:
     if template_file is not None:
-        return _read_text(template_file)
+        return read_text_file(template_file)
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return _read_text(jinja_file)
+        return read_text_file(jinja_file)
     template = chat_template_from_config(config)
     if template is None:
         json_file = folder / "chat_template.json"
@@ -173,7 +173,8 @@ def _read_bytes(path: Path) -> bytes:
         raise TokenizerLoadError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (a chat template), or ``TokenizerLoadError`` saying why not."""
     try:
         return _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -182,7 +183,7 @@ def _read_text(path: Path) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        loaded = json.loads(_read_text(path))
+        loaded = json.loads(read_text_file(path))
     except json.JSONDecodeError as exc:
         raise TokenizerLoadError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(loaded, dict):

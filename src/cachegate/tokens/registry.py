@@ -12,6 +12,10 @@ model folder (the general case: the operator's own model)::
         content_join: "\\n"              # how the upstream joins multi-part text (vLLM: "\\n")
         image_tokens: 0                 # what one image costs upstream
         template_kwargs: {}             # e.g. {enable_thinking: false}, as the upstream renders
+      gpt-oss:
+        kind: tiktoken
+        encoding: o200k_harmony         # shipped ranks; or rank_file + pattern + special_tokens
+        template_file: /models/gpt-oss/chat_template.jinja
       shared:
         kind: remote
         url: http://tokenizers:8082     # a `cachegate tokenizer serve`
@@ -24,16 +28,17 @@ cache scope: changing one starts a fresh cache instead of mispricing the old one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
-from cachegate.tokens.hf import hf_counter_from_folder
+from cachegate.tokens.hf import hf_counter_from_folder, read_text_file
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
+from cachegate.tokens.tiktoken_pieces import custom_encoding, named_encoding, tiktoken_counter
 
 
 class _CountingOptions(BaseModel):
@@ -66,6 +71,32 @@ class HfTokenizerSpec(_CountingOptions):
     template_file: Path | None = None
 
 
+class TiktokenTokenizerSpec(_CountingOptions):
+    """A tiktoken encoding — a shipped one by name, or an operator's rank file — and the model's template.
+
+    A rank file has no template variables; ``template_kwargs`` supplies any the template reads
+    (``bos_token``, …).
+    """
+
+    kind: Literal["tiktoken"]
+    template_file: Path
+    encoding: Literal["o200k_base", "o200k_harmony"] | None = None
+    rank_file: Path | None = None
+    rank_file_sha256: str | None = None
+    pattern: str | None = None
+    special_tokens: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.encoding is None) == (self.rank_file is None):
+            raise ValueError("give either encoding (a shipped one) or rank_file with pattern")
+        if self.rank_file is not None and not self.pattern:
+            raise ValueError("a rank_file needs its pre-tokenization pattern")
+        if self.encoding is not None and (self.pattern or self.special_tokens or self.rank_file_sha256):
+            raise ValueError("pattern, special_tokens and rank_file_sha256 go with a rank_file, not a named encoding")
+        return self
+
+
 class RemoteTokenizerSpec(BaseModel):
     """A tokenizer served by a ``cachegate tokenizer serve`` that several gateways share."""
 
@@ -77,11 +108,16 @@ class RemoteTokenizerSpec(BaseModel):
     timeout_seconds: float = Field(default=5.0, gt=0)
 
 
-LocalTokenizerSpec = BuiltinTokenizerSpec | HfTokenizerSpec
+LocalTokenizerSpec = BuiltinTokenizerSpec | HfTokenizerSpec | TiktokenTokenizerSpec
 
 
 class TokenizerSpec(
-    RootModel[Annotated[BuiltinTokenizerSpec | HfTokenizerSpec | RemoteTokenizerSpec, Field(discriminator="kind")]]
+    RootModel[
+        Annotated[
+            BuiltinTokenizerSpec | HfTokenizerSpec | TiktokenTokenizerSpec | RemoteTokenizerSpec,
+            Field(discriminator="kind"),
+        ]
+    ]
 ):
     """One configured tokenizer; ``kind`` says which form it takes."""
 
@@ -99,6 +135,15 @@ def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
     options = choice.count_options()
     if isinstance(choice, BuiltinTokenizerSpec):
         return load_qwen3() if options == CountOptions() else qwen3_counter(options)
+    if isinstance(choice, TiktokenTokenizerSpec):
+        if choice.encoding is not None:
+            pieces = named_encoding(choice.encoding)
+        else:
+            assert choice.rank_file is not None and choice.pattern is not None  # checked by the spec
+            pieces = custom_encoding(
+                choice.rank_file, choice.pattern, choice.special_tokens, expected_sha256=choice.rank_file_sha256
+            )
+        return tiktoken_counter(pieces, read_text_file(choice.template_file), options)
     return hf_counter_from_folder(choice.path, choice.template_file, options)
 
 
