@@ -92,6 +92,50 @@ def test_a_template_that_trims_text_is_counted_with_marks_before_the_trailing_sp
     assert rendering.boundaries == {0: len("<Rules."), 1: len("<Rules.><Hello")}
 
 
+SCHEMA_TEMPLATE = (
+    "{% for tool in tools %}{% set f = tool.function %}// {{ f.description }}\n"
+    "{{ f.name }}({% for name, spec in f.parameters.properties.items() %}{{ name }}"
+    "{% if name not in f.parameters.required %}?{% endif %}: "
+    "{% if spec.type == 'string' %}str{% else %}any{% endif %}{% endfor %})\n{% endfor %}"
+    "{% for m in messages %}{{ m.content }}|{% endfor %}"
+)
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Get the weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_a_template_that_compares_schema_strings_is_counted_with_the_tool_marked_at_its_description(
+    prompt_of: PromptOf,
+) -> None:
+    # As gpt-oss does: a mark on required[-1] or on a type would change what the template renders.
+    counter = counter_with(SCHEMA_TEMPLATE)
+    body = {**BODY, "tools": [WEATHER]}
+
+    rendering = counter.render(body, prompt_of(body), [0, 1, 2])
+
+    assert rendering.text == "// Get the weather.\nweather(city: str)\nRules.|Hello  |"
+    # Block 0 is the tool: the schema after its description counts with what follows.
+    assert rendering.boundaries[0] == len("// Get the weather.")
+    assert rendering.boundaries[1] == len("// Get the weather.\nweather(city: str)\nRules.")
+
+
+def test_a_tool_without_description_is_marked_at_its_name_when_schema_strings_are_compared(
+    prompt_of: PromptOf,
+) -> None:
+    counter = counter_with(SCHEMA_TEMPLATE.replace("// {{ f.description }}\n", ""))
+    tool = {"type": "function", "function": {k: v for k, v in WEATHER["function"].items() if k != "description"}}
+    body = {**BODY, "tools": [tool]}
+
+    rendering = counter.render(body, prompt_of(body), [0])
+
+    assert rendering.boundaries[0] == len("weather")
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

@@ -43,12 +43,6 @@ _EMPTY_CONVERSATION = (
     "transformers refuses an empty conversation before rendering (ValueError: Cannot apply chat template to an "
     "empty conversation); cachegate renders the DeepSeek-V3.1 template, which accepts it, as the BOS token alone"
 )
-_GPT_OSS_REQUIRED_MARK = (
-    "the texts are equal, but cachegate refuses to count (TokenCountError: the chat template renders differently "
-    "when block ends are marked): the tool's boundary mark goes on the last string of its function object, "
-    "parameters.required[-1] ('city'), and gpt-oss tests `param_name in required`, so the marked rendering has "
-    "'city?: string' where the clean one has 'city: string'"
-)
 _QWEN3_LSTRIP_AFTER_MARK = (
     "the texts are equal, but cachegate refuses to count (TokenCountError: the chat template renders differently "
     "when block ends are marked): Qwen3 keeps what follows '</think>' and strips its leading newlines; the mark "
@@ -69,9 +63,6 @@ RENDERING_DIFFERENCES: dict[tuple[str, str], str] = {
 }
 COUNTER_DIFFERENCES: dict[tuple[str, str], str] = {
     **RENDERING_DIFFERENCES,
-    ("gpt-oss", "assistant tool calls and tool results"): _GPT_OSS_REQUIRED_MARK,
-    ("gpt-oss", "one tool call, its result and a follow-up"): _GPT_OSS_REQUIRED_MARK,
-    ("gpt-oss", "reasoning before a tool call"): _GPT_OSS_REQUIRED_MARK,
     ("qwen3", "raw reasoning in the parts of an assistant turn"): _QWEN3_LSTRIP_AFTER_MARK,
     ("llama-3.1", "a whitespace-only text part"): _LLAMA_TRIM_ACROSS_MARK,
 }

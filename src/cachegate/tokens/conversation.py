@@ -34,7 +34,11 @@ Blocks without text of their own (images, empty texts, header-only messages) tak
 it would be their whole content, and templates test content for emptiness.
 
 With ``before_trailing_space`` a mark goes before the trailing whitespace of its string, for
-templates that ``trim`` text (the whitespace then counts with what follows).
+templates that ``trim`` text (the whitespace then counts with what follows). With
+``prose_only`` a tool or tool call is marked at the last ``description`` string of its function
+object (else at its ``name``), for templates that compare schema strings — gpt-oss tests
+``name in parameters.required`` and ``type == "string"`` — so that a mark there would change
+the rendering; the schema after the description then counts with what follows.
 """
 
 from __future__ import annotations
@@ -74,10 +78,11 @@ def prepare_chat(
     content_join: str,
     marks: Mapping[BlockRef, str] | None = None,
     before_trailing_space: bool = False,
+    prose_only: bool = False,
 ) -> PreparedChat:
     """Prepare ``body`` for the template, placing ``marks`` at the ends of their blocks."""
     marks = marks or {}
-    placer = _Placer(marks, before_trailing_space)
+    placer = _Placer(marks, before_trailing_space, prose_only)
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list):
         raise TokenCountError("the request has no messages list")
@@ -148,9 +153,10 @@ def _content_parts(message: Mapping[str, Any]) -> list[Any]:
 class _Placer:
     """Builds prepared messages and tools, putting each block's mark where its text ends."""
 
-    def __init__(self, marks: Mapping[BlockRef, str], before_trailing_space: bool) -> None:
+    def __init__(self, marks: Mapping[BlockRef, str], before_trailing_space: bool, prose_only: bool) -> None:
         self._marks = marks
         self._before_trailing_space = before_trailing_space
+        self._prose_only = prose_only
 
     def message(self, index: int, message: Any, content_join: str) -> dict[str, Any]:
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
@@ -213,6 +219,12 @@ class _Placer:
         mark = self._marks.get(ref)
         if not mark:
             return function
+        if self._prose_only:
+            marked, found = self._with_mark_in_last_description(function, mark)
+            if found:
+                return marked
+            if isinstance(function.get("name"), str):
+                return {**function, "name": self._place(function["name"], mark)}
         for key in (*preferred, None):
             scope = function if key is None else {key: function.get(key)}
             marked, found = self._with_mark_in_last_string(scope, mark)
@@ -232,6 +244,21 @@ class _Placer:
         elif isinstance(value, list):
             for position in reversed(range(len(value))):
                 marked, found = self._with_mark_in_last_string(value[position], mark)
+                if found:
+                    return [*value[:position], marked, *value[position + 1 :]], True
+        return value, False
+
+    def _with_mark_in_last_description(self, value: Any, mark: str) -> tuple[Any, bool]:
+        if isinstance(value, Mapping):
+            for key in reversed(list(value)):
+                if key == "description" and isinstance(value[key], str) and value[key]:
+                    return {**value, key: self._place(value[key], mark)}, True
+                marked, found = self._with_mark_in_last_description(value[key], mark)
+                if found:
+                    return {**value, key: marked}, True
+        elif isinstance(value, list):
+            for position in reversed(range(len(value))):
+                marked, found = self._with_mark_in_last_description(value[position], mark)
                 if found:
                     return [*value[:position], marked, *value[position + 1 :]], True
         return value, False

@@ -52,6 +52,9 @@ _MARK_OPEN = "\U0010fc00"
 _MARK_CLOSE = "\U0010fc01"
 _MARK_PATTERN = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
 
+# Where marks go, in the order tried: (before trailing whitespace, tools at their prose only).
+_PLACEMENTS = ((False, False), (True, False), (False, True), (True, True))
+
 DEFAULT_PIECE_MEMO_BYTES = 64 << 20
 """Tokenized pieces kept per counter: the texts of about 80 distinct 200k-token prompts."""
 
@@ -183,14 +186,19 @@ class ChatTokenCounter:
         if _MARK_OPEN in clean:
             raise TokenCountError("the prompt contains the character reserved for boundary marks")
         marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
-        first_try = prepare_chat(body, join, marks)
         needed = {n for n, block in enumerate(marked) if block in asked}
-        found = self._find_marks(first_try, request_variables, clean, needed)
-        if isinstance(found, str):
-            # Templates that trim text drop whitespace after a mark; try marks before it.
-            second_try = prepare_chat(body, join, marks, before_trailing_space=True)
-            if second_try != first_try:
-                found = self._find_marks(second_try, request_variables, clean, needed)
+        found: list[tuple[int, int]] | str = "no placement of the marks was tried"
+        tried: list[PreparedChat] = []
+        # Marks at the ends of the blocks' texts first; then, for templates that trim text or
+        # compare schema strings, placements those operations cannot see (conversation.py).
+        for before_trailing_space, prose_only in _PLACEMENTS:
+            chat = prepare_chat(body, join, marks, before_trailing_space, prose_only)
+            if chat in tried:
+                continue
+            tried.append(chat)
+            found = self._find_marks(chat, request_variables, clean, needed)
+            if not isinstance(found, str):
+                break
         if isinstance(found, str):
             raise TokenCountError(found)
         return MarkedRendering(text=clean, boundaries=_prefix_boundaries(marked, found, asked))
