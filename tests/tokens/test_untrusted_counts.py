@@ -189,3 +189,35 @@ def test_an_unexpected_failure_is_still_a_token_count_error(
         qwen3.count_blocking(BODY, prompt_of(BODY), [0])
 
     assert str(raised.value) == "unexpected KeyError while counting"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param("{% for m in messages %}{{ m.content }}|{% endfor %}", id="plain"),
+        pytest.param("{% for m in messages %}<{{ m.content | trim }}>{% endfor %}", id="trims text"),
+        pytest.param(SCHEMA_TEMPLATE, id="compares schema strings"),
+    ],
+)
+def test_the_placement_a_template_needs_is_tried_first(
+    template: str, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found once, on a probe conversation: a request then takes one clean and one marked rendering.
+    counter = counter_with(template)
+    body = {
+        "tools": [WEATHER],
+        "messages": [{"role": "system", "content": "Rules.  "}, {"role": "user", "content": "Hi "}],
+    }
+    renders = 0
+    render = counter._template.render
+
+    def counted(*args: Any, **kwargs: Any) -> str:
+        nonlocal renders
+        renders += 1
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(counter._template, "render", counted)
+
+    counter.count_blocking(body, prompt_of(body), [1, 2])  # the messages: not every template renders tools
+
+    assert renders == 2

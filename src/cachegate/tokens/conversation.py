@@ -35,7 +35,7 @@ it would be their whole content, and templates test content for emptiness.
 
 With ``before_trailing_space`` a mark goes before the trailing whitespace of its string, for
 templates that ``trim`` text (the whitespace then counts with what follows). With
-``prose_only`` a tool or tool call is marked at the last ``description`` string of its function
+``prose_only`` a tool definition is marked at the last ``description`` string of its function
 object (else at its ``name``), for templates that compare schema strings — gpt-oss tests
 ``name in parameters.required`` and ``type == "string"`` — so that a mark there would change
 the rendering; the schema after the description then counts with what follows.
@@ -219,7 +219,7 @@ class _Placer:
         mark = self._marks.get(ref)
         if not mark:
             return function
-        if self._prose_only:
+        if self._prose_only and ref.kind is BlockKind.TOOL:
             marked, found = self._with_mark_in_last_description(function, mark)
             if found:
                 return marked

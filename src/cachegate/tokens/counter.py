@@ -37,6 +37,9 @@ from typing import Any
 
 import jinja2
 
+from cachegate.core.blocks import parse_prompt
+from cachegate.core.errors import MarkerError
+from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
 from cachegate.tokens.conversation import BlockTraits, PreparedChat, count_images, describe_blocks, prepare_chat
@@ -45,15 +48,53 @@ from cachegate.tokens.template import ChatTemplate
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
-_COUNTING_RULES = "1"
+_COUNTING_RULES = "2"  # 2: tools marked at their description where the template compares schema strings
 
 # Marks are built from supplementary private-use characters, which real prompts do not contain.
 _MARK_OPEN = "\U0010fc00"
 _MARK_CLOSE = "\U0010fc01"
 _MARK_PATTERN = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
 
-# Where marks go, in the order tried: (before trailing whitespace, tools at their prose only).
+# Where marks go (before trailing whitespace, tools at their prose only), in the order tried
+# unless the template's probe puts another first (``_placement_order``).
 _PLACEMENTS = ((False, False), (True, False), (False, True), (True, True))
+Placement = tuple[bool, bool]
+
+# A conversation with what templates treat specially: a system prompt, text with trailing
+# whitespace, a tool whose schema has a required parameter, a tool call and its result.
+_PROBE: dict[str, Any] = {
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Get the weather of a city.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "description": "The city."}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ],
+    "messages": [
+        {"role": "system", "content": "You answer briefly.  "},
+        {"role": "user", "content": "Weather in Paris?  "},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "abcdefghi",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "abcdefghi", "content": "Sunny.  "},
+        {"role": "user", "content": "Thanks.  "},
+    ],
+}
 
 DEFAULT_PIECE_MEMO_BYTES = 64 << 20
 """Tokenized pieces kept per counter: the texts of about 80 distinct 200k-token prompts."""
@@ -114,6 +155,7 @@ class ChatTokenCounter:
             raise TokenizerLoadError(str(exc)) from exc
         self._version = _version(pieces.identity, chat_template, special_tokens, self._options)
         self._executor: ThreadPoolExecutor | None = None
+        self._placements = self._placement_order()
 
     @property
     def tokenizer_version(self) -> str:
@@ -191,7 +233,7 @@ class ChatTokenCounter:
         tried: list[PreparedChat] = []
         # Marks at the ends of the blocks' texts first; then, for templates that trim text or
         # compare schema strings, placements those operations cannot see (conversation.py).
-        for before_trailing_space, prose_only in _PLACEMENTS:
+        for before_trailing_space, prose_only in self._placements:
             chat = prepare_chat(body, join, marks, before_trailing_space, prose_only)
             if chat in tried:
                 continue
@@ -202,6 +244,28 @@ class ChatTokenCounter:
         if isinstance(found, str):
             raise TokenCountError(found)
         return MarkedRendering(text=clean, boundaries=_prefix_boundaries(marked, found, asked))
+
+    def _placement_order(self) -> tuple[Placement, ...]:
+        """The placements in the order to try them, the first that works for this template on the probe first.
+
+        A template that trims text or compares schema strings does so on every request: trying
+        the placement it needs first saves a rendering or two a request. The order depends on
+        the template and options alone (both in ``tokenizer_version``), so counts never depend
+        on which requests came before.
+        """
+        try:
+            prompt = parse_prompt(_PROBE, TtlPolicy.default_policy())
+            traits = describe_blocks(_PROBE, prompt.blocks)
+            clean = self._render(prepare_chat(_PROBE, self._options.content_join), None)
+        except (TokenCountError, MarkerError):
+            return _PLACEMENTS  # the template refuses the probe: keep the plain order
+        marked = [block for block, trait in enumerate(traits) if trait.has_text]
+        marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
+        for placement in _PLACEMENTS:
+            chat = prepare_chat(_PROBE, self._options.content_join, marks, *placement)
+            if not isinstance(self._find_marks(chat, None, clean, set()), str):  # the rendering is unchanged
+                return (placement, *(other for other in _PLACEMENTS if other != placement))
+        return _PLACEMENTS
 
     def _render(self, chat: PreparedChat, request_variables: Mapping[str, Any] | None) -> str:
         try:
