@@ -73,6 +73,7 @@ def _strftime_now(fmt: str) -> str:
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
+_FORMAT_METHODS = frozenset({"format", "format_map"})
 # Builtin methods and method wrappers carry no instance attributes, so none of them can be
 # marked ``unsafe_callable`` or ``alters_data``.
 _PLAIN_CALLABLES = (types.BuiltinMethodType, types.MethodWrapperType)
@@ -108,9 +109,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 return obj[attribute]
             except (TypeError, LookupError):
                 return self.undefined(obj=obj, name=attribute)
-        formatter = self.wrap_str_format(value)
-        if formatter is not None:
-            return formatter
+        if attribute in _FORMAT_METHODS:  # only these names reach a bound str.format to wrap
+            formatter = self.wrap_str_format(value)
+            if formatter is not None:
+                return formatter
         verdict_key = (type(obj), attribute)
         safe = self._safe_attributes.get(verdict_key)
         if safe is None:
