@@ -143,17 +143,23 @@ def fresh_counter(spec: TokenizerSpec) -> ChatTokenCounter:
     return load_counter(spec)
 
 
-def cold(spec: TokenizerSpec, body: dict[str, Any], raw_encode: Callable[[str], int]) -> str:
-    counter = fresh_counter(spec)
+def cold(spec: TokenizerSpec, body: dict[str, Any], raw_encode: Callable[[str], int], runs: int = 3) -> str:
+    """Counting a never-seen conversation (a fresh counter each run) against one raw encode of its rendering."""
     prompt = parse_prompt(body, POLICY)
     blocks = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
-    counts, seconds = timed(lambda: counter.count_blocking(body, prompt, blocks))
-    text = counter.render(body, prompt, []).text
-    raw_tokens, raw_seconds = timed(lambda: raw_encode(text))
-    assert raw_tokens == counts.total, (raw_tokens, counts.total)
+    text = fresh_counter(spec).render(body, prompt, []).text
+    count_times, raw_times = [], []
+    for _ in range(runs):
+        counter = fresh_counter(spec)
+        counts, seconds = timed(lambda counter=counter: counter.count_blocking(body, prompt, blocks))
+        raw_tokens, raw_seconds = timed(lambda: raw_encode(text))
+        assert raw_tokens == counts.total, (raw_tokens, counts.total)
+        count_times.append(seconds)
+        raw_times.append(raw_seconds)
+    count_ms, raw_ms = median_ms(count_times), median_ms(raw_times)
     return (
-        f"{counts.total:>8,} tokens  count {seconds * 1e3:7.1f} ms  raw encode {raw_seconds * 1e3:7.1f} ms"
-        f"  ratio {seconds / raw_seconds:5.2f}"
+        f"{counts.total:>8,} tokens  count p50 {count_ms:6.1f} ms  raw encode p50 {raw_ms:6.1f} ms"
+        f"  ratio {count_ms / raw_ms:5.2f}"
     )
 
 

@@ -45,15 +45,26 @@ def test_serve_takes_host_and_port() -> None:
     assert (chosen.host, chosen.port) == ("0.0.0.0", 9000)
 
 
-def test_each_tokenizer_is_served_under_its_name_with_its_source(model_folder: Path, qwen3: ChatTokenCounter) -> None:
+def test_each_tokenizer_is_served_under_its_name_with_its_source(
+    model_folder: Path, qwen3: ChatTokenCounter, tmp_path: Path
+) -> None:
+    template = tmp_path / "chat_template.jinja"
+    template.write_text("{{ messages[0].content }}")
     specs = {
         "qwen3": TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3"}),
         "mine": TokenizerSpec.model_validate({"kind": "hf", "path": str(model_folder)}),
+        "gpt-oss": TokenizerSpec.model_validate(
+            {"kind": "tiktoken", "encoding": "o200k_harmony", "template_file": str(template)}
+        ),
     }
 
     served = cli.served_models(specs)
 
-    assert {alias: model.source for alias, model in served.items()} == {"qwen3": "qwen3", "mine": str(model_folder)}
+    assert {alias: model.source for alias, model in served.items()} == {
+        "qwen3": "qwen3",
+        "mine": str(model_folder),
+        "gpt-oss": "o200k_harmony",
+    }
     # The same files and options count the same wherever they are loaded from.
     assert served["mine"].counter.tokenizer_version == served["qwen3"].counter.tokenizer_version
     assert served["qwen3"].counter is qwen3

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from cachegate import serving
 from cachegate.config import Config
 from cachegate.tokens.counter import TokenizerLoadError
-from cachegate.tokens.registry import BuiltinTokenizerSpec, RemoteTokenizerSpec, TokenizerSpec, load_counter
+from cachegate.tokens.registry import RemoteTokenizerSpec, TokenizerSpec, load_counter
 from cachegate.tokens.service import ServedModel, TokenizerService
 
 DEFAULT_HOST = "127.0.0.1"
@@ -60,10 +60,9 @@ def served_models(specs: Mapping[str, TokenizerSpec]) -> dict[str, ServedModel]:
         choice = spec.root
         if isinstance(choice, RemoteTokenizerSpec):
             continue
-        source = choice.name if isinstance(choice, BuiltinTokenizerSpec) else str(choice.path)
         try:
             counter = load_counter(spec)
         except TokenizerLoadError as exc:
             raise TokenizerLoadError(f"tokenizer {alias!r}: {exc}") from exc
-        models[alias] = ServedModel(counter, source)
+        models[alias] = ServedModel(counter, choice.source)
     return models

@@ -62,6 +62,11 @@ class BuiltinTokenizerSpec(_CountingOptions):
     kind: Literal["builtin"]
     name: Literal["qwen3"]
 
+    @property
+    def source(self) -> str:
+        """Where the tokenizer comes from, as the tokenizer service reports it (``hf_repo``)."""
+        return self.name
+
 
 class HfTokenizerSpec(_CountingOptions):
     """A local Hugging Face model folder; never fetched from a hub."""
@@ -69,6 +74,10 @@ class HfTokenizerSpec(_CountingOptions):
     kind: Literal["hf"]
     path: Path
     template_file: Path | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
 
 
 class TiktokenTokenizerSpec(_CountingOptions):
@@ -85,6 +94,10 @@ class TiktokenTokenizerSpec(_CountingOptions):
     rank_file_sha256: str | None = None
     pattern: str | None = None
     special_tokens: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.encoding or str(self.rank_file)
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
