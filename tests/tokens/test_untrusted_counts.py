@@ -145,9 +145,9 @@ def test_a_tool_without_description_is_marked_at_its_name_when_schema_strings_ar
             id="audio",
         ),
         pytest.param(
-            {"messages": [{"role": "user", "content": "x \U0010fc00"}]},
-            "the prompt contains the character reserved for boundary marks",
-            id="reserved character",
+            {"messages": [{"role": "user", "content": "x ¤¦¶§¬°±×÷¸¨´¯ \U0010fc00"}]},
+            "the prompt contains every character boundary marks can be made of",
+            id="every mark character",
         ),
         pytest.param(
             {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}]},
@@ -221,3 +221,13 @@ def test_the_placement_a_template_needs_is_tried_first(
     counter.count_blocking(body, prompt_of(body), [1, 2])  # the messages: not every template renders tools
 
     assert renders == 2
+
+
+def test_marks_are_made_of_characters_the_prompt_does_not_hold(prompt_of: PromptOf) -> None:
+    counter = counter_with("{% for m in messages %}{{ m.content }}|{% endfor %}")
+    body = {"messages": [{"role": "system", "content": "¤ ¦ ¶ § 5 ¤1¦"}, {"role": "user", "content": "¬0° x"}]}
+
+    rendering = counter.render(body, prompt_of(body), [0, 1])
+
+    assert rendering.text == "¤ ¦ ¶ § 5 ¤1¦|¬0° x|"
+    assert rendering.boundaries == {0: len("¤ ¦ ¶ § 5 ¤1¦"), 1: len("¤ ¦ ¶ § 5 ¤1¦|¬0° x")}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import math
@@ -50,10 +51,14 @@ from cachegate.tokens.template import ChatTemplate
 # of the cache scope, so old entries are then never read with new counts.
 _COUNTING_RULES = "2"  # 2: tools marked at their description where the template compares schema strings
 
-# Marks are built from supplementary private-use characters, which real prompts do not contain.
-_MARK_OPEN = "\U0010fc00"
-_MARK_CLOSE = "\U0010fc01"
-_MARK_PATTERN = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
+# A mark is ``open ‖ number ‖ close``, with open and close two characters the rendering does
+# not contain. Latin-1 symbols first: a mark of one keeps a one-byte-a-character string one
+# byte a character, where a character above U+00FF would widen every marked string (and the
+# whole marked rendering) to two or four bytes a character, which made marking cost more
+# than rendering. They are symbols no str method changes (no case, not whitespace) and that
+# JSON leaves as they are.
+_MARK_CHARACTERS = "¤¦¶§¬°±×÷¸¨´¯"
+_PRIVATE_USE_MARKS = ("\U0010fc00", "\U0010fc01")  # when a prompt holds every one of those
 
 # Where marks go (before trailing whitespace, tools at their prose only), in the order tried
 # unless the template's probe puts another first (``_placement_order``).
@@ -225,9 +230,10 @@ class ChatTokenCounter:
         clean = self._render(prepare_chat(body, join), request_variables)
         if not marked:
             return MarkedRendering(text=clean, boundaries=dict.fromkeys(asked, 0))
-        if _MARK_OPEN in clean:
-            raise TokenCountError("the prompt contains the character reserved for boundary marks")
-        marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
+        delimiters = _mark_delimiters(clean)
+        if delimiters is None:
+            raise TokenCountError("the prompt contains every character boundary marks can be made of")
+        marks = {prompt.blocks[block]: _mark(delimiters, n) for n, block in enumerate(marked)}
         needed = {n for n, block in enumerate(marked) if block in asked}
         found: list[tuple[int, int]] | str = "no placement of the marks was tried"
         tried: list[PreparedChat] = []
@@ -238,7 +244,7 @@ class ChatTokenCounter:
             if chat in tried:
                 continue
             tried.append(chat)
-            found = self._find_marks(chat, request_variables, clean, needed)
+            found = self._find_marks(chat, request_variables, clean, needed, delimiters)
             if not isinstance(found, str):
                 break
         if isinstance(found, str):
@@ -260,10 +266,13 @@ class ChatTokenCounter:
         except (TokenCountError, MarkerError):
             return _PLACEMENTS  # the template refuses the probe: keep the plain order
         marked = [block for block, trait in enumerate(traits) if trait.has_text]
-        marks = {prompt.blocks[block]: f"{_MARK_OPEN}{n}{_MARK_CLOSE}" for n, block in enumerate(marked)}
+        delimiters = _mark_delimiters(clean)
+        if delimiters is None:  # a template that writes every mark character itself
+            return _PLACEMENTS
+        marks = {prompt.blocks[block]: _mark(delimiters, n) for n, block in enumerate(marked)}
         for placement in _PLACEMENTS:
             chat = prepare_chat(_PROBE, self._options.content_join, marks, *placement)
-            if not isinstance(self._find_marks(chat, None, clean, set()), str):  # the rendering is unchanged
+            if not isinstance(self._find_marks(chat, None, clean, set(), delimiters), str):  # rendering unchanged
                 return (placement, *(other for other in _PLACEMENTS if other != placement))
         return _PLACEMENTS
 
@@ -283,6 +292,7 @@ class ChatTokenCounter:
         request_variables: Mapping[str, Any] | None,
         clean: str,
         needed: set[int],
+        delimiters: tuple[str, str],
     ) -> list[tuple[int, int]] | str:
         """The marks as (mark number, offset in the unmarked text) in text order, or why they cannot be trusted.
 
@@ -297,7 +307,7 @@ class ChatTokenCounter:
         pieces: list[str] = []
         stripped_length = 0
         position = 0
-        for match in _MARK_PATTERN.finditer(rendered):
+        for match in _mark_pattern(delimiters).finditer(rendered):
             piece = rendered[position : match.start()]
             pieces.append(piece)
             stripped_length += len(piece)
@@ -309,6 +319,30 @@ class ChatTokenCounter:
         if not needed <= {n for n, _ in found}:
             return "the chat template drops the text of an asked-for block"
         return found
+
+
+def _mark_delimiters(clean: str) -> tuple[str, str] | None:
+    """Two characters ``clean`` (the rendering without marks) does not contain, to build marks from.
+
+    The marked rendering then holds them only in marks — unless marks changed what the
+    template renders, which the comparison with ``clean`` catches.
+    """
+    absent = [character for character in _MARK_CHARACTERS if character not in clean]
+    if len(absent) >= 2:
+        return absent[0], absent[1]
+    if not any(character in clean for character in _PRIVATE_USE_MARKS):
+        return _PRIVATE_USE_MARKS
+    return None
+
+
+def _mark(delimiters: tuple[str, str], number: int) -> str:
+    return f"{delimiters[0]}{number}{delimiters[1]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _mark_pattern(delimiters: tuple[str, str]) -> re.Pattern[str]:
+    opening, closing = map(re.escape, delimiters)
+    return re.compile(f"{opening}([0-9]+){closing}")
 
 
 def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:
