@@ -49,12 +49,6 @@ _QWEN3_LSTRIP_AFTER_MARK = (
     "of the part '<think>Try 7.</think>' now stands before the joining '\\n', so the marked rendering keeps "
     "'\\nNo: 91 = 7 × 13.' where the clean one has 'No: 91 = 7 × 13.'"
 )
-_LLAMA_TRIM_ACROSS_MARK = (
-    "the texts are equal, but cachegate refuses to count (TokenCountError: the chat template renders differently "
-    "when block ends are marked): Llama 3.1 trims each message; the mark of the part 'Hello' and that of the "
-    "whitespace-only part '  ' stop the trim, so the marked rendering has 'Hello\\n  ' (or 'Hello\\n' with marks "
-    "before trailing space) where the clean one has 'Hello'"
-)
 
 # (template, conversation) -> how cachegate differs from transformers. Each is a real difference,
 # kept visible: the strict xfail fails the day the two agree.
@@ -64,7 +58,6 @@ RENDERING_DIFFERENCES: dict[tuple[str, str], str] = {
 COUNTER_DIFFERENCES: dict[tuple[str, str], str] = {
     **RENDERING_DIFFERENCES,
     ("qwen3", "raw reasoning in the parts of an assistant turn"): _QWEN3_LSTRIP_AFTER_MARK,
-    ("llama-3.1", "a whitespace-only text part"): _LLAMA_TRIM_ACROSS_MARK,
 }
 
 

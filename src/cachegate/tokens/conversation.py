@@ -30,8 +30,9 @@ that block ends in the rendered prompt (see ``hf.py``):
   hide the arguments). The closing JSON characters after the marked string, and for a call
   whose arguments hold no string the arguments themselves, count with what follows.
 
-Blocks without text of their own (images, empty texts, header-only messages) take no mark:
-it would be their whole content, and templates test content for emptiness.
+Blocks without text of their own (images, empty or whitespace-only texts, header-only
+messages) take no mark: it would be their whole content, templates test content for
+emptiness, and templates that trim would keep whitespace for a mark's sake.
 
 With ``before_trailing_space`` a mark goes before the trailing whitespace of its string, for
 templates that ``trim`` text (the whitespace then counts with what follows). With
@@ -311,7 +312,9 @@ def describe_blocks(body: Mapping[str, Any], refs: Sequence[BlockRef]) -> list[B
             if ref.index is None or not 0 <= ref.index < len(parts):
                 raise TokenCountError("a content-part block does not match the request")
             part = parts[ref.index]
-            traits.append(BlockTraits(has_text=bool(_part_text(part)), is_image=_is_image_part(part)))
+            text = _part_text(part)
+            # Whitespace alone is not marked: templates that trim would keep it for the mark's sake.
+            traits.append(BlockTraits(has_text=bool(text and not text.isspace()), is_image=_is_image_part(part)))
         elif ref.kind is BlockKind.TOOL_CALL:
             calls = message.get("tool_calls")
             if not isinstance(calls, list) or ref.index is None or not 0 <= ref.index < len(calls):
