@@ -45,7 +45,7 @@ the rendering; the schema after the description then counts with what follows.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,45 +221,35 @@ class _Placer:
         if not mark:
             return function
         if self._prose_only and ref.kind is BlockKind.TOOL:
-            marked, found = self._with_mark_in_last_description(function, mark)
+            marked, found = self._with_mark_in_last(function, mark, _a_description)
             if found:
                 return marked
             if isinstance(function.get("name"), str):
                 return {**function, "name": self._place(function["name"], mark)}
         for key in (*preferred, None):
             scope = function if key is None else {key: function.get(key)}
-            marked, found = self._with_mark_in_last_string(scope, mark)
+            marked, found = self._with_mark_in_last(scope, mark, _any_string)
             if found:
                 return {**function, **marked}
         raise TokenCountError(f"a {ref.kind.value} block has no string value to mark")
 
-    def _with_mark_in_last_string(self, value: Any, mark: str) -> tuple[Any, bool]:
-        if isinstance(value, str):
-            return self._place(value, mark), True
-        if isinstance(value, Mapping):
-            keys = list(value)
-            for key in reversed(keys):
-                marked, found = self._with_mark_in_last_string(value[key], mark)
-                if found:
-                    return {**value, key: marked}, True
-        elif isinstance(value, list):
-            for position in reversed(range(len(value))):
-                marked, found = self._with_mark_in_last_string(value[position], mark)
-                if found:
-                    return [*value[:position], marked, *value[position + 1 :]], True
-        return value, False
+    def _with_mark_in_last(
+        self, value: Any, mark: str, wanted: Callable[[Any, str], bool], key: Any = None
+    ) -> tuple[Any, bool]:
+        """Mark the last string in ``value`` (in JSON order) that ``wanted(its key, it)`` accepts.
 
-    def _with_mark_in_last_description(self, value: Any, mark: str) -> tuple[Any, bool]:
+        Containers on the way to it are copied; ``value`` itself is left as it is.
+        """
+        if isinstance(value, str):
+            return (self._place(value, mark), True) if wanted(key, value) else (value, False)
         if isinstance(value, Mapping):
-            for key in reversed(list(value)):
-                if key == "description" and isinstance(value[key], str) and value[key]:
-                    return {**value, key: self._place(value[key], mark)}, True
-                marked, found = self._with_mark_in_last_description(value[key], mark)
+            for inner in reversed(list(value)):
+                marked, found = self._with_mark_in_last(value[inner], mark, wanted, inner)
                 if found:
-                    return {**value, key: marked}, True
+                    return {**value, inner: marked}, True
         elif isinstance(value, list):
             for position in reversed(range(len(value))):
-                marked, found = self._with_mark_in_last_description(value[position], mark)
+                marked, found = self._with_mark_in_last(value[position], mark, wanted)
                 if found:
                     return [*value[:position], marked, *value[position + 1 :]], True
         return value, False
@@ -269,6 +259,14 @@ class _Placer:
             return text + mark
         kept = len(text.rstrip())
         return text[:kept] + mark + text[kept:]
+
+
+def _any_string(key: Any, text: str) -> bool:
+    return True
+
+
+def _a_description(key: Any, text: str) -> bool:
+    return key == "description" and bool(text)
 
 
 def _parsed_arguments(arguments: Any) -> Any:
