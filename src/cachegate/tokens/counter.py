@@ -43,7 +43,15 @@ from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
-from cachegate.tokens.conversation import BlockTraits, PreparedChat, count_images, describe_blocks, prepare_chat
+from cachegate.tokens.conversation import (
+    BlockTraits,
+    ChatPreparation,
+    PreparedChat,
+    count_images,
+    describe_blocks,
+    prepare_chat,
+)
+from cachegate.tokens.native import native_renderer
 from cachegate.tokens.pieces import PieceCounter, PieceTokenizer
 from cachegate.tokens.template import ChatTemplate
 
@@ -153,7 +161,9 @@ class ChatTokenCounter:
             raise TokenizerLoadError("image_tokens must not be negative")
         self._pieces = PieceCounter(pieces, piece_memo_bytes)
         try:
-            self._template = ChatTemplate(chat_template, {**special_tokens, **self._options.template_kwargs})
+            self._template = ChatTemplate(
+                chat_template, {**special_tokens, **self._options.template_kwargs}, native_renderer(chat_template)
+            )
         except jinja2.TemplateError as exc:
             raise TokenizerLoadError(f"chat template could not be compiled: {exc}") from exc
         except ValueError as exc:
@@ -227,7 +237,8 @@ class ChatTokenCounter:
         request_variables = variables if isinstance(variables, Mapping) else None
         join = self._options.content_join
 
-        clean = self._render(prepare_chat(body, join), request_variables)
+        preparation = ChatPreparation(body, join)
+        clean = self._render(preparation.chat(), request_variables)
         if not marked:
             return MarkedRendering(text=clean, boundaries=dict.fromkeys(asked, 0))
         delimiters = _mark_delimiters(clean)
@@ -240,7 +251,7 @@ class ChatTokenCounter:
         # Marks at the ends of the blocks' texts first; then, for templates that trim text or
         # compare schema strings, placements those operations cannot see (conversation.py).
         for before_trailing_space, prose_only in self._placements:
-            chat = prepare_chat(body, join, marks, before_trailing_space, prose_only)
+            chat = preparation.chat(marks, before_trailing_space, prose_only)
             if chat in tried:
                 continue
             tried.append(chat)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,14 @@ SPECIAL_TOKEN_NAMES = (
     "mask_token",
     "additional_special_tokens",
 )
+
+NativeRenderer = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]] | None, Mapping[str, Any]], str]
+"""A template reproduced in Python (``native.py``): (messages, tools, variables) -> the rendering."""
+
+
+class Unsupported(Exception):
+    """The conversation is outside what a native renderer reproduces: jinja renders it."""
+
 
 # Variables the renderer itself supplies; template kwargs cannot replace them.
 RESERVED_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
@@ -57,7 +65,7 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(
+def tojson(
     value: Any,
     ensure_ascii: bool = False,
     indent: int | None = None,
@@ -131,7 +139,7 @@ def compile_template(source: str) -> jinja2.Template:
         lstrip_blocks=True,
         extensions=[_GenerationTag, jinja2.ext.loopcontrols],
     )
-    env.filters["tojson"] = _tojson
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
@@ -176,12 +184,13 @@ def chat_template_from_config(config: Mapping[str, Any]) -> str | None:
 class ChatTemplate:
     """A compiled chat template bound to its fixed variables (special tokens, operator kwargs)."""
 
-    def __init__(self, source: str, variables: Mapping[str, Any]) -> None:
+    def __init__(self, source: str, variables: Mapping[str, Any], native: NativeRenderer | None = None) -> None:
         clash = RESERVED_VARIABLES & variables.keys()
         if clash:
             raise ValueError(f"template variables may not set {sorted(clash)}")
         self._variables = dict(variables)
         self._template = compile_template(source)  # a syntax error surfaces at configuration time
+        self._native = native
 
     def render(
         self,
@@ -197,6 +206,11 @@ class ChatTemplate:
         variables = dict(self._variables)
         if request_variables:
             variables.update((k, v) for k, v in request_variables.items() if k not in RESERVED_VARIABLES)
+        if self._native is not None:
+            try:
+                return self._native(messages, tools, variables)
+            except Unsupported:
+                pass  # jinja renders what the native renderer does not reproduce
         return self._template.render(
             messages=messages,
             tools=tools,
