@@ -82,19 +82,97 @@ def prepare_chat(
     prose_only: bool = False,
 ) -> PreparedChat:
     """Prepare ``body`` for the template, placing ``marks`` at the ends of their blocks."""
-    marks = marks or {}
-    placer = _Placer(marks, before_trailing_space, prose_only)
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list):
-        raise TokenCountError("the request has no messages list")
-    messages = [placer.message(i, message, content_join) for i, message in enumerate(raw_messages)]
-    raw_tools = body.get("tools")
-    tools: list[dict[str, Any]] | None = None
-    if raw_tools is not None:
-        if not isinstance(raw_tools, list):
-            raise TokenCountError("tools is not a list")
-        tools = [placer.tool(i, tool) for i, tool in enumerate(raw_tools)]
-    return PreparedChat(messages=messages, tools=tools)
+    return ChatPreparation(body, content_join).chat(marks, before_trailing_space, prose_only)
+
+
+@dataclass(frozen=True, slots=True)
+class _MessageSkeleton:
+    """A message checked and taken apart once, to be put together with or without marks."""
+
+    role: str
+    texts: list[tuple[int, str]]  # (part index, its text) for the parts that add text
+    calls: list[tuple[dict[str, Any], dict[str, Any]]] | None  # (the call without marker, its function)
+    extra: dict[str, Any]  # reasoning, tool_call_id, name
+
+
+class ChatPreparation:
+    """A request checked and prepared once; ``chat`` puts it together with any placement of marks.
+
+    Counting renders a request with and without marks (and with other placements when a
+    template needs them): the checks, the parsing of tool-call arguments and the collection
+    of text parts happen here, once, and each rendering only assembles dicts.
+    """
+
+    def __init__(self, body: Mapping[str, Any], content_join: str) -> None:
+        raw_messages = body.get("messages")
+        if not isinstance(raw_messages, list):
+            raise TokenCountError("the request has no messages list")
+        self._join = content_join
+        self._messages = [_skeleton(message) for message in raw_messages]
+        raw_tools = body.get("tools")
+        self._tools: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+        if raw_tools is not None:
+            if not isinstance(raw_tools, list):
+                raise TokenCountError("tools is not a list")
+            self._tools = [_tool_skeleton(tool) for tool in raw_tools]
+
+    def chat(
+        self,
+        marks: Mapping[BlockRef, str] | None = None,
+        before_trailing_space: bool = False,
+        prose_only: bool = False,
+    ) -> PreparedChat:
+        placer = _Placer(marks or {}, before_trailing_space, prose_only)
+        messages = [placer.message(i, skeleton, self._join) for i, skeleton in enumerate(self._messages)]
+        tools = None if self._tools is None else [placer.tool(i, *skeleton) for i, skeleton in enumerate(self._tools)]
+        return PreparedChat(messages=messages, tools=tools)
+
+
+def _skeleton(message: Any) -> _MessageSkeleton:
+    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+        raise TokenCountError("a message is not an object with a string role")
+    role = message["role"]
+    texts = [(j, text) for j, part in enumerate(_content_parts(message)) if (text := _part_text(part)) is not None]
+    calls: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+    extra: dict[str, Any] = {}
+    if role == "assistant":
+        raw_calls = message.get("tool_calls")
+        if raw_calls is not None:
+            if not isinstance(raw_calls, list):
+                raise TokenCountError("tool_calls is not a list")
+            if raw_calls:
+                calls = [_call_skeleton(call) for call in raw_calls]
+        reasoning = message.get("reasoning")
+        if reasoning is not None:
+            extra["reasoning"] = reasoning
+            extra["reasoning_content"] = reasoning
+            extra["thinking"] = reasoning  # transformers 5 aliases it so; gpt-oss reads this one
+    elif role == "tool" and "tool_call_id" in message:
+        extra["tool_call_id"] = message["tool_call_id"]
+    if isinstance(message.get("name"), str):
+        extra["name"] = message["name"]
+    return _MessageSkeleton(role, texts, calls, extra)
+
+
+def _call_skeleton(call: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+        raise TokenCountError("a tool call is not an object with a function")
+    function = {**call["function"], "arguments": _parsed_arguments(call["function"].get("arguments"))}
+    return {k: v for k, v in call.items() if k != _MARKER_KEY}, function
+
+
+def _tool_skeleton(tool: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(tool, Mapping) or not isinstance(tool.get("function"), Mapping):
+        raise TokenCountError("a tool is not an object with a function")
+    function = tool["function"]
+    shaped_function = {
+        "name": function.get("name"),
+        "description": function.get("description"),
+        "parameters": function.get("parameters"),
+        **{k: v for k, v in function.items() if k not in ("name", "description", "parameters")},
+    }
+    rest = {k: v for k, v in tool.items() if k not in ("type", "function", _MARKER_KEY)}
+    return {"type": tool.get("type", "function"), **rest}, shaped_function
 
 
 def _is_image_part(part: Any) -> bool:
@@ -152,68 +230,33 @@ def _content_parts(message: Mapping[str, Any]) -> list[Any]:
 
 
 class _Placer:
-    """Builds prepared messages and tools, putting each block's mark where its text ends."""
+    """Puts prepared messages and tools together, each block's mark where its text ends."""
 
     def __init__(self, marks: Mapping[BlockRef, str], before_trailing_space: bool, prose_only: bool) -> None:
         self._marks = marks
         self._before_trailing_space = before_trailing_space
         self._prose_only = prose_only
 
-    def message(self, index: int, message: Any, content_join: str) -> dict[str, Any]:
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise TokenCountError("a message is not an object with a string role")
-        role = message["role"]
-        prepared: dict[str, Any] = {"role": role, "content": self._content(index, message, content_join)}
-        if role == "assistant":
-            calls = message.get("tool_calls")
-            if calls is not None:
-                if not isinstance(calls, list):
-                    raise TokenCountError("tool_calls is not a list")
-                if calls:
-                    prepared["tool_calls"] = [self._tool_call(index, k, call) for k, call in enumerate(calls)]
-            reasoning = message.get("reasoning")
-            if reasoning is not None:
-                prepared["reasoning"] = reasoning
-                prepared["reasoning_content"] = reasoning
-                prepared["thinking"] = reasoning  # transformers 5 aliases it so; gpt-oss reads this one
-        elif role == "tool" and "tool_call_id" in message:
-            prepared["tool_call_id"] = message["tool_call_id"]
-        if isinstance(message.get("name"), str):
-            prepared["name"] = message["name"]
+    def message(self, index: int, skeleton: _MessageSkeleton, content_join: str) -> dict[str, Any]:
+        texts = skeleton.texts
+        if self._marks:
+            texts = [(j, self._marked(BlockRef(BlockKind.PART, index, j), text)) for j, text in texts]
+        prepared: dict[str, Any] = {"role": skeleton.role, "content": content_join.join(text for _, text in texts)}
+        if skeleton.calls is not None:
+            prepared["tool_calls"] = [
+                {**call, "function": self._with_mark(BlockRef(BlockKind.TOOL_CALL, index, k), function, ("arguments",))}
+                for k, (call, function) in enumerate(skeleton.calls)
+            ]
+        prepared.update(skeleton.extra)
         return prepared
 
-    def tool(self, index: int, tool: Any) -> dict[str, Any]:
-        if not isinstance(tool, Mapping) or not isinstance(tool.get("function"), Mapping):
-            raise TokenCountError("a tool is not an object with a function")
-        function = tool["function"]
-        shaped_function = {
-            "name": function.get("name"),
-            "description": function.get("description"),
-            "parameters": function.get("parameters"),
-            **{k: v for k, v in function.items() if k not in ("name", "description", "parameters")},
-        }
-        return {
-            "type": tool.get("type", "function"),
-            "function": self._with_mark(BlockRef(BlockKind.TOOL, None, index), shaped_function, ()),
-            **{k: v for k, v in tool.items() if k not in ("type", "function", _MARKER_KEY)},
-        }
+    def tool(self, index: int, shell: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
+        marked = self._with_mark(BlockRef(BlockKind.TOOL, None, index), function, ())
+        return {"type": shell["type"], "function": marked, **{k: v for k, v in shell.items() if k != "type"}}
 
-    def _tool_call(self, message: int, index: int, call: Any) -> dict[str, Any]:
-        if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
-            raise TokenCountError("a tool call is not an object with a function")
-        function = {**call["function"], "arguments": _parsed_arguments(call["function"].get("arguments"))}
-        prepared = {k: v for k, v in call.items() if k != _MARKER_KEY}
-        prepared["function"] = self._with_mark(BlockRef(BlockKind.TOOL_CALL, message, index), function, ("arguments",))
-        return prepared
-
-    def _content(self, index: int, message: Mapping[str, Any], content_join: str) -> str:
-        texts: list[str] = []
-        for j, part in enumerate(_content_parts(message)):
-            text = _part_text(part)
-            if text is not None:
-                mark = self._marks.get(BlockRef(BlockKind.PART, index, j))
-                texts.append(self._place(text, mark) if mark else text)
-        return content_join.join(texts)
+    def _marked(self, ref: BlockRef, text: str) -> str:
+        mark = self._marks.get(ref)
+        return self._place(text, mark) if mark else text
 
     def _with_mark(self, ref: BlockRef, function: dict[str, Any], preferred: tuple[str, ...]) -> dict[str, Any]:
         """Mark the last string value of ``function``, looking inside the ``preferred`` keys first."""
