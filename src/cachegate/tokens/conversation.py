@@ -229,41 +229,46 @@ def _content_parts(message: Mapping[str, Any]) -> list[Any]:
     raise TokenCountError("a message content is neither a string, a list nor null")
 
 
+_RefKey = tuple[BlockKind, int | None, int | None]  # a BlockRef's fields
+_PART, _TOOL, _TOOL_CALL = BlockKind.PART, BlockKind.TOOL, BlockKind.TOOL_CALL
+
+
 class _Placer:
     """Puts prepared messages and tools together, each block's mark where its text ends."""
 
     def __init__(self, marks: Mapping[BlockRef, str], before_trailing_space: bool, prose_only: bool) -> None:
-        self._marks = marks
+        # Keyed by plain tuples: a tuple hashes in C, a BlockRef through its generated __hash__.
+        self._marks = {(ref.kind, ref.message, ref.index): mark for ref, mark in marks.items()}
         self._before_trailing_space = before_trailing_space
         self._prose_only = prose_only
 
     def message(self, index: int, skeleton: _MessageSkeleton, content_join: str) -> dict[str, Any]:
         texts = skeleton.texts
         if self._marks:
-            texts = [(j, self._marked(BlockRef(BlockKind.PART, index, j), text)) for j, text in texts]
+            texts = [(j, self._marked((_PART, index, j), text)) for j, text in texts]
         prepared: dict[str, Any] = {"role": skeleton.role, "content": content_join.join(text for _, text in texts)}
         if skeleton.calls is not None:
             prepared["tool_calls"] = [
-                {**call, "function": self._with_mark(BlockRef(BlockKind.TOOL_CALL, index, k), function, ("arguments",))}
+                {**call, "function": self._with_mark((_TOOL_CALL, index, k), function, ("arguments",))}
                 for k, (call, function) in enumerate(skeleton.calls)
             ]
         prepared.update(skeleton.extra)
         return prepared
 
     def tool(self, index: int, shell: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
-        marked = self._with_mark(BlockRef(BlockKind.TOOL, None, index), function, ())
+        marked = self._with_mark((_TOOL, None, index), function, ())
         return {"type": shell["type"], "function": marked, **{k: v for k, v in shell.items() if k != "type"}}
 
-    def _marked(self, ref: BlockRef, text: str) -> str:
+    def _marked(self, ref: _RefKey, text: str) -> str:
         mark = self._marks.get(ref)
         return self._place(text, mark) if mark else text
 
-    def _with_mark(self, ref: BlockRef, function: dict[str, Any], preferred: tuple[str, ...]) -> dict[str, Any]:
+    def _with_mark(self, ref: _RefKey, function: dict[str, Any], preferred: tuple[str, ...]) -> dict[str, Any]:
         """Mark the last string value of ``function``, looking inside the ``preferred`` keys first."""
         mark = self._marks.get(ref)
         if not mark:
             return function
-        if self._prose_only and ref.kind is BlockKind.TOOL:
+        if self._prose_only and ref[0] is _TOOL:
             marked, found = self._with_mark_in_last(function, mark, _a_description)
             if found:
                 return marked
@@ -274,7 +279,7 @@ class _Placer:
             marked, found = self._with_mark_in_last(scope, mark, _any_string)
             if found:
                 return {**function, **marked}
-        raise TokenCountError(f"a {ref.kind.value} block has no string value to mark")
+        raise TokenCountError(f"a {ref[0].value} block has no string value to mark")
 
     def _with_mark_in_last(
         self, value: Any, mark: str, wanted: Callable[[Any, str], bool], key: Any = None
@@ -332,16 +337,22 @@ class BlockTraits:
     is_image: bool
 
 
+_TEXT = BlockTraits(has_text=True, is_image=False)
+_NO_TEXT = BlockTraits(has_text=False, is_image=False)
+_IMAGE = BlockTraits(has_text=False, is_image=True)
+
+
 def describe_blocks(body: Mapping[str, Any], refs: Sequence[BlockRef]) -> list[BlockTraits]:
     """The traits of each block of ``refs``, checked against ``body``."""
     messages = body.get("messages")
     tools = body.get("tools")
     traits: list[BlockTraits] = []
+    parts_of: tuple[int | None, list[Any]] = (None, [])  # the parts of the message last looked at
     for ref in refs:
         if ref.kind is BlockKind.TOOL:
             if not isinstance(tools, list) or ref.index is None or not 0 <= ref.index < len(tools):
                 raise TokenCountError("a tool block does not match the request")
-            traits.append(BlockTraits(has_text=True, is_image=False))
+            traits.append(_TEXT)
             continue
         if not isinstance(messages, list) or ref.message is None or not 0 <= ref.message < len(messages):
             raise TokenCountError("a message block does not match the request")
@@ -349,19 +360,24 @@ def describe_blocks(body: Mapping[str, Any], refs: Sequence[BlockRef]) -> list[B
         if not isinstance(message, Mapping):
             raise TokenCountError("a message is not an object")
         if ref.kind is BlockKind.PART:
-            parts = _content_parts(message)
+            if parts_of[0] != ref.message:
+                parts_of = (ref.message, _content_parts(message))
+            parts = parts_of[1]
             if ref.index is None or not 0 <= ref.index < len(parts):
                 raise TokenCountError("a content-part block does not match the request")
             part = parts[ref.index]
             text = _part_text(part)
             # Whitespace alone is not marked: templates that trim would keep it for the mark's sake.
-            traits.append(BlockTraits(has_text=bool(text and not text.isspace()), is_image=_is_image_part(part)))
+            if text and not text.isspace():
+                traits.append(_TEXT)
+            else:
+                traits.append(_IMAGE if _is_image_part(part) else _NO_TEXT)
         elif ref.kind is BlockKind.TOOL_CALL:
             calls = message.get("tool_calls")
             if not isinstance(calls, list) or ref.index is None or not 0 <= ref.index < len(calls):
                 raise TokenCountError("a tool-call block does not match the request")
             # vLLM passes tool calls of assistant messages only; others never reach the template.
-            traits.append(BlockTraits(has_text=message.get("role") == "assistant", is_image=False))
+            traits.append(_TEXT if message.get("role") == "assistant" else _NO_TEXT)
         else:
-            traits.append(BlockTraits(has_text=False, is_image=False))
+            traits.append(_NO_TEXT)
     return traits
