@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, reject
 from hypothesis import strategies as st
 
-from cachegate.core.blocks import parse_prompt
+from cachegate.core.blocks import hashed_prompt, parse_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import strip_markers, validate_markers
 from cachegate.core.types import BlockKind, BlockRef, Breakpoint, ParsedPrompt, TtlTier
@@ -227,7 +227,7 @@ class TestBreakpoints:
     def test_parse_and_validate_agree(self, body: dict[str, Any]) -> None:
         for policy in (DEFAULT, ALL_TTLS):
             try:
-                count = validate_markers(body, policy)
+                breakpoints = validate_markers(body, policy)
             except MarkerError as expected:
                 with pytest.raises(MarkerError) as caught:
                     parse_prompt(body, policy)
@@ -236,7 +236,20 @@ class TestBreakpoints:
                     expected.param,
                 )
             else:
-                assert len(parse_prompt(body, policy).breakpoints) == count
+                assert parse_prompt(body, policy).breakpoints == breakpoints
+
+    @PROPERTY
+    @given(marked_bodies(st.just(marker())))
+    def test_markers_are_not_hashed_so_a_stripped_body_hashes_alike(self, body: dict[str, Any]) -> None:
+        # The gateway finds the breakpoints, strips the markers, forwards, and only then hashes.
+        try:
+            breakpoints = validate_markers(body, DEFAULT)
+        except MarkerError:
+            return
+        before = parse_prompt(body, DEFAULT)
+        strip_markers(body)
+
+        assert hashed_prompt(body, breakpoints) == before
 
     @PROPERTY
     @given(marked_bodies(st.just(marker())))

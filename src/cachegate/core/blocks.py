@@ -22,9 +22,9 @@ from typing import Any, Final
 
 import orjson
 
-from cachegate.core.layout import MARKER_KEY, iter_sites, message_header
+from cachegate.core.layout import MARKER_KEY, Site, iter_sites, message_header
 from cachegate.core.markers import TtlPolicy, find_breakpoints
-from cachegate.core.types import BlockKind, BlockRef, ParsedPrompt
+from cachegate.core.types import BlockKind, BlockRef, Breakpoint, ParsedPrompt
 
 _SEPARATOR: Final = b"\x00"
 _KIND_PREFIX: Final = {kind: kind.value.encode() + _SEPARATOR for kind in BlockKind}
@@ -37,7 +37,20 @@ def parse_prompt(body: Mapping[str, Any], policy: TtlPolicy) -> ParsedPrompt:
     Raises ``MarkerError`` exactly as ``markers.validate_markers`` does.
     """
     sites = list(iter_sites(body))
-    breakpoints = find_breakpoints(body, sites, policy)
+    return hashed_prompt(body, find_breakpoints(body, sites, policy), sites)
+
+
+def hashed_prompt(
+    body: Mapping[str, Any], breakpoints: tuple[Breakpoint, ...], sites: list[Site] | None = None
+) -> ParsedPrompt:
+    """The blocks and prefix hashes of ``body``, with the ``breakpoints`` its markers made.
+
+    No marker is hashed, so ``body`` may have lost its markers since ``breakpoints`` were found
+    (the gateway strips them and forwards the request first: hashing a long prompt takes
+    milliseconds the upstream need not wait for).
+    """
+    if sites is None:
+        sites = list(iter_sites(body))
     hasher = hashlib.sha256()
     hashes: list[bytes] = []
     for kind, _, _, value, owner, first, _ in sites:

@@ -100,12 +100,12 @@ def _parse_present(value: object, policy: TtlPolicy, param: str) -> TtlTier:
     return tier
 
 
-def validate_markers(body: Mapping[str, Any], policy: TtlPolicy) -> int:
-    """Check every marker of ``body`` (SPEC §3); the number of breakpoints it makes.
+def validate_markers(body: Mapping[str, Any], policy: TtlPolicy) -> tuple[Breakpoint, ...]:
+    """Check every marker of ``body`` (SPEC §3); the breakpoints they make.
 
     Raises ``MarkerError`` exactly as ``blocks.parse_prompt`` does: both use ``find_breakpoints``.
     """
-    return len(find_breakpoints(body, iter_sites(body), policy))
+    return find_breakpoints(body, iter_sites(body), policy)
 
 
 def find_breakpoints(body: Mapping[str, Any], sites: Iterable[Site], policy: TtlPolicy) -> tuple[Breakpoint, ...]:

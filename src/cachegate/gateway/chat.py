@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from cachegate.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
-from cachegate.core.blocks import parse_prompt
+from cachegate.core.blocks import hashed_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import strip_markers, validate_markers
-from cachegate.core.types import Scope
+from cachegate.core.types import Breakpoint, CacheTariff, Classification, Scope
 from cachegate.gateway import metrics
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.streaming import relay_stream
 from cachegate.store.base import ApiKey
+from cachegate.tokens.base import TokenCounter
 from cachegate.upstream.base import UpstreamBroken, UpstreamRequest, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -42,9 +43,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     model, endpoint = gateway.catalog.route(alias)
     tariff = gateway.catalog.current.tariff_at(alias, datetime.fromtimestamp(started_at, UTC))
     try:
-        prompt = parse_prompt(body, gateway.ttl_policy) if tariff is not None else None
-        if prompt is None:
-            validate_markers(body, gateway.ttl_policy)
+        breakpoints = validate_markers(body, gateway.ttl_policy)
     except MarkerError as exc:
         metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
         raise Refusal(400, exc.message, "invalid_cache_control", exc.param) from exc
@@ -62,12 +61,13 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         classify_deadline=gateway.config.deadlines.classify_seconds,
         classifier=gateway.classifier,
     )
-    if prompt is not None and tariff is not None and prompt.breakpoints:
+    if tariff is not None and breakpoints:
         counter = gateway.counters[model.tokenizer]
         cache_scope = Scope(key.principal_id, alias, counter.tokenizer_version)
-        # Concurrent with the upstream request: it must never delay it (SPEC §2.3).
+        # Concurrent with the upstream request: it must never delay it (SPEC §2.3). It first
+        # runs when the request is on its way, so hashing a long prompt does not delay it either.
         exchange.task = asyncio.create_task(
-            gateway.classifier.classify(cache_scope, prompt, body, tariff, counter, started_at)
+            _classify(gateway, cache_scope, body, breakpoints, tariff, counter, started_at)
         )
 
     request = UpstreamRequest(
@@ -93,6 +93,19 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         response.release()
         gateway.ledger.append(exchange.ledger_row())
     return exchange.status
+
+
+async def _classify(
+    gateway: Gateway,
+    cache_scope: Scope,
+    body: dict[str, Any],
+    breakpoints: tuple[Breakpoint, ...],
+    tariff: CacheTariff,
+    counter: TokenCounter,
+    started_at: float,
+) -> Classification:
+    prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
+    return await gateway.classifier.classify(cache_scope, prompt, body, tariff, counter, started_at)
 
 
 def _chat_request(raw: bytes) -> dict[str, Any]:
