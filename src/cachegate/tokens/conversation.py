@@ -132,7 +132,11 @@ def _skeleton(message: Any) -> _MessageSkeleton:
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
         raise TokenCountError("a message is not an object with a string role")
     role = message["role"]
-    texts = [(j, text) for j, part in enumerate(_content_parts(message)) if (text := _part_text(part)) is not None]
+    content = message.get("content")
+    if type(content) is str:  # the common case: one text part
+        texts = [(0, content)]
+    else:
+        texts = [(j, text) for j, part in enumerate(_content_parts(message)) if (text := _part_text(part)) is not None]
     calls: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
     extra: dict[str, Any] = {}
     if role == "assistant":
@@ -246,7 +250,8 @@ class _Placer:
         texts = skeleton.texts
         if self._marks:
             texts = [(j, self._marked((_PART, index, j), text)) for j, text in texts]
-        prepared: dict[str, Any] = {"role": skeleton.role, "content": content_join.join(text for _, text in texts)}
+        content = texts[0][1] if len(texts) == 1 else content_join.join(text for _, text in texts)
+        prepared: dict[str, Any] = {"role": skeleton.role, "content": content}
         if skeleton.calls is not None:
             prepared["tool_calls"] = [
                 {**call, "function": self._with_mark((_TOOL_CALL, index, k), function, ("arguments",))}
