@@ -1,14 +1,15 @@
 # The two commands of the README. Each does all set-up on a fresh machine.
 #   make serve   run the gateway on the embedded default (SQLite, shipped Qwen3 tokenizer, fake upstream)
 #   make test    lint, then run the whole test suite (starts PostgreSQL if it is not running)
-#   make bench   the benchmark of issue #2 (fake upstream + gateway, numbers on stdout)
+#   make bench   the gateway benchmark (fake upstream + gateway + wrk, numbers on stdout)
+#   make bench-tokens   the token-counting benchmark (cold, grown conversations, memory with three models)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: serve test bench install clean
+.PHONY: serve test bench bench-tokens install clean
 
 install: $(STAMP)
 
@@ -32,6 +33,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/bench.py
+
+bench-tokens: $(STAMP)
+	$(BIN)/python bench/tokens.py --memory
 
 clean:
 	rm -rf $(VENV) data build src/*.egg-info .pytest_cache .hypothesis

@@ -15,7 +15,7 @@ With ``--memory`` it also starts ``cachegate serve`` with three models on three 
 configurations, sends each a 200k-token conversation and reports the gateway's resident and
 peak memory (``VmRSS``/``VmHWM``).
 
-    .venv/bin/python bench/tokens.py [--trials 20] [--memory]
+    make bench-tokens        # or: .venv/bin/python bench/tokens.py [--trials 20] [--memory]
 """
 
 from __future__ import annotations
