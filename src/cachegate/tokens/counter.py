@@ -1,14 +1,16 @@
 """Exact token counts from the model's tokenizer and its chat template (SPEC §5).
 
 The counts at the breakpoints come from one rendering and one tokenization (the sentinel
-method): the end of every block that has text is marked with a unique private-use string, the
-marked prompt is rendered, the marks are found and removed (their character offsets are the
-block ends), and the rendering without marks must give exactly the text that is left. The
-clean text is tokenized once; the cumulative count at a block is the number of leading tokens
-that end at or before its boundary.
+method): the end of every block that has text is marked with a unique string of characters
+the prompt does not hold, the marked prompt is rendered, the marks are found and removed
+(their character offsets are the block ends), and the rendering without marks must give
+exactly the text that is left. The clean text is tokenized once — piece by piece, so the
+pieces of a prefix seen before are not tokenized again (``pieces.py``); the cumulative count
+at a block is the number of leading tokens that end at or before its boundary. Templates are
+rendered by jinja, or by their reproduction in Python where there is one (``native.py``).
 
 The boundary of block b is the end of its text. A block without text of its own (an image, an
-empty text, a header-only message) is not marked; its boundary is that of the block before
+empty or whitespace-only text, a header-only message) is not marked; its boundary is that of the block before
 it. And a cached prefix must be determined by blocks 0..b alone: when the template renders the
 text of a later block before the end of b (Qwen-style templates put the system message before
 the tool definitions; Llama 3.1 puts the tools inside the first user message), the boundary is
