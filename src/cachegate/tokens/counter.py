@@ -54,7 +54,7 @@ from cachegate.tokens.conversation import (
     prepare_chat,
 )
 from cachegate.tokens.native import native_renderer
-from cachegate.tokens.pieces import PieceCounter, PieceTokenizer
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceTokenizer
 from cachegate.tokens.template import ChatTemplate
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
@@ -110,9 +110,6 @@ _PROBE: dict[str, Any] = {
         {"role": "user", "content": "Thanks.  "},
     ],
 }
-
-DEFAULT_PIECE_MEMO_BYTES = 64 << 20
-"""Tokenized pieces kept per counter: the texts of about 80 distinct 200k-token prompts."""
 
 # Template complaints go into logs: short, and they are the template's words, not the prompt's.
 _REASON_LIMIT = 200

@@ -23,7 +23,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from cachegate.tokens.counter import DEFAULT_PIECE_MEMO_BYTES, ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 

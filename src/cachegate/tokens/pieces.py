@@ -21,8 +21,11 @@ import bisect
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
+
+DEFAULT_PIECE_MEMO_BYTES = 64 << 20
+"""Tokenized pieces kept per counter: the texts of about 80 distinct 200k-token prompts."""
 
 
 class PieceTable(Protocol):
@@ -69,7 +72,7 @@ class PieceCounter:
     tokenizer service may use one counter.
     """
 
-    def __init__(self, tokenizer: PieceTokenizer, memo_bytes: int = 64 << 20) -> None:
+    def __init__(self, tokenizer: PieceTokenizer, memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES) -> None:
         if memo_bytes < 0:
             raise ValueError("memo_bytes must not be negative")
         self._tokenizer = tokenizer
@@ -82,7 +85,7 @@ class PieceCounter:
     def tokenizer(self) -> PieceTokenizer:
         return self._tokenizer
 
-    def count(self, text: str, boundaries: Iterable[int]) -> tuple[dict[int, int], int]:
+    def count(self, text: str, boundaries: Collection[int]) -> tuple[dict[int, int], int]:
         """The tokens of ``text`` that end at or before each boundary, and all of ``text``'s tokens.
 
         A token that straddles a boundary belongs to what follows it.

@@ -37,7 +37,8 @@ from typing import TypeVar
 
 import tiktoken
 
-from cachegate.tokens.counter import DEFAULT_PIECE_MEMO_BYTES, ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 """SHA-256 of the uncompressed o200k_base.tiktoken (the digest tiktoken itself pins)."""
