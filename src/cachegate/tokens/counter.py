@@ -247,8 +247,8 @@ class ChatTokenCounter:
         needed = {n for n, block in enumerate(marked) if block in asked}
         found: list[tuple[int, int]] | str = "no placement of the marks was tried"
         tried: list[PreparedChat] = []
-        # Marks at the ends of the blocks' texts first; then, for templates that trim text or
-        # compare schema strings, placements those operations cannot see (conversation.py).
+        # In the order the template's probe chose: the ends of the blocks' texts, or for
+        # templates that trim text or compare schema strings, placements those cannot see.
         for before_trailing_space, prose_only in self._placements:
             chat = preparation.chat(marks, before_trailing_space, prose_only)
             if chat in tried:
