@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from cachegate.tokens.hf import HfPieces
-from cachegate.tokens.pieces import PieceCounter, PieceTable
+from cachegate.tokens.pieces import PieceCounter, PieceTable, special_token_pattern
 
 FRAGMENTS = st.sampled_from(
     [
@@ -172,3 +172,22 @@ def test_a_piece_first_counted_whole_answers_inner_offsets_later(qwen3_tokenizer
     counter.count(text, [])  # remembered without the token offsets
 
     assert counter.count(text, range(len(text) + 1)) == whole_counts(qwen3_tokenizer, text)
+
+
+_TOKEN_PIECES = st.sampled_from(["<", "|", ">", "a", "b", "_1", "end"])
+_TOKENS = st.sets(st.lists(_TOKEN_PIECES, min_size=1, max_size=5).map("".join), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TOKENS, st.lists(_TOKEN_PIECES | st.text(max_size=3), max_size=30).map("".join))
+def test_the_trie_pattern_finds_what_a_longest_first_alternation_finds(tokens: set[str], text: str) -> None:
+    alternation = re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True))))
+
+    found = [(match.start(), match.group()) for match in special_token_pattern(tokens).finditer(text)]
+
+    assert found == [(match.start(), match.group()) for match in alternation.finditer(text)]
+
+
+def test_an_empty_special_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        special_token_pattern(["<|a|>", ""])

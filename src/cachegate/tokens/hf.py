@@ -24,7 +24,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, special_token_pattern
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 
@@ -83,7 +83,7 @@ class HfPieces:
         added = tokenizer.get_added_tokens_decoder().values()
         cuttable = bool(added) and not any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added)
         contents = sorted({token.content for token in added}, key=len, reverse=True)
-        self._cut_pattern = re.compile("|".join(map(re.escape, contents))) if cuttable else None
+        self._cut_pattern = special_token_pattern(contents) if cuttable else None
 
     @property
     def cut_pattern(self) -> re.Pattern[str] | None:

@@ -38,7 +38,7 @@ from typing import TypeVar
 import tiktoken
 
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, special_token_pattern
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 """SHA-256 of the uncompressed o200k_base.tiktoken (the digest tiktoken itself pins)."""
@@ -322,7 +322,7 @@ class TiktokenPieces:
         # every match: they do when no special token is a prefix of another (they then find the
         # same leftmost matches, whatever the order of the alternatives).
         cuttable = bool(specials) and not _has_prefix_pair(specials)
-        self._cut_pattern = re.compile("|".join(map(re.escape, specials))) if cuttable else None
+        self._cut_pattern = special_token_pattern(specials) if cuttable else None
         self._single = {token: frozenset((token,)) for token in specials}
         # Special tokens whose id another one also has (gpt-oss: <|endofprompt|> and
         # <|reserved_200018|>): their byte length is not known from the id alone.
