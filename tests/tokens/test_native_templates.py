@@ -9,6 +9,8 @@ where jinja fails, it never gives a text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachegate.tokens.native import native_renderer, render_qwen3
+import cachegate.tokens.template
+from cachegate.tokens.native import GptOssRenderer, native_renderer, render_qwen3
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import Unsupported, compile_template
 
@@ -104,7 +107,7 @@ def test_the_qwen3_template_has_its_native_renderer_and_an_edited_one_has_none()
     assert native_renderer((TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")) is render_qwen3
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_message(), max_size=7), _TOOLS, _VARIABLES)
 def test_qwen3_renders_as_its_template(messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]) -> None:
     assert_native_matches(render_qwen3, QWEN3, messages, tools, variables)
@@ -144,3 +147,142 @@ def test_an_agent_turn_renders_as_its_template() -> None:
     tools = [{"type": "function", "function": {"name": "read", "description": "Read.", "parameters": {}}}]
     for variables in ({}, {"enable_thinking": False}):
         assert render_qwen3(messages, tools, variables) == jinja_rendering(QWEN3, messages, tools, variables)
+
+
+# --- gpt-oss ------------------------------------------------------------------------------------
+
+GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+_CHANNEL = st.sampled_from(["<|channel|>analysis<|message|>", "<|channel|>final<|message|>", "<|end|>", "<|call|>"])
+_GPT_OSS_TEXT = st.lists(st.one_of(st.text(max_size=8), _CHANNEL, _LOOKED_FOR), max_size=5).map("".join)
+
+
+class _StoppedClock(datetime):
+    """The template writes today's date: both renderings must see the same day."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> _StoppedClock:
+        return cls(2026, 11, 26, 12, 0, 0, tzinfo=tz)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stopped_clock() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cachegate.tokens.template, "datetime", _StoppedClock)
+        yield
+
+
+@st.composite
+def _gpt_oss_message(draw: st.DrawFn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": draw(_ROLE), "content": draw(_GPT_OSS_TEXT)}
+    if message["role"] == "assistant":
+        if draw(st.booleans()):
+            message["thinking"] = draw(st.one_of(_GPT_OSS_TEXT, st.integers(0, 1)))
+        if draw(st.integers(0, 2)) > 0:
+            function: dict[str, Any] = {"name": draw(st.one_of(st.sampled_from(["get_weather", "run"]), st.none()))}
+            if draw(st.integers(0, 4)) > 0:
+                function["arguments"] = draw(_ARGUMENTS)
+            if draw(st.integers(0, 4)) == 0:
+                function["content_type"] = draw(st.sampled_from(["json", "code", 3]))
+            message["tool_calls"] = [{"id": "c", "type": "function", "function": function}]
+    return message
+
+
+_SCHEMA = st.fixed_dictionaries(
+    {"type": st.just("object")},
+    optional={
+        "properties": st.dictionaries(
+            st.sampled_from(["city", "days", "units"]),
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["string", "integer", "number", "boolean", "array", "object"])},
+                optional={"description": _TEXT, "enum": st.lists(st.text(max_size=3), min_size=1, max_size=2)},
+            ),
+            max_size=3,
+        ),
+        "required": st.lists(st.sampled_from(["city", "days"]), max_size=2),
+    },
+)
+_GPT_OSS_TOOL = st.builds(
+    lambda name, text, schema: {
+        "type": "function",
+        "function": {"name": name, "description": text, "parameters": schema},
+    },
+    st.sampled_from(["get_weather", "run"]),
+    _TEXT,
+    _SCHEMA,
+)
+_GPT_OSS_VARIABLES = st.fixed_dictionaries(
+    {},
+    optional={
+        "reasoning_effort": st.sampled_from(["low", "high"]),
+        "model_identity": _TEXT,
+        "builtin_tools": st.lists(st.sampled_from(["browser", "python"]), max_size=2),
+    },
+)
+
+
+def test_the_gpt_oss_template_has_its_native_renderer() -> None:
+    assert isinstance(native_renderer(GPT_OSS), GptOssRenderer)
+    assert native_renderer(GPT_OSS.replace("ChatGPT", "GPT")) is None
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(_gpt_oss_message(), max_size=7),
+    st.one_of(st.none(), st.just([]), st.lists(_GPT_OSS_TOOL, min_size=1, max_size=2)),
+    _GPT_OSS_VARIABLES,
+)
+def test_gpt_oss_renders_as_its_template(messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]) -> None:
+    renderer = native_renderer(GPT_OSS)
+    assert renderer is not None
+    assert_native_matches(renderer, GPT_OSS, messages, tools, variables)
+
+
+@st.composite
+def _gpt_oss_agent_loop(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Well-formed traffic: an optional system or developer message, then user turns, final
+    answers, and tool calls each followed by their results."""
+    messages: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        messages.append({"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_TEXT)})
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["user", "final", "call"]))
+        if kind == "user":
+            messages.append({"role": "user", "content": draw(_TEXT)})
+        elif kind == "final":
+            messages.append({"role": "assistant", "content": draw(_TEXT)})
+        else:
+            call: dict[str, Any] = {"role": "assistant", "content": draw(st.one_of(st.just(""), _TEXT))}
+            if not call["content"] and draw(st.booleans()):
+                call["thinking"] = draw(_TEXT)
+            function = {"name": draw(st.sampled_from(["get_weather", "run"])), "arguments": draw(_ARGUMENTS)}
+            call["tool_calls"] = [{"id": "c", "type": "function", "function": function}]
+            messages.append(call)
+            for _ in range(draw(st.integers(1, 2))):
+                messages.append({"role": "tool", "tool_call_id": "c", "content": draw(_TEXT)})
+    return messages
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _gpt_oss_agent_loop(),
+    st.one_of(st.none(), st.lists(_GPT_OSS_TOOL, min_size=1, max_size=2)),
+    _GPT_OSS_VARIABLES,
+)
+def test_gpt_oss_renders_agent_loops_as_its_template(
+    messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]
+) -> None:
+    renderer = native_renderer(GPT_OSS)
+    assert renderer is not None
+    # Well-formed traffic is never left to jinja.
+    assert renderer(messages, tools, variables) == jinja_rendering(GPT_OSS, messages, tools, variables)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gpt_oss_agent_loop(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)), _VARIABLES)
+def test_qwen3_renders_agent_loops_as_its_template(
+    messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]
+) -> None:
+    for message in messages:  # as prepare_chat offers an assistant's reasoning
+        if "thinking" in message:
+            message["reasoning_content"] = message["reasoning"] = message["thinking"]
+    assert render_qwen3(messages, tools, variables) == jinja_rendering(QWEN3, messages, tools, variables)

@@ -5,7 +5,8 @@ without boundary marks); at a few hundred messages that is tens of milliseconds,
 the whole cost of counting a conversation whose prefix is already tokenized (``pieces.py``).
 The same text built with string operations takes a fraction of a millisecond.
 
-A native renderer stands in for one template, recognized by the SHA-256 of its source: any
+A native renderer stands in for one template (Qwen3's; gpt-oss's, whose header jinja still
+renders), recognized by the SHA-256 of its source: any
 other text — a template edited by one character — is rendered by jinja. It reproduces the
 template for the conversations ``conversation.prepare_chat`` produces (string roles and
 contents, tool calls with a function object) and raises ``Unsupported`` for anything else,
@@ -19,12 +20,19 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cachegate.tokens.template import NativeRenderer, Unsupported, tojson
+import jinja2
+
+from cachegate.tokens.template import NativeRenderer, Unsupported, compile_template, tojson
 
 
 def native_renderer(source: str) -> NativeRenderer | None:
     """The native renderer of the template ``source``, if there is one for exactly this text."""
-    return _RENDERERS.get(hashlib.sha256(source.encode()).hexdigest())
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    if digest == _QWEN3_SHA256:
+        return render_qwen3
+    if digest == _GPT_OSS_SHA256:
+        return GptOssRenderer(compile_template(source))
+    return None
 
 
 _QWEN3_TOOLS_HEAD = (
@@ -135,7 +143,132 @@ def _as_output(value: Any) -> str:
     return str(value)
 
 
-_RENDERERS: dict[str, NativeRenderer] = {
-    # Qwen3 (every size of the release), the template the shipped tokenizer_config.json holds.
-    "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5": render_qwen3,
-}
+class GptOssRenderer:
+    """gpt-oss's chat template (openai/gpt-oss-20b and -120b): the header by the template itself,
+    the conversation in Python.
+
+    The header — system message, developer instructions, the tools as a TypeScript namespace —
+    depends on the tools, the first message and the variables only; jinja renders it from a
+    one-message conversation. The conversation is where jinja spends its time: for each
+    assistant tool call it looks through every later message for a final answer, which makes
+    the template quadratic in the number of messages; here that is one pass from the end.
+    """
+
+    def __init__(self, template: jinja2.Template) -> None:
+        self._template = template
+
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        variables: Mapping[str, Any],
+    ) -> str:
+        if not messages or not all(
+            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
+            for message in messages
+        ):
+            raise Unsupported("messages must be dicts with string roles and contents")
+        out = [self._header(messages[0], tools, variables)]
+        conversation = messages[1:] if messages[0]["role"] in ("developer", "system") else messages
+        # final_later[i]: an assistant message without tool calls comes after message i.
+        final_later = [False] * len(conversation)
+        seen_final = False
+        for index in range(len(conversation) - 1, -1, -1):
+            final_later[index] = seen_final
+            message = conversation[index]
+            seen_final = seen_final or (message["role"] == "assistant" and "tool_calls" not in message)
+        last_call: str | None = None
+        for index, message in enumerate(conversation):
+            role, content = message["role"], message["content"]
+            if role == "assistant":
+                thinking = _gpt_oss_checked(message)
+                if "tool_calls" in message:
+                    name = _gpt_oss_call(out, message, content, thinking, final_later[index])
+                    last_call = name
+                else:
+                    out.append("<|start|>assistant<|channel|>final<|message|>" + content + "<|end|>")
+                    last_call = None
+            elif role == "tool":
+                if last_call is None:
+                    raise Unsupported("a tool message with no tool call before it: the template refuses it")
+                out.append(
+                    "<|start|>functions."
+                    + last_call
+                    + " to=assistant<|channel|>commentary<|message|>"
+                    + tojson(content)
+                    + "<|end|>"
+                )
+            elif role == "user":
+                out.append("<|start|>user<|message|>" + content + "<|end|>")
+        out.append("<|start|>assistant")
+        return "".join(out)
+
+    def _header(
+        self, first: Mapping[str, Any], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+    ) -> str:
+        """The system and developer messages, as the template renders them before the conversation."""
+        if first["role"] in ("developer", "system"):
+            return self._render([first], tools, variables)
+        # The header is the same whatever the first message is; a user message then follows it.
+        rendered = self._render([_GPT_OSS_PROBE], tools, variables)
+        if not rendered.endswith(_GPT_OSS_PROBE_RENDERED):
+            raise Unsupported("the header could not be told apart from the conversation")
+        return rendered[: -len(_GPT_OSS_PROBE_RENDERED)]
+
+    def _render(
+        self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+    ) -> str:
+        return self._template.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=False, **variables
+        )
+
+
+_GPT_OSS_PROBE = {"role": "user", "content": ""}
+_GPT_OSS_PROBE_RENDERED = "<|start|>user<|message|><|end|>"
+_GPT_OSS_CHANNEL_TAGS = ("<|channel|>analysis<|message|>", "<|channel|>final<|message|>")
+
+
+def _gpt_oss_checked(message: Mapping[str, Any]) -> str | None:
+    """The assistant's thinking, after the template's checks (which raise: jinja then says why)."""
+    if any(tag in message["content"] for tag in _GPT_OSS_CHANNEL_TAGS):
+        raise Unsupported("channel tags in the content: the template refuses it")
+    thinking = message.get("thinking")
+    if "thinking" in message and (type(thinking) is not str or any(tag in thinking for tag in _GPT_OSS_CHANNEL_TAGS)):
+        raise Unsupported("the thinking is not a string free of channel tags")
+    return thinking
+
+
+def _gpt_oss_call(
+    out: list[str], message: Mapping[str, Any], content: str, thinking: str | None, final_later: bool
+) -> str:
+    """Write an assistant turn with tool calls (only the first call is rendered); its function's name."""
+    calls = message["tool_calls"]
+    if type(calls) is not list or not calls or type(calls[0]) is not dict:
+        raise Unsupported("tool_calls must be a list of objects")
+    call = calls[0]
+    function = call.get("function")
+    tool_call = function if function else call
+    if type(tool_call) is not dict or type(tool_call.get("name")) is not str or "arguments" not in tool_call:
+        raise Unsupported("a tool call needs a string name and its arguments")
+    content_type = tool_call.get("content_type", "json")
+    if type(content_type) is not str:
+        raise Unsupported("content_type must be a string")
+    if content and thinking:
+        raise Unsupported("both content and thinking with tool calls: the template refuses it")
+    if content and not final_later:
+        out.append("<|start|>assistant<|channel|>analysis<|message|>" + content + "<|end|>")
+    elif thinking and not final_later:
+        out.append("<|start|>assistant<|channel|>analysis<|message|>" + thinking + "<|end|>")
+    name: str = tool_call["name"]
+    out.append("<|start|>assistant to=")
+    out.append("functions." + name + "<|channel|>commentary ")
+    out.append(content_type + "<|message|>")
+    out.append(tojson(tool_call["arguments"]))
+    out.append("<|call|>")
+    return name
+
+
+# Qwen3 (every size of the release), the template the shipped tokenizer_config.json holds.
+_QWEN3_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"
+# gpt-oss-20b and gpt-oss-120b, as published with the models.
+_GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"
