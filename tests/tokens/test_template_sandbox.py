@@ -7,6 +7,7 @@ the same value, and refuse the same accesses, as ``ImmutableSandboxedEnvironment
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jinja2
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace
 
-from cachegate.tokens.template import compile_template
+from cachegate.tokens.template import compile_template, tojson
 
 ATTRIBUTES = (
     "content",
@@ -145,3 +146,10 @@ def test_item_access_on_a_plain_dict_prefers_methods_as_jinja_does() -> None:
         "{{ m.content }}|{{ m['items'] }}|{{ m.items is callable }}|{{ m.nothing is undefined }}"
     )
     assert template.render(m={"content": "c", "items": "i"}) == "c|i|True|True"
+
+
+@given(st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF)) | st.sampled_from(["\ud800", "a\udfffb"]))
+def test_tojson_writes_strings_as_json_dumps_does(text: str) -> None:
+    # Surrogates and control characters included: transformers' tojson is json.dumps.
+    assert tojson(text) == json.dumps(text, ensure_ascii=False)
+    assert tojson(text, ensure_ascii=True) == json.dumps(text)
