@@ -10,13 +10,13 @@ where jinja fails, it never gives a text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stopped_clock import stopped_clock
 
 import cachegate.tokens.template
 from cachegate.tokens.native import GptOssRenderer, native_renderer, render_qwen3
@@ -156,18 +156,9 @@ _CHANNEL = st.sampled_from(["<|channel|>analysis<|message|>", "<|channel|>final<
 _GPT_OSS_TEXT = st.lists(st.one_of(st.text(max_size=8), _CHANNEL, _LOOKED_FOR), max_size=5).map("".join)
 
 
-class _StoppedClock(datetime):
-    """The template writes today's date: both renderings must see the same day."""
-
-    @classmethod
-    def now(cls, tz: Any = None) -> _StoppedClock:
-        return cls(2026, 11, 26, 12, 0, 0, tzinfo=tz)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def stopped_clock() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cachegate.tokens.template, "datetime", _StoppedClock)
+def stopped() -> Iterator[None]:
+    with stopped_clock(cachegate.tokens.template):  # the template writes today's date
         yield
 
 

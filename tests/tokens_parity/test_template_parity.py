@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ import tiktoken
 import transformers.utils.chat_template_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stopped_clock import stopped_clock
 
 import cachegate.tokens.template
 from cachegate.core.blocks import parse_prompt
@@ -61,19 +61,9 @@ COUNTER_DIFFERENCES: dict[tuple[str, str], str] = {
 }
 
 
-class _StoppedClock(datetime):
-    """``datetime`` whose ``now`` is fixed, so templates calling ``strftime_now`` render one date."""
-
-    @classmethod
-    def now(cls, tz: Any = None) -> _StoppedClock:
-        return cls(2026, 11, 26, 12, 0, 0, tzinfo=tz)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def stopped_clock() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cachegate.tokens.template, "datetime", _StoppedClock)
-        patch.setattr(transformers.utils.chat_template_utils, "datetime", _StoppedClock)
+def stopped() -> Iterator[None]:
+    with stopped_clock(cachegate.tokens.template, transformers.utils.chat_template_utils):
         yield
 
 
