@@ -35,6 +35,19 @@ def test_builtin_options_give_another_version() -> None:
     assert build_counter(spec).tokenizer_version != load_qwen3().tokenizer_version
 
 
+def test_the_piece_memory_changes_no_count_and_no_version() -> None:
+    small = TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3", "piece_memo_mb": 0})
+    body = {"messages": [{"role": "user", "content": "Count me twice."}]}
+    prompt = parse_prompt(body, TtlPolicy.default_policy())
+
+    counter = load_counter(small)
+
+    assert counter is not load_qwen3()  # its own memory, not the shared default counter's
+    assert counter.tokenizer_version == load_qwen3().tokenizer_version
+    for _ in range(2):
+        assert counter.count_blocking(body, prompt, []) == load_qwen3().count_blocking(body, prompt, [])
+
+
 def test_an_hf_spec_loads_the_folder(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_bytes(qwen3_files().tokenizer_json)
     (tmp_path / "chat_template.jinja").write_text("{{ messages[0].content }}", encoding="utf-8")
@@ -106,6 +119,10 @@ def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> No
             "hf.image_tokens\n  Input should be greater than or equal to 0",
         ),
         ({"kind": "hf", "path": "/m", "tokenizer_dir": "/m"}, "hf.tokenizer_dir\n  Extra inputs are not permitted"),
+        (
+            {"kind": "hf", "path": "/m", "piece_memo_mb": -1},
+            "hf.piece_memo_mb\n  Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(raw: dict[str, object], complaint: str) -> None:

@@ -12,6 +12,7 @@ model folder (the general case: the operator's own model)::
         content_join: "\\n"              # how the upstream joins multi-part text (vLLM: "\\n")
         image_tokens: 0                 # what one image costs upstream
         template_kwargs: {}             # e.g. {enable_thinking: false}, as the upstream renders
+        piece_memo_mb: 64               # memory for tokenized pieces (counts are the same with any)
       gpt-oss:
         kind: tiktoken
         encoding: o200k_harmony         # shipped ranks; or rank_file + pattern + special_tokens
@@ -36,6 +37,7 @@ from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
 from cachegate.tokens.hf import hf_counter_from_folder, read_text_file
 from cachegate.tokens.memo import MemoizedCounter
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
 from cachegate.tokens.tiktoken_pieces import custom_encoding, named_encoding, tiktoken_counter
@@ -47,6 +49,12 @@ class _CountingOptions(BaseModel):
     content_join: str = "\n"
     image_tokens: int = Field(default=0, ge=0)
     template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    # Memory for tokenized pieces (tokens/pieces.py); it changes no count, so no tokenizer_version.
+    piece_memo_mb: int = Field(default=DEFAULT_PIECE_MEMO_BYTES >> 20, ge=0)
+
+    @property
+    def piece_memo_bytes(self) -> int:
+        return self.piece_memo_mb << 20
 
     def count_options(self) -> CountOptions:
         return CountOptions(
@@ -145,9 +153,11 @@ def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
     choice = spec.root
     if isinstance(choice, RemoteTokenizerSpec):
         raise TokenizerLoadError("a remote tokenizer is opened with open_counter(), not loaded from files")
-    options = choice.count_options()
+    options, memory = choice.count_options(), choice.piece_memo_bytes
     if isinstance(choice, BuiltinTokenizerSpec):
-        return load_qwen3() if options == CountOptions() else qwen3_counter(options)
+        if options == CountOptions() and memory == DEFAULT_PIECE_MEMO_BYTES:
+            return load_qwen3()
+        return qwen3_counter(options, memory)
     if isinstance(choice, TiktokenTokenizerSpec):
         if choice.encoding is not None:
             pieces = named_encoding(choice.encoding)
@@ -156,8 +166,8 @@ def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
             pieces = custom_encoding(
                 choice.rank_file, choice.pattern, choice.special_tokens, expected_sha256=choice.rank_file_sha256
             )
-        return tiktoken_counter(pieces, read_text_file(choice.template_file), options)
-    return hf_counter_from_folder(choice.path, choice.template_file, options)
+        return tiktoken_counter(pieces, read_text_file(choice.template_file), options, memory)
+    return hf_counter_from_folder(choice.path, choice.template_file, options, memory)
 
 
 def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:
