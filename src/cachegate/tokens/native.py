@@ -5,13 +5,13 @@ without boundary marks); at a few hundred messages that is tens of milliseconds,
 the whole cost of counting a conversation whose prefix is already tokenized (``pieces.py``).
 The same text built with string operations takes a fraction of a millisecond.
 
-A native renderer stands in for one template (Qwen3's; gpt-oss's, whose header jinja still
-renders), recognized by the SHA-256 of its source: any
-other text — a template edited by one character — is rendered by jinja. It reproduces the
-template for the conversations ``conversation.prepare_chat`` produces (string roles and
-contents, tool calls with a function object) and raises ``Unsupported`` for anything else,
-which jinja then renders. tests/tokens/test_native_templates.py holds every renderer to its
-template's jinja rendering, marks included.
+A native renderer stands in for one template — Qwen3's, and gpt-oss's (whose header jinja
+still renders) — recognized by the SHA-256 of its source: any other text, a template edited
+by one character, is rendered by jinja. It reproduces the template for the conversations
+``conversation.prepare_chat`` produces (string roles and contents, tool calls with a function
+object) and raises ``Unsupported`` for anything else, which jinja then renders.
+tests/tokens/test_native_templates.py holds every renderer to its template's jinja rendering,
+marks included.
 """
 
 from __future__ import annotations
