@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,16 @@ from cachegate.tokens import shipped
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
-from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter, load_counter
+from cachegate.tokens.registry import (
+    BuiltinTokenizerSpec,
+    HfTokenizerSpec,
+    TiktokenTokenizerSpec,
+    TokenizerSpec,
+    build_counter,
+    load_counter,
+)
 from cachegate.tokens.shipped import load_qwen3, qwen3_files
+from cachegate.tokens.tiktoken_pieces import ENCODING_NAMES
 
 
 def test_the_builtin_spec_builds_the_shipped_counter_memoized() -> None:
@@ -87,6 +96,11 @@ def test_a_tiktoken_spec_takes_an_operators_rank_file_checked_by_its_digest(tmp_
 
     with pytest.raises(TokenizerLoadError, match="sha256 of the ranks is"):
         load_counter(TokenizerSpec.model_validate({**raw, "rank_file_sha256": "0" * 64}))
+
+
+def test_a_tiktoken_spec_names_exactly_the_shipped_encodings() -> None:
+    field = TiktokenTokenizerSpec.model_fields["encoding"]
+    assert set(typing.get_args(typing.get_args(field.annotation)[0])) == set(ENCODING_NAMES)
 
 
 def test_an_hf_spec_naming_a_missing_folder_fails_to_build(tmp_path: Path) -> None:

@@ -189,16 +189,6 @@ def _is_image_part(part: Any) -> bool:
     return part_type in _IMAGE_PART_TYPES
 
 
-def count_images(body: Mapping[str, Any]) -> int:
-    """The image parts of all messages."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return 0
-    return sum(
-        _is_image_part(part) for message in messages if isinstance(message, Mapping) for part in _content_parts(message)
-    )
-
-
 def _part_text(part: Any) -> str | None:
     """The text a content part contributes to the joined content; None if it adds none."""
     if isinstance(part, str):

@@ -49,7 +49,6 @@ from cachegate.tokens.conversation import (
     BlockTraits,
     ChatPreparation,
     PreparedChat,
-    count_images,
     describe_blocks,
     prepare_chat,
 )
@@ -219,7 +218,8 @@ class ChatTokenCounter:
         cumulative = {
             block: at_offset[offset] + image_tokens * images[block] for block, offset in rendering.boundaries.items()
         }
-        return PromptCounts(cumulative=cumulative, total=total + image_tokens * count_images(body))
+        every_image = images[-1] if images else 0  # every content part is a block
+        return PromptCounts(cumulative=cumulative, total=total + image_tokens * every_image)
 
     def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
         """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
