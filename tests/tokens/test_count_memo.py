@@ -122,3 +122,29 @@ async def test_closing_the_memo_closes_the_inner_counter() -> None:
 async def test_a_block_outside_the_prompt_is_refused() -> None:
     with pytest.raises(TokenCountError):
         await MemoizedCounter(FakeCounter()).count(BODY, prompt(b"a"), [1])
+
+
+async def test_other_template_variables_do_not_reuse_counts() -> None:
+    # chat_template_kwargs (enable_thinking, a date…) may change how the prefix renders, and no prefix hash covers them.
+    inner = FakeCounter()
+    memo = MemoizedCounter(inner)
+    thinking = {"messages": [], "chat_template_kwargs": {"enable_thinking": True, "date": "x"}}
+    same_in_other_order = {"messages": [], "chat_template_kwargs": {"date": "x", "enable_thinking": True}}
+    await memo.count(BODY, prompt(b"a"), [0])
+    await memo.count(thinking, prompt(b"a"), [0])
+
+    await memo.count(same_in_other_order, prompt(b"a"), [0])
+    await memo.count({"messages": [], "chat_template_kwargs": {}}, prompt(b"a"), [0])
+
+    assert len(inner.calls) == 2
+
+
+async def test_variables_that_are_not_json_values_are_counted_and_not_remembered() -> None:
+    inner = FakeCounter()
+    memo = MemoizedCounter(inner)
+    odd = {"messages": [], "chat_template_kwargs": {"at": object()}}
+
+    await memo.count(odd, prompt(b"a"), [0])
+    await memo.count(odd, prompt(b"a"), [0])
+
+    assert len(inner.calls) == 2

@@ -1,8 +1,10 @@
 """Memoized counts: a prefix already counted is not rendered and tokenized again (SPEC §5).
 
-The cumulative count at a block is memoized under ``(tokenizer_version, prefix_hash)``:
-equal prefix hashes mean equal prefixes, and the version pins the tokenizer, the template and
-the counting options, so a remembered count is the count the inner counter would give again.
+The cumulative count at a block is memoized under ``(tokenizer_version, template variables,
+prefix_hash)``: equal prefix hashes mean equal prefixes, the version pins the tokenizer, the
+template and the counting options, and the request's own ``chat_template_kwargs`` (which no
+prefix hash covers) may change how a template renders the prefix — ``enable_thinking``, a
+date — so a remembered count is the count the inner counter would give again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
@@ -29,7 +33,7 @@ class MemoizedCounter:
             raise ValueError("max_entries must be at least 1")
         self._inner = inner
         self._max_entries = max_entries
-        self._memory: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._memory: OrderedDict[tuple[str, bytes, bytes], int] = OrderedDict()
 
     @property
     def tokenizer_version(self) -> str:
@@ -38,8 +42,11 @@ class MemoizedCounter:
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         if any(not 0 <= block < len(prompt.prefix_hashes) for block in blocks):
             raise TokenCountError("an asked-for block is not in the prompt")
+        variables = _variables_key(body)
+        if variables is None:  # variables with no canonical form: count, and remember nothing
+            return await self._inner.count(body, prompt, blocks)
         version = self._inner.tokenizer_version
-        keys = {block: (version, prompt.prefix_hashes[block]) for block in blocks}
+        keys = {block: (version, variables, prompt.prefix_hashes[block]) for block in blocks}
         known = {block: self._memory[key] for block, key in keys.items() if key in self._memory}
         if keys and len(known) == len(keys):
             for key in keys.values():
@@ -53,8 +60,19 @@ class MemoizedCounter:
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    def _remember(self, key: tuple[str, bytes], count: int) -> None:
+    def _remember(self, key: tuple[str, bytes, bytes], count: int) -> None:
         self._memory[key] = count
         self._memory.move_to_end(key)
         while len(self._memory) > self._max_entries:
             self._memory.popitem(last=False)
+
+
+def _variables_key(body: Mapping[str, Any]) -> bytes | None:
+    """The request's template variables in canonical form (empty when it sets none)."""
+    variables = body.get("chat_template_kwargs")
+    if not variables:
+        return b""
+    try:
+        return orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: not JSON values
+        return None
