@@ -228,14 +228,12 @@ def test_counted_tokens_decode_to_a_prefix_of_the_text_before_the_boundary(
         previous = count
 
 
-def _prefix_boundaries_by_definition(
-    marked: list[int], found: list[tuple[int, int]], asked: set[int]
-) -> dict[int, int]:
+def _prefix_boundaries_by_definition(found: list[tuple[int, int]], asked: set[int]) -> dict[int, int]:
     """The rule read literally, one pass over every occurrence for each asked-for block."""
     occurrences = []
     previous = 0
-    for n, offset in found:
-        occurrences.append((marked[n], offset, previous))
+    for block, offset in found:
+        occurrences.append((block, offset, previous))
         previous = offset
     boundaries = {}
     for block in asked:
@@ -255,9 +253,7 @@ def test_the_fast_prefix_boundaries_follow_the_rule(data: st.DataObject) -> None
     found, offset = [], 0
     for n, gap in zip(numbers, gaps, strict=True):
         offset += gap
-        found.append((n, offset))
+        found.append((marked[n], offset))
     asked = data.draw(st.sets(st.integers(0, blocks - 1)))
 
-    assert counter_module._prefix_boundaries(marked, found, asked) == _prefix_boundaries_by_definition(
-        marked, found, asked
-    )
+    assert counter_module._prefix_boundaries(found, asked) == _prefix_boundaries_by_definition(found, asked)

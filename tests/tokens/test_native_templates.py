@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from stopped_clock import stopped_clock
 
 import cachegate.tokens.template
-from cachegate.tokens.native import GptOssRenderer, native_renderer, render_qwen3
+from cachegate.tokens.native import GptOssTemplate, Qwen3Template, native_template, render_qwen3
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import Unsupported, compile_template
 
@@ -102,9 +102,9 @@ QWEN3 = qwen3_files().chat_template
 
 
 def test_the_qwen3_template_has_its_native_renderer_and_an_edited_one_has_none() -> None:
-    assert native_renderer(QWEN3) is render_qwen3
-    assert native_renderer(QWEN3 + " ") is None
-    assert native_renderer((TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")) is render_qwen3
+    assert isinstance(native_template(QWEN3), Qwen3Template)
+    assert native_template(QWEN3 + " ") is None
+    assert isinstance(native_template((TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")), Qwen3Template)
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -212,8 +212,8 @@ _GPT_OSS_VARIABLES = st.fixed_dictionaries(
 
 
 def test_the_gpt_oss_template_has_its_native_renderer() -> None:
-    assert isinstance(native_renderer(GPT_OSS), GptOssRenderer)
-    assert native_renderer(GPT_OSS.replace("ChatGPT", "GPT")) is None
+    assert isinstance(native_template(GPT_OSS), GptOssTemplate)
+    assert native_template(GPT_OSS.replace("ChatGPT", "GPT")) is None
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -223,7 +223,7 @@ def test_the_gpt_oss_template_has_its_native_renderer() -> None:
     _GPT_OSS_VARIABLES,
 )
 def test_gpt_oss_renders_as_its_template(messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]) -> None:
-    renderer = native_renderer(GPT_OSS)
+    renderer = native_template(GPT_OSS)
     assert renderer is not None
     assert_native_matches(renderer, GPT_OSS, messages, tools, variables)
 
@@ -262,7 +262,7 @@ def _gpt_oss_agent_loop(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_gpt_oss_renders_agent_loops_as_its_template(
     messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]
 ) -> None:
-    renderer = native_renderer(GPT_OSS)
+    renderer = native_template(GPT_OSS)
     assert renderer is not None
     # Well-formed traffic is never left to jinja.
     assert renderer(messages, tools, variables) == jinja_rendering(GPT_OSS, messages, tools, variables)

@@ -145,11 +145,6 @@ def test_a_tool_without_description_is_marked_at_its_name_when_schema_strings_ar
             id="audio",
         ),
         pytest.param(
-            {"messages": [{"role": "user", "content": "x ¤¦¶§¬°±×÷¸¨´¯ \U0010fc00"}]},
-            "the prompt contains every character boundary marks can be made of",
-            id="every mark character",
-        ),
-        pytest.param(
             {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}]},
             "a tool call is not an object with a function",
             id="tool call without function",
@@ -163,6 +158,25 @@ def test_requests_that_cannot_be_counted_are_refused(
         qwen3.count_blocking(body, prompt_of(body), [0])
 
     assert str(raised.value) == reason
+
+
+EVERY_MARK_CHARACTER = {"messages": [{"role": "user", "content": "x ¤¦¶§¬°±×÷¸¨´¯ \U0010fc00"}]}
+
+
+def test_a_prompt_of_every_mark_character_is_refused_by_the_sentinel_method(prompt_of: PromptOf) -> None:
+    counter = counter_with(qwen3_files().chat_template + "{#- the same template, rendered by jinja #}")
+
+    with pytest.raises(TokenCountError) as raised:
+        counter.count_blocking(EVERY_MARK_CHARACTER, prompt_of(EVERY_MARK_CHARACTER), [0])
+
+    assert str(raised.value) == "the prompt contains every character boundary marks can be made of"
+
+
+def test_a_native_layout_needs_no_marks(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:
+    rendering = qwen3.render(EVERY_MARK_CHARACTER, prompt_of(EVERY_MARK_CHARACTER), [0])
+
+    assert rendering.text == "<|im_start|>user\nx ¤¦¶§¬°±×÷¸¨´¯ \U0010fc00<|im_end|>\n<|im_start|>assistant\n"
+    assert rendering.text[: rendering.boundaries[0]].endswith("\U0010fc00")
 
 
 def test_blocks_that_do_not_match_the_request_are_refused(qwen3: ChatTokenCounter) -> None:
@@ -180,10 +194,10 @@ def test_an_asked_for_block_outside_the_prompt_is_refused(qwen3: ChatTokenCounte
 def test_an_unexpected_failure_is_still_a_token_count_error(
     qwen3: ChatTokenCounter, prompt_of: PromptOf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(traits: object) -> None:
+    def broken(found: object, asked: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(counter_module, "_images_through", broken)
+    monkeypatch.setattr(counter_module, "_prefix_boundaries", broken)
 
     with pytest.raises(TokenCountError) as raised:
         qwen3.count_blocking(BODY, prompt_of(BODY), [0])

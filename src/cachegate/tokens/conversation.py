@@ -128,6 +128,19 @@ class ChatPreparation:
         return PreparedChat(messages=messages, tools=tools)
 
 
+def prepared_tool(tool: Any, mark: str | None = None, prose_only: bool = False) -> dict[str, Any]:
+    """One tool as ``prepare_chat`` prepares it, with ``mark`` where its block ends."""
+    placer = _Placer({BlockRef(_TOOL, None, 0): mark} if mark else {}, False, prose_only)
+    return placer.tool(0, *_tool_skeleton(tool))
+
+
+def prepared_call(call: Any, mark: str | None = None) -> dict[str, Any]:
+    """One assistant tool call as ``prepare_chat`` prepares it, with ``mark`` where its block ends."""
+    placer = _Placer({BlockRef(_TOOL_CALL, 0, 0): mark} if mark else {}, False, False)
+    shell, function = _call_skeleton(call)
+    return {**shell, "function": placer.tool_call_function(0, 0, function)}
+
+
 def _skeleton(message: Any) -> _MessageSkeleton:
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
         raise TokenCountError("a message is not an object with a string role")
@@ -244,11 +257,14 @@ class _Placer:
         prepared: dict[str, Any] = {"role": skeleton.role, "content": content}
         if skeleton.calls is not None:
             prepared["tool_calls"] = [
-                {**call, "function": self._with_mark((_TOOL_CALL, index, k), function, ("arguments",))}
+                {**call, "function": self.tool_call_function(index, k, function)}
                 for k, (call, function) in enumerate(skeleton.calls)
             ]
         prepared.update(skeleton.extra)
         return prepared
+
+    def tool_call_function(self, message: int, index: int, function: dict[str, Any]) -> dict[str, Any]:
+        return self._with_mark((_TOOL_CALL, message, index), function, ("arguments",))
 
     def tool(self, index: int, shell: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
         marked = self._with_mark((_TOOL, None, index), function, ())

@@ -7,7 +7,9 @@ the prompt does not hold, the marked prompt is rendered, the marks are found and
 exactly the text that is left. The clean text is tokenized once — piece by piece, so the
 pieces of a prefix seen before are not tokenized again (``pieces.py``); the cumulative count
 at a block is the number of leading tokens that end at or before its boundary. Templates are
-rendered by jinja, or by their reproduction in Python where there is one (``native.py``).
+rendered by jinja, or by their reproduction in Python where there is one (``native/``); for
+the request shapes agent traffic has, a native template writes the rendering and the block
+ends in one pass, with the same result and no marked rendering (``native/plain.py``).
 
 The boundary of block b is the end of its text. A block without text of its own (an image, an
 empty or whitespace-only text, a header-only message) is not marked; its boundary is that of the block before
@@ -28,11 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,28 +46,19 @@ from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
 from cachegate.tokens.conversation import (
-    BlockTraits,
     ChatPreparation,
     PreparedChat,
     describe_blocks,
     prepare_chat,
 )
-from cachegate.tokens.native import native_renderer
+from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, mark_pattern
+from cachegate.tokens.native import LaidOutPrompt, native_template
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceTokenizer
-from cachegate.tokens.template import ChatTemplate
+from cachegate.tokens.template import ChatTemplate, Unsupported
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
 _COUNTING_RULES = "2"  # 2: tools marked at their description where the template compares schema strings
-
-# A mark is ``open ‖ number ‖ close``, with open and close two characters the rendering does
-# not contain. Latin-1 symbols first: a mark of one keeps a one-byte-a-character string one
-# byte a character, where a character above U+00FF would widen every marked string (and the
-# whole marked rendering) to two or four bytes a character, which made marking cost more
-# than rendering. They are symbols no str method changes (no case, not whitespace) and that
-# JSON leaves as they are.
-_MARK_CHARACTERS = "¤¦¶§¬°±×÷¸¨´¯"
-_PRIVATE_USE_MARKS = ("\U0010fc00", "\U0010fc01")  # when a prompt holds every one of those
 
 # Where marks go (before trailing whitespace, tools at their prose only), in the order tried
 # unless the template's probe puts another first (``_placement_order``).
@@ -158,9 +149,10 @@ class ChatTokenCounter:
         if self._options.image_tokens < 0:
             raise TokenizerLoadError("image_tokens must not be negative")
         self._pieces = PieceCounter(pieces, piece_memo_bytes)
+        self._native = native_template(chat_template)
         try:
             self._template = ChatTemplate(
-                chat_template, {**special_tokens, **self._options.template_kwargs}, native_renderer(chat_template)
+                chat_template, {**special_tokens, **self._options.template_kwargs}, self._native
             )
         except jinja2.TemplateError as exc:
             raise TokenizerLoadError(f"chat template could not be compiled: {exc}") from exc
@@ -207,43 +199,71 @@ class ChatTokenCounter:
         return self._pieces.tokenizer.count_texts(texts)
 
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        traits = describe_blocks(body, prompt.blocks)
-        rendering = self._render_marked(body, prompt, blocks, traits)
+        layout, boundaries = self._laid_out(body, prompt, blocks)
         try:
-            at_offset, total = self._pieces.count(rendering.text, set(rendering.boundaries.values()))
+            at_offset, total = self._pieces.count(layout.text, set(boundaries.values()))
         except Exception as exc:
             raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
-        images = _images_through(traits)
         image_tokens = self._options.image_tokens
+        images = layout.images
         cumulative = {
-            block: at_offset[offset] + image_tokens * images[block] for block, offset in rendering.boundaries.items()
+            # An image costs at every boundary after it.
+            block: at_offset[offset] + image_tokens * bisect.bisect_right(images, block)
+            for block, offset in boundaries.items()
         }
-        every_image = images[-1] if images else 0  # every content part is a block
-        return PromptCounts(cumulative=cumulative, total=total + image_tokens * every_image)
+        return PromptCounts(cumulative=cumulative, total=total + image_tokens * len(images))
 
     def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
         """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
-        return self._render_marked(body, prompt, blocks, describe_blocks(body, prompt.blocks))
+        layout, boundaries = self._laid_out(body, prompt, blocks)
+        return MarkedRendering(text=layout.text, boundaries=boundaries)
 
-    def _render_marked(
-        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int], traits: Sequence[BlockTraits]
-    ) -> MarkedRendering:
+    def _laid_out(
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]
+    ) -> tuple[LaidOutPrompt, dict[int, int]]:
+        """The rendering, and the offset where the prefix of each asked-for block ends in it."""
         asked = set(blocks)
         if any(not 0 <= block < len(prompt.blocks) for block in asked):
             raise TokenCountError("an asked-for block is not in the prompt")
-        marked = [block for block, trait in enumerate(traits) if trait.has_text]
         variables = body.get("chat_template_kwargs")
         request_variables = variables if isinstance(variables, Mapping) else None
-        join = self._options.content_join
+        layout = self._native_layout(body, prompt, request_variables)
+        if layout is None:  # the sentinel method counts what no native layout covers
+            layout = self._sentinel_layout(body, prompt, asked, request_variables)
+        if asked & layout.dropped:
+            raise TokenCountError("the chat template drops the text of an asked-for block")
+        return layout, _prefix_boundaries(layout.ends, asked)
 
-        preparation = ChatPreparation(body, join)
+    def _native_layout(
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, request_variables: Mapping[str, Any] | None
+    ) -> LaidOutPrompt | None:
+        if self._native is None:
+            return None
+        variables = self._template.variables(request_variables)
+        try:
+            return self._native.lay_out(body, prompt.blocks, self._options.content_join, variables)
+        except Unsupported:
+            return None
+
+    def _sentinel_layout(
+        self,
+        body: Mapping[str, Any],
+        prompt: ParsedPrompt,
+        asked: set[int],
+        request_variables: Mapping[str, Any] | None,
+    ) -> LaidOutPrompt:
+        """Render with and without marks at the ends of the blocks' texts; the marks give the ends."""
+        traits = describe_blocks(body, prompt.blocks)
+        images = [block for block, trait in enumerate(traits) if trait.is_image]
+        marked = [block for block, trait in enumerate(traits) if trait.has_text]
+        preparation = ChatPreparation(body, self._options.content_join)
         clean = self._render(preparation.chat(), request_variables)
         if not marked:
-            return MarkedRendering(text=clean, boundaries=dict.fromkeys(asked, 0))
-        delimiters = _mark_delimiters(clean)
+            return LaidOutPrompt(text=clean, ends=[], dropped=frozenset(), images=images)
+        delimiters = mark_delimiters(clean)
         if delimiters is None:
             raise TokenCountError("the prompt contains every character boundary marks can be made of")
-        marks = {prompt.blocks[block]: _mark(delimiters, n) for n, block in enumerate(marked)}
+        marks = {prompt.blocks[block]: mark(delimiters, n) for n, block in enumerate(marked)}
         needed = {n for n, block in enumerate(marked) if block in asked}
         found: list[tuple[int, int]] | str = "no placement of the marks was tried"
         tried: list[PreparedChat] = []
@@ -259,7 +279,11 @@ class ChatTokenCounter:
                 break
         if isinstance(found, str):
             raise TokenCountError(found)
-        return MarkedRendering(text=clean, boundaries=_prefix_boundaries(marked, found, asked))
+        ends = [(marked[n], offset) for n, offset in found]
+        written = {block for block, _ in ends}
+        return LaidOutPrompt(
+            text=clean, ends=ends, dropped=frozenset(block for block in marked if block not in written), images=images
+        )
 
     def _placement_order(self) -> tuple[Placement, ...]:
         """The placements in the order to try them, the first that works for this template on the probe first.
@@ -276,10 +300,10 @@ class ChatTokenCounter:
         except (TokenCountError, MarkerError):
             return _PLACEMENTS  # the template refuses the probe: keep the plain order
         marked = [block for block, trait in enumerate(traits) if trait.has_text]
-        delimiters = _mark_delimiters(clean)
+        delimiters = mark_delimiters(clean)
         if delimiters is None:  # a template that writes every mark character itself
             return _PLACEMENTS
-        marks = {prompt.blocks[block]: _mark(delimiters, n) for n, block in enumerate(marked)}
+        marks = {prompt.blocks[block]: mark(delimiters, n) for n, block in enumerate(marked)}
         for placement in _PLACEMENTS:
             chat = prepare_chat(_PROBE, self._options.content_join, marks, *placement)
             if not isinstance(self._find_marks(chat, None, clean, set(), delimiters), str):  # rendering unchanged
@@ -302,7 +326,7 @@ class ChatTokenCounter:
         request_variables: Mapping[str, Any] | None,
         clean: str,
         needed: set[int],
-        delimiters: tuple[str, str],
+        delimiters: Delimiters,
     ) -> list[tuple[int, int]] | str:
         """The marks as (mark number, offset in the unmarked text) in text order, or why they cannot be trusted.
 
@@ -317,7 +341,7 @@ class ChatTokenCounter:
         pieces: list[str] = []
         stripped_length = 0
         position = 0
-        for match in _mark_pattern(delimiters).finditer(rendered):
+        for match in mark_pattern(delimiters).finditer(rendered):
             piece = rendered[position : match.start()]
             pieces.append(piece)
             stripped_length += len(piece)
@@ -331,36 +355,12 @@ class ChatTokenCounter:
         return found
 
 
-def _mark_delimiters(clean: str) -> tuple[str, str] | None:
-    """Two characters ``clean`` (the rendering without marks) does not contain, to build marks from.
-
-    The marked rendering then holds them only in marks — unless marks changed what the
-    template renders, which the comparison with ``clean`` catches.
-    """
-    absent = [character for character in _MARK_CHARACTERS if character not in clean]
-    if len(absent) >= 2:
-        return absent[0], absent[1]
-    if not any(character in clean for character in _PRIVATE_USE_MARKS):
-        return _PRIVATE_USE_MARKS
-    return None
-
-
-def _mark(delimiters: tuple[str, str], number: int) -> str:
-    return f"{delimiters[0]}{number}{delimiters[1]}"
-
-
-@functools.lru_cache(maxsize=64)
-def _mark_pattern(delimiters: tuple[str, str]) -> re.Pattern[str]:
-    opening, closing = map(re.escape, delimiters)
-    return re.compile(f"{opening}([0-9]+){closing}")
-
-
-def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:
-    """The boundary of each asked-for block b: the furthest end of a mark of a block ≤ b that
+def _prefix_boundaries(found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:
+    """The boundary of each asked-for block b: the furthest end of a block ≤ b's text that
     precedes the text of every block > b.
 
-    ``marked[n]`` is the block of mark n; ``found`` lists each occurrence (n, offset) in text
-    order (a template may render a block twice). Text is never nested, so an occurrence's text
+    ``found`` lists where each block's text ends, (block, offset) in text order (a template may
+    render a block twice). Text is never nested, so an occurrence's text
     starts after the occurrence before it: that offset bounds from below where it may begin.
     Every matched block of the index is asked for (to check it), so this takes O(log n) a
     block rather than a pass over all occurrences.
@@ -369,8 +369,7 @@ def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], 
     ends: list[int] = []
     first_start: dict[int, int] = {}  # block -> the earliest its text may begin
     previous = 0
-    for n, offset in found:
-        block = marked[n]
+    for block, offset in found:
         blocks.append(block)
         ends.append(offset)
         first_start.setdefault(block, previous)
@@ -387,16 +386,6 @@ def _prefix_boundaries(marked: Sequence[int], found: Sequence[tuple[int, int]], 
             k -= 1
         boundaries[block] = ends[k] if k >= 0 else 0
     return boundaries
-
-
-def _images_through(traits: Sequence[BlockTraits]) -> list[int]:
-    """images[b]: the number of image parts in blocks 0..b (an image costs at every later boundary)."""
-    running = 0
-    images: list[int] = []
-    for trait in traits:
-        running += trait.is_image
-        images.append(running)
-    return images
 
 
 def _version(

@@ -37,7 +37,7 @@ SPECIAL_TOKEN_NAMES = (
 )
 
 NativeRenderer = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]] | None, Mapping[str, Any]], str]
-"""A template reproduced in Python (``native.py``): (messages, tools, variables) -> the rendering."""
+"""A template reproduced in Python (``native/``): (messages, tools, variables) -> the rendering."""
 
 
 class Unsupported(Exception):
@@ -84,7 +84,8 @@ def tojson(
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(fmt: str) -> str:
+def strftime_now(fmt: str) -> str:
+    """The ``strftime_now`` templates call: local time now, as transformers gives it."""
     return datetime.now().strftime(fmt)
 
 
@@ -149,7 +150,7 @@ def compile_template(source: str) -> jinja2.Template:
     )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.globals["strftime_now"] = strftime_now
     return env.from_string(source)
 
 
@@ -200,6 +201,13 @@ class ChatTemplate:
         self._template = compile_template(source)  # a syntax error surfaces at configuration time
         self._native = native
 
+    def variables(self, request_variables: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The variables a rendering sees: the fixed ones, overridden by the request's own."""
+        variables = dict(self._variables)
+        if request_variables:
+            variables.update((k, v) for k, v in request_variables.items() if k not in RESERVED_VARIABLES)
+        return variables
+
     def render(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -211,9 +219,7 @@ class ChatTemplate:
         ``request_variables`` are the request's own ``chat_template_kwargs`` (a vLLM extension);
         they override the fixed variables, but never the conversation itself.
         """
-        variables = dict(self._variables)
-        if request_variables:
-            variables.update((k, v) for k, v in request_variables.items() if k not in RESERVED_VARIABLES)
+        variables = self.variables(request_variables)
         if self._native is not None:
             try:
                 return self._native(messages, tools, variables)

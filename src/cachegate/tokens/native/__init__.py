@@ -1,0 +1,65 @@
+"""Chat templates reproduced in plain Python, for the templates most requests go through.
+
+A jinja template walks every message of the conversation on every count; at a few hundred
+messages that is tens of milliseconds, and it is the whole cost of counting a conversation
+whose prefix is already tokenized (``pieces.py``). The same text built with string operations
+takes a fraction of a millisecond.
+
+A native template stands in for one template — Qwen3's, and gpt-oss's (whose header jinja
+still renders) — recognized by the SHA-256 of its source: any other text, a template edited
+by one character, is rendered by jinja. It offers two things:
+
+- rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
+  prepares it, marks included, for the sentinel method (``counter.py``);
+- ``lay_out``: for the request shapes agent traffic has (``plain.py``), the text and where
+  each block's text ends, written in one pass — no marked rendering, no search for marks.
+
+Each raises ``Unsupported`` for what it does not reproduce: jinja renders it, or the sentinel
+method counts it. tests/tokens/test_native_templates.py holds renderings to the template's
+jinja rendering, and layouts to the sentinel method's boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from cachegate.core.types import BlockRef
+from cachegate.tokens.native.gpt_oss import GptOssTemplate
+from cachegate.tokens.native.plain import LaidOutPrompt
+from cachegate.tokens.native.qwen3 import Qwen3Template, render_qwen3
+from cachegate.tokens.template import compile_template
+
+__all__ = ["GptOssTemplate", "LaidOutPrompt", "NativeTemplate", "Qwen3Template", "native_template", "render_qwen3"]
+
+
+class NativeTemplate(Protocol):
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        variables: Mapping[str, Any],
+    ) -> str:
+        """The rendering of a prepared conversation, with the generation prompt."""
+
+    def lay_out(
+        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+    ) -> LaidOutPrompt:
+        """The rendering of a request and where each of its ``blocks`` ends in it."""
+
+
+def native_template(source: str) -> NativeTemplate | None:
+    """The native template of ``source``, if there is one for exactly this text."""
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    if digest == _QWEN3_SHA256:
+        return Qwen3Template()
+    if digest == _GPT_OSS_SHA256:
+        return GptOssTemplate(compile_template(source))
+    return None
+
+
+# Qwen3 (every size of the release), the template the shipped tokenizer_config.json holds.
+_QWEN3_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"
+# gpt-oss-20b and gpt-oss-120b, as published with the models.
+_GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"

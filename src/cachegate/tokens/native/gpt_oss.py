@@ -1,0 +1,333 @@
+"""gpt-oss's chat template (openai/gpt-oss-20b and -120b): the header by the template itself,
+the conversation in Python.
+
+The header — system message, developer instructions, the tools as a TypeScript namespace —
+depends on the tools, the first message and the variables only; jinja renders it from a
+one-message conversation. The conversation is where jinja spends its time: for each
+assistant tool call it looks through every later message for a final answer, which makes
+the template quadratic in the number of messages; here that is one pass from the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import orjson
+
+from cachegate.core.types import BlockRef
+from cachegate.tokens import template as template_module
+from cachegate.tokens.base import TokenCountError
+from cachegate.tokens.conversation import prepare_chat, prepared_call
+from cachegate.tokens.marks import mark, mark_delimiters, mark_pattern, marked_end
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, plain_request
+from cachegate.tokens.template import Unsupported, tojson
+
+
+class GptOssTemplate:
+    """The gpt-oss template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
+
+    def __init__(self, template: jinja2.Template) -> None:
+        self._template = template
+        self._headers: OrderedDict[bytes, _HeaderLayout] = OrderedDict()
+        self._headers_lock = threading.Lock()
+
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        variables: Mapping[str, Any],
+    ) -> str:
+        if not messages or not all(
+            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
+            for message in messages
+        ):
+            raise Unsupported("messages must be dicts with string roles and contents")
+        out = [self._header(messages[0], tools, variables)]
+        conversation = messages[1:] if messages[0]["role"] in ("developer", "system") else messages
+        # final_later[i]: an assistant message without tool calls comes after message i.
+        final_later = [False] * len(conversation)
+        seen_final = False
+        for index in range(len(conversation) - 1, -1, -1):
+            final_later[index] = seen_final
+            message = conversation[index]
+            seen_final = seen_final or (message["role"] == "assistant" and "tool_calls" not in message)
+        last_call: str | None = None
+        for index, message in enumerate(conversation):
+            role, content = message["role"], message["content"]
+            if role == "assistant":
+                thinking = _gpt_oss_checked(message)
+                if "tool_calls" in message:
+                    name = _gpt_oss_call(out, message, content, thinking, final_later[index])
+                    last_call = name
+                else:
+                    out.append("<|start|>assistant<|channel|>final<|message|>" + content + "<|end|>")
+                    last_call = None
+            elif role == "tool":
+                if last_call is None:
+                    raise Unsupported("a tool message with no tool call before it: the template refuses it")
+                out.append(
+                    "<|start|>functions."
+                    + last_call
+                    + " to=assistant<|channel|>commentary<|message|>"
+                    + tojson(content)
+                    + "<|end|>"
+                )
+            elif role == "user":
+                out.append("<|start|>user<|message|>" + content + "<|end|>")
+        out.append("<|start|>assistant")
+        return "".join(out)
+
+    def lay_out(
+        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+    ) -> LaidOutPrompt:
+        request = plain_request(body, blocks, content_join)
+        messages = request.messages
+        if not messages:
+            raise Unsupported("the template needs a message")
+        header = self._header_layout(body, blocks, request.tools, messages[0], content_join, variables)
+        parts = [header.text]
+        ends = list(header.ends)
+        dropped = set(header.dropped)
+        length = len(header.text)
+
+        def write(text: str) -> None:
+            nonlocal length
+            parts.append(text)
+            length += len(text)
+
+        conversation = messages[1:] if header.holds_first else messages
+        final_later = [False] * len(conversation)
+        seen_final = False
+        for position in range(len(conversation) - 1, -1, -1):
+            final_later[position] = seen_final
+            message = conversation[position]
+            seen_final = seen_final or (message.role == "assistant" and not message.calls)
+        last_call: str | None = None
+        for position, message in enumerate(conversation):
+            role, content = message.role, message.content
+            if role == "assistant":
+                thinking = _plain_thinking(message)
+                if message.calls:
+                    if content and thinking:
+                        raise Unsupported("both content and thinking with tool calls: the template refuses it")
+                    if (content or thinking) and not final_later[position]:
+                        write("<|start|>assistant<|channel|>analysis<|message|>")
+                        if content:
+                            ends.extend((block, length + end) for block, end in message.text_ends)
+                            write(content)
+                        else:
+                            write(thinking or "")
+                        write("<|end|>")
+                    else:
+                        dropped.update(block for block, _ in message.text_ends)
+                    (block, call), *others = message.calls
+                    dropped.update(other for other, _ in others)  # the template writes the first call only
+                    name, arguments, end = _call_layout(call)
+                    write("<|start|>assistant to=functions." + name + "<|channel|>commentary json<|message|>")
+                    ends.append((block, length + end))
+                    write(arguments + "<|call|>")
+                    last_call = name
+                else:
+                    write("<|start|>assistant<|channel|>final<|message|>")
+                    ends.extend((block, length + end) for block, end in message.text_ends)
+                    write(content + "<|end|>")
+                    last_call = None
+            elif role == "tool":
+                if last_call is None:
+                    raise Unsupported("a tool message with no tool call before it: the template refuses it")
+                write("<|start|>functions." + last_call + " to=assistant<|channel|>commentary<|message|>")
+                # tojson escapes character by character: a text that ends at e in the content ends
+                # where the JSON of content[:e] ends, before its closing quote.
+                ends.extend((block, length + len(tojson(content[:end])) - 1) for block, end in message.text_ends)
+                write(tojson(content) + "<|end|>")
+            elif role == "user":
+                write("<|start|>user<|message|>")
+                ends.extend((block, length + end) for block, end in message.text_ends)
+                write(content + "<|end|>")
+            else:
+                dropped.update(block for block, _ in message.text_ends)  # a later system or developer message
+        write("<|start|>assistant")
+        return LaidOutPrompt(text="".join(parts), ends=ends, dropped=frozenset(dropped), images=request.images)
+
+    def _header_layout(
+        self,
+        body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        tools: list[tuple[int, Any]] | None,
+        first: PlainMessage,
+        content_join: str,
+        variables: Mapping[str, Any],
+    ) -> _HeaderLayout:
+        """The header and where its blocks end, remembered: every turn of a conversation renders it again."""
+        holds_first = first.role in ("developer", "system")
+        raw_first = body["messages"][0] if holds_first else _GPT_OSS_PROBE
+        today = template_module.strftime_now("%Y-%m-%d")  # the template writes today's date
+        try:
+            key = orjson.dumps([body.get("tools"), raw_first, variables, today])
+        except TypeError as exc:
+            raise Unsupported("a header of values that are not JSON") from exc
+        with self._headers_lock:
+            known = self._headers.get(key)
+            if known is not None:
+                self._headers.move_to_end(key)
+                return known
+        header_blocks = [block for block, _ in tools or ()]
+        if holds_first:
+            header_blocks.extend(block for block, _ in first.text_ends)
+        header_body = {"messages": [raw_first], "tools": body.get("tools")}
+        text, ends = self._marked_header(header_body, blocks, header_blocks, content_join, variables)
+        written = {block for block, _ in ends}
+        layout = _HeaderLayout(text, ends, frozenset(set(header_blocks) - written), holds_first)
+        with self._headers_lock:
+            self._headers[key] = layout
+            while len(self._headers) > _REMEMBERED_HEADERS:
+                self._headers.popitem(last=False)
+        return layout
+
+    def _marked_header(
+        self,
+        header_body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        header_blocks: list[int],
+        content_join: str,
+        variables: Mapping[str, Any],
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The sentinel method on the header alone, tools marked at their description."""
+        try:
+            clean_chat = prepare_chat(header_body, content_join)
+            clean = self._header(clean_chat.messages[0], clean_chat.tools, variables)
+        except (TokenCountError, jinja2.TemplateError) as exc:
+            raise Unsupported("a header the sentinel method decides on") from exc
+        delimiters = mark_delimiters(clean)
+        if delimiters is None:
+            raise Unsupported("no marks for this header")
+        marks = {blocks[block]: mark(delimiters, n) for n, block in enumerate(header_blocks)}
+        try:
+            marked_chat = prepare_chat(header_body, content_join, marks, False, True)
+            marked = self._header(marked_chat.messages[0], marked_chat.tools, variables)
+        except (TokenCountError, jinja2.TemplateError) as exc:
+            raise Unsupported("a header the sentinel method decides on") from exc
+        ends: list[tuple[int, int]] = []
+        pieces: list[str] = []
+        position = removed = 0  # removed: the length of the marks before this one
+        for found in mark_pattern(delimiters).finditer(marked):
+            pieces.append(marked[position : found.start()])
+            ends.append((header_blocks[int(found.group(1))], found.start() - removed))
+            removed += found.end() - found.start()
+            position = found.end()
+        pieces.append(marked[position:])
+        if "".join(pieces) != clean:
+            raise Unsupported("marks change the header")
+        return clean, ends
+
+    def _header(
+        self, first: Mapping[str, Any], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+    ) -> str:
+        """The system and developer messages, as the template renders them before the conversation."""
+        if first["role"] in ("developer", "system"):
+            return self._render([first], tools, variables)
+        # The header is the same whatever the first message is; a user message then follows it.
+        rendered = self._render([_GPT_OSS_PROBE], tools, variables)
+        if not rendered.endswith(_GPT_OSS_PROBE_RENDERED):
+            raise Unsupported("the header could not be told apart from the conversation")
+        return rendered[: -len(_GPT_OSS_PROBE_RENDERED)]
+
+    def _render(
+        self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+    ) -> str:
+        return self._template.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=False, **variables
+        )
+
+
+_GPT_OSS_PROBE = {"role": "user", "content": ""}
+_GPT_OSS_PROBE_RENDERED = "<|start|>user<|message|><|end|>"
+_GPT_OSS_CHANNEL_TAGS = ("<|channel|>analysis<|message|>", "<|channel|>final<|message|>")
+
+
+def _gpt_oss_checked(message: Mapping[str, Any]) -> str | None:
+    """The assistant's thinking, after the template's checks (which raise: jinja then says why)."""
+    if any(tag in message["content"] for tag in _GPT_OSS_CHANNEL_TAGS):
+        raise Unsupported("channel tags in the content: the template refuses it")
+    thinking = message.get("thinking")
+    if "thinking" in message and (type(thinking) is not str or any(tag in thinking for tag in _GPT_OSS_CHANNEL_TAGS)):
+        raise Unsupported("the thinking is not a string free of channel tags")
+    return thinking
+
+
+def _gpt_oss_call(
+    out: list[str], message: Mapping[str, Any], content: str, thinking: str | None, final_later: bool
+) -> str:
+    """Write an assistant turn with tool calls (only the first call is rendered); its function's name."""
+    calls = message["tool_calls"]
+    if type(calls) is not list or not calls or type(calls[0]) is not dict:
+        raise Unsupported("tool_calls must be a list of objects")
+    call = calls[0]
+    function = call.get("function")
+    tool_call = function if function else call
+    if type(tool_call) is not dict or type(tool_call.get("name")) is not str or "arguments" not in tool_call:
+        raise Unsupported("a tool call needs a string name and its arguments")
+    content_type = tool_call.get("content_type", "json")
+    if type(content_type) is not str:
+        raise Unsupported("content_type must be a string")
+    if content and thinking:
+        raise Unsupported("both content and thinking with tool calls: the template refuses it")
+    if content and not final_later:
+        out.append("<|start|>assistant<|channel|>analysis<|message|>" + content + "<|end|>")
+    elif thinking and not final_later:
+        out.append("<|start|>assistant<|channel|>analysis<|message|>" + thinking + "<|end|>")
+    name: str = tool_call["name"]
+    out.append("<|start|>assistant to=")
+    out.append("functions." + name + "<|channel|>commentary ")
+    out.append(content_type + "<|message|>")
+    out.append(tojson(tool_call["arguments"]))
+    out.append("<|call|>")
+    return name
+
+
+_REMEMBERED_HEADERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderLayout:
+    text: str
+    ends: list[tuple[int, int]]
+    dropped: frozenset[int]
+    holds_first: bool  # the first message is the system or developer message the header writes
+
+
+def _plain_thinking(message: PlainMessage) -> str | None:
+    """The assistant's thinking (the request's ``reasoning``), after the template's checks."""
+    if any(tag in message.content for tag in _GPT_OSS_CHANNEL_TAGS):
+        raise Unsupported("channel tags in the content: the template refuses it")
+    thinking = message.source.get("reasoning")
+    if thinking is not None and (type(thinking) is not str or any(tag in thinking for tag in _GPT_OSS_CHANNEL_TAGS)):
+        raise Unsupported("the thinking is not a string free of channel tags")
+    return thinking
+
+
+def _call_layout(call: Any) -> tuple[str, str, int]:
+    """A call's name, its arguments as the template writes them, and where its block ends in those."""
+    function = call.get("function") if type(call) is dict else None
+    if type(function) is not dict or function.keys() != {"name", "arguments"}:
+        raise Unsupported("a call other than a function's name and arguments")
+    name, arguments = function["name"], function["arguments"]
+    if type(name) is not str or type(arguments) is not str:
+        raise Unsupported("a call whose name or arguments are not strings")
+    return (name, *_arguments_layout(name, arguments))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _arguments_layout(name: str, arguments: str) -> tuple[str, int]:
+    """Remembered: an agent conversation sends each of its calls again on every turn."""
+    call = {"function": {"name": name, "arguments": arguments}}
+    located = marked_end(lambda one_mark: tojson(prepared_call(call, one_mark)["function"]["arguments"]))
+    if located is None:  # arguments without a string: the mark is on the name, which the template writes twice
+        raise Unsupported("a call whose mark is not in its arguments")
+    return located

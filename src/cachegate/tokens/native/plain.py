@@ -1,0 +1,135 @@
+"""The common request shapes, read straight from the body for direct layouts.
+
+A direct layout (``LaidOutPrompt``) writes the rendering and notes where each block's text
+ends as it goes, instead of rendering twice and searching for marks. It reads the request as
+``conversation.py`` prepares it, but only in the shapes agent traffic has — string roles,
+string content or text and image parts, tool calls of assistants, tools — and raises
+``Unsupported`` for anything else, which the sentinel method then counts. Within those shapes
+a block's text ends where the sentinel method would put its mark (tests hold the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachegate.core.types import BlockKind, BlockRef
+from cachegate.tokens.template import Unsupported
+
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
+
+
+@dataclass(frozen=True, slots=True)
+class LaidOutPrompt:
+    """A clean rendering and where, in it, each block's text ends."""
+
+    text: str
+    ends: list[tuple[int, int]]
+    """(block, offset just past its text), in text order; a block the template renders twice is there twice."""
+    dropped: frozenset[int]
+    """Blocks with text of their own that the template left out."""
+    images: list[int]
+    """The blocks that are images, in order (each costs the configured image tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlainMessage:
+    """One message: its content as the template sees it, and its blocks."""
+
+    index: int
+    role: str
+    content: str  # the text parts joined
+    text_ends: list[tuple[int, int]]  # (block, offset in ``content`` just past its text), for parts with text
+    calls: list[tuple[int, Mapping[str, Any]]]  # (block, the call as sent)
+    source: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRequest:
+    tools: list[tuple[int, Any]] | None  # (block, the tool as sent); None when the request has no tools
+    messages: list[PlainMessage]
+    images: list[int]
+
+
+def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str) -> PlainRequest:
+    """The request's messages and tools with their blocks, or ``Unsupported``.
+
+    ``blocks`` are the request's blocks in order (tools, then each message's parts and calls).
+    """
+    raw_messages = body.get("messages")
+    raw_tools = body.get("tools")
+    if type(raw_messages) is not list or not (raw_tools is None or type(raw_tools) is list):
+        raise Unsupported("messages must be a list, tools a list or absent")
+    position = 0
+    tools: list[tuple[int, Any]] | None = None
+    if raw_tools is not None:
+        tools = []
+        for k, tool in enumerate(raw_tools):
+            _expect(blocks, position, BlockKind.TOOL, None, k)
+            tools.append((position, tool))
+            position += 1
+    messages: list[PlainMessage] = []
+    images: list[int] = []
+    for i, message in enumerate(raw_messages):
+        if type(message) is not dict or type(message.get("role")) is not str:
+            raise Unsupported("a message is not an object with a string role")
+        content = message.get("content")
+        first_block = position
+        if type(content) is str:
+            _expect(blocks, position, BlockKind.PART, i, 0)
+            text_ends = [(position, len(content))] if content and not content.isspace() else []
+            position += 1
+        elif content is None or type(content) is list:
+            content, text_ends, position = _joined_parts(content or [], blocks, position, i, content_join, images)
+        else:
+            raise Unsupported("content must be a string, a list of parts or null")
+        calls: list[tuple[int, Mapping[str, Any]]] = []
+        raw_calls = message.get("tool_calls")
+        if raw_calls:
+            if message["role"] != "assistant" or type(raw_calls) is not list:
+                raise Unsupported("tool calls must be a list on an assistant message")
+            for k, call in enumerate(raw_calls):
+                _expect(blocks, position, BlockKind.TOOL_CALL, i, k)
+                calls.append((position, call))
+                position += 1
+        if position == first_block:  # no parts and no calls: the message is a header block
+            _expect(blocks, position, BlockKind.HEADER, i, None)
+            position += 1
+        messages.append(PlainMessage(i, message["role"], content, text_ends, calls, message))
+    if position != len(blocks):
+        raise Unsupported("the blocks do not follow the request")
+    return PlainRequest(tools, messages, images)
+
+
+def _joined_parts(
+    parts: list[Any], blocks: Sequence[BlockRef], position: int, message: int, join: str, images: list[int]
+) -> tuple[str, list[tuple[int, int]], int]:
+    texts: list[str] = []
+    text_ends: list[tuple[int, int]] = []
+    length = 0
+    for j, part in enumerate(parts):
+        _expect(blocks, position, BlockKind.PART, message, j)
+        part_type = part.get("type") if type(part) is dict else None
+        if part_type == "text" and type(part.get("text")) is str:
+            text = part["text"]
+            if texts:
+                length += len(join)
+            texts.append(text)
+            length += len(text)
+            if text and not text.isspace():
+                text_ends.append((position, length))
+        elif part_type in _IMAGE_PART_TYPES:
+            images.append(position)
+        else:
+            raise Unsupported("content parts other than text and images")
+        position += 1
+    return join.join(texts), text_ends, position
+
+
+def _expect(blocks: Sequence[BlockRef], position: int, kind: BlockKind, message: int | None, index: int | None) -> None:
+    if position >= len(blocks):
+        raise Unsupported("the blocks do not follow the request")
+    ref = blocks[position]
+    if ref.kind is not kind or ref.message != message or ref.index != index:
+        raise Unsupported("the blocks do not follow the request")

@@ -1,0 +1,279 @@
+"""Qwen3's chat template (Qwen/Qwen3-*, tokenizer_config.json) in plain Python.
+
+``render_qwen3`` renders a prepared conversation as the template does. ``Qwen3Template.lay_out``
+writes the same text straight from the request in its common shapes and notes where each
+block's text ends, with no marked rendering to search (``plain.py``). Both give way
+(``Unsupported``) outside what they reproduce.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cachegate.core.types import BlockRef
+from cachegate.tokens.base import TokenCountError
+from cachegate.tokens.conversation import prepared_call, prepared_tool
+from cachegate.tokens.marks import marked_end
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, plain_request
+from cachegate.tokens.template import Unsupported, tojson
+
+_QWEN3_TOOLS_HEAD = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_QWEN3_TOOLS_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+    "</tool_call><|im_end|>\n"
+)
+_MISSING = object()
+
+
+def render_qwen3(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+) -> str:
+    """Qwen3's chat template (Qwen/Qwen3-*, tokenizer_config.json), with the generation prompt."""
+    if not messages or not all(
+        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
+        for message in messages
+    ):
+        raise Unsupported("messages must be dicts with string roles and contents")
+    out: list[str] = []
+    first = messages[0]
+    if tools:
+        out.append("<|im_start|>system\n")
+        if first["role"] == "system":
+            out.append(first["content"] + "\n\n")
+        out.append(_QWEN3_TOOLS_HEAD)
+        for tool in tools:
+            out.append("\n")
+            out.append(tojson(tool))
+        out.append(_QWEN3_TOOLS_TAIL)
+    elif first["role"] == "system":
+        out.append("<|im_start|>system\n" + first["content"] + "<|im_end|>\n")
+
+    # The last user message that is not a tool response: reasoning is rendered after it only.
+    last_query = len(messages) - 1
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        content = message["content"]
+        if message["role"] == "user" and not (
+            content.startswith("<tool_response>") and content.endswith("</tool_response>")
+        ):
+            last_query = index
+            break
+
+    last = len(messages) - 1
+    for index, message in enumerate(messages):
+        role, content = message["role"], message["content"]
+        if role == "user" or (role == "system" and index != 0):
+            out.append("<|im_start|>" + role + "\n" + content + "<|im_end|>" + "\n")
+        elif role == "assistant":
+            out.append(_qwen3_assistant(message, index, index > last_query, index == last))
+        elif role == "tool":
+            if index == 0 or messages[index - 1]["role"] != "tool":
+                out.append("<|im_start|>user")
+            out.append("\n<tool_response>\n" + content + "\n</tool_response>")
+            if index == last or messages[index + 1]["role"] != "tool":
+                out.append("<|im_end|>\n")
+    out.append("<|im_start|>assistant\n")
+    if variables.get("enable_thinking", _MISSING) is False:
+        out.append("<think>\n\n</think>\n\n")
+    return "".join(out)
+
+
+def _qwen3_assistant(message: Mapping[str, Any], index: int, after_query: bool, is_last: bool) -> str:
+    role, content = message["role"], message["content"]
+    reasoning = message.get("reasoning_content")
+    if reasoning is None:
+        reasoning = ""
+        if "</think>" in content:
+            reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+            content = content.split("</think>")[-1].lstrip("\n")
+    elif type(reasoning) is not str:
+        raise Unsupported("reasoning must be a string")
+    if after_query and (is_last or reasoning):
+        text = "<|im_start|>" + role + "\n<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+    else:
+        text = "<|im_start|>" + role + "\n" + content
+    calls = message.get("tool_calls")
+    if calls:
+        if type(calls) is not list:
+            raise Unsupported("tool_calls must be a list")
+        parts = [text]
+        for position, call in enumerate(calls):
+            if position > 0 or content:
+                parts.append("\n")
+            parts.append(_qwen3_call(call))
+        text = "".join(parts)
+    return text + "<|im_end|>\n"
+
+
+def _qwen3_call(call: Any) -> str:
+    """One tool call as the template writes it."""
+    function = call.get("function") if type(call) is dict else None
+    if type(function) is not dict or not function or "arguments" not in function:
+        raise Unsupported("a tool call must hold a function object with its arguments")
+    name = function.get("name", _MISSING)
+    arguments = function["arguments"]
+    return (
+        '<tool_call>\n{"name": "'
+        + ("" if name is _MISSING else _as_output(name))
+        + '", "arguments": '
+        + (arguments if type(arguments) is str else tojson(arguments))
+        + "}\n</tool_call>"
+    )
+
+
+def _as_output(value: Any) -> str:
+    """What ``{{ value }}`` writes: ``str(value)`` (None as "None"), as jinja does without a finalize."""
+    if type(value) not in (str, int, float, bool) and value is not None:
+        raise Unsupported("only plain values are written as jinja writes them")
+    return str(value)
+
+
+class Qwen3Template:
+    """The Qwen3 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
+
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        variables: Mapping[str, Any],
+    ) -> str:
+        return render_qwen3(messages, tools, variables)
+
+    def lay_out(
+        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+    ) -> LaidOutPrompt:
+        request = plain_request(body, blocks, content_join)
+        messages = request.messages
+        if not messages:
+            raise Unsupported("the template needs a message")
+        out = _Writer()
+        first = messages[0]
+        if request.tools:
+            out.write("<|im_start|>system\n")
+            if first.role == "system":
+                out.write_content(first.content, first.text_ends)
+                out.write("\n\n")
+            out.write(_QWEN3_TOOLS_HEAD)
+            for block, tool in request.tools:
+                out.write("\n")
+                text, end = _tool_layout(tool)
+                out.write_text_ending(text, block, end)
+            out.write(_QWEN3_TOOLS_TAIL)
+        elif first.role == "system":
+            out.write("<|im_start|>system\n")
+            out.write_content(first.content, first.text_ends)
+            out.write("<|im_end|>\n")
+
+        last_query = len(messages) - 1
+        for message in reversed(messages):
+            if message.role == "user":
+                if message.content.startswith("<tool_response>"):
+                    # A mark at its end would hide what the template looks for: the sentinel method decides.
+                    raise Unsupported("a user message that may be a tool response")
+                last_query = message.index
+                break
+        last = len(messages) - 1
+        for message in messages:
+            role, index = message.role, message.index
+            if role == "user" or (role == "system" and index != 0):
+                out.write("<|im_start|>" + role + "\n")
+                out.write_content(message.content, message.text_ends)
+                out.write("<|im_end|>\n")
+            elif role == "assistant":
+                _lay_out_assistant(out, message, index > last_query, index == last)
+            elif role == "tool":
+                if index == 0 or messages[index - 1].role != "tool":
+                    out.write("<|im_start|>user")
+                out.write("\n<tool_response>\n")
+                out.write_content(message.content, message.text_ends)
+                out.write("\n</tool_response>")
+                if index == last or messages[index + 1].role != "tool":
+                    out.write("<|im_end|>\n")
+            elif role != "system":
+                raise Unsupported("a role the template leaves out")
+        out.write("<|im_start|>assistant\n")
+        if variables.get("enable_thinking", _MISSING) is False:
+            out.write("<think>\n\n</think>\n\n")
+        return LaidOutPrompt(text="".join(out.parts), ends=out.ends, dropped=frozenset(), images=request.images)
+
+
+class _Writer:
+    """The rendering as it is written, and where each block's text ends in it."""
+
+    __slots__ = ("ends", "length", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ends: list[tuple[int, int]] = []
+        self.length = 0
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+
+    def write_content(self, content: str, text_ends: list[tuple[int, int]], skipped: int = 0) -> None:
+        """Write ``content[skipped:]``; its text blocks end where they end in ``content``."""
+        start = self.length - skipped
+        self.ends.extend((block, start + end) for block, end in text_ends)
+        self.write(content[skipped:] if skipped else content)
+
+    def write_text_ending(self, text: str, block: int, end: int) -> None:
+        self.ends.append((block, self.length + end))
+        self.write(text)
+
+
+def _lay_out_assistant(out: _Writer, message: PlainMessage, after_query: bool, is_last: bool) -> None:
+    content = message.content
+    reasoning = message.source.get("reasoning")
+    if "</think>" in content or not (reasoning is None or type(reasoning) is str):
+        raise Unsupported("reasoning the template splits out of the content")
+    if after_query and (is_last or reasoning):
+        out.write("<|im_start|>assistant\n<think>\n" + (reasoning or "").strip("\n") + "\n</think>\n\n")
+        out.write_content(content, message.text_ends, len(content) - len(content.lstrip("\n")))
+    else:
+        out.write("<|im_start|>assistant\n")
+        out.write_content(content, message.text_ends)
+    for position, (block, call) in enumerate(message.calls):
+        if position > 0 or content:
+            out.write("\n")
+        text, end = _call_layout(call)
+        out.write_text_ending(text, block, end)
+    out.write("<|im_end|>\n")
+
+
+def _tool_layout(tool: Any) -> tuple[str, int]:
+    """A tool's JSON as the template writes it, and where its block ends in it (its mark's place)."""
+    try:
+        located = marked_end(lambda one_mark: tojson(prepared_tool(tool, one_mark)))
+    except (TokenCountError, TypeError, ValueError) as exc:
+        raise Unsupported("a tool the sentinel method decides on") from exc
+    if located is None:
+        raise Unsupported("a tool whose mark is not found")
+    return located
+
+
+def _call_layout(call: Any) -> tuple[str, int]:
+    """A tool call as the template writes it, and where its block ends in it."""
+    function = call.get("function") if type(call) is dict else None
+    if type(function) is not dict or function.keys() != {"name", "arguments"}:
+        raise Unsupported("a call other than a function's name and arguments")
+    name, arguments = function["name"], function["arguments"]
+    if type(name) is not str or type(arguments) is not str:
+        raise Unsupported("a call whose name or arguments are not strings")
+    return _named_call_layout(name, arguments)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _named_call_layout(name: str, arguments: str) -> tuple[str, int]:
+    """Remembered: an agent conversation sends each of its calls again on every turn."""
+    call = {"function": {"name": name, "arguments": arguments}}
+    located = marked_end(lambda one_mark: _qwen3_call(prepared_call(call, one_mark)))
+    if located is None:
+        raise Unsupported("a call whose mark is not found")
+    return located
