@@ -25,7 +25,7 @@ from cachegate.tokens import template as template_module
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat, prepared_call
 from cachegate.tokens.marks import mark, mark_delimiters, mark_pattern, marked_end
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, plain_request
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
 
@@ -91,18 +91,12 @@ class GptOssTemplate:
         if not messages:
             raise Unsupported("the template needs a message")
         header = self._header_layout(body, blocks, request.tools, messages[0], content_join, variables)
-        parts = [header.text]
-        ends = list(header.ends)
+        out = TextWriter()
+        out.write_content(header.text, header.ends)
         dropped = set(header.dropped)
-        length = len(header.text)
-
-        def write(text: str) -> None:
-            nonlocal length
-            parts.append(text)
-            length += len(text)
-
+        write = out.write
         conversation = messages[1:] if header.holds_first else messages
-        final_later = [False] * len(conversation)
+        final_later = [False] * len(conversation)  # an assistant message without tool calls comes later
         seen_final = False
         for position in range(len(conversation) - 1, -1, -1):
             final_later[position] = seen_final
@@ -119,8 +113,7 @@ class GptOssTemplate:
                     if (content or thinking) and not final_later[position]:
                         write("<|start|>assistant<|channel|>analysis<|message|>")
                         if content:
-                            ends.extend((block, length + end) for block, end in message.text_ends)
-                            write(content)
+                            out.write_content(content, message.text_ends)
                         else:
                             write(thinking or "")
                         write("<|end|>")
@@ -130,13 +123,12 @@ class GptOssTemplate:
                     dropped.update(other for other, _ in others)  # the template writes the first call only
                     name, arguments, end = _call_layout(call)
                     write("<|start|>assistant to=functions." + name + "<|channel|>commentary json<|message|>")
-                    ends.append((block, length + end))
-                    write(arguments + "<|call|>")
+                    out.write_ending(arguments + "<|call|>", block, end)
                     last_call = name
                 else:
                     write("<|start|>assistant<|channel|>final<|message|>")
-                    ends.extend((block, length + end) for block, end in message.text_ends)
-                    write(content + "<|end|>")
+                    out.write_content(content, message.text_ends)
+                    write("<|end|>")
                     last_call = None
             elif role == "tool":
                 if last_call is None:
@@ -144,16 +136,16 @@ class GptOssTemplate:
                 write("<|start|>functions." + last_call + " to=assistant<|channel|>commentary<|message|>")
                 # tojson escapes character by character: a text that ends at e in the content ends
                 # where the JSON of content[:e] ends, before its closing quote.
-                ends.extend((block, length + len(tojson(content[:end])) - 1) for block, end in message.text_ends)
+                out.note_ends(message.text_ends, lambda end, content=content: len(tojson(content[:end])) - 1)
                 write(tojson(content) + "<|end|>")
             elif role == "user":
                 write("<|start|>user<|message|>")
-                ends.extend((block, length + end) for block, end in message.text_ends)
-                write(content + "<|end|>")
+                out.write_content(content, message.text_ends)
+                write("<|end|>")
             else:
                 dropped.update(block for block, _ in message.text_ends)  # a later system or developer message
         write("<|start|>assistant")
-        return LaidOutPrompt(text="".join(parts), ends=ends, dropped=frozenset(dropped), images=request.images)
+        return out.laid_out(frozenset(dropped), request.images)
 
     def _header_layout(
         self,

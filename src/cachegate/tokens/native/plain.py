@@ -10,7 +10,8 @@ a block's text ends where the sentinel method would put its mark (tests hold the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class LaidOutPrompt:
     """The blocks that are images, in order (each costs the configured image tokens)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlainMessage:
     """One message: its content as the template sees it, and its blocks."""
 
@@ -45,7 +46,7 @@ class PlainMessage:
     source: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlainRequest:
     tools: list[tuple[int, Any]] | None  # (block, the tool as sent); None when the request has no tools
     messages: list[PlainMessage]
@@ -133,3 +134,40 @@ def _expect(blocks: Sequence[BlockRef], position: int, kind: BlockKind, message:
     ref = blocks[position]
     if ref.kind is not kind or ref.message != message or ref.index != index:
         raise Unsupported("the blocks do not follow the request")
+
+
+class TextWriter:
+    """A rendering written piece by piece, and where each block's text ends in it.
+
+    ``write`` is the parts list's own ``append``, and an end is noted as (block, the part it
+    lies in, its offset there): offsets are made absolute once, at the end, at C speed. A
+    layout writes a few thousand strings; a Python method per string cost as much again.
+    """
+
+    __slots__ = ("_ends", "_parts", "write")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._ends: list[tuple[int, int, int]] = []
+        self.write = self._parts.append
+
+    def write_content(self, content: str, text_ends: list[tuple[int, int]], skipped: int = 0) -> None:
+        """Write ``content[skipped:]``; its text blocks end where they end in ``content``."""
+        part = len(self._parts)
+        self._ends.extend((block, part, end - skipped) for block, end in text_ends)
+        self.write(content[skipped:] if skipped else content)
+
+    def write_ending(self, text: str, block: int, end: int) -> None:
+        """Write ``text``, in which ``block``'s text ends at ``end``."""
+        self._ends.append((block, len(self._parts), end))
+        self.write(text)
+
+    def note_ends(self, text_ends: list[tuple[int, int]], ends_in: Callable[[int], int]) -> None:
+        """Note the ends of blocks in the part written next, placed there by ``ends_in``."""
+        part = len(self._parts)
+        self._ends.extend((block, part, ends_in(end)) for block, end in text_ends)
+
+    def laid_out(self, dropped: frozenset[int], images: list[int]) -> LaidOutPrompt:
+        starts = [0, *itertools.accumulate(map(len, self._parts))]
+        ends = [(block, starts[part] + offset) for block, part, offset in self._ends]
+        return LaidOutPrompt(text="".join(self._parts), ends=ends, dropped=dropped, images=images)

@@ -16,7 +16,7 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepared_call, prepared_tool
 from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, plain_request
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
 _QWEN3_TOOLS_HEAD = (
@@ -152,7 +152,7 @@ class Qwen3Template:
         messages = request.messages
         if not messages:
             raise Unsupported("the template needs a message")
-        out = _Writer()
+        out = TextWriter()
         first = messages[0]
         if request.tools:
             out.write("<|im_start|>system\n")
@@ -163,7 +163,7 @@ class Qwen3Template:
             for block, tool in request.tools:
                 out.write("\n")
                 text, end = _tool_layout(tool)
-                out.write_text_ending(text, block, end)
+                out.write_ending(text, block, end)
             out.write(_QWEN3_TOOLS_TAIL)
         elif first.role == "system":
             out.write("<|im_start|>system\n")
@@ -200,35 +200,10 @@ class Qwen3Template:
         out.write("<|im_start|>assistant\n")
         if variables.get("enable_thinking", _MISSING) is False:
             out.write("<think>\n\n</think>\n\n")
-        return LaidOutPrompt(text="".join(out.parts), ends=out.ends, dropped=frozenset(), images=request.images)
+        return out.laid_out(frozenset(), request.images)
 
 
-class _Writer:
-    """The rendering as it is written, and where each block's text ends in it."""
-
-    __slots__ = ("ends", "length", "parts")
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.ends: list[tuple[int, int]] = []
-        self.length = 0
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-        self.length += len(text)
-
-    def write_content(self, content: str, text_ends: list[tuple[int, int]], skipped: int = 0) -> None:
-        """Write ``content[skipped:]``; its text blocks end where they end in ``content``."""
-        start = self.length - skipped
-        self.ends.extend((block, start + end) for block, end in text_ends)
-        self.write(content[skipped:] if skipped else content)
-
-    def write_text_ending(self, text: str, block: int, end: int) -> None:
-        self.ends.append((block, self.length + end))
-        self.write(text)
-
-
-def _lay_out_assistant(out: _Writer, message: PlainMessage, after_query: bool, is_last: bool) -> None:
+def _lay_out_assistant(out: TextWriter, message: PlainMessage, after_query: bool, is_last: bool) -> None:
     content = message.content
     reasoning = message.source.get("reasoning")
     if "</think>" in content or not (reasoning is None or type(reasoning) is str):
@@ -243,7 +218,7 @@ def _lay_out_assistant(out: _Writer, message: PlainMessage, after_query: bool, i
         if position > 0 or content:
             out.write("\n")
         text, end = _call_layout(call)
-        out.write_text_ending(text, block, end)
+        out.write_ending(text, block, end)
     out.write("<|im_end|>\n")
 
 
