@@ -25,7 +25,7 @@ from cachegate.tokens import template as template_module
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat, prepared_call
 from cachegate.tokens.marks import mark, mark_delimiters, mark_pattern, marked_end
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_request
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_call, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
 
@@ -306,12 +306,7 @@ def _plain_thinking(message: PlainMessage) -> str | None:
 
 def _call_layout(call: Any) -> tuple[str, str, int]:
     """A call's name, its arguments as the template writes them, and where its block ends in those."""
-    function = call.get("function") if type(call) is dict else None
-    if type(function) is not dict or function.keys() != {"name", "arguments"}:
-        raise Unsupported("a call other than a function's name and arguments")
-    name, arguments = function["name"], function["arguments"]
-    if type(name) is not str or type(arguments) is not str:
-        raise Unsupported("a call whose name or arguments are not strings")
+    name, arguments = plain_call(call)
     return (name, *_arguments_layout(name, arguments))
 
 

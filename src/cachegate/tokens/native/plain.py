@@ -103,6 +103,17 @@ def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_j
     return PlainRequest(tools, messages, images)
 
 
+def plain_call(call: Any) -> tuple[str, str]:
+    """A tool call's function name and JSON arguments, when those are all it holds."""
+    function = call.get("function") if type(call) is dict else None
+    if type(function) is not dict or function.keys() != {"name", "arguments"}:
+        raise Unsupported("a call other than a function's name and arguments")
+    name, arguments = function["name"], function["arguments"]
+    if type(name) is not str or type(arguments) is not str:
+        raise Unsupported("a call whose name or arguments are not strings")
+    return name, arguments
+
+
 def _joined_parts(
     parts: list[Any], blocks: Sequence[BlockRef], position: int, message: int, join: str, images: list[int]
 ) -> tuple[str, list[tuple[int, int]], int]:

@@ -16,7 +16,7 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepared_call, prepared_tool
 from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_request
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_call, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
 _QWEN3_TOOLS_HEAD = (
@@ -235,13 +235,7 @@ def _tool_layout(tool: Any) -> tuple[str, int]:
 
 def _call_layout(call: Any) -> tuple[str, int]:
     """A tool call as the template writes it, and where its block ends in it."""
-    function = call.get("function") if type(call) is dict else None
-    if type(function) is not dict or function.keys() != {"name", "arguments"}:
-        raise Unsupported("a call other than a function's name and arguments")
-    name, arguments = function["name"], function["arguments"]
-    if type(name) is not str or type(arguments) is not str:
-        raise Unsupported("a call whose name or arguments are not strings")
-    return _named_call_layout(name, arguments)
+    return _named_call_layout(*plain_call(call))
 
 
 @functools.lru_cache(maxsize=1 << 16)
