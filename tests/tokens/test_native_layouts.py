@@ -60,6 +60,7 @@ _MARKER = st.one_of(st.just({}), st.just({"cache_control": {"type": "ephemeral"}
 _PART = st.one_of(
     st.builds(lambda text, marker: {"type": "text", "text": text, **marker}, _TEXT, _MARKER),
     st.just({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}),
+    st.just({"image_url": {"url": "data:image/png;base64,AA=="}}),  # an image part without a type
     st.just({"type": "input_audio", "input_audio": {"data": ""}}),
 )
 _CONTENT = st.one_of(_TEXT, st.none(), st.lists(_PART, max_size=3))
@@ -133,7 +134,7 @@ def _agent_conversation(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def _is_text(part: dict[str, Any]) -> bool:
-    return part["type"] == "text" and "</think>" not in part["text"] and "<|channel|>" not in part["text"]
+    return part.get("type") == "text" and "</think>" not in part["text"] and "<|channel|>" not in part["text"]
 
 
 @pytest.fixture(scope="module", autouse=True)

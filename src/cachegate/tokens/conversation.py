@@ -192,7 +192,7 @@ def _tool_skeleton(tool: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"type": tool.get("type", "function"), **rest}, shaped_function
 
 
-def _is_image_part(part: Any) -> bool:
+def is_image_part(part: Any) -> bool:
     """Whether a content part is an image (its cost is the configured tokens per image)."""
     if not isinstance(part, Mapping):
         return False
@@ -200,6 +200,12 @@ def _is_image_part(part: Any) -> bool:
     if part_type is None:
         return any(key in part for key in _IMAGE_PART_TYPES)
     return part_type in _IMAGE_PART_TYPES
+
+
+def has_own_text(text: str | None) -> bool:
+    """Whether a text part's block can be marked: whitespace alone is not, as templates that
+    trim would keep it for the mark's sake."""
+    return bool(text and not text.isspace())
 
 
 def _part_text(part: Any) -> str | None:
@@ -217,7 +223,7 @@ def _part_text(part: Any) -> str | None:
         if not isinstance(text, str):
             raise TokenCountError(f"a {part_type!r} content part has no text")
         return text
-    if _is_image_part(part):
+    if is_image_part(part):
         return None
     # Audio, video, embeddings…: the engine's token cost for them is not known here.
     kind = part_type if isinstance(part_type, str) and part_type.isidentifier() else "untyped"
@@ -378,11 +384,10 @@ def describe_blocks(body: Mapping[str, Any], refs: Sequence[BlockRef]) -> list[B
                 raise TokenCountError("a content-part block does not match the request")
             part = parts[ref.index]
             text = _part_text(part)
-            # Whitespace alone is not marked: templates that trim would keep it for the mark's sake.
-            if text and not text.isspace():
+            if has_own_text(text):
                 traits.append(_TEXT)
             else:
-                traits.append(_IMAGE if _is_image_part(part) else _NO_TEXT)
+                traits.append(_IMAGE if is_image_part(part) else _NO_TEXT)
         elif ref.kind is BlockKind.TOOL_CALL:
             calls = message.get("tool_calls")
             if not isinstance(calls, list) or ref.index is None or not 0 <= ref.index < len(calls):

@@ -51,7 +51,7 @@ from cachegate.tokens.conversation import (
     describe_blocks,
     prepare_chat,
 )
-from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, mark_pattern
+from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, without_marks
 from cachegate.tokens.native import LaidOutPrompt, native_template
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceTokenizer
 from cachegate.tokens.template import ChatTemplate, Unsupported
@@ -337,18 +337,8 @@ class ChatTokenCounter:
             rendered = self._render(chat, request_variables)
         except TokenCountError:
             return "the chat template fails when block ends are marked"
-        found: list[tuple[int, int]] = []
-        pieces: list[str] = []
-        stripped_length = 0
-        position = 0
-        for match in mark_pattern(delimiters).finditer(rendered):
-            piece = rendered[position : match.start()]
-            pieces.append(piece)
-            stripped_length += len(piece)
-            position = match.end()
-            found.append((int(match.group(1)), stripped_length))
-        pieces.append(rendered[position:])
-        if "".join(pieces) != clean:
+        text, found = without_marks(rendered, delimiters)
+        if text != clean:
             return "the chat template renders differently when block ends are marked"
         if not needed <= {n for n, _ in found}:
             return "the chat template drops the text of an asked-for block"

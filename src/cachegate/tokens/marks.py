@@ -47,12 +47,19 @@ def mark_pattern(delimiters: Delimiters) -> re.Pattern[str]:
     return re.compile(f"{opening}([0-9]+){closing}")
 
 
-def mark_offset(clean: str, marked: str, one_mark: str) -> int | None:
-    """Where ``one_mark`` sits in ``marked``, if it is there once and ``marked`` without it is ``clean``."""
-    position = marked.find(one_mark)
-    if position < 0 or marked[:position] + marked[position + len(one_mark) :] != clean:
-        return None
-    return position
+def without_marks(marked: str, delimiters: Delimiters) -> tuple[str, list[tuple[int, int]]]:
+    """``marked`` with its marks removed, and each mark as (its number, its offset there), in text order."""
+    found: list[tuple[int, int]] = []
+    pieces: list[str] = []
+    stripped_length = position = 0
+    for match in mark_pattern(delimiters).finditer(marked):
+        piece = marked[position : match.start()]
+        pieces.append(piece)
+        stripped_length += len(piece)
+        position = match.end()
+        found.append((int(match.group(1)), stripped_length))
+    pieces.append(marked[position:])
+    return "".join(pieces), found
 
 
 def marked_end(render: Callable[[str | None], str]) -> tuple[str, int] | None:
@@ -62,6 +69,5 @@ def marked_end(render: Callable[[str | None], str]) -> tuple[str, int] | None:
     delimiters = mark_delimiters(clean)
     if delimiters is None:
         return None
-    one_mark = mark(delimiters, 0)
-    end = mark_offset(clean, render(one_mark), one_mark)
-    return None if end is None else (clean, end)
+    text, found = without_marks(render(mark(delimiters, 0)), delimiters)
+    return (clean, found[0][1]) if text == clean and len(found) == 1 else None

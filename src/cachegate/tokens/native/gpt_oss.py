@@ -24,7 +24,7 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens import template as template_module
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat, prepared_call
-from cachegate.tokens.marks import mark, mark_delimiters, mark_pattern, marked_end
+from cachegate.tokens.marks import mark, mark_delimiters, marked_end, without_marks
 from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_call, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
@@ -205,17 +205,10 @@ class GptOssTemplate:
             marked = self._header(marked_chat.messages[0], marked_chat.tools, variables)
         except (TokenCountError, jinja2.TemplateError) as exc:
             raise Unsupported("a header the sentinel method decides on") from exc
-        ends: list[tuple[int, int]] = []
-        pieces: list[str] = []
-        position = removed = 0  # removed: the length of the marks before this one
-        for found in mark_pattern(delimiters).finditer(marked):
-            pieces.append(marked[position : found.start()])
-            ends.append((header_blocks[int(found.group(1))], found.start() - removed))
-            removed += found.end() - found.start()
-            position = found.end()
-        pieces.append(marked[position:])
-        if "".join(pieces) != clean:
+        text, found = without_marks(marked, delimiters)
+        if text != clean:
             raise Unsupported("marks change the header")
+        ends = [(header_blocks[n], offset) for n, offset in found]
         return clean, ends
 
     def _header(

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachegate.core.types import BlockKind, BlockRef
+from cachegate.tokens.conversation import has_own_text, is_image_part
 from cachegate.tokens.template import Unsupported
-
-_IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +78,7 @@ def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_j
         first_block = position
         if type(content) is str:
             _expect(blocks, position, BlockKind.PART, i, 0)
-            text_ends = [(position, len(content))] if content and not content.isspace() else []
+            text_ends = [(position, len(content))] if has_own_text(content) else []
             position += 1
         elif content is None or type(content) is list:
             content, text_ends, position = _joined_parts(content or [], blocks, position, i, content_join, images)
@@ -129,9 +128,9 @@ def _joined_parts(
                 length += len(join)
             texts.append(text)
             length += len(text)
-            if text and not text.isspace():
+            if has_own_text(text):
                 text_ends.append((position, length))
-        elif part_type in _IMAGE_PART_TYPES:
+        elif is_image_part(part):
             images.append(position)
         else:
             raise Unsupported("content parts other than text and images")
