@@ -9,12 +9,12 @@ the images the sentinel method gives over the template's own jinja rendering —
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_strategies import TOOL, TOOLS, VARIABLES, agent_conversation, chat_message
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from stopped_clock import stopped_clock
@@ -39,102 +39,6 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 QWEN3 = qwen3_files().chat_template
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
-
-_LOOKED_FOR = st.sampled_from(
-    [
-        "<think>",
-        "</think>",
-        "<tool_response>",
-        "</tool_response>",
-        "\n",
-        " ",
-        "¤0¦",
-        '"',
-        "\\",
-        "<|im_end|>",
-        "<|channel|>final<|message|>",
-    ]
-)
-_TEXT = st.lists(st.one_of(st.text(max_size=6), _LOOKED_FOR), max_size=5).map("".join)
-_MARKER = st.one_of(st.just({}), st.just({"cache_control": {"type": "ephemeral"}}))
-_PART = st.one_of(
-    st.builds(lambda text, marker: {"type": "text", "text": text, **marker}, _TEXT, _MARKER),
-    st.just({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}),
-    st.just({"image_url": {"url": "data:image/png;base64,AA=="}}),  # an image part without a type
-    st.just({"type": "input_audio", "input_audio": {"data": ""}}),
-)
-_CONTENT = st.one_of(_TEXT, st.none(), st.lists(_PART, max_size=3))
-_ARGUMENTS = st.one_of(
-    st.dictionaries(st.sampled_from(["path", "city", "n"]), st.one_of(_TEXT, st.integers()), max_size=2).map(
-        json.dumps
-    ),
-    st.just("{not json"),
-)
-
-
-@st.composite
-def _call(draw: st.DrawFn) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": draw(st.sampled_from(["read", "run"])), "arguments": draw(_ARGUMENTS)}
-    if draw(st.integers(0, 5)) == 0:
-        function["content_type"] = "json"
-    return {"id": "c", "type": "function", "function": function}
-
-
-@st.composite
-def _message(draw: st.DrawFn) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": draw(st.sampled_from(["system", "user", "assistant", "tool", "developer"]))}
-    if draw(st.integers(0, 5)) > 0:
-        message["content"] = draw(_CONTENT)
-    if message["role"] == "assistant":
-        if draw(st.booleans()):
-            message["reasoning"] = draw(_TEXT)
-        if draw(st.booleans()):
-            message["tool_calls"] = draw(st.lists(_call(), max_size=2))
-    if message["role"] == "tool":
-        message["tool_call_id"] = "c"
-    return message
-
-
-_TOOL = st.builds(
-    lambda name, description, required: {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": {
-                "type": "object",
-                "properties": {"path": {"type": "string", "description": "A path."}},
-                "required": required,
-            },
-        },
-    },
-    st.sampled_from(["read", "run"]),
-    _TEXT,
-    st.sampled_from([[], ["path"]]),
-)
-_TOOLS = st.one_of(st.none(), st.just([]), st.lists(_TOOL, min_size=1, max_size=2))
-_VARIABLES = st.one_of(st.none(), st.fixed_dictionaries({"enable_thinking": st.booleans()}))
-
-
-@st.composite
-def _agent_conversation(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """Well-formed agent traffic: a system prompt, a query, then tool calls each followed by their results."""
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": draw(st.one_of(_TEXT, st.lists(_PART.filter(_is_text), min_size=1, max_size=2)))},
-        {"role": "user", "content": draw(_TEXT.filter(lambda text: not text.startswith("<tool_response>")))},
-    ]
-    for _ in range(draw(st.integers(0, 4))):
-        call = {"role": "assistant", "content": draw(st.sampled_from(["", "Reading."])), "tool_calls": [draw(_call())]}
-        call["tool_calls"][0]["function"].pop("content_type", None)
-        call["tool_calls"][0]["function"]["arguments"] = json.dumps({"path": draw(_TEXT)})
-        messages.append(call)
-        result = draw(st.one_of(_TEXT, st.lists(_PART.filter(_is_text), min_size=1, max_size=2)))
-        messages.append({"role": "tool", "tool_call_id": "c", "content": result})
-    return messages
-
-
-def _is_text(part: dict[str, Any]) -> bool:
-    return part.get("type") == "text" and "</think>" not in part["text"] and "<|channel|>" not in part["text"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -198,7 +102,7 @@ def prompt_or_skip(body: dict[str, Any]) -> ParsedPrompt:
     ("native", "sentinel"), [(QWEN3_NATIVE, QWEN3_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)], ids=["qwen3", "gpt-oss"]
 )
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_message(), max_size=6), _TOOLS, _VARIABLES)
+@given(st.lists(chat_message(), max_size=6), TOOLS, VARIABLES)
 def test_a_layout_is_the_sentinel_methods_or_none(
     native: NativeTemplate, sentinel: ChatTokenCounter, messages: list[dict[str, Any]], tools: Any, variables: Any
 ) -> None:
@@ -212,7 +116,7 @@ def test_a_layout_is_the_sentinel_methods_or_none(
     ("native", "sentinel"), [(QWEN3_NATIVE, QWEN3_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)], ids=["qwen3", "gpt-oss"]
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_agent_conversation(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)), _VARIABLES)
+@given(agent_conversation(), st.one_of(st.none(), st.lists(TOOL, min_size=1, max_size=2)), VARIABLES)
 def test_agent_conversations_are_laid_out(
     native: NativeTemplate, sentinel: ChatTokenCounter, messages: list[dict[str, Any]], tools: Any, variables: Any
 ) -> None:
