@@ -50,6 +50,10 @@ class CountingPieces:
         return self._inner.cut_pattern
 
     @property
+    def cut_reach(self) -> int:
+        return self._inner.cut_reach
+
+    @property
     def identity(self) -> bytes:
         return self._inner.identity
 

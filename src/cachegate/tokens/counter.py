@@ -9,7 +9,9 @@ pieces of a prefix seen before are not tokenized again (``pieces.py``); the cumu
 at a block is the number of leading tokens that end at or before its boundary. Templates are
 rendered by jinja, or by their reproduction in Python where there is one (``native/``); for
 the request shapes agent traffic has, a native template writes the rendering and the block
-ends in one pass, with the same result and no marked rendering (``native/plain.py``).
+ends in one pass, with the same result and no marked rendering (``native/plain.py``) — and a
+grown conversation only from where the count of an earlier request of it left a checkpoint
+(``resume.py``), so that its cost follows the new messages, not the conversation's length.
 
 The boundary of block b is the end of its text. A block without text of its own (an image, an
 empty or whitespace-only text, a header-only message) is not marked; its boundary is that of the block before
@@ -53,8 +55,9 @@ from cachegate.tokens.conversation import (
 )
 from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, without_marks
 from cachegate.tokens.native import LaidOutPrompt, native_template
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceTokenizer
-from cachegate.tokens.template import ChatTemplate, Unsupported
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceCounts, PieceTokenizer
+from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES, Checkpoint, CheckpointStore, checkpoint_after
+from cachegate.tokens.template import ChatTemplate, Unsupported, request_variables_key
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
@@ -134,7 +137,8 @@ class MarkedRendering:
 class ChatTokenCounter:
     """A ``TokenCounter`` over a tokenizer's pieces and a jinja chat template, in process.
 
-    ``piece_memo_bytes`` bounds the memory of tokenized pieces (``pieces.py``).
+    ``piece_memo_bytes`` bounds the memory of tokenized pieces (``pieces.py``), ``checkpoint_bytes``
+    that of the points counts of grown conversations resume from (``resume.py``; 0: none).
     """
 
     def __init__(
@@ -144,12 +148,17 @@ class ChatTokenCounter:
         special_tokens: Mapping[str, Any],
         options: CountOptions | None = None,
         piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+        checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
     ) -> None:
         self._options = options or CountOptions()
         if self._options.image_tokens < 0:
             raise TokenizerLoadError("image_tokens must not be negative")
         self._pieces = PieceCounter(pieces, piece_memo_bytes)
+        self._cut_reach = pieces.cut_reach
         self._native = native_template(chat_template)
+        # Resuming needs a native layout to resume and cuts to resume the tokens at.
+        resumable = self._native is not None and pieces.cut_pattern is not None and checkpoint_bytes > 0
+        self._checkpoints = CheckpointStore(checkpoint_bytes) if resumable else None
         try:
             self._template = ChatTemplate(
                 chat_template, {**special_tokens, **self._options.template_kwargs}, self._native
@@ -199,35 +208,123 @@ class ChatTokenCounter:
         return self._pieces.tokenizer.count_texts(texts)
 
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        layout, boundaries = self._laid_out(body, prompt, blocks)
+        asked = _checked_blocks(prompt, blocks)
+        variables_key = request_variables_key(body) if self._checkpoints is not None else None
+        if variables_key is not None:
+            resumed = self._resumed_count(body, prompt, asked, variables_key)
+            if resumed is not None:
+                return resumed
+        keep = _last_message(body)
+        layout, boundaries = self._laid_out(body, prompt, asked, keep)
+        counted = self._count_pieces(layout.text, boundaries)
+        cumulative = self._cumulative(boundaries, counted, layout.images)
+        if variables_key is not None:
+            self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, variables_key)
+        images = len(layout.images)
+        return PromptCounts(cumulative=cumulative, total=counted.total + self._options.image_tokens * images)
+
+    def _resumed_count(
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], variables_key: bytes
+    ) -> PromptCounts | None:
+        """The count from the deepest checkpoint of this conversation that fits, or None to count from the start."""
+        assert self._checkpoints is not None
+        for block, checkpoint in self._checkpoints.deepest(prompt.prefix_hashes, variables_key):
+            counts = self._count_since(body, prompt, asked, variables_key, block, checkpoint)
+            if counts is not None:
+                return counts
+        return None
+
+    def _count_since(
+        self,
+        body: Mapping[str, Any],
+        prompt: ParsedPrompt,
+        asked: set[int],
+        variables_key: bytes,
+        block: int,
+        checkpoint: Checkpoint,
+    ) -> PromptCounts | None:
+        assert self._native is not None
+        blocks = prompt.blocks
+        if block + 1 < len(blocks) and blocks[block + 1].message == blocks[block].message:
+            return None  # the message goes on here: the rendering after it may differ
+        earlier = {asked_block for asked_block in asked if asked_block <= block}
+        if not earlier <= checkpoint.counts.keys():
+            return None
+        later = asked - earlier
         try:
-            at_offset, total = self._pieces.count(layout.text, set(boundaries.values()))
+            layout = self._native.lay_out(
+                body,
+                blocks,
+                self._options.content_join,
+                self._template.variables(_request_variables(body)),
+                since=checkpoint.resumption,
+                keep=_last_message(body),
+            )
+        except Unsupported:
+            return None
+        if later & layout.dropped:
+            raise TokenCountError("the chat template drops the text of an asked-for block")
+        ends = layout.ends if checkpoint.last_end is None else [checkpoint.last_end, *layout.ends]
+        boundaries = _prefix_boundaries(ends, later)
+        if any(offset < checkpoint.cut for offset in boundaries.values()):
+            return None  # a block with no text of its own right after the checkpoint: its count lies before the cut
+        text = checkpoint.head + layout.text
+        counted = self._count_pieces(text, boundaries, checkpoint.cut, checkpoint.tokens_before_cut)
+        cumulative = self._cumulative(boundaries, counted, layout.images, checkpoint.images)
+        cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier)
+        self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, variables_key)
+        images = checkpoint.images + len(layout.images)
+        return PromptCounts(cumulative=cumulative, total=counted.total + self._options.image_tokens * images)
+
+    def _count_pieces(
+        self, text: str, boundaries: dict[int, int], start: int = 0, tokens_before: int = 0
+    ) -> PieceCounts:
+        try:
+            return self._pieces.count_from(text, set(boundaries.values()), start, tokens_before)
         except Exception as exc:
             raise TokenCountError(f"tokenization failed: {type(exc).__name__}") from exc
+
+    def _cumulative(
+        self, boundaries: dict[int, int], counted: PieceCounts, images: list[int], images_before: int = 0
+    ) -> dict[int, int]:
         image_tokens = self._options.image_tokens
-        images = layout.images
-        cumulative = {
+        at_offset = counted.at_offset
+        return {
             # An image costs at every boundary after it.
-            block: at_offset[offset] + image_tokens * bisect.bisect_right(images, block)
+            block: at_offset[offset] + image_tokens * (images_before + bisect.bisect_right(images, block))
             for block, offset in boundaries.items()
         }
-        return PromptCounts(cumulative=cumulative, total=total + image_tokens * len(images))
+
+    def _keep_checkpoint(
+        self,
+        prompt: ParsedPrompt,
+        layout: LaidOutPrompt,
+        text: str,
+        counted: PieceCounts,
+        ends: Sequence[tuple[int, int]],
+        cumulative: dict[int, int],
+        images_before: int,
+        variables_key: bytes,
+    ) -> None:
+        assert self._checkpoints is not None
+        made = checkpoint_after(
+            prompt.blocks, layout, text, counted, ends, cumulative, images_before, variables_key, self._cut_reach
+        )
+        if made is not None:
+            block, checkpoint = made
+            self._checkpoints.keep(prompt.prefix_hashes[block], checkpoint)
 
     def render(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> MarkedRendering:
         """The clean rendering and, for each asked-for block, the offset where its prefix ends."""
-        layout, boundaries = self._laid_out(body, prompt, blocks)
+        layout, boundaries = self._laid_out(body, prompt, _checked_blocks(prompt, blocks))
         return MarkedRendering(text=layout.text, boundaries=boundaries)
 
     def _laid_out(
-        self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], keep: int | None = None
     ) -> tuple[LaidOutPrompt, dict[int, int]]:
         """The rendering, and the offset where the prefix of each asked-for block ends in it."""
-        asked = set(blocks)
-        if any(not 0 <= block < len(prompt.blocks) for block in asked):
-            raise TokenCountError("an asked-for block is not in the prompt")
-        variables = body.get("chat_template_kwargs")
-        request_variables = variables if isinstance(variables, Mapping) else None
-        layout = self._native_layout(body, prompt, request_variables)
+        request_variables = _request_variables(body)
+        layout = self._native_layout(body, prompt, request_variables, keep)
         if layout is None:  # the sentinel method counts what no native layout covers
             layout = self._sentinel_layout(body, prompt, asked, request_variables)
         if asked & layout.dropped:
@@ -235,13 +332,17 @@ class ChatTokenCounter:
         return layout, _prefix_boundaries(layout.ends, asked)
 
     def _native_layout(
-        self, body: Mapping[str, Any], prompt: ParsedPrompt, request_variables: Mapping[str, Any] | None
+        self,
+        body: Mapping[str, Any],
+        prompt: ParsedPrompt,
+        request_variables: Mapping[str, Any] | None,
+        keep: int | None,
     ) -> LaidOutPrompt | None:
         if self._native is None:
             return None
         variables = self._template.variables(request_variables)
         try:
-            return self._native.lay_out(body, prompt.blocks, self._options.content_join, variables)
+            return self._native.lay_out(body, prompt.blocks, self._options.content_join, variables, keep=keep)
         except Unsupported:
             return None
 
@@ -343,6 +444,24 @@ class ChatTokenCounter:
         if not needed <= {n for n, _ in found}:
             return "the chat template drops the text of an asked-for block"
         return found
+
+
+def _checked_blocks(prompt: ParsedPrompt, blocks: Sequence[int]) -> set[int]:
+    asked = set(blocks)
+    if any(not 0 <= block < len(prompt.blocks) for block in asked):
+        raise TokenCountError("an asked-for block is not in the prompt")
+    return asked
+
+
+def _request_variables(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    variables = body.get("chat_template_kwargs")
+    return variables if isinstance(variables, Mapping) else None
+
+
+def _last_message(body: Mapping[str, Any]) -> int | None:
+    """Where a count offers to resume: after the request's last message (the next request's prefix)."""
+    messages = body.get("messages")
+    return len(messages) - 1 if isinstance(messages, list) and messages else None
 
 
 def _prefix_boundaries(found: Sequence[tuple[int, int]], asked: set[int]) -> dict[int, int]:

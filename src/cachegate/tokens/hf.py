@@ -84,10 +84,15 @@ class HfPieces:
         cuttable = bool(added) and not any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added)
         contents = sorted({token.content for token in added}, key=len, reverse=True)
         self._cut_pattern = special_token_pattern(contents) if cuttable else None
+        self._cut_reach = max(map(len, contents), default=0)
 
     @property
     def cut_pattern(self) -> re.Pattern[str] | None:
         return self._cut_pattern
+
+    @property
+    def cut_reach(self) -> int:
+        return self._cut_reach
 
     @property
     def identity(self) -> bytes:

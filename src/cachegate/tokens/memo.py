@@ -13,10 +13,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+from cachegate.tokens.template import request_variables_key
 
 
 class MemoizedCounter:
@@ -42,7 +41,7 @@ class MemoizedCounter:
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         if any(not 0 <= block < len(prompt.prefix_hashes) for block in blocks):
             raise TokenCountError("an asked-for block is not in the prompt")
-        variables = _variables_key(body)
+        variables = request_variables_key(body)
         if variables is None:  # variables with no canonical form: count, and remember nothing
             return await self._inner.count(body, prompt, blocks)
         version = self._inner.tokenizer_version
@@ -65,14 +64,3 @@ class MemoizedCounter:
         self._memory.move_to_end(key)
         while len(self._memory) > self._max_entries:
             self._memory.popitem(last=False)
-
-
-def _variables_key(body: Mapping[str, Any]) -> bytes | None:
-    """The request's template variables in canonical form (empty when it sets none)."""
-    variables = body.get("chat_template_kwargs")
-    if not variables:
-        return b""
-    try:
-        return orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError: not JSON values
-        return None

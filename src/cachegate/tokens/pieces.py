@@ -13,6 +13,11 @@ message. Two things follow:
 
 A tokenizer whose special tokens reach into their neighbours (``lstrip``, ``rstrip``,
 ``single_word``) or match after normalization has no exact cut; its text is one piece.
+
+A count may also start part way into a rendering (``count_from``), at a cut of an earlier
+rendering with the same text up to there: the scan for special tokens decides each cut from the
+next ``cut_reach`` characters at most, so a cut at least that far before the end of the shared
+text is a cut of both, with the same pieces ahead of it (``counter.py`` resumes counts so).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 DEFAULT_PIECE_MEMO_BYTES = 64 << 20
@@ -48,6 +54,10 @@ class PieceTokenizer(Protocol):
     @property
     def cut_pattern(self) -> re.Pattern[str] | None:
         """Matches each special token the text may hold; None when the text must not be cut."""
+
+    @property
+    def cut_reach(self) -> int:
+        """The most characters one match of ``cut_pattern`` spans: its longest special token."""
 
     @property
     def identity(self) -> bytes:
@@ -92,6 +102,19 @@ def _trie_branches(node: dict[str, Any]) -> str:
     return "(?:" + "|".join(branches) + ")" + ("?" if ends_here else "")
 
 
+@dataclass(frozen=True, slots=True)
+class PieceCounts:
+    """What a count found: tokens at the boundaries asked for, in all, and at every cut."""
+
+    at_offset: dict[int, int]
+    """Boundary -> the tokens that end at or before it."""
+    total: int
+    starts: list[int]
+    """Where each piece starts, in order (the first is where the count started)."""
+    before: list[int]
+    """``before[i]``: the tokens ahead of piece i (those before the count's start included)."""
+
+
 class PieceCounter:
     """Token counts of renderings at character boundaries, with pieces remembered by text.
 
@@ -118,32 +141,44 @@ class PieceCounter:
 
         A token that straddles a boundary belongs to what follows it.
         """
-        starts = self._piece_starts(text)
-        ends = [*starts[1:], len(text)]
-        pieces = [text[start:end] for start, end in zip(starts, ends, strict=True)]
+        counted = self.count_from(text, boundaries)
+        return counted.at_offset, counted.total
+
+    def count_from(self, text: str, boundaries: Collection[int], start: int = 0, tokens_before: int = 0) -> PieceCounts:
+        """``count`` of a rendering that ``text`` ends, starting at offset ``start`` of it.
+
+        ``start`` must be a cut of the whole rendering (0, or a cut ``count_from`` found that
+        lies ``cut_reach`` or more before the end of the text the two renderings share), and
+        ``tokens_before`` the tokens ahead of it. Offsets, in and out, are the whole rendering's;
+        boundaries before ``start`` are not counted.
+        """
+        starts = [start + offset for offset in self._piece_starts(text)]
+        end = start + len(text)
+        ends = [*starts[1:], end]
+        pieces = [text[first - start : last - start] for first, last in zip(starts, ends, strict=True)]
         inside: dict[int, int] = {}  # boundary -> the piece it falls inside of (not at its start)
         for boundary in boundaries:
-            if 0 < boundary < len(text):
+            if start < boundary < end:
                 i = bisect.bisect_right(starts, boundary) - 1
                 if boundary > starts[i]:
                     inside[boundary] = i
         tables = self._tables(pieces, set(inside.values()))
         before: list[int] = []  # before[i]: tokens of the pieces ahead of piece i
-        running = 0
+        running = tokens_before
         for table in tables:
             before.append(running)
             running += table.tokens
         before.append(running)
         counts: dict[int, int] = {}
         for boundary in boundaries:
-            if boundary <= 0:
-                counts[boundary] = 0
-            elif boundary in inside:
+            if boundary < start:
+                raise ValueError("a boundary before the start of the count")
+            if boundary in inside:
                 i = inside[boundary]
                 counts[boundary] = before[i] + tables[i].count_before(pieces[i], boundary - starts[i])
             else:  # the start of a piece, or the end of the text
-                counts[boundary] = before[bisect.bisect_left(starts, boundary)] if boundary < len(text) else running
-        return counts, running
+                counts[boundary] = before[bisect.bisect_left(starts, boundary)] if boundary < end else running
+        return PieceCounts(at_offset=counts, total=running, starts=starts, before=before)
 
     def _piece_starts(self, text: str) -> list[int]:
         pattern = self._tokenizer.cut_pattern

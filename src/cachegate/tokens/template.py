@@ -190,6 +190,18 @@ def chat_template_from_config(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def request_variables_key(body: Mapping[str, Any]) -> bytes | None:
+    """A request's template variables (``chat_template_kwargs``) in canonical form: empty when it
+    sets none, None when they are not JSON values. For memories of counts, which these can change."""
+    variables = body.get("chat_template_kwargs")
+    if not variables:
+        return b""
+    try:
+        return orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: not JSON values
+        return None
+
+
 class ChatTemplate:
     """A compiled chat template bound to its fixed variables (special tokens, operator kwargs)."""
 

@@ -323,6 +323,7 @@ class TiktokenPieces:
         # same leftmost matches, whatever the order of the alternatives).
         cuttable = bool(specials) and not _has_prefix_pair(specials)
         self._cut_pattern = special_token_pattern(specials) if cuttable else None
+        self._cut_reach = max(map(len, specials), default=0)
         self._single = {token: frozenset((token,)) for token in specials}
         # Special tokens whose id another one also has (gpt-oss: <|endofprompt|> and
         # <|reserved_200018|>): their byte length is not known from the id alone.
@@ -347,6 +348,10 @@ class TiktokenPieces:
     @property
     def cut_pattern(self) -> re.Pattern[str] | None:
         return self._cut_pattern
+
+    @property
+    def cut_reach(self) -> int:
+        return self._cut_reach
 
     @property
     def identity(self) -> bytes:

@@ -12,7 +12,9 @@ by one character, is rendered by jinja. It offers two things:
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
   prepares it, marks included, for the sentinel method (``counter.py``);
 - ``lay_out``: for the request shapes agent traffic has (``plain.py``), the text and where
-  each block's text ends, written in one pass — no marked rendering, no search for marks.
+  each block's text ends, written in one pass — no marked rendering, no search for marks —
+  from the start, or from where an earlier layout of the same conversation offered to resume
+  (``Resumption``), so that a grown conversation is laid out from its new messages on.
 
 Each raises ``Unsupported`` for what it does not reproduce: jinja renders it, or the sentinel
 method counts it. tests/tokens/test_native_templates.py holds renderings to the template's
@@ -27,11 +29,19 @@ from typing import Any, Protocol
 
 from cachegate.core.types import BlockRef
 from cachegate.tokens.native.gpt_oss import GptOssTemplate
-from cachegate.tokens.native.plain import LaidOutPrompt
+from cachegate.tokens.native.plain import LaidOutPrompt, Resumption
 from cachegate.tokens.native.qwen3 import Qwen3Template, render_qwen3
 from cachegate.tokens.template import compile_template
 
-__all__ = ["GptOssTemplate", "LaidOutPrompt", "NativeTemplate", "Qwen3Template", "native_template", "render_qwen3"]
+__all__ = [
+    "GptOssTemplate",
+    "LaidOutPrompt",
+    "NativeTemplate",
+    "Qwen3Template",
+    "Resumption",
+    "native_template",
+    "render_qwen3",
+]
 
 
 class NativeTemplate(Protocol):
@@ -44,9 +54,21 @@ class NativeTemplate(Protocol):
         """The rendering of a prepared conversation, with the generation prompt."""
 
     def lay_out(
-        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+        self,
+        body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        content_join: str,
+        variables: Mapping[str, Any],
+        since: Resumption | None = None,
+        keep: int | None = None,
     ) -> LaidOutPrompt:
-        """The rendering of a request and where each of its ``blocks`` ends in it."""
+        """The rendering of a request and where each of its ``blocks`` ends in it.
+
+        With ``since``, from there on: the caller vouches that the request's tools, variables
+        and messages up to ``since.message`` are those of the layout that offered it; the
+        template checks what it looked ahead at (``Unsupported`` if that changed). With
+        ``keep``, the layout offers to resume after that message (``LaidOutPrompt.kept``).
+        """
 
 
 def native_template(source: str) -> NativeTemplate | None:

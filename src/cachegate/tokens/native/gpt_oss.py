@@ -25,7 +25,14 @@ from cachegate.tokens import template as template_module
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat, prepared_call
 from cachegate.tokens.marks import mark, mark_delimiters, marked_end, without_marks
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_call, plain_request
+from cachegate.tokens.native.plain import (
+    LaidOutPrompt,
+    PlainMessage,
+    Resumption,
+    TextWriter,
+    plain_call,
+    plain_request,
+)
 from cachegate.tokens.template import Unsupported, tojson
 
 
@@ -84,25 +91,50 @@ class GptOssTemplate:
         return "".join(out)
 
     def lay_out(
-        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+        self,
+        body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        content_join: str,
+        variables: Mapping[str, Any],
+        since: Resumption | None = None,
+        keep: int | None = None,
     ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join)
+        first_message = 0 if since is None else since.message + 1
+        request = plain_request(body, blocks, content_join, first_message)
         messages = request.messages
-        if not messages:
-            raise Unsupported("the template needs a message")
-        header = self._header_layout(body, blocks, request.tools, messages[0], content_join, variables)
-        out = TextWriter()
-        out.write_content(header.text, header.ends)
-        dropped = set(header.dropped)
+        today = template_module.strftime_now("%Y-%m-%d")  # the header holds today's date
+        dropped: set[int] = set()
+        holds_first = False  # the header writes message 0
+        if since is None:
+            if not messages:
+                raise Unsupported("the template needs a message")
+            header = self._header_layout(body, blocks, request.tools, messages[0], content_join, variables, today)
+            out = TextWriter()
+            out.write_content(header.text, header.ends)
+            dropped.update(header.dropped)
+            holds_first = header.holds_first
+            conversation = messages[1:] if holds_first else messages
+        else:
+            out = TextWriter(since.offset)
+            conversation = messages
         write = out.write
-        conversation = messages[1:] if header.holds_first else messages
         final_later = [False] * len(conversation)  # an assistant message without tool calls comes later
         seen_final = False
         for position in range(len(conversation) - 1, -1, -1):
             final_later[position] = seen_final
             message = conversation[position]
             seen_final = seen_final or (message.role == "assistant" and not message.calls)
-        last_call: str | None = None
+        # A turn with tool calls keeps its text only if no final answer comes after it: whether
+        # one does, while such a turn waits for it, and the date are what a resumption looks
+        # ahead at. ``waiting``: a turn with calls and text since the last final answer.
+        if since is not None:
+            last_call, waiting = since.state
+            if (seen_final if waiting else None, today) != since.context:
+                raise Unsupported("what the rendering before the resumption looked at has changed")
+        else:
+            last_call, waiting = None, False
+            if keep == 0 and holds_first:
+                out.keep_here(0, (None, today), (None, False))
         for position, message in enumerate(conversation):
             role, content = message.role, message.content
             if role == "assistant":
@@ -110,6 +142,7 @@ class GptOssTemplate:
                 if message.calls:
                     if content and thinking:
                         raise Unsupported("both content and thinking with tool calls: the template refuses it")
+                    waiting = waiting or bool(content or thinking)
                     if (content or thinking) and not final_later[position]:
                         write("<|start|>assistant<|channel|>analysis<|message|>")
                         if content:
@@ -129,7 +162,7 @@ class GptOssTemplate:
                     write("<|start|>assistant<|channel|>final<|message|>")
                     out.write_content(content, message.text_ends)
                     write("<|end|>")
-                    last_call = None
+                    last_call, waiting = None, False
             elif role == "tool":
                 if last_call is None:
                     raise Unsupported("a tool message with no tool call before it: the template refuses it")
@@ -144,6 +177,8 @@ class GptOssTemplate:
                 write("<|end|>")
             else:
                 dropped.update(block for block, _ in message.text_ends)  # a later system or developer message
+            if message.index == keep:
+                out.keep_here(keep, (final_later[position] if waiting else None, today), (last_call, waiting))
         write("<|start|>assistant")
         return out.laid_out(frozenset(dropped), request.images)
 
@@ -155,11 +190,11 @@ class GptOssTemplate:
         first: PlainMessage,
         content_join: str,
         variables: Mapping[str, Any],
+        today: str,
     ) -> _HeaderLayout:
         """The header and where its blocks end, remembered: every turn of a conversation renders it again."""
         holds_first = first.role in ("developer", "system")
         raw_first = body["messages"][0] if holds_first else _GPT_OSS_PROBE
-        today = template_module.strftime_now("%Y-%m-%d")  # the template writes today's date
         try:
             key = orjson.dumps([body.get("tools"), raw_first, variables, today])
         except TypeError as exc:

@@ -6,10 +6,15 @@ ends as it goes, instead of rendering twice and searching for marks. It reads th
 string content or text and image parts, tool calls of assistants, tools — and raises
 ``Unsupported`` for anything else, which the sentinel method then counts. Within those shapes
 a block's text ends where the sentinel method would put its mark (tests hold the two equal).
+
+A layout may also start part way, after a message of an earlier request whose text up to there
+is the same (``Resumption``): the request is then read, and the rendering written, from the
+next message on — the work of a grown conversation's new turns, whatever its length.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +26,26 @@ from cachegate.tokens.template import Unsupported
 
 
 @dataclass(frozen=True, slots=True)
+class Resumption:
+    """Where a layout may start again: after message ``message``, at ``offset`` of the rendering.
+
+    The rendering up to ``offset`` is the tools' and messages 0..``message``'s, and whatever of
+    the rest of the request the template looked ahead at: ``context`` holds that (a later user
+    query, whether the next message is a tool result, the date), as the template computes it
+    again for a later request. Equal messages, tools and variables up to there and an equal
+    context mean an equal rendering up to ``offset``; ``state`` is what the template needs to
+    write on from there.
+    """
+
+    message: int
+    offset: int
+    context: tuple[Any, ...]
+    state: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class LaidOutPrompt:
-    """A clean rendering and where, in it, each block's text ends."""
+    """A clean rendering — or its part from ``start`` on — and where, in it, each block's text ends."""
 
     text: str
     ends: list[tuple[int, int]]
@@ -31,6 +54,10 @@ class LaidOutPrompt:
     """Blocks with text of their own that the template left out."""
     images: list[int]
     """The blocks that are images, in order (each costs the configured image tokens)."""
+    start: int = 0
+    """Where ``text`` starts in the whole rendering; offsets (``ends``, ``kept``) are the whole rendering's."""
+    kept: Resumption | None = None
+    """Where a later request may start its layout again, at the message the caller asked for."""
 
 
 @dataclass(slots=True)
@@ -52,18 +79,21 @@ class PlainRequest:
     images: list[int]
 
 
-def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str) -> PlainRequest:
+def plain_request(
+    body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, first_message: int = 0
+) -> PlainRequest:
     """The request's messages and tools with their blocks, or ``Unsupported``.
 
     ``blocks`` are the request's blocks in order (tools, then each message's parts and calls).
+    From message ``first_message`` on only, when resuming: the tools are then not read.
     """
     raw_messages = body.get("messages")
     raw_tools = body.get("tools")
     if type(raw_messages) is not list or not (raw_tools is None or type(raw_tools) is list):
         raise Unsupported("messages must be a list, tools a list or absent")
-    position = 0
+    position = message_start(blocks, first_message)
     tools: list[tuple[int, Any]] | None = None
-    if raw_tools is not None:
+    if raw_tools is not None and first_message == 0:
         tools = []
         for k, tool in enumerate(raw_tools):
             _expect(blocks, position, BlockKind.TOOL, None, k)
@@ -71,7 +101,8 @@ def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_j
             position += 1
     messages: list[PlainMessage] = []
     images: list[int] = []
-    for i, message in enumerate(raw_messages):
+    for i in range(first_message, len(raw_messages)):
+        message = raw_messages[i]
         if type(message) is not dict or type(message.get("role")) is not str:
             raise Unsupported("a message is not an object with a string role")
         content = message.get("content")
@@ -100,6 +131,18 @@ def plain_request(body: Mapping[str, Any], blocks: Sequence[BlockRef], content_j
     if position != len(blocks):
         raise Unsupported("the blocks do not follow the request")
     return PlainRequest(tools, messages, images)
+
+
+def message_start(blocks: Sequence[BlockRef], message: int) -> int:
+    """The first block of ``message`` (0 for the first message: the tools come before it)."""
+    if message == 0:
+        return 0
+    # Every message has a block (its header when nothing else), tools' blocks come first.
+    return bisect.bisect_left(blocks, message, key=_message_order)
+
+
+def _message_order(ref: BlockRef) -> int:
+    return -1 if ref.message is None else ref.message
 
 
 def plain_call(call: Any) -> tuple[str, str]:
@@ -154,11 +197,13 @@ class TextWriter:
     layout writes a few thousand strings; a Python method per string cost as much again.
     """
 
-    __slots__ = ("_ends", "_parts", "write")
+    __slots__ = ("_ends", "_kept", "_parts", "_start", "write")
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        self._start = start  # where the text written starts in the whole rendering
         self._parts: list[str] = []
         self._ends: list[tuple[int, int, int]] = []
+        self._kept: tuple[int, int, tuple[Any, ...], Any] | None = None
         self.write = self._parts.append
 
     def write_content(self, content: str, text_ends: list[tuple[int, int]], skipped: int = 0) -> None:
@@ -177,7 +222,17 @@ class TextWriter:
         part = len(self._parts)
         self._ends.extend((block, part, ends_in(end)) for block, end in text_ends)
 
+    def keep_here(self, message: int, context: tuple[Any, ...], state: Any = None) -> None:
+        """Offer to resume here, after ``message`` (``Resumption``)."""
+        self._kept = (len(self._parts), message, context, state)
+
     def laid_out(self, dropped: frozenset[int], images: list[int]) -> LaidOutPrompt:
-        starts = [0, *itertools.accumulate(map(len, self._parts))]
+        starts = list(itertools.accumulate(map(len, self._parts), initial=self._start))
         ends = [(block, starts[part] + offset) for block, part, offset in self._ends]
-        return LaidOutPrompt(text="".join(self._parts), ends=ends, dropped=dropped, images=images)
+        kept = None
+        if self._kept is not None:
+            part, message, context, state = self._kept
+            kept = Resumption(message, starts[part], context, state)
+        return LaidOutPrompt(
+            text="".join(self._parts), ends=ends, dropped=dropped, images=images, start=self._start, kept=kept
+        )

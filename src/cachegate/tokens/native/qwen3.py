@@ -16,7 +16,15 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepared_call, prepared_tool
 from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainMessage, TextWriter, plain_call, plain_request
+from cachegate.tokens.native.plain import (
+    LaidOutPrompt,
+    PlainMessage,
+    PlainRequest,
+    Resumption,
+    TextWriter,
+    plain_call,
+    plain_request,
+)
 from cachegate.tokens.template import Unsupported, tojson
 
 _QWEN3_TOOLS_HEAD = (
@@ -146,39 +154,36 @@ class Qwen3Template:
         return render_qwen3(messages, tools, variables)
 
     def lay_out(
-        self, body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, variables: Mapping[str, Any]
+        self,
+        body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        content_join: str,
+        variables: Mapping[str, Any],
+        since: Resumption | None = None,
+        keep: int | None = None,
     ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join)
-        messages = request.messages
-        if not messages:
+        first_message = 0 if since is None else since.message + 1
+        request = plain_request(body, blocks, content_join, first_message)
+        messages = request.messages  # messages[i - first_message] is message i
+        raw = body["messages"]  # a list, each message up to first_message read by an earlier layout
+        if not raw:
             raise Unsupported("the template needs a message")
-        out = TextWriter()
-        first = messages[0]
-        if request.tools:
-            out.write("<|im_start|>system\n")
-            if first.role == "system":
-                out.write_content(first.content, first.text_ends)
-                out.write("\n\n")
-            out.write(_QWEN3_TOOLS_HEAD)
-            for block, tool in request.tools:
-                out.write("\n")
-                text, end = _tool_layout(tool)
-                out.write_ending(text, block, end)
-            out.write(_QWEN3_TOOLS_TAIL)
-        elif first.role == "system":
-            out.write("<|im_start|>system\n")
-            out.write_content(first.content, first.text_ends)
-            out.write("<|im_end|>\n")
-
-        last_query = len(messages) - 1
-        for message in reversed(messages):
-            if message.role == "user":
-                if message.content.startswith("<tool_response>"):
+        last = len(raw) - 1
+        last_query = last
+        for index in range(last, -1, -1):
+            if raw[index]["role"] == "user":
+                if index >= first_message and messages[index - first_message].content.startswith("<tool_response>"):
                     # A mark at its end would hide what the template looks for: the sentinel method decides.
                     raise Unsupported("a user message that may be a tool response")
-                last_query = message.index
+                last_query = index
                 break
-        last = len(messages) - 1
+        if since is not None:
+            if _looked_ahead(raw, since.message, last_query) != since.context:
+                raise Unsupported("what the rendering before the resumption looked at has changed")
+            out = TextWriter(since.offset)
+        else:
+            out = TextWriter()
+            _lay_out_system(out, request, messages[0])
         for message in messages:
             role, index = message.role, message.index
             if role == "user" or (role == "system" and index != 0):
@@ -188,19 +193,57 @@ class Qwen3Template:
             elif role == "assistant":
                 _lay_out_assistant(out, message, index > last_query, index == last)
             elif role == "tool":
-                if index == 0 or messages[index - 1].role != "tool":
+                if index == 0 or raw[index - 1]["role"] != "tool":
                     out.write("<|im_start|>user")
                 out.write("\n<tool_response>\n")
                 out.write_content(message.content, message.text_ends)
                 out.write("\n</tool_response>")
-                if index == last or messages[index + 1].role != "tool":
+                if index == last or raw[index + 1]["role"] != "tool":
                     out.write("<|im_end|>\n")
             elif role != "system":
                 raise Unsupported("a role the template leaves out")
+            if index == keep:
+                out.keep_here(index, _looked_ahead(raw, index, last_query))
         out.write("<|im_start|>assistant\n")
         if variables.get("enable_thinking", _MISSING) is False:
             out.write("<think>\n\n</think>\n\n")
         return out.laid_out(frozenset(), request.images)
+
+
+def _lay_out_system(out: TextWriter, request: PlainRequest, first: PlainMessage) -> None:
+    """The system turn: the system message, the tools, both or neither."""
+    if request.tools:
+        out.write("<|im_start|>system\n")
+        if first.role == "system":
+            out.write_content(first.content, first.text_ends)
+            out.write("\n\n")
+        out.write(_QWEN3_TOOLS_HEAD)
+        for block, tool in request.tools:
+            out.write("\n")
+            text, end = _tool_layout(tool)
+            out.write_ending(text, block, end)
+        out.write(_QWEN3_TOOLS_TAIL)
+    elif first.role == "system":
+        out.write("<|im_start|>system\n")
+        out.write_content(first.content, first.text_ends)
+        out.write("<|im_end|>\n")
+
+
+def _looked_ahead(raw: list[Any], message: int, last_query: int) -> tuple[Any, ...]:
+    """What the rendering up to the end of ``message`` takes from the messages after it.
+
+    The last user query (assistants after it are written with their reasoning), whether the
+    message is the last (an assistant then always is) and whether a tool result is followed
+    by another (they share one turn). Stricter than the template needs in places: a
+    difference only costs a layout from the start.
+    """
+    role = raw[message]["role"]
+    last = len(raw) - 1
+    return (
+        last_query if last_query <= message else -1,
+        message == last if role == "assistant" else None,
+        message < last and raw[message + 1]["role"] == "tool" if role == "tool" else None,
+    )
 
 
 def _lay_out_assistant(out: TextWriter, message: PlainMessage, after_query: bool, is_last: bool) -> None:

@@ -1,0 +1,149 @@
+"""Resumed counts: a grown conversation is laid out and counted from its new messages on.
+
+The next request of an agent loop is the last one plus a turn or two. Its pieces are already
+tokenized (``pieces.py``), but laying out and looking up every earlier message again still
+grows with the conversation: milliseconds at a few hundred messages. A ``Checkpoint`` keeps,
+for the end of a request's last message, what a later request needs to start from there:
+
+- where the native layout may resume and what it looked ahead at (``Resumption``);
+- a cut of the rendering at least ``cut_reach`` characters before that point, the tokens
+  ahead of it, and the text from the cut to the point (the first piece counted again);
+- the last block end before the point (``_prefix_boundaries`` of later blocks needs nothing
+  else), the images up to it, and the counts of the blocks its request asked for.
+
+It is found by the prefix hash of that message's last block, which covers the tools and every
+message up to it; the request's template variables must be the same too. So the text up to
+the point is the same in both requests, provided the template's look-ahead agrees — which
+the template checks — and the count from the cut on is the count of the whole rendering
+(``PieceCounter.count_from``). tests/tokens/test_resumed_counts.py holds resumed counts to
+counts from the start over growing, branching and rewritten conversations.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cachegate.core.types import BlockRef
+from cachegate.tokens.native import LaidOutPrompt, Resumption
+from cachegate.tokens.native.plain import message_start
+from cachegate.tokens.pieces import PieceCounts
+
+DEFAULT_CHECKPOINT_BYTES = 16 << 20
+"""Checkpoints kept per counter: one is about the size of a conversation's last message."""
+MAX_TRIED = 3
+"""Checkpoints a count tries before it counts from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a later request of the same conversation may resume its count (module docstring)."""
+
+    variables: bytes
+    """The request's template variables, canonical (``request_variables_key``)."""
+    resumption: Resumption
+    cut: int
+    tokens_before_cut: int
+    head: str
+    """The rendering from ``cut`` to ``resumption.offset``."""
+    last_end: tuple[int, int] | None
+    """The last (block, offset) where a block's text ends before ``resumption.offset``."""
+    images: int
+    """Image blocks up to the checkpoint."""
+    counts: dict[int, int]
+    """Block -> cumulative count (images included), for the blocks up to here its request asked for."""
+
+    @property
+    def weight(self) -> int:
+        """Roughly the bytes it keeps alive."""
+        return 400 + len(self.head) + 100 * len(self.counts)
+
+
+def checkpoint_after(
+    blocks: Sequence[BlockRef],
+    layout: LaidOutPrompt,
+    text: str,
+    counted: PieceCounts,
+    ends: Sequence[tuple[int, int]],
+    cumulative: dict[int, int],
+    images: int,
+    variables: bytes,
+    cut_reach: int,
+) -> tuple[int, Checkpoint] | None:
+    """The checkpoint a layout offered (``layout.kept``), and the block it is found by.
+
+    ``text`` is what was counted (``counted``), starting at ``counted.starts[0]`` of the
+    rendering; ``ends`` every block end known before the checkpoint, ``cumulative`` the counts
+    of the asked-for blocks, ``images`` the image blocks ahead of the layout's text.
+    """
+    kept = layout.kept
+    if kept is None:
+        return None
+    point = kept.offset
+    i = bisect.bisect_right(counted.starts, point - cut_reach) - 1
+    if i < 0:  # no cut far enough before the point
+        return None
+    cut = counted.starts[i]
+    start = counted.starts[0]
+    last_block = message_start(blocks, kept.message + 1) - 1
+    k = bisect.bisect_right(ends, point, key=operator.itemgetter(1)) - 1
+    return last_block, Checkpoint(
+        variables=variables,
+        resumption=kept,
+        cut=cut,
+        tokens_before_cut=counted.before[i],
+        head=text[cut - start : point - start],
+        last_end=ends[k] if k >= 0 else None,
+        images=images + bisect.bisect_right(layout.images, last_block),
+        counts={block: count for block, count in cumulative.items() if block <= last_block},
+    )
+
+
+class CheckpointStore:
+    """Checkpoints by the prefix hash of the block they follow: an LRU bounded in bytes, thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CHECKPOINT_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, Checkpoint] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def deepest(
+        self, prefix_hashes: Sequence[bytes], variables: bytes, limit: int = MAX_TRIED
+    ) -> list[tuple[int, Checkpoint]]:
+        """The checkpoints after blocks of a prompt, for these variables: the deepest first, ``limit`` at most.
+
+        More than one: the deepest may be another branch's (a conversation taken back and
+        continued differently), whose look-ahead or counts do not fit.
+        """
+        found: list[tuple[int, Checkpoint]] = []
+        entries = self._entries
+        with self._lock:
+            for block in range(len(prefix_hashes) - 1, -1, -1):
+                checkpoint = entries.get(prefix_hashes[block])
+                if checkpoint is not None and checkpoint.variables == variables:
+                    entries.move_to_end(prefix_hashes[block])
+                    found.append((block, checkpoint))
+                    if len(found) == limit:
+                        break
+        return found
+
+    def keep(self, prefix_hash: bytes, checkpoint: Checkpoint) -> None:
+        weight = checkpoint.weight
+        if weight > self._max_bytes:
+            return
+        with self._lock:
+            previous = self._entries.pop(prefix_hash, None)
+            if previous is not None:
+                self._weight -= previous.weight
+            self._entries[prefix_hash] = checkpoint
+            self._weight += weight
+            while self._weight > self._max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._weight -= evicted.weight

@@ -1,0 +1,292 @@
+"""Resumed counts equal counts from the start.
+
+A count of a grown conversation starts from the checkpoint an earlier count of it left
+(``resume.py``). Over sequences of requests, each made from the one before — turns appended, a
+new query, a final answer, a message grown by a part or a call, messages taken back, other
+template variables, another day —, every count of a counter that resumes must equal the count
+of a counter that never does, or both must refuse. And agent turns, the traffic it is for,
+must resume.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chat_strategies import PART, TEXT, TOOLS, VARIABLES, agent_conversation, agent_turn, chat_message, tool_call
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from stopped_clock import StoppedClock, stopped_clock
+from tokenizers import Tokenizer
+
+import cachegate.tokens.template
+from cachegate.core.blocks import parse_prompt
+from cachegate.core.errors import MarkerError
+from cachegate.core.markers import TtlPolicy
+from cachegate.core.types import ParsedPrompt
+from cachegate.tokens.base import PromptCounts, TokenCountError
+from cachegate.tokens.counter import ChatTokenCounter
+from cachegate.tokens.hf import HfPieces
+from cachegate.tokens.pieces import PieceCounter
+from cachegate.tokens.resume import Checkpoint, CheckpointStore
+from cachegate.tokens.shipped import qwen3_files
+from cachegate.tokens.tiktoken_pieces import named_encoding
+
+POLICY = TtlPolicy.default_policy()
+TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
+GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+QWEN3_TOKENIZER = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
+HARMONY = named_encoding("o200k_harmony")
+
+
+def qwen3(checkpoint_bytes: int) -> ChatTokenCounter:
+    files = qwen3_files()
+    pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
+    return ChatTokenCounter(pieces, files.chat_template, files.special_tokens, checkpoint_bytes=checkpoint_bytes)
+
+
+def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
+    return ChatTokenCounter(HARMONY, GPT_OSS, {}, checkpoint_bytes=checkpoint_bytes)
+
+
+# Made once: each keeps its checkpoints from one example to the next, so equal prefixes of
+# different examples meet as those of different conversations do.
+COUNTERS = {
+    "qwen3": (qwen3(1 << 20), qwen3(0)),
+    "gpt-oss": (gpt_oss(1 << 20), gpt_oss(0)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stopped() -> Iterator[None]:
+    with stopped_clock(cachegate.tokens.template):  # gpt-oss writes today's date
+        yield
+
+
+def counted(counter: ChatTokenCounter, body: dict[str, Any], prompt: ParsedPrompt, asked: list[int]) -> Any:
+    try:
+        return counter.count_blocking(body, prompt, asked)
+    except TokenCountError:
+        return "refused"
+
+
+def parsed(body: dict[str, Any]) -> ParsedPrompt | None:
+    try:
+        return parse_prompt(body, POLICY)
+    except MarkerError:
+        return None
+
+
+def resumes(counter: ChatTokenCounter) -> list[bool]:
+    """Spy on ``counter``: one entry per count, whether it resumed."""
+    seen: list[bool] = []
+    inner = counter._resumed_count
+
+    def spied(*args: Any) -> PromptCounts | None:
+        result = inner(*args)
+        seen.append(result is not None)
+        return result
+
+    counter._resumed_count = spied  # type: ignore[method-assign]
+    return seen
+
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+@st.composite
+def edit(draw: st.DrawFn) -> Edit:
+    """One change to a request, as the next request of a conversation (or a branch of it) makes it."""
+    kind = draw(st.sampled_from(["append", "turn", "result", "query", "answer", "part", "call", "back", "variables"]))
+    if kind == "append":
+        added = draw(st.lists(chat_message(), min_size=1, max_size=3))
+        return lambda body: body["messages"].extend(copy.deepcopy(added))
+    if kind == "turn":
+        turn = draw(agent_turn())
+        return lambda body: body["messages"].extend(copy.deepcopy(turn))
+    if kind == "result":
+        result = {"role": "tool", "tool_call_id": "c", "content": draw(TEXT)}
+        return lambda body: body["messages"].append(dict(result))
+    if kind == "query":
+        query = {"role": "user", "content": draw(TEXT)}
+        return lambda body: body["messages"].append(dict(query))
+    if kind == "answer":
+        answer = {"role": "assistant", "content": draw(TEXT)}
+        return lambda body: body["messages"].append(dict(answer))
+    if kind == "part":
+        part = draw(PART)
+
+        def add_part(body: dict[str, Any]) -> None:
+            last = body["messages"][-1]
+            content = last.get("content")
+            last["content"] = [*(content if isinstance(content, list) else [{"type": "text", "text": content or ""}])]
+            last["content"].append(copy.deepcopy(part))
+
+        return add_part
+    if kind == "call":
+        call = draw(tool_call())
+
+        def add_call(body: dict[str, Any]) -> None:
+            last = body["messages"][-1]
+            if last["role"] == "assistant":
+                last["tool_calls"] = [*(last.get("tool_calls") or []), copy.deepcopy(call)]
+
+        return add_call
+    if kind == "back":
+        taken = draw(st.integers(1, 2))
+        return lambda body: body.update(messages=body["messages"][:-taken] or body["messages"][:1])
+    variables = draw(VARIABLES)
+
+    def set_variables(body: dict[str, Any]) -> None:
+        body.pop("chat_template_kwargs", None)
+        if variables is not None:
+            body["chat_template_kwargs"] = variables
+
+    return set_variables
+
+
+@pytest.mark.parametrize("template", list(COUNTERS))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(agent_conversation(), st.lists(chat_message(), min_size=1, max_size=5)),
+    TOOLS,
+    VARIABLES,
+    st.lists(edit(), min_size=1, max_size=5),
+    st.data(),
+)
+def test_a_resumed_count_is_the_count_from_the_start(
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: Any,
+    variables: Any,
+    edits: list[Edit],
+    data: st.DataObject,
+) -> None:
+    resuming, from_the_start = COUNTERS[template]
+    body: dict[str, Any] = {"model": "m", "messages": messages}
+    if tools is not None:
+        body["tools"] = tools
+    if variables is not None:
+        body["chat_template_kwargs"] = variables
+    asked: set[int] = set()
+    for change in [lambda body: None, *edits]:
+        body = copy.deepcopy(body)
+        change(body)
+        prompt = parsed(body)
+        assume(prompt is not None)
+        assert prompt is not None
+        last = len(prompt.blocks) - 1
+        # As the classifier asks: the breakpoints matched before (to check them) and a new one
+        # at the end; now and then another block.
+        asked = {block for block in asked if block <= last} | {last}
+        asked |= data.draw(st.sets(st.integers(0, last), max_size=1))
+        assert counted(resuming, body, prompt, sorted(asked)) == counted(from_the_start, body, prompt, sorted(asked))
+
+
+@pytest.mark.parametrize("template", list(COUNTERS))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(agent_conversation(), st.lists(agent_turn(), min_size=1, max_size=4), VARIABLES)
+def test_agent_turns_resume(
+    template: str, messages: list[dict[str, Any]], turns: list[list[dict[str, Any]]], variables: Any
+) -> None:
+    resuming, from_the_start = COUNTERS[template]
+    resumed = resumes(resuming)
+    body: dict[str, Any] = {"model": "m", "messages": messages}
+    if variables is not None:
+        body["chat_template_kwargs"] = variables
+    asked: list[int] = []
+    try:
+        for turn in [[], *turns]:
+            body = copy.deepcopy(body)
+            body["messages"].extend(copy.deepcopy(turn))
+            prompt = parse_prompt(body, POLICY)
+            asked = [*asked, len(prompt.blocks) - 1]  # the last breakpoint is checked, a new one counted
+            assert resuming.count_blocking(body, prompt, asked) == from_the_start.count_blocking(body, prompt, asked)
+    finally:
+        del resuming._resumed_count
+    assert all(resumed[1:])
+
+
+@pytest.mark.parametrize("next_day", [False, True])
+def test_a_new_day_is_counted_with_the_new_date(next_day: bool) -> None:
+    """gpt-oss writes today's date in its header: a count resumed across midnight would keep yesterday's."""
+    resuming, from_the_start = gpt_oss(1 << 20), gpt_oss(0)
+    resumed = resumes(resuming)
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Hello."}]}
+    prompt = parse_prompt(body, POLICY)
+    resuming.count_blocking(body, prompt, [0])
+    body["messages"].append({"role": "assistant", "content": "Hi."})
+    prompt = parse_prompt(body, POLICY)
+
+    class NextDay(StoppedClock):
+        @classmethod
+        def now(cls, tz: Any = None) -> NextDay:
+            return cls(2026, 11, 27, 0, 0, 1, tzinfo=tz)
+
+    with pytest.MonkeyPatch.context() as patch:
+        if next_day:
+            patch.setattr(cachegate.tokens.template, "datetime", NextDay)
+        expected = from_the_start.count_blocking(body, prompt, [1])
+        assert resuming.count_blocking(body, prompt, [1]) == expected
+
+    assert resumed == [False, not next_day]
+
+
+# Whole special tokens and halves of them, so that one may straddle the end of the shared text.
+SHARED = st.lists(
+    st.sampled_from(["<|im_start|>", "<|im_end|>", "<|im_", "end|>", "user\n", "héllo ", "  ", "\n\n", "x"]),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SHARED.map("".join), SHARED.map("".join), SHARED.map("".join), st.data())
+def test_a_count_from_a_cut_far_enough_back_is_the_whole_count(
+    shared: str, first_tail: str, second_tail: str, data: st.DataObject
+) -> None:
+    """The piece-level claim resumption rests on (``PieceCounter.count_from``)."""
+    pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
+    counter = PieceCounter(pieces)
+    first = counter.count_from(shared + first_tail, [])
+    second = shared + second_tail
+    whole = counter.count_from(second, range(len(second) + 1))
+    for i, cut in enumerate(first.starts):
+        if cut > len(shared) - pieces.cut_reach:
+            break
+        boundaries = data.draw(st.sets(st.integers(cut, len(second)), max_size=5))
+        resumed = counter.count_from(second[cut:], boundaries, cut, first.before[i])
+
+        assert resumed.total == whole.total
+        assert resumed.at_offset == {boundary: whole.at_offset[boundary] for boundary in boundaries}
+
+
+def test_a_cut_too_near_the_end_of_the_shared_text_may_not_be_a_cut() -> None:
+    """Why the reach: a special token that ends past the shared text may not be there in the next one."""
+    pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
+    counter = PieceCounter(pieces)
+    shared = "<|im_start|>user\nhello <|im_"
+    first = counter.count_from(shared + "end|>\n", [])
+    cut = len(shared) - len("<|im_")
+    assert cut in first.starts and cut > len(shared) - pieces.cut_reach
+
+    second = shared + "ending"
+    resumed = counter.count_from(second[cut:], [], cut, first.before[first.starts.index(cut)])
+
+    assert resumed.total != counter.count_from(second, []).total
+
+
+def test_checkpoints_are_bounded_in_bytes() -> None:
+    store = CheckpointStore(max_bytes=3_000)
+    made = {
+        bytes([n]): Checkpoint(b"", None, 0, 0, "x" * 900, None, 0, {})  # type: ignore[arg-type]
+        for n in range(4)
+    }
+    for prefix_hash, checkpoint in made.items():
+        store.keep(prefix_hash, checkpoint)
+
+    assert store.deepest([b"\x00"], b"") == []  # the oldest went
+    assert store.deepest([b"\x00", b"\x03", b"\x02"], b"") == [(2, made[b"\x02"]), (1, made[b"\x03"])]
+    assert store.deepest([b"\x03"], b'{"enable_thinking":false}') == []  # other variables
