@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 import openai
@@ -405,18 +406,67 @@ def test_other_paths_are_proxied(gateway: GatewayHarness) -> None:
 def test_our_prompt_count_equals_the_upstreams(gateway: GatewayHarness) -> None:
     """The drift metric (SPEC §6.6): the fake upstream counts the forwarded body with the same
     tokenizer and template, so any drift means markers or rewriting changed what is counted."""
-    import urllib.request
-
     ask(gateway, conversation(system_text()))  # a write: the whole prompt is rendered and counted
-    with urllib.request.urlopen(f"{gateway.base_url}/metrics") as response:
-        lines = response.read().decode().splitlines()
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in lines
-        if line.startswith("cachegate_token_count_drift")
-    }
+    values = metric_values(gateway, "cachegate_token_count_drift")
     count = values['cachegate_token_count_drift_tokens_count{model="cached"}']
     assert count >= 1
     # Integer drifts: none at or below -1, all at or below 0, so every one was exactly 0.
     assert values['cachegate_token_count_drift_tokens_bucket{le="-1.0",model="cached"}'] == 0
     assert values['cachegate_token_count_drift_tokens_bucket{le="0.0",model="cached"}'] == count
+
+
+READ_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "read",
+        "description": "Read a file of the repository.",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+
+
+def test_an_agent_loop_is_counted_from_its_new_turn_on(gateway: GatewayHarness) -> None:
+    """Each request of an agent loop is counted from where the one before left off
+    (tokens/resume.py), and as exactly: a turn reads what the turn before wrote, and our count
+    of every whole prompt is the upstream's."""
+    messages: list[dict[str, Any]] = [marked_system(system_text()), {"role": "user", "content": "Fix the parser."}]
+    resumed_before = metric_values(gateway, "cachegate_token_counts_total").get(
+        'cachegate_token_counts_total{method="resumed"}', 0.0
+    )
+    written_up_to = 0
+    for turn in range(4):
+        for message in messages[2:]:  # the breakpoint moves to the newest result
+            if isinstance(message["content"], list):
+                message["content"] = message["content"][0]["text"]
+        call = {
+            "id": f"call_{turn}",
+            "type": "function",
+            "function": {"name": "read", "arguments": f'{{"path": "m{turn}.py"}}'},
+        }
+        result = f"def parse_{turn}(lines):\n    return lines[:-1]  # drops the last line\n" * 20
+        messages += [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {
+                "role": "tool",
+                "tool_call_id": f"call_{turn}",
+                "content": [{"type": "text", "text": result, "cache_control": MARK_5M}],
+            },
+        ]
+        usage = ask(gateway, messages, tools=[READ_TOOL])
+        if turn:
+            assert usage["cache_read_input_tokens"] == written_up_to
+        written_up_to = usage["cache_read_input_tokens"] + usage["cache_creation_input_tokens"]
+        assert usage["cache_creation_input_tokens"] > 0
+
+    counts = metric_values(gateway, "cachegate_token_counts_total")
+    assert counts['cachegate_token_counts_total{method="resumed"}'] >= resumed_before + 3
+    drift = metric_values(gateway, "cachegate_token_count_drift")
+    every = drift['cachegate_token_count_drift_tokens_count{model="cached"}']
+    assert drift['cachegate_token_count_drift_tokens_bucket{le="-1.0",model="cached"}'] == 0
+    assert drift['cachegate_token_count_drift_tokens_bucket{le="0.0",model="cached"}'] == every
+
+
+def metric_values(gateway: GatewayHarness, prefix: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{gateway.base_url}/metrics") as response:
+        lines = response.read().decode().splitlines()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith(prefix)}

@@ -149,4 +149,8 @@ def test_a_counter_counts_through_the_layout_and_the_sentinel_method_alike() -> 
     prompt = parse_prompt(body, POLICY)
     blocks = list(range(len(prompt.blocks)))
 
-    assert native.count_blocking(body, prompt, blocks) == QWEN3_JINJA.count_blocking(body, prompt, blocks)
+    laid_out = native.count_blocking(body, prompt, blocks)
+    marked = QWEN3_JINJA.count_blocking(body, prompt, blocks)
+
+    assert laid_out == marked
+    assert (laid_out.method, marked.method) == ("layout", "sentinel")

@@ -58,6 +58,7 @@ class CacheClassifier:
             metrics.labelled(metrics.DEGRADED, "token_counter").inc()
             log.warning("token count failed, serving uncached: %s", exc)
             return Classification.degraded_zeros()
+        metrics.labelled(metrics.TOKEN_COUNTS, counts.method).inc()
         verified = deepest_hit(prompt, matches, counts.cumulative)
         if verified != hit:
             metrics.STALE_HITS.inc()

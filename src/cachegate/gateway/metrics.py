@@ -35,6 +35,11 @@ COUNT_DRIFT = Histogram(
     ["model"],
     buckets=(-500, -100, -50, -20, -5, -1, 0, 1, 5, 20, 50, 100, 500),
 )
+TOKEN_COUNTS = Counter(
+    "cachegate_token_counts_total",
+    "Prompts counted, by how: memory, resumed, layout, sentinel, remote (tokens/base.py CountMethod).",
+    ["method"],
+)
 LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from cachegate.core.types import ParsedPrompt
 
@@ -23,6 +23,14 @@ class PromptCounts:
 
     cumulative: Mapping[int, int]  # block index -> tokens that end at or before the end of that block
     total: int | None
+    method: CountMethod = field(default="other", compare=False)
+    """How they were taken, for the operators' metric; two counts are equal whatever their methods."""
+
+
+CountMethod = Literal["memory", "resumed", "layout", "sentinel", "remote", "other"]
+"""``memory``: answered by the count memo; ``resumed``: laid out and counted from a checkpoint of
+the conversation on; ``layout``: laid out by a native template from the start; ``sentinel``:
+rendered with marks; ``remote``: by a tokenizer service."""
 
 
 @runtime_checkable

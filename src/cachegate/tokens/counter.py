@@ -221,7 +221,11 @@ class ChatTokenCounter:
         if variables_key is not None:
             self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, variables_key)
         images = len(layout.images)
-        return PromptCounts(cumulative=cumulative, total=counted.total + self._options.image_tokens * images)
+        return PromptCounts(
+            cumulative=cumulative,
+            total=counted.total + self._options.image_tokens * images,
+            method="sentinel" if layout.marked else "layout",
+        )
 
     def _resumed_count(
         self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], variables_key: bytes
@@ -274,7 +278,9 @@ class ChatTokenCounter:
         cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier)
         self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, variables_key)
         images = checkpoint.images + len(layout.images)
-        return PromptCounts(cumulative=cumulative, total=counted.total + self._options.image_tokens * images)
+        return PromptCounts(
+            cumulative=cumulative, total=counted.total + self._options.image_tokens * images, method="resumed"
+        )
 
     def _count_pieces(
         self, text: str, boundaries: dict[int, int], start: int = 0, tokens_before: int = 0
@@ -360,7 +366,7 @@ class ChatTokenCounter:
         preparation = ChatPreparation(body, self._options.content_join)
         clean = self._render(preparation.chat(), request_variables)
         if not marked:
-            return LaidOutPrompt(text=clean, ends=[], dropped=frozenset(), images=images)
+            return LaidOutPrompt(text=clean, ends=[], dropped=frozenset(), images=images, marked=True)
         delimiters = mark_delimiters(clean)
         if delimiters is None:
             raise TokenCountError("the prompt contains every character boundary marks can be made of")
@@ -382,9 +388,8 @@ class ChatTokenCounter:
             raise TokenCountError(found)
         ends = [(marked[n], offset) for n, offset in found]
         written = {block for block, _ in ends}
-        return LaidOutPrompt(
-            text=clean, ends=ends, dropped=frozenset(block for block in marked if block not in written), images=images
-        )
+        dropped = frozenset(block for block in marked if block not in written)
+        return LaidOutPrompt(text=clean, ends=ends, dropped=dropped, images=images, marked=True)
 
     def _placement_order(self) -> tuple[Placement, ...]:
         """The placements in the order to try them, the first that works for this template on the probe first.

@@ -50,7 +50,7 @@ class MemoizedCounter:
         if keys and len(known) == len(keys):
             for key in keys.values():
                 self._memory.move_to_end(key)
-            return PromptCounts(cumulative=known, total=None)
+            return PromptCounts(cumulative=known, total=None, method="memory")
         counts = await self._inner.count(body, prompt, blocks)
         for block, key in keys.items():
             self._remember(key, counts.cumulative[block])

@@ -58,6 +58,8 @@ class LaidOutPrompt:
     """Where ``text`` starts in the whole rendering; offsets (``ends``, ``kept``) are the whole rendering's."""
     kept: Resumption | None = None
     """Where a later request may start its layout again, at the message the caller asked for."""
+    marked: bool = False
+    """Found by the sentinel method (marks in a rendering), not written by a native layout."""
 
 
 @dataclass(slots=True)
