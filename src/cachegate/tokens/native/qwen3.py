@@ -8,35 +8,30 @@ block's text ends, with no marked rendering to search (``plain.py``). Both give 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachegate.core.types import BlockRef
-from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.conversation import prepared_call, prepared_tool
-from cachegate.tokens.marks import marked_end
+from cachegate.tokens.native.chatml import (
+    MISSING,
+    TOOLS_HEAD,
+    TOOLS_TAIL,
+    call_layout,
+    followed_by_tool,
+    lay_out_tool_result,
+    render_tool_result,
+    tool_call_text,
+    tool_layout,
+)
 from cachegate.tokens.native.plain import (
     LaidOutPrompt,
     PlainMessage,
     PlainRequest,
     Resumption,
     TextWriter,
-    plain_call,
     plain_request,
 )
 from cachegate.tokens.template import Unsupported, tojson
-
-_QWEN3_TOOLS_HEAD = (
-    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-)
-_QWEN3_TOOLS_TAIL = (
-    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
-    "</tool_call><|im_end|>\n"
-)
-_MISSING = object()
 
 
 def render_qwen3(
@@ -54,11 +49,11 @@ def render_qwen3(
         out.append("<|im_start|>system\n")
         if first["role"] == "system":
             out.append(first["content"] + "\n\n")
-        out.append(_QWEN3_TOOLS_HEAD)
+        out.append(TOOLS_HEAD)
         for tool in tools:
             out.append("\n")
             out.append(tojson(tool))
-        out.append(_QWEN3_TOOLS_TAIL)
+        out.append(TOOLS_TAIL)
     elif first["role"] == "system":
         out.append("<|im_start|>system\n" + first["content"] + "<|im_end|>\n")
 
@@ -81,13 +76,9 @@ def render_qwen3(
         elif role == "assistant":
             out.append(_qwen3_assistant(message, index, index > last_query, index == last))
         elif role == "tool":
-            if index == 0 or messages[index - 1]["role"] != "tool":
-                out.append("<|im_start|>user")
-            out.append("\n<tool_response>\n" + content + "\n</tool_response>")
-            if index == last or messages[index + 1]["role"] != "tool":
-                out.append("<|im_end|>\n")
+            render_tool_result(out, messages, index)
     out.append("<|im_start|>assistant\n")
-    if variables.get("enable_thinking", _MISSING) is False:
+    if variables.get("enable_thinking", MISSING) is False:
         out.append("<think>\n\n</think>\n\n")
     return "".join(out)
 
@@ -124,22 +115,7 @@ def _qwen3_call(call: Any) -> str:
     function = call.get("function") if type(call) is dict else None
     if type(function) is not dict or not function or "arguments" not in function:
         raise Unsupported("a tool call must hold a function object with its arguments")
-    name = function.get("name", _MISSING)
-    arguments = function["arguments"]
-    return (
-        '<tool_call>\n{"name": "'
-        + ("" if name is _MISSING else _as_output(name))
-        + '", "arguments": '
-        + (arguments if type(arguments) is str else tojson(arguments))
-        + "}\n</tool_call>"
-    )
-
-
-def _as_output(value: Any) -> str:
-    """What ``{{ value }}`` writes: ``str(value)`` (None as "None"), as jinja does without a finalize."""
-    if type(value) not in (str, int, float, bool) and value is not None:
-        raise Unsupported("only plain values are written as jinja writes them")
-    return str(value)
+    return tool_call_text(function, arguments_as_json=False)
 
 
 class Qwen3Template:
@@ -193,19 +169,13 @@ class Qwen3Template:
             elif role == "assistant":
                 _lay_out_assistant(out, message, index > last_query, index == last)
             elif role == "tool":
-                if index == 0 or raw[index - 1]["role"] != "tool":
-                    out.write("<|im_start|>user")
-                out.write("\n<tool_response>\n")
-                out.write_content(message.content, message.text_ends)
-                out.write("\n</tool_response>")
-                if index == last or raw[index + 1]["role"] != "tool":
-                    out.write("<|im_end|>\n")
+                lay_out_tool_result(out, raw, message)
             elif role != "system":
                 raise Unsupported("a role the template leaves out")
             if index == keep:
                 out.keep_here(index, _looked_ahead(raw, index, last_query))
         out.write("<|im_start|>assistant\n")
-        if variables.get("enable_thinking", _MISSING) is False:
+        if variables.get("enable_thinking", MISSING) is False:
             out.write("<think>\n\n</think>\n\n")
         return out.laid_out(frozenset(), request.images)
 
@@ -217,12 +187,12 @@ def _lay_out_system(out: TextWriter, request: PlainRequest, first: PlainMessage)
         if first.role == "system":
             out.write_content(first.content, first.text_ends)
             out.write("\n\n")
-        out.write(_QWEN3_TOOLS_HEAD)
+        out.write(TOOLS_HEAD)
         for block, tool in request.tools:
             out.write("\n")
-            text, end = _tool_layout(tool)
+            text, end = tool_layout(tool)
             out.write_ending(text, block, end)
-        out.write(_QWEN3_TOOLS_TAIL)
+        out.write(TOOLS_TAIL)
     elif first.role == "system":
         out.write("<|im_start|>system\n")
         out.write_content(first.content, first.text_ends)
@@ -237,12 +207,10 @@ def _looked_ahead(raw: list[Any], message: int, last_query: int) -> tuple[Any, .
     by another (they share one turn). Stricter than the template needs in places: a
     difference only costs a layout from the start.
     """
-    role = raw[message]["role"]
-    last = len(raw) - 1
     return (
         last_query if last_query <= message else -1,
-        message == last if role == "assistant" else None,
-        message < last and raw[message + 1]["role"] == "tool" if role == "tool" else None,
+        message == len(raw) - 1 if raw[message]["role"] == "assistant" else None,
+        followed_by_tool(raw, message),
     )
 
 
@@ -260,32 +228,6 @@ def _lay_out_assistant(out: TextWriter, message: PlainMessage, after_query: bool
     for position, (block, call) in enumerate(message.calls):
         if position > 0 or content:
             out.write("\n")
-        text, end = _call_layout(call)
+        text, end = call_layout(call, arguments_as_json=False)
         out.write_ending(text, block, end)
     out.write("<|im_end|>\n")
-
-
-def _tool_layout(tool: Any) -> tuple[str, int]:
-    """A tool's JSON as the template writes it, and where its block ends in it (its mark's place)."""
-    try:
-        located = marked_end(lambda one_mark: tojson(prepared_tool(tool, one_mark)))
-    except (TokenCountError, TypeError, ValueError) as exc:
-        raise Unsupported("a tool the sentinel method decides on") from exc
-    if located is None:
-        raise Unsupported("a tool whose mark is not found")
-    return located
-
-
-def _call_layout(call: Any) -> tuple[str, int]:
-    """A tool call as the template writes it, and where its block ends in it."""
-    return _named_call_layout(*plain_call(call))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _named_call_layout(name: str, arguments: str) -> tuple[str, int]:
-    """Remembered: an agent conversation sends each of its calls again on every turn."""
-    call = {"function": {"name": name, "arguments": arguments}}
-    located = marked_end(lambda one_mark: _qwen3_call(prepared_call(call, one_mark)))
-    if located is None:
-        raise Unsupported("a call whose mark is not found")
-    return located
