@@ -37,6 +37,7 @@ from cachegate.tokens.tiktoken_pieces import named_encoding, tiktoken_counter
 POLICY = TtlPolicy.default_policy()
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 QWEN3 = qwen3_files().chat_template
+QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
 
@@ -47,20 +48,22 @@ def stopped() -> Iterator[None]:
         yield
 
 
-def _qwen3_jinja() -> ChatTokenCounter:
+def _qwen_jinja(template: str) -> ChatTokenCounter:
     files = qwen3_files()
-    return hf_counter(files.tokenizer_json, QWEN3 + JINJA_ONLY, files.special_tokens)
+    return hf_counter(files.tokenizer_json, template + JINJA_ONLY, files.special_tokens)
 
 
 QWEN3_NATIVE = native_template(QWEN3)
-QWEN3_JINJA = _qwen3_jinja()
+QWEN3_JINJA = _qwen_jinja(QWEN3)
+QWEN25_NATIVE = native_template(QWEN25)
+QWEN25_JINJA = _qwen_jinja(QWEN25)
 GPT_OSS_NATIVE = native_template(GPT_OSS)
 GPT_OSS_JINJA = tiktoken_counter(named_encoding("o200k_harmony"), GPT_OSS + JINJA_ONLY)
 
 
 def laid_out(native: NativeTemplate | None, body: dict[str, Any], prompt: ParsedPrompt) -> LaidOutPrompt | None:
     assert native is not None
-    variables = {**qwen3_files().special_tokens} if native is QWEN3_NATIVE else {}
+    variables = {**qwen3_files().special_tokens} if native is not GPT_OSS_NATIVE else {}
     variables.update(body.get("chat_template_kwargs") or {})
     try:
         return native.lay_out(body, prompt.blocks, "\n", variables)
@@ -99,7 +102,9 @@ def prompt_or_skip(body: dict[str, Any]) -> ParsedPrompt:
 
 
 @pytest.mark.parametrize(
-    ("native", "sentinel"), [(QWEN3_NATIVE, QWEN3_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)], ids=["qwen3", "gpt-oss"]
+    ("native", "sentinel"),
+    [(QWEN3_NATIVE, QWEN3_JINJA), (QWEN25_NATIVE, QWEN25_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)],
+    ids=["qwen3", "qwen2.5", "gpt-oss"],
 )
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(chat_message(), max_size=6), TOOLS, VARIABLES)
@@ -113,7 +118,9 @@ def test_a_layout_is_the_sentinel_methods_or_none(
 
 
 @pytest.mark.parametrize(
-    ("native", "sentinel"), [(QWEN3_NATIVE, QWEN3_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)], ids=["qwen3", "gpt-oss"]
+    ("native", "sentinel"),
+    [(QWEN3_NATIVE, QWEN3_JINJA), (QWEN25_NATIVE, QWEN25_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)],
+    ids=["qwen3", "qwen2.5", "gpt-oss"],
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(agent_conversation(), st.one_of(st.none(), st.lists(TOOL, min_size=1, max_size=2)), VARIABLES)

@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from stopped_clock import stopped_clock
 
 import cachegate.tokens.template
-from cachegate.tokens.native import GptOssTemplate, Qwen3Template, native_template, render_qwen3
+from cachegate.tokens.native import (
+    GptOssTemplate,
+    Qwen3Template,
+    Qwen25Template,
+    native_template,
+    render_qwen3,
+    render_qwen25,
+)
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import Unsupported, compile_template
 
@@ -129,6 +136,20 @@ def test_qwen3_renders_as_its_template(messages: list[dict[str, Any]], tools: An
 def test_what_qwen3_does_not_reproduce_is_left_to_jinja(messages: list[Any]) -> None:
     with pytest.raises(Unsupported):
         render_qwen3(messages, None, {})
+
+
+QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+
+
+def test_the_qwen25_template_has_its_native_renderer() -> None:
+    assert isinstance(native_template(QWEN25), Qwen25Template)
+    assert native_template(QWEN25.replace("Alibaba Cloud", "Alibaba")) is None
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_message(), max_size=7), _TOOLS, _VARIABLES)
+def test_qwen25_renders_as_its_template(messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]) -> None:
+    assert_native_matches(render_qwen25, QWEN25, messages, tools, variables)
 
 
 def test_an_agent_turn_renders_as_its_template() -> None:
@@ -277,3 +298,9 @@ def test_qwen3_renders_agent_loops_as_its_template(
         if "thinking" in message:
             message["reasoning_content"] = message["reasoning"] = message["thinking"]
     assert render_qwen3(messages, tools, variables) == jinja_rendering(QWEN3, messages, tools, variables)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gpt_oss_agent_loop(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)))
+def test_qwen25_renders_agent_loops_as_its_template(messages: list[dict[str, Any]], tools: Any) -> None:
+    assert render_qwen25(messages, tools, {}) == jinja_rendering(QWEN25, messages, tools, {})

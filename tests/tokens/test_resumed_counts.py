@@ -42,10 +42,9 @@ QWEN3_TOKENIZER = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
 HARMONY = named_encoding("o200k_harmony")
 
 
-def qwen3(checkpoint_bytes: int) -> ChatTokenCounter:
-    files = qwen3_files()
+def qwen(template: str, checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
-    return ChatTokenCounter(pieces, files.chat_template, files.special_tokens, checkpoint_bytes=checkpoint_bytes)
+    return ChatTokenCounter(pieces, template, qwen3_files().special_tokens, checkpoint_bytes=checkpoint_bytes)
 
 
 def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
@@ -54,8 +53,11 @@ def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
 
 # Made once: each keeps its checkpoints from one example to the next, so equal prefixes of
 # different examples meet as those of different conversations do.
+QWEN3 = qwen3_files().chat_template
+QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
 COUNTERS = {
-    "qwen3": (qwen3(1 << 20), qwen3(0)),
+    "qwen3": (qwen(QWEN3, 1 << 20), qwen(QWEN3, 0)),
+    "qwen2.5": (qwen(QWEN25, 1 << 20), qwen(QWEN25, 0)),
     "gpt-oss": (gpt_oss(1 << 20), gpt_oss(0)),
 }
 

@@ -87,9 +87,7 @@ class RemoteTokenCounter:
         missing = [block for block in blocks if block not in counted]
         if missing:
             raise TokenCountError(f"the tokenizer service left out blocks {missing}")
-        return PromptCounts(
-            cumulative={block: counted[block] for block in blocks}, total=answer.total, method="remote"
-        )
+        return PromptCounts(cumulative={block: counted[block] for block in blocks}, total=answer.total, method="remote")
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -5,9 +5,9 @@ messages that is tens of milliseconds, and it is the whole cost of counting a co
 whose prefix is already tokenized (``pieces.py``). The same text built with string operations
 takes a fraction of a millisecond.
 
-A native template stands in for one template — Qwen3's, and gpt-oss's (whose header jinja
-still renders) — recognized by the SHA-256 of its source: any other text, a template edited
-by one character, is rendered by jinja. It offers two things:
+A native template stands in for one template — Qwen3's, Qwen2.5's, and gpt-oss's (whose
+header jinja still renders) — recognized by the SHA-256 of its source: any other text, a
+template edited by one character, is rendered by jinja. It offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
   prepares it, marks included, for the sentinel method (``counter.py``);
@@ -18,7 +18,8 @@ by one character, is rendered by jinja. It offers two things:
 
 Each raises ``Unsupported`` for what it does not reproduce: jinja renders it, or the sentinel
 method counts it. tests/tokens/test_native_templates.py holds renderings to the template's
-jinja rendering, and layouts to the sentinel method's boundaries.
+jinja rendering, test_native_layouts.py layouts to the sentinel method's boundaries, and
+test_resumed_counts.py resumed counts to counts from the start.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.native.gpt_oss import GptOssTemplate
 from cachegate.tokens.native.plain import LaidOutPrompt, Resumption
 from cachegate.tokens.native.qwen3 import Qwen3Template, render_qwen3
+from cachegate.tokens.native.qwen25 import Qwen25Template, render_qwen25
 from cachegate.tokens.template import compile_template
 
 __all__ = [
@@ -38,9 +40,11 @@ __all__ = [
     "LaidOutPrompt",
     "NativeTemplate",
     "Qwen3Template",
+    "Qwen25Template",
     "Resumption",
     "native_template",
     "render_qwen3",
+    "render_qwen25",
 ]
 
 
@@ -76,6 +80,8 @@ def native_template(source: str) -> NativeTemplate | None:
     digest = hashlib.sha256(source.encode()).hexdigest()
     if digest == _QWEN3_SHA256:
         return Qwen3Template()
+    if digest == _QWEN25_SHA256:
+        return Qwen25Template()
     if digest == _GPT_OSS_SHA256:
         return GptOssTemplate(compile_template(source))
     return None
@@ -83,5 +89,7 @@ def native_template(source: str) -> NativeTemplate | None:
 
 # Qwen3 (every size of the release), the template the shipped tokenizer_config.json holds.
 _QWEN3_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"
+# Qwen2.5 instruct models (0.5B to 72B), as published with them.
+_QWEN25_SHA256 = "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f"
 # gpt-oss-20b and gpt-oss-120b, as published with the models.
 _GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"

@@ -1,0 +1,153 @@
+"""Qwen2.5's chat template (Qwen/Qwen2.5-*-Instruct, tokenizer_config.json) in plain Python.
+
+``render_qwen25`` renders a prepared conversation as the template does; ``Qwen25Template.lay_out``
+writes the same text straight from the request in its common shapes and notes where each
+block's text ends (``plain.py``). The template looks ahead at one thing only — whether a tool
+result is followed by another —, so a layout resumes wherever an earlier one left off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cachegate.core.types import BlockRef
+from cachegate.tokens.native.chatml import (
+    TOOLS_HEAD,
+    TOOLS_TAIL,
+    call_layout,
+    followed_by_tool,
+    lay_out_tool_result,
+    render_tool_result,
+    tool_call_text,
+    tool_layout,
+)
+from cachegate.tokens.native.plain import LaidOutPrompt, PlainRequest, Resumption, TextWriter, plain_request
+from cachegate.tokens.template import Unsupported, tojson
+
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def render_qwen25(
+    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
+) -> str:
+    """Qwen2.5's chat template, with the generation prompt."""
+    if not messages or not all(
+        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
+        for message in messages
+    ):
+        raise Unsupported("messages must be dicts with string roles and contents")
+    first = messages[0]
+    system = first["content"] if first["role"] == "system" else DEFAULT_SYSTEM
+    out: list[str] = ["<|im_start|>system\n" + system]
+    if tools:
+        out.append("\n\n" + TOOLS_HEAD)
+        for tool in tools:
+            out.append("\n")
+            out.append(tojson(tool))
+        out.append(TOOLS_TAIL)
+    else:
+        out.append("<|im_end|>\n")
+    for index, message in enumerate(messages):
+        role, content = message["role"], message["content"]
+        calls = message.get("tool_calls")
+        if role == "user" or (role == "system" and index != 0) or (role == "assistant" and not calls):
+            out.append("<|im_start|>" + role + "\n" + content + "<|im_end|>\n")
+        elif role == "assistant":
+            if type(calls) is not list:
+                raise Unsupported("tool_calls must be a list")
+            out.append("<|im_start|>assistant" + ("\n" + content if content else ""))
+            for call in calls:
+                out.append("\n" + _qwen25_call(call))
+            out.append("<|im_end|>\n")
+        elif role == "tool":
+            render_tool_result(out, messages, index)
+    out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+def _qwen25_call(call: Any) -> str:
+    """One tool call as the template writes it: its function's, when it has one."""
+    if type(call) is not dict:
+        raise Unsupported("a tool call must be an object")
+    function = call.get("function", call)
+    if type(function) is not dict or "arguments" not in function:
+        raise Unsupported("a tool call must hold its arguments")
+    return tool_call_text(function, arguments_as_json=True)
+
+
+class Qwen25Template:
+    """The Qwen2.5 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
+
+    def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        variables: Mapping[str, Any],
+    ) -> str:
+        return render_qwen25(messages, tools, variables)
+
+    def lay_out(
+        self,
+        body: Mapping[str, Any],
+        blocks: Sequence[BlockRef],
+        content_join: str,
+        variables: Mapping[str, Any],
+        since: Resumption | None = None,
+        keep: int | None = None,
+    ) -> LaidOutPrompt:
+        first_message = 0 if since is None else since.message + 1
+        request = plain_request(body, blocks, content_join, first_message)
+        raw = body["messages"]  # a list, each message up to first_message read by an earlier layout
+        if not raw:
+            raise Unsupported("the template needs a message")
+        if since is not None:
+            if (followed_by_tool(raw, since.message),) != since.context:
+                raise Unsupported("what the rendering before the resumption looked at has changed")
+            out = TextWriter(since.offset)
+        else:
+            out = TextWriter()
+            _lay_out_system(out, request)
+        for message in request.messages:
+            role, index = message.role, message.index
+            if role == "user" or (role == "system" and index != 0) or (role == "assistant" and not message.calls):
+                out.write("<|im_start|>" + role + "\n")
+                out.write_content(message.content, message.text_ends)
+                out.write("<|im_end|>\n")
+            elif role == "assistant":
+                out.write("<|im_start|>assistant")
+                if message.content:
+                    out.write("\n")
+                    out.write_content(message.content, message.text_ends)
+                for block, call in message.calls:
+                    out.write("\n")
+                    text, end = call_layout(call, arguments_as_json=True)
+                    out.write_ending(text, block, end)
+                out.write("<|im_end|>\n")
+            elif role == "tool":
+                lay_out_tool_result(out, raw, message)
+            elif role != "system":
+                raise Unsupported("a role the template leaves out")
+            if index == keep:
+                out.keep_here(index, (followed_by_tool(raw, index),))
+        out.write("<|im_start|>assistant\n")
+        return out.laid_out(frozenset(), request.images)
+
+
+def _lay_out_system(out: TextWriter, request: PlainRequest) -> None:
+    """The system turn: the system message or the default one, and the tools."""
+    first = request.messages[0]
+    out.write("<|im_start|>system\n")
+    if first.role == "system":
+        out.write_content(first.content, first.text_ends)
+    else:
+        out.write(DEFAULT_SYSTEM)
+    if request.tools:
+        out.write("\n\n" + TOOLS_HEAD)
+        for block, tool in request.tools:
+            out.write("\n")
+            text, end = tool_layout(tool)
+            out.write_ending(text, block, end)
+        out.write(TOOLS_TAIL)
+    else:
+        out.write("<|im_end|>\n")
