@@ -139,6 +139,17 @@ async def test_other_template_variables_do_not_reuse_counts() -> None:
     assert len(inner.calls) == 2
 
 
+async def test_an_empty_tools_list_does_not_reuse_the_counts_of_no_tools() -> None:
+    # No block to hash, but Llama 3.1's template writes a tools prompt for `tools: []`.
+    inner = FakeCounter()
+    memo = MemoizedCounter(inner)
+    await memo.count({"messages": []}, prompt(b"a"), [0])
+    await memo.count({"messages": [], "tools": []}, prompt(b"a"), [0])
+    await memo.count({"messages": [], "tools": []}, prompt(b"a"), [0])
+
+    assert len(inner.calls) == 2
+
+
 async def test_variables_that_are_not_json_values_are_counted_and_not_remembered() -> None:
     inner = FakeCounter()
     memo = MemoizedCounter(inner)

@@ -38,6 +38,7 @@ POLICY = TtlPolicy.default_policy()
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 QWEN3 = qwen3_files().chat_template
 QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
 
@@ -48,23 +49,26 @@ def stopped() -> Iterator[None]:
         yield
 
 
-def _qwen_jinja(template: str) -> ChatTokenCounter:
+def _jinja(template: str, special_tokens: dict[str, Any] | None = None) -> ChatTokenCounter:
     files = qwen3_files()
-    return hf_counter(files.tokenizer_json, template + JINJA_ONLY, files.special_tokens)
+    return hf_counter(files.tokenizer_json, template + JINJA_ONLY, special_tokens or files.special_tokens)
 
 
 QWEN3_NATIVE = native_template(QWEN3)
-QWEN3_JINJA = _qwen_jinja(QWEN3)
+QWEN3_JINJA = _jinja(QWEN3)
 QWEN25_NATIVE = native_template(QWEN25)
-QWEN25_JINJA = _qwen_jinja(QWEN25)
+QWEN25_JINJA = _jinja(QWEN25)
+LLAMA31_NATIVE = native_template(LLAMA31)
+LLAMA31_JINJA = _jinja(LLAMA31, {"bos_token": "<|begin_of_text|>"})
 GPT_OSS_NATIVE = native_template(GPT_OSS)
 GPT_OSS_JINJA = tiktoken_counter(named_encoding("o200k_harmony"), GPT_OSS + JINJA_ONLY)
 
 
-def laid_out(native: NativeTemplate | None, body: dict[str, Any], prompt: ParsedPrompt) -> LaidOutPrompt | None:
+def laid_out(
+    native: NativeTemplate | None, sentinel: ChatTokenCounter, body: dict[str, Any], prompt: ParsedPrompt
+) -> LaidOutPrompt | None:
     assert native is not None
-    variables = {**qwen3_files().special_tokens} if native is not GPT_OSS_NATIVE else {}
-    variables.update(body.get("chat_template_kwargs") or {})
+    variables = sentinel._template.variables(body.get("chat_template_kwargs"))  # the sentinel method's own
     try:
         return native.lay_out(body, prompt.blocks, "\n", variables)
     except Unsupported:
@@ -103,8 +107,13 @@ def prompt_or_skip(body: dict[str, Any]) -> ParsedPrompt:
 
 @pytest.mark.parametrize(
     ("native", "sentinel"),
-    [(QWEN3_NATIVE, QWEN3_JINJA), (QWEN25_NATIVE, QWEN25_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)],
-    ids=["qwen3", "qwen2.5", "gpt-oss"],
+    [
+        (QWEN3_NATIVE, QWEN3_JINJA),
+        (QWEN25_NATIVE, QWEN25_JINJA),
+        (LLAMA31_NATIVE, LLAMA31_JINJA),
+        (GPT_OSS_NATIVE, GPT_OSS_JINJA),
+    ],
+    ids=["qwen3", "qwen2.5", "llama3.1", "gpt-oss"],
 )
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(chat_message(), max_size=6), TOOLS, VARIABLES)
@@ -112,15 +121,20 @@ def test_a_layout_is_the_sentinel_methods_or_none(
     native: NativeTemplate, sentinel: ChatTokenCounter, messages: list[dict[str, Any]], tools: Any, variables: Any
 ) -> None:
     body = body_of(messages, tools, variables)
-    layout = laid_out(native, body, prompt_or_skip(body))
+    layout = laid_out(native, sentinel, body, prompt_or_skip(body))
     if layout is not None:
         assert_same_as_the_sentinel_method(layout, sentinel, body)
 
 
 @pytest.mark.parametrize(
     ("native", "sentinel"),
-    [(QWEN3_NATIVE, QWEN3_JINJA), (QWEN25_NATIVE, QWEN25_JINJA), (GPT_OSS_NATIVE, GPT_OSS_JINJA)],
-    ids=["qwen3", "qwen2.5", "gpt-oss"],
+    [
+        (QWEN3_NATIVE, QWEN3_JINJA),
+        (QWEN25_NATIVE, QWEN25_JINJA),
+        (LLAMA31_NATIVE, LLAMA31_JINJA),
+        (GPT_OSS_NATIVE, GPT_OSS_JINJA),
+    ],
+    ids=["qwen3", "qwen2.5", "llama3.1", "gpt-oss"],
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(agent_conversation(), st.one_of(st.none(), st.lists(TOOL, min_size=1, max_size=2)), VARIABLES)
@@ -128,7 +142,7 @@ def test_agent_conversations_are_laid_out(
     native: NativeTemplate, sentinel: ChatTokenCounter, messages: list[dict[str, Any]], tools: Any, variables: Any
 ) -> None:
     body = body_of(messages, tools, variables)
-    layout = laid_out(native, body, prompt_or_skip(body))
+    layout = laid_out(native, sentinel, body, prompt_or_skip(body))
 
     assert layout is not None
     assert_same_as_the_sentinel_method(layout, sentinel, body)

@@ -21,9 +21,11 @@ from stopped_clock import stopped_clock
 import cachegate.tokens.template
 from cachegate.tokens.native import (
     GptOssTemplate,
+    Llama3Template,
     Qwen3Template,
     Qwen25Template,
     native_template,
+    render_llama3,
     render_qwen3,
     render_qwen25,
 )
@@ -304,3 +306,35 @@ def test_qwen3_renders_agent_loops_as_its_template(
 @given(_gpt_oss_agent_loop(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)))
 def test_qwen25_renders_agent_loops_as_its_template(messages: list[dict[str, Any]], tools: Any) -> None:
     assert render_qwen25(messages, tools, {}) == jinja_rendering(QWEN25, messages, tools, {})
+
+
+LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
+_LLAMA_VARIABLES = st.fixed_dictionaries(
+    {"bos_token": st.just("<|begin_of_text|>")},
+    optional={
+        "tools_in_user_message": st.one_of(st.booleans(), st.none()),
+        "date_string": st.sampled_from(["26 Nov 2026", "1 Jan 2025"]),
+    },
+)
+
+
+def test_the_llama31_template_has_its_native_renderer() -> None:
+    assert isinstance(native_template(LLAMA31), Llama3Template)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(_message(), st.builds(lambda text: {"role": "ipython", "content": text}, _TEXT)), max_size=7),
+    _TOOLS,
+    _LLAMA_VARIABLES,
+)
+def test_llama31_renders_as_its_template(messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]) -> None:
+    assert_native_matches(render_llama3, LLAMA31, messages, tools, variables)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gpt_oss_agent_loop(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)), _LLAMA_VARIABLES)
+def test_llama31_renders_agent_loops_as_its_template(
+    messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]
+) -> None:
+    assert render_llama3(messages, tools, variables) == jinja_rendering(LLAMA31, messages, tools, variables)

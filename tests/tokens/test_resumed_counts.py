@@ -20,7 +20,7 @@ from chat_strategies import PART, TEXT, TOOLS, VARIABLES, agent_conversation, ag
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from stopped_clock import StoppedClock, stopped_clock
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 import cachegate.tokens.template
 from cachegate.core.blocks import parse_prompt
@@ -38,6 +38,7 @@ from cachegate.tokens.tiktoken_pieces import named_encoding
 POLICY = TtlPolicy.default_policy()
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
 QWEN3_TOKENIZER = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
 HARMONY = named_encoding("o200k_harmony")
 
@@ -45,6 +46,23 @@ HARMONY = named_encoding("o200k_harmony")
 def qwen(template: str, checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
     return ChatTokenCounter(pieces, template, qwen3_files().special_tokens, checkpoint_bytes=checkpoint_bytes)
+
+
+def _llama_tokenizer() -> Tokenizer:
+    """Qwen3's vocabulary with Llama 3's special tokens, so that its renderings are cut as Llama's are."""
+    tokenizer = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return tokenizer
+
+
+LLAMA_TOKENIZER = _llama_tokenizer()
+
+
+def llama(checkpoint_bytes: int) -> ChatTokenCounter:
+    pieces = HfPieces(LLAMA_TOKENIZER, b"llama")
+    special_tokens = {"bos_token": "<|begin_of_text|>"}
+    return ChatTokenCounter(pieces, LLAMA31, special_tokens, checkpoint_bytes=checkpoint_bytes)
 
 
 def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
@@ -58,6 +76,7 @@ QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-
 COUNTERS = {
     "qwen3": (qwen(QWEN3, 1 << 20), qwen(QWEN3, 0)),
     "qwen2.5": (qwen(QWEN25, 1 << 20), qwen(QWEN25, 0)),
+    "llama3.1": (llama(1 << 20), llama(0)),
     "gpt-oss": (gpt_oss(1 << 20), gpt_oss(0)),
 }
 

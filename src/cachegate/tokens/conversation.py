@@ -128,15 +128,17 @@ class ChatPreparation:
         return PreparedChat(messages=messages, tools=tools)
 
 
-def prepared_tool(tool: Any, mark: str | None = None, prose_only: bool = False) -> dict[str, Any]:
+def prepared_tool(
+    tool: Any, mark: str | None = None, prose_only: bool = False, before_trailing_space: bool = False
+) -> dict[str, Any]:
     """One tool as ``prepare_chat`` prepares it, with ``mark`` where its block ends."""
-    placer = _Placer({BlockRef(_TOOL, None, 0): mark} if mark else {}, False, prose_only)
+    placer = _Placer({BlockRef(_TOOL, None, 0): mark} if mark else {}, before_trailing_space, prose_only)
     return placer.tool(0, *_tool_skeleton(tool))
 
 
-def prepared_call(call: Any, mark: str | None = None) -> dict[str, Any]:
+def prepared_call(call: Any, mark: str | None = None, before_trailing_space: bool = False) -> dict[str, Any]:
     """One assistant tool call as ``prepare_chat`` prepares it, with ``mark`` where its block ends."""
-    placer = _Placer({BlockRef(_TOOL_CALL, 0, 0): mark} if mark else {}, False, False)
+    placer = _Placer({BlockRef(_TOOL_CALL, 0, 0): mark} if mark else {}, before_trailing_space, False)
     shell, function = _call_skeleton(call)
     return {**shell, "function": placer.tool_call_function(0, 0, function)}
 

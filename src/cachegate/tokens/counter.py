@@ -57,7 +57,7 @@ from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, without_ma
 from cachegate.tokens.native import LaidOutPrompt, native_template
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceCounts, PieceTokenizer
 from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES, Checkpoint, CheckpointStore, checkpoint_after
-from cachegate.tokens.template import ChatTemplate, Unsupported, request_variables_key
+from cachegate.tokens.template import ChatTemplate, Unsupported, rendering_key
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
@@ -209,17 +209,17 @@ class ChatTokenCounter:
 
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         asked = _checked_blocks(prompt, blocks)
-        variables_key = request_variables_key(body) if self._checkpoints is not None else None
-        if variables_key is not None:
-            resumed = self._resumed_count(body, prompt, asked, variables_key)
+        unhashed = rendering_key(body) if self._checkpoints is not None else None
+        if unhashed is not None:
+            resumed = self._resumed_count(body, prompt, asked, unhashed)
             if resumed is not None:
                 return resumed
         keep = _last_message(body)
         layout, boundaries = self._laid_out(body, prompt, asked, keep)
         counted = self._count_pieces(layout.text, boundaries)
         cumulative = self._cumulative(boundaries, counted, layout.images)
-        if variables_key is not None:
-            self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, variables_key)
+        if unhashed is not None:
+            self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, unhashed)
         images = len(layout.images)
         return PromptCounts(
             cumulative=cumulative,
@@ -228,12 +228,12 @@ class ChatTokenCounter:
         )
 
     def _resumed_count(
-        self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], variables_key: bytes
+        self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], unhashed: bytes
     ) -> PromptCounts | None:
         """The count from the deepest checkpoint of this conversation that fits, or None to count from the start."""
         assert self._checkpoints is not None
-        for block, checkpoint in self._checkpoints.deepest(prompt.prefix_hashes, variables_key):
-            counts = self._count_since(body, prompt, asked, variables_key, block, checkpoint)
+        for block, checkpoint in self._checkpoints.deepest(prompt.prefix_hashes, unhashed):
+            counts = self._count_since(body, prompt, asked, unhashed, block, checkpoint)
             if counts is not None:
                 return counts
         return None
@@ -243,7 +243,7 @@ class ChatTokenCounter:
         body: Mapping[str, Any],
         prompt: ParsedPrompt,
         asked: set[int],
-        variables_key: bytes,
+        unhashed: bytes,
         block: int,
         checkpoint: Checkpoint,
     ) -> PromptCounts | None:
@@ -276,7 +276,7 @@ class ChatTokenCounter:
         counted = self._count_pieces(text, boundaries, checkpoint.cut, checkpoint.tokens_before_cut)
         cumulative = self._cumulative(boundaries, counted, layout.images, checkpoint.images)
         cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier)
-        self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, variables_key)
+        self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, unhashed)
         images = checkpoint.images + len(layout.images)
         return PromptCounts(
             cumulative=cumulative, total=counted.total + self._options.image_tokens * images, method="resumed"
@@ -310,11 +310,11 @@ class ChatTokenCounter:
         ends: Sequence[tuple[int, int]],
         cumulative: dict[int, int],
         images_before: int,
-        variables_key: bytes,
+        unhashed: bytes,
     ) -> None:
         assert self._checkpoints is not None
         made = checkpoint_after(
-            prompt.blocks, layout, text, counted, ends, cumulative, images_before, variables_key, self._cut_reach
+            prompt.blocks, layout, text, counted, ends, cumulative, images_before, unhashed, self._cut_reach
         )
         if made is not None:
             block, checkpoint = made

@@ -1,10 +1,11 @@
 """Memoized counts: a prefix already counted is not rendered and tokenized again (SPEC §5).
 
-The cumulative count at a block is memoized under ``(tokenizer_version, template variables,
+The cumulative count at a block is memoized under ``(tokenizer_version, rendering_key,
 prefix_hash)``: equal prefix hashes mean equal prefixes, the version pins the tokenizer, the
-template and the counting options, and the request's own ``chat_template_kwargs`` (which no
-prefix hash covers) may change how a template renders the prefix — ``enable_thinking``, a
-date — so a remembered count is the count the inner counter would give again.
+template and the counting options, and what no prefix hash covers may change how a template
+renders the prefix — the request's own ``chat_template_kwargs`` (``enable_thinking``, a date),
+an empty tools list (Llama 3.1) — so a remembered count is the count the inner counter would
+give again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
-from cachegate.tokens.template import request_variables_key
+from cachegate.tokens.template import rendering_key
 
 
 class MemoizedCounter:
@@ -41,11 +42,11 @@ class MemoizedCounter:
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         if any(not 0 <= block < len(prompt.prefix_hashes) for block in blocks):
             raise TokenCountError("an asked-for block is not in the prompt")
-        variables = request_variables_key(body)
-        if variables is None:  # variables with no canonical form: count, and remember nothing
+        unhashed = rendering_key(body)
+        if unhashed is None:  # variables with no canonical form: count, and remember nothing
             return await self._inner.count(body, prompt, blocks)
         version = self._inner.tokenizer_version
-        keys = {block: (version, variables, prompt.prefix_hashes[block]) for block in blocks}
+        keys = {block: (version, unhashed, prompt.prefix_hashes[block]) for block in blocks}
         known = {block: self._memory[key] for block, key in keys.items() if key in self._memory}
         if keys and len(known) == len(keys):
             for key in keys.values():

@@ -12,7 +12,8 @@ for the end of a request's last message, what a later request needs to start fro
   else), the images up to it, and the counts of the blocks its request asked for.
 
 It is found by the prefix hash of that message's last block, which covers the tools and every
-message up to it; the request's template variables must be the same too. So the text up to
+message up to it; what no prefix hash covers (``rendering_key``: the template variables, an
+empty tools list) must be the same too. So the text up to
 the point is the same in both requests, provided the template's look-ahead agrees — which
 the template checks — and the count from the cut on is the count of the whole rendering
 (``PieceCounter.count_from``). tests/tokens/test_resumed_counts.py holds resumed counts to
@@ -43,8 +44,8 @@ MAX_TRIED = 3
 class Checkpoint:
     """Where a later request of the same conversation may resume its count (module docstring)."""
 
-    variables: bytes
-    """The request's template variables, canonical (``request_variables_key``)."""
+    unhashed: bytes
+    """What its request's rendering depends on that no prefix hash covers (``rendering_key``)."""
     resumption: Resumption
     cut: int
     tokens_before_cut: int
@@ -71,7 +72,7 @@ def checkpoint_after(
     ends: Sequence[tuple[int, int]],
     cumulative: dict[int, int],
     images: int,
-    variables: bytes,
+    unhashed: bytes,
     cut_reach: int,
 ) -> tuple[int, Checkpoint] | None:
     """The checkpoint a layout offered (``layout.kept``), and the block it is found by.
@@ -92,7 +93,7 @@ def checkpoint_after(
     last_block = message_start(blocks, kept.message + 1) - 1
     k = bisect.bisect_right(ends, point, key=operator.itemgetter(1)) - 1
     return last_block, Checkpoint(
-        variables=variables,
+        unhashed=unhashed,
         resumption=kept,
         cut=cut,
         tokens_before_cut=counted.before[i],
@@ -115,9 +116,10 @@ class CheckpointStore:
         self._lock = threading.Lock()
 
     def deepest(
-        self, prefix_hashes: Sequence[bytes], variables: bytes, limit: int = MAX_TRIED
+        self, prefix_hashes: Sequence[bytes], unhashed: bytes, limit: int = MAX_TRIED
     ) -> list[tuple[int, Checkpoint]]:
-        """The checkpoints after blocks of a prompt, for these variables: the deepest first, ``limit`` at most.
+        """The checkpoints after blocks of a prompt, for this ``unhashed`` (``rendering_key``): the
+        deepest first, ``limit`` at most.
 
         More than one: the deepest may be another branch's (a conversation taken back and
         continued differently), whose look-ahead or counts do not fit.
@@ -127,7 +129,7 @@ class CheckpointStore:
         with self._lock:
             for block in range(len(prefix_hashes) - 1, -1, -1):
                 checkpoint = entries.get(prefix_hashes[block])
-                if checkpoint is not None and checkpoint.variables == variables:
+                if checkpoint is not None and checkpoint.unhashed == unhashed:
                     entries.move_to_end(prefix_hashes[block])
                     found.append((block, checkpoint))
                     if len(found) == limit:

@@ -190,16 +190,21 @@ def chat_template_from_config(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def request_variables_key(body: Mapping[str, Any]) -> bytes | None:
-    """A request's template variables (``chat_template_kwargs``) in canonical form: empty when it
-    sets none, None when they are not JSON values. For memories of counts, which these can change."""
+def rendering_key(body: Mapping[str, Any]) -> bytes | None:
+    """What a request's rendering depends on that no prefix hash covers, in canonical form: its
+    template variables (``chat_template_kwargs``), and whether it sends an empty tools list —
+    no block to hash, but Llama 3.1's template tells ``[]`` from no tools. Empty for neither;
+    None when the variables are not JSON values. For memories of counts, which these change."""
     variables = body.get("chat_template_kwargs")
-    if not variables:
-        return b""
-    try:
-        return orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError: not JSON values
-        return None
+    key = b""
+    if variables:
+        try:
+            key = orjson.dumps(variables, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: not JSON values
+            return None
+    if body.get("tools") == []:
+        key += b"\x00tools: []"
+    return key
 
 
 class ChatTemplate:

@@ -5,8 +5,8 @@ messages that is tens of milliseconds, and it is the whole cost of counting a co
 whose prefix is already tokenized (``pieces.py``). The same text built with string operations
 takes a fraction of a millisecond.
 
-A native template stands in for one template — Qwen3's, Qwen2.5's, and gpt-oss's (whose
-header jinja still renders) — recognized by the SHA-256 of its source: any other text, a
+A native template stands in for one template — Qwen3's, Qwen2.5's, Llama 3.1's, and
+gpt-oss's (whose header jinja still renders) — recognized by the SHA-256 of its source: any other text, a
 template edited by one character, is rendered by jinja. It offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from cachegate.core.types import BlockRef
 from cachegate.tokens.native.gpt_oss import GptOssTemplate
+from cachegate.tokens.native.llama3 import Llama3Template, render_llama3
 from cachegate.tokens.native.plain import LaidOutPrompt, Resumption
 from cachegate.tokens.native.qwen3 import Qwen3Template, render_qwen3
 from cachegate.tokens.native.qwen25 import Qwen25Template, render_qwen25
@@ -38,11 +39,13 @@ from cachegate.tokens.template import compile_template
 __all__ = [
     "GptOssTemplate",
     "LaidOutPrompt",
+    "Llama3Template",
     "NativeTemplate",
     "Qwen3Template",
     "Qwen25Template",
     "Resumption",
     "native_template",
+    "render_llama3",
     "render_qwen3",
     "render_qwen25",
 ]
@@ -82,6 +85,8 @@ def native_template(source: str) -> NativeTemplate | None:
         return Qwen3Template()
     if digest == _QWEN25_SHA256:
         return Qwen25Template()
+    if digest == _LLAMA31_SHA256:
+        return Llama3Template()
     if digest == _GPT_OSS_SHA256:
         return GptOssTemplate(compile_template(source))
     return None
@@ -91,5 +96,7 @@ def native_template(source: str) -> NativeTemplate | None:
 _QWEN3_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"
 # Qwen2.5 instruct models (0.5B to 72B), as published with them.
 _QWEN25_SHA256 = "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f"
+# Llama 3.1 instruct models (8B, 70B, 405B), as published with them.
+_LLAMA31_SHA256 = "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"
 # gpt-oss-20b and gpt-oss-120b, as published with the models.
 _GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"
