@@ -39,6 +39,7 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 QWEN3 = qwen3_files().chat_template
 QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
 LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
+DEEPSEEK = (TEMPLATES / "deepseek-ai-DeepSeek-V3.1.jinja").read_text(encoding="utf-8")
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
 
@@ -60,6 +61,8 @@ QWEN25_NATIVE = native_template(QWEN25)
 QWEN25_JINJA = _jinja(QWEN25)
 LLAMA31_NATIVE = native_template(LLAMA31)
 LLAMA31_JINJA = _jinja(LLAMA31, {"bos_token": "<|begin_of_text|>"})
+DEEPSEEK_NATIVE = native_template(DEEPSEEK)
+DEEPSEEK_JINJA = _jinja(DEEPSEEK, {"bos_token": "<｜begin▁of▁sentence｜>"})
 GPT_OSS_NATIVE = native_template(GPT_OSS)
 GPT_OSS_JINJA = tiktoken_counter(named_encoding("o200k_harmony"), GPT_OSS + JINJA_ONLY)
 
@@ -111,9 +114,10 @@ def prompt_or_skip(body: dict[str, Any]) -> ParsedPrompt:
         (QWEN3_NATIVE, QWEN3_JINJA),
         (QWEN25_NATIVE, QWEN25_JINJA),
         (LLAMA31_NATIVE, LLAMA31_JINJA),
+        (DEEPSEEK_NATIVE, DEEPSEEK_JINJA),
         (GPT_OSS_NATIVE, GPT_OSS_JINJA),
     ],
-    ids=["qwen3", "qwen2.5", "llama3.1", "gpt-oss"],
+    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "gpt-oss"],
 )
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(chat_message(), max_size=6), TOOLS, VARIABLES)
@@ -132,9 +136,10 @@ def test_a_layout_is_the_sentinel_methods_or_none(
         (QWEN3_NATIVE, QWEN3_JINJA),
         (QWEN25_NATIVE, QWEN25_JINJA),
         (LLAMA31_NATIVE, LLAMA31_JINJA),
+        (DEEPSEEK_NATIVE, DEEPSEEK_JINJA),
         (GPT_OSS_NATIVE, GPT_OSS_JINJA),
     ],
-    ids=["qwen3", "qwen2.5", "llama3.1", "gpt-oss"],
+    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "gpt-oss"],
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(agent_conversation(), st.one_of(st.none(), st.lists(TOOL, min_size=1, max_size=2)), VARIABLES)

@@ -20,11 +20,13 @@ from stopped_clock import stopped_clock
 
 import cachegate.tokens.template
 from cachegate.tokens.native import (
+    DeepSeekTemplate,
     GptOssTemplate,
     Llama3Template,
     Qwen3Template,
     Qwen25Template,
     native_template,
+    render_deepseek,
     render_llama3,
     render_qwen3,
     render_qwen25,
@@ -338,3 +340,32 @@ def test_llama31_renders_agent_loops_as_its_template(
     messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any]
 ) -> None:
     assert render_llama3(messages, tools, variables) == jinja_rendering(LLAMA31, messages, tools, variables)
+
+
+DEEPSEEK = (TEMPLATES / "deepseek-ai-DeepSeek-V3.1.jinja").read_text(encoding="utf-8")
+_DEEPSEEK_VARIABLES = st.fixed_dictionaries(
+    {"bos_token": st.just("<｜begin▁of▁sentence｜>")},
+    optional={"thinking": st.one_of(st.booleans(), st.none()), "enable_thinking": st.booleans()},
+)
+
+
+def test_the_deepseek_template_has_its_native_renderer() -> None:
+    assert isinstance(native_template(DEEPSEEK), DeepSeekTemplate)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_message(), max_size=7), _DEEPSEEK_VARIABLES)
+def test_deepseek_renders_as_its_template(messages: list[dict[str, Any]], variables: dict[str, Any]) -> None:
+    assert_native_matches(render_deepseek, DEEPSEEK, messages, None, variables)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gpt_oss_agent_loop(), _DEEPSEEK_VARIABLES)
+def test_deepseek_renders_agent_loops_as_its_template(
+    messages: list[dict[str, Any]], variables: dict[str, Any]
+) -> None:
+    for message in messages:  # the arguments as prepare_chat offers them: parsed
+        for call in message.get("tool_calls", []):
+            if isinstance(call["function"]["arguments"], str):
+                call["function"]["arguments"] = {}
+    assert render_deepseek(messages, None, variables) == jinja_rendering(DEEPSEEK, messages, None, variables)

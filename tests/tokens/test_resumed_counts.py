@@ -39,6 +39,7 @@ POLICY = TtlPolicy.default_policy()
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
+DEEPSEEK = (TEMPLATES / "deepseek-ai-DeepSeek-V3.1.jinja").read_text(encoding="utf-8")
 QWEN3_TOKENIZER = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
 HARMONY = named_encoding("o200k_harmony")
 
@@ -48,21 +49,43 @@ def qwen(template: str, checkpoint_bytes: int) -> ChatTokenCounter:
     return ChatTokenCounter(pieces, template, qwen3_files().special_tokens, checkpoint_bytes=checkpoint_bytes)
 
 
-def _llama_tokenizer() -> Tokenizer:
-    """Qwen3's vocabulary with Llama 3's special tokens, so that its renderings are cut as Llama's are."""
+def with_special_tokens(specials: list[str]) -> Tokenizer:
+    """Qwen3's vocabulary with another family's special tokens, so that renderings are cut as that family's are."""
     tokenizer = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
-    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
     return tokenizer
 
 
-LLAMA_TOKENIZER = _llama_tokenizer()
+LLAMA_TOKENIZER = with_special_tokens(
+    ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
+)
+DEEPSEEK_TOKENIZER = with_special_tokens(
+    [
+        "<｜begin▁of▁sentence｜>",
+        "<｜User｜>",
+        "<｜Assistant｜>",
+        "<｜end▁of▁sentence｜>",
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁sep｜>",
+        "<｜tool▁output▁begin｜>",
+        "<｜tool▁output▁end｜>",
+    ]
+)
 
 
 def llama(checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(LLAMA_TOKENIZER, b"llama")
     special_tokens = {"bos_token": "<|begin_of_text|>"}
     return ChatTokenCounter(pieces, LLAMA31, special_tokens, checkpoint_bytes=checkpoint_bytes)
+
+
+def deepseek(checkpoint_bytes: int) -> ChatTokenCounter:
+    pieces = HfPieces(DEEPSEEK_TOKENIZER, b"deepseek")
+    special_tokens = {"bos_token": "<｜begin▁of▁sentence｜>"}
+    return ChatTokenCounter(pieces, DEEPSEEK, special_tokens, checkpoint_bytes=checkpoint_bytes)
 
 
 def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
@@ -77,6 +100,7 @@ COUNTERS = {
     "qwen3": (qwen(QWEN3, 1 << 20), qwen(QWEN3, 0)),
     "qwen2.5": (qwen(QWEN25, 1 << 20), qwen(QWEN25, 0)),
     "llama3.1": (llama(1 << 20), llama(0)),
+    "deepseek-v3.1": (deepseek(1 << 20), deepseek(0)),
     "gpt-oss": (gpt_oss(1 << 20), gpt_oss(0)),
 }
 

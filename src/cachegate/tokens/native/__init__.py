@@ -5,9 +5,10 @@ messages that is tens of milliseconds, and it is the whole cost of counting a co
 whose prefix is already tokenized (``pieces.py``). The same text built with string operations
 takes a fraction of a millisecond.
 
-A native template stands in for one template — Qwen3's, Qwen2.5's, Llama 3.1's, and
-gpt-oss's (whose header jinja still renders) — recognized by the SHA-256 of its source: any other text, a
-template edited by one character, is rendered by jinja. It offers two things:
+A native template stands in for one template — Qwen3's, Qwen2.5's, Llama 3.1's,
+DeepSeek-V3.1's, and gpt-oss's (whose header jinja still renders) — recognized by the SHA-256
+of its source: any other text, a template edited by one character, is rendered by jinja. It
+offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
   prepares it, marks included, for the sentinel method (``counter.py``);
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from cachegate.core.types import BlockRef
+from cachegate.tokens.native.deepseek import DeepSeekTemplate, render_deepseek
 from cachegate.tokens.native.gpt_oss import GptOssTemplate
 from cachegate.tokens.native.llama3 import Llama3Template, render_llama3
 from cachegate.tokens.native.plain import LaidOutPrompt, Resumption
@@ -37,6 +39,7 @@ from cachegate.tokens.native.qwen25 import Qwen25Template, render_qwen25
 from cachegate.tokens.template import compile_template
 
 __all__ = [
+    "DeepSeekTemplate",
     "GptOssTemplate",
     "LaidOutPrompt",
     "Llama3Template",
@@ -45,6 +48,7 @@ __all__ = [
     "Qwen25Template",
     "Resumption",
     "native_template",
+    "render_deepseek",
     "render_llama3",
     "render_qwen3",
     "render_qwen25",
@@ -87,6 +91,8 @@ def native_template(source: str) -> NativeTemplate | None:
         return Qwen25Template()
     if digest == _LLAMA31_SHA256:
         return Llama3Template()
+    if digest == _DEEPSEEK_V31_SHA256:
+        return DeepSeekTemplate()
     if digest == _GPT_OSS_SHA256:
         return GptOssTemplate(compile_template(source))
     return None
@@ -98,5 +104,7 @@ _QWEN3_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b
 _QWEN25_SHA256 = "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f"
 # Llama 3.1 instruct models (8B, 70B, 405B), as published with them.
 _LLAMA31_SHA256 = "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"
+# DeepSeek-V3.1, as published with it.
+_DEEPSEEK_V31_SHA256 = "d9f5f351b276cf9e81d009db08830db7d38e94927aecd09a7beb43e2aafee94e"
 # gpt-oss-20b and gpt-oss-120b, as published with the models.
 _GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"
