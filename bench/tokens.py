@@ -9,7 +9,10 @@ short ones), it reports:
   prefix up to the previous breakpoint seen before: the time of ``CacheClassifier.classify``
   (SQLite index lookup, counting of the new tail, the check of the hit), median and p90 over
   ``--trials`` turns, with the parse of the request (markers, blocks, hashes) beside it;
-- hit: the same conversation again (every breakpoint cached): classification is the lookup.
+- hit: the same conversation again (every breakpoint cached): classification is the lookup;
+- the other published templates (Qwen2.5, Llama 3.1, DeepSeek-V3.1, Mistral-Nemo, Qwen3-Coder)
+  on a conversation grown by one tool turn: the count's time and how it was taken (resumed from
+  the last count, laid out, or rendered by jinja with marks).
 
 With ``--memory`` it also starts ``cachegate serve`` with three models on three tokenizer
 configurations, sends each a 200k-token conversation and reports the gateway's resident and
@@ -36,15 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import tiktoken
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import CacheTariff, Scope
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.index.factory import open_index
-from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.base import TokenCounter, TokenCountError
 from cachegate.tokens.counter import ChatTokenCounter
+from cachegate.tokens.hf import HfPieces
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.registry import TokenizerSpec, load_counter
 from cachegate.tokens.shipped import qwen3_counter, qwen3_files
@@ -101,7 +105,7 @@ def add_tool_turn(body: dict[str, Any], rng: random.Random, turn: int, lines: in
     for message in body["messages"][2:]:
         if isinstance(message["content"], list):
             message["content"] = message["content"][0]["text"]
-    call_id = f"call_{turn}"
+    call_id = f"c{turn:08d}"  # nine letters and digits, as Mistral's template demands
     body["messages"].append(
         {
             "role": "assistant",
@@ -254,6 +258,84 @@ TOKENIZERS: dict[str, tuple[TokenizerSpec, Callable[[TokenizerSpec], Callable[[s
 }
 
 
+# The other published templates, each with Qwen3's vocabulary and its family's special tokens
+# and BOS: the rendering is the template's and it is cut into pieces where the family's own
+# tokenizer cuts it, so the time is that of the template's path through cachegate.
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "Qwen2.5": ("Qwen-Qwen2.5-7B-Instruct", []),
+    "Llama 3.1": (
+        "meta-llama-Llama-3.1-8B-Instruct",
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"],
+    ),
+    "DeepSeek-V3.1": (
+        "deepseek-ai-DeepSeek-V3.1",
+        [
+            "<｜begin▁of▁sentence｜>",
+            "<｜end▁of▁sentence｜>",
+            "<｜User｜>",
+            "<｜Assistant｜>",
+            "<｜tool▁calls▁begin｜>",
+            "<｜tool▁calls▁end｜>",
+            "<｜tool▁call▁begin｜>",
+            "<｜tool▁call▁end｜>",
+            "<｜tool▁sep｜>",
+            "<｜tool▁output▁begin｜>",
+            "<｜tool▁output▁end｜>",
+        ],
+    ),
+    "Mistral-Nemo": (
+        "mistralai-Mistral-Nemo-Instruct-2407",
+        [
+            "<s>",
+            "</s>",
+            "[INST]",
+            "[/INST]",
+            "[TOOL_CALLS]",
+            "[AVAILABLE_TOOLS]",
+            "[/AVAILABLE_TOOLS]",
+            "[TOOL_RESULTS]",
+            "[/TOOL_RESULTS]",
+        ],
+    ),
+    "Qwen3-Coder": ("Qwen3-Coder", []),
+}
+
+
+def families(trials: int) -> None:
+    """Each other published template on a conversation grown by one tool turn: count p50, and how."""
+    print("== other templates (Qwen3's vocabulary, the family's special tokens): one new tool turn counted")
+    for family, (template, specials) in FAMILIES.items():
+        tokenizer = Tokenizer.from_buffer(qwen3_files().tokenizer_json)
+        tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+        special_tokens = {**qwen3_files().special_tokens, "bos_token": specials[0] if specials else None}
+        source = (TEMPLATES / f"{template}.jinja").read_text()
+        counter = ChatTokenCounter(HfPieces(tokenizer, family.encode()), source, special_tokens)
+        try:
+            cells = [grown_count(counter, messages, trials) for messages in (20, 100, 400)]
+        except TokenCountError as exc:
+            cells = [f"refused: {exc}"]
+        print(f"{family:<14} " + " | ".join(cells))
+
+
+def grown_count(counter: ChatTokenCounter, messages: int, trials: int) -> str:
+    rng = random.Random(messages)
+    body = agent_conversation(messages)
+    prompt = parse_prompt(body, POLICY)
+    counter.count_blocking(body, prompt, [breakpoint_.block for breakpoint_ in prompt.breakpoints])
+    times, methods = [], set()
+    for turn in range(trials):
+        body = copy.deepcopy(body)
+        add_tool_turn(body, rng, 10_000 + turn, 20)
+        prompt = parse_prompt(body, POLICY)
+        blocks = [breakpoint_.block for breakpoint_ in prompt.breakpoints]
+        counts, seconds = timed(
+            lambda body=body, prompt=prompt, blocks=blocks: counter.count_blocking(body, prompt, blocks)
+        )
+        times.append(seconds)
+        methods.add(counts.method)
+    return f"{messages:>3} messages {median_ms(times):5.1f} ms ({'/'.join(sorted(methods))})"
+
+
 async def run(trials: int) -> None:
     shapes = (20, 50, 100, 200, 400)
     with tempfile.TemporaryDirectory(prefix="cachegate-tokbench-") as work:
@@ -342,6 +424,7 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true", help="also measure the gateway's memory with three models")
     args = parser.parse_args()
     asyncio.run(run(args.trials))
+    families(args.trials)
     if args.memory:
         memory()
     return 0
