@@ -13,11 +13,11 @@ for the end of a request's last message, what a later request needs to start fro
 
 It is found by the prefix hash of that message's last block, which covers the tools and every
 message up to it; what no prefix hash covers (``rendering_key``: the template variables, an
-empty tools list) must be the same too. So the text up to
-the point is the same in both requests, provided the template's look-ahead agrees — which
-the template checks — and the count from the cut on is the count of the whole rendering
-(``PieceCounter.count_from``). tests/tokens/test_resumed_counts.py holds resumed counts to
-counts from the start over growing, branching and rewritten conversations.
+empty tools list) must be the same too. So the text up to the point is the same in both
+requests, provided the template's look-ahead agrees — which the template checks — and the
+count from the cut on is the count of the whole rendering (``PieceCounter.count_from``).
+tests/tokens/test_resumed_counts.py holds resumed counts to counts from the start over
+growing, branching and rewritten conversations.
 """
 
 from __future__ import annotations

@@ -96,6 +96,16 @@ _FORMAT_METHODS = frozenset({"format", "format_map"})
 _PLAIN_CALLABLES = (types.BuiltinMethodType, types.MethodWrapperType)
 
 
+def as_output(value: Any) -> str:
+    """What ``{{ value }}`` writes: ``str(value)`` (None as "None"), as jinja does without a finalize.
+
+    For templates reproduced in Python (``native/``); other values give way (``Unsupported``).
+    """
+    if type(value) not in (str, int, float, bool) and value is not None:
+        raise Unsupported("only plain values are written as jinja writes them")
+    return str(value)
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """transformers' sandbox, with the same decisions taken faster.
 

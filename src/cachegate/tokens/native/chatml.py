@@ -8,15 +8,11 @@ written: Qwen3 writes a string as it is, Qwen2.5 always as JSON.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.conversation import prepared_call, prepared_tool
-from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.plain import PlainMessage, TextWriter, plain_call
-from cachegate.tokens.template import Unsupported, tojson
+from cachegate.tokens.native.plain import PlainMessage, TextWriter
+from cachegate.tokens.template import as_output, tojson
 
 TOOLS_HEAD = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -41,13 +37,6 @@ def tool_call_text(function: Mapping[str, Any], arguments_as_json: bool) -> str:
         + (arguments if type(arguments) is str and not arguments_as_json else tojson(arguments))
         + "}\n</tool_call>"
     )
-
-
-def as_output(value: Any) -> str:
-    """What ``{{ value }}`` writes: ``str(value)`` (None as "None"), as jinja does without a finalize."""
-    if type(value) not in (str, int, float, bool) and value is not None:
-        raise Unsupported("only plain values are written as jinja writes them")
-    return str(value)
 
 
 def render_tool_result(out: list[str], messages: Sequence[Mapping[str, Any]], index: int) -> None:
@@ -81,27 +70,11 @@ def followed_by_tool(raw: list[Any], index: int) -> bool | None:
     return index < len(raw) - 1 and raw[index + 1]["role"] == "tool"
 
 
-def tool_layout(tool: Any) -> tuple[str, int]:
-    """A tool's JSON as the template writes it, and where its block ends in it (its mark's place)."""
-    try:
-        located = marked_end(lambda one_mark: tojson(prepared_tool(tool, one_mark)))
-    except (TokenCountError, TypeError, ValueError) as exc:
-        raise Unsupported("a tool the sentinel method decides on") from exc
-    if located is None:
-        raise Unsupported("a tool whose mark is not found")
-    return located
+def arguments_as_they_are(function: Mapping[str, Any]) -> str:
+    """Qwen3's call: string arguments as they are, others as JSON."""
+    return tool_call_text(function, arguments_as_json=False)
 
 
-def call_layout(call: Any, arguments_as_json: bool) -> tuple[str, int]:
-    """A tool call as the template writes it, and where its block ends in it."""
-    return _named_call_layout(*plain_call(call), arguments_as_json)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _named_call_layout(name: str, arguments: str, arguments_as_json: bool) -> tuple[str, int]:
-    """Remembered: an agent conversation sends each of its calls again on every turn."""
-    call = {"function": {"name": name, "arguments": arguments}}
-    located = marked_end(lambda one_mark: tool_call_text(prepared_call(call, one_mark)["function"], arguments_as_json))
-    if located is None:
-        raise Unsupported("a call whose mark is not found")
-    return located
+def arguments_as_json(function: Mapping[str, Any]) -> str:
+    """Qwen2.5's call: the arguments always as JSON."""
+    return tool_call_text(function, arguments_as_json=True)

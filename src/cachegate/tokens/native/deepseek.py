@@ -11,16 +11,12 @@ message (after a user turn, after a tool result) is what a resumption hands on.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachegate.core.types import BlockRef
-from cachegate.tokens.conversation import prepared_call
-from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.chatml import as_output
-from cachegate.tokens.native.plain import LaidOutPrompt, Resumption, TextWriter, plain_call, plain_request
-from cachegate.tokens.template import Unsupported, tojson
+from cachegate.tokens.native.plain import LaidOutPrompt, Resumption, TextWriter, call_layout, plain_request
+from cachegate.tokens.template import Unsupported, as_output, tojson
 
 _USER = "<｜User｜>"
 _ASSISTANT = "<｜Assistant｜>"
@@ -153,7 +149,7 @@ class DeepSeekTemplate:
                         if content:
                             out.write_content(content, message.text_ends)
                         out.write(_CALLS_BEGIN)
-                    text, end = _call_layout(call)
+                    text, end = call_layout(call, _call_text)
                     out.write(_CALL_BEGIN)
                     out.write_ending(text, block, end)
                     out.write(_CALL_END)
@@ -180,17 +176,3 @@ class DeepSeekTemplate:
         if after_user and not after_tool:
             out.write(_ASSISTANT + ("<think>" if thinking else _NO_THINKING))
         return out.laid_out(frozenset(dropped), request.images)
-
-
-def _call_layout(call: Any) -> tuple[str, int]:
-    return _named_call_layout(*plain_call(call))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _named_call_layout(name: str, arguments: str) -> tuple[str, int]:
-    """Remembered: an agent conversation sends each of its calls again on every turn."""
-    call = {"function": {"name": name, "arguments": arguments}}
-    located = marked_end(lambda one_mark: _call_text(prepared_call(call, one_mark)["function"]))
-    if located is None:
-        raise Unsupported("a call whose mark is not found")
-    return located

@@ -10,7 +10,6 @@ the template quadratic in the number of messages; here that is one pass from the
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -23,13 +22,14 @@ import orjson
 from cachegate.core.types import BlockRef
 from cachegate.tokens import template as template_module
 from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.conversation import prepare_chat, prepared_call
-from cachegate.tokens.marks import mark, mark_delimiters, marked_end, without_marks
+from cachegate.tokens.conversation import prepare_chat
+from cachegate.tokens.marks import mark, mark_delimiters, without_marks
 from cachegate.tokens.native.plain import (
     LaidOutPrompt,
     PlainMessage,
     Resumption,
     TextWriter,
+    call_layout,
     plain_call,
     plain_request,
 )
@@ -334,15 +334,11 @@ def _plain_thinking(message: PlainMessage) -> str | None:
 
 def _call_layout(call: Any) -> tuple[str, str, int]:
     """A call's name, its arguments as the template writes them, and where its block ends in those."""
-    name, arguments = plain_call(call)
-    return (name, *_arguments_layout(name, arguments))
+    name, _ = plain_call(call)
+    # Arguments without a string: the mark is on the name, which the template writes twice; then
+    # the mark is not in what _arguments writes, and the sentinel method decides.
+    return (name, *call_layout(call, _arguments))
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _arguments_layout(name: str, arguments: str) -> tuple[str, int]:
-    """Remembered: an agent conversation sends each of its calls again on every turn."""
-    call = {"function": {"name": name, "arguments": arguments}}
-    located = marked_end(lambda one_mark: tojson(prepared_call(call, one_mark)["function"]["arguments"]))
-    if located is None:  # arguments without a string: the mark is on the name, which the template writes twice
-        raise Unsupported("a call whose mark is not in its arguments")
-    return located
+def _arguments(function: Mapping[str, Any]) -> str:
+    return tojson(function["arguments"])

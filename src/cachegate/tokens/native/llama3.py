@@ -13,25 +13,21 @@ so a layout resumes anywhere after that.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachegate.core.types import BlockRef
-from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.conversation import prepared_call, prepared_tool
-from cachegate.tokens.marks import marked_end
-from cachegate.tokens.native.chatml import as_output
 from cachegate.tokens.native.plain import (
     LaidOutPrompt,
     PlainMessage,
     PlainRequest,
     Resumption,
     TextWriter,
-    plain_call,
+    call_layout,
     plain_request,
+    tool_layout,
 )
-from cachegate.tokens.template import Unsupported, tojson
+from cachegate.tokens.template import Unsupported, as_output, tojson
 
 _DEFAULT_DATE = "26 Jul 2024"
 _FORMAT = (
@@ -160,7 +156,7 @@ class Llama3Template:
                     raise Unsupported("one tool call at once: the template refuses others")
                 dropped.update(block for block, _ in message.text_ends)  # a call's turn has no text
                 block, call = message.calls[0]
-                text, end = _call_layout(call)
+                text, end = call_layout(call, _call_text, before_trailing_space=True)
                 out.write("<|start_header_id|>assistant<|end_header_id|>\n\n")
                 out.write_ending(text, block, end)
                 out.write(_TURN_END)
@@ -206,7 +202,7 @@ def _lay_out_header(out: TextWriter, request: PlainRequest, variables: Mapping[s
 
 def _write_tools(out: TextWriter, tools: list[tuple[int, Any]]) -> None:
     for block, tool in tools:
-        text, end = _tool_layout(tool)
+        text, end = tool_layout(tool, _indented, before_trailing_space=True)
         out.write_ending(text, block, end)
         out.write("\n\n")
 
@@ -219,30 +215,5 @@ def _write_trimmed(out: TextWriter, message: PlainMessage) -> None:
     out.write(content.strip())
 
 
-def _tool_layout(tool: Any) -> tuple[str, int]:
-    """A tool's JSON as the template writes it (indented), and where its block ends in it."""
-    try:
-        located = marked_end(
-            lambda one_mark: tojson(prepared_tool(tool, one_mark, before_trailing_space=True), indent=4)
-        )
-    except (TokenCountError, TypeError, ValueError) as exc:
-        raise Unsupported("a tool the sentinel method decides on") from exc
-    if located is None:
-        raise Unsupported("a tool whose mark is not found")
-    return located
-
-
-def _call_layout(call: Any) -> tuple[str, int]:
-    return _named_call_layout(*plain_call(call))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _named_call_layout(name: str, arguments: str) -> tuple[str, int]:
-    """Remembered: an agent conversation sends each of its calls again on every turn."""
-    call = {"function": {"name": name, "arguments": arguments}}
-    located = marked_end(
-        lambda one_mark: _call_text(prepared_call(call, one_mark, before_trailing_space=True)["function"])
-    )
-    if located is None:
-        raise Unsupported("a call whose mark is not found")
-    return located
+def _indented(tool: Any) -> str:
+    return tojson(tool, indent=4)

@@ -15,14 +15,17 @@ next message on — the work of a grown conversation's new turns, whatever its l
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cachegate.core.types import BlockKind, BlockRef
-from cachegate.tokens.conversation import has_own_text, is_image_part
-from cachegate.tokens.template import Unsupported
+from cachegate.tokens.base import TokenCountError
+from cachegate.tokens.conversation import has_own_text, is_image_part, prepared_call, prepared_tool
+from cachegate.tokens.marks import marked_end
+from cachegate.tokens.template import Unsupported, tojson
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,44 @@ def plain_call(call: Any) -> tuple[str, str]:
     if type(name) is not str or type(arguments) is not str:
         raise Unsupported("a call whose name or arguments are not strings")
     return name, arguments
+
+
+def tool_layout(
+    tool: Any, write: Callable[[Any], str] = tojson, before_trailing_space: bool = False
+) -> tuple[str, int]:
+    """A tool as ``write`` writes its prepared form, and where its block ends in that text (its mark's place)."""
+    try:
+        located = marked_end(lambda one_mark: write(prepared_tool(tool, one_mark, False, before_trailing_space)))
+    except (TokenCountError, TypeError, ValueError) as exc:
+        raise Unsupported("a tool the sentinel method decides on") from exc
+    if located is None:
+        raise Unsupported("a tool whose mark is not found")
+    return located
+
+
+CallWriter = Callable[[Mapping[str, Any]], str]
+"""How a template writes a prepared call's function (name and parsed arguments)."""
+
+
+def call_layout(call: Any, write: CallWriter, before_trailing_space: bool = False) -> tuple[str, int]:
+    """A plain tool call as ``write`` writes it, and where its block ends in that text.
+
+    ``before_trailing_space``: the mark's place for templates that trim (``conversation.py``).
+    ``write`` must be a module-level function: it is part of the memo's key.
+    """
+    return _remembered_call_layout(*plain_call(call), write, before_trailing_space)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _remembered_call_layout(
+    name: str, arguments: str, write: CallWriter, before_trailing_space: bool
+) -> tuple[str, int]:
+    """Remembered: an agent conversation sends each of its calls again on every turn."""
+    call = {"function": {"name": name, "arguments": arguments}}
+    located = marked_end(lambda one_mark: write(prepared_call(call, one_mark, before_trailing_space)["function"]))
+    if located is None:
+        raise Unsupported("a call whose mark is not found where the template writes it")
+    return located
 
 
 def _joined_parts(

@@ -15,14 +15,21 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.native.chatml import (
     TOOLS_HEAD,
     TOOLS_TAIL,
-    call_layout,
+    arguments_as_json,
     followed_by_tool,
     lay_out_tool_result,
     render_tool_result,
     tool_call_text,
+)
+from cachegate.tokens.native.plain import (
+    LaidOutPrompt,
+    PlainRequest,
+    Resumption,
+    TextWriter,
+    call_layout,
+    plain_request,
     tool_layout,
 )
-from cachegate.tokens.native.plain import LaidOutPrompt, PlainRequest, Resumption, TextWriter, plain_request
 from cachegate.tokens.template import Unsupported, tojson
 
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -121,7 +128,7 @@ class Qwen25Template:
                     out.write_content(message.content, message.text_ends)
                 for block, call in message.calls:
                     out.write("\n")
-                    text, end = call_layout(call, arguments_as_json=True)
+                    text, end = call_layout(call, arguments_as_json)
                     out.write_ending(text, block, end)
                 out.write("<|im_end|>\n")
             elif role == "tool":

@@ -16,12 +16,11 @@ from cachegate.tokens.native.chatml import (
     MISSING,
     TOOLS_HEAD,
     TOOLS_TAIL,
-    call_layout,
+    arguments_as_they_are,
     followed_by_tool,
     lay_out_tool_result,
     render_tool_result,
     tool_call_text,
-    tool_layout,
 )
 from cachegate.tokens.native.plain import (
     LaidOutPrompt,
@@ -29,7 +28,9 @@ from cachegate.tokens.native.plain import (
     PlainRequest,
     Resumption,
     TextWriter,
+    call_layout,
     plain_request,
+    tool_layout,
 )
 from cachegate.tokens.template import Unsupported, tojson
 
@@ -228,6 +229,6 @@ def _lay_out_assistant(out: TextWriter, message: PlainMessage, after_query: bool
     for position, (block, call) in enumerate(message.calls):
         if position > 0 or content:
             out.write("\n")
-        text, end = call_layout(call, arguments_as_json=False)
+        text, end = call_layout(call, arguments_as_they_are)
         out.write_ending(text, block, end)
     out.write("<|im_end|>\n")
