@@ -10,20 +10,14 @@ the template quadratic in the number of messages; here that is one pass from the
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-import orjson
 
 from cachegate.core.types import BlockRef
 from cachegate.tokens import template as template_module
-from cachegate.tokens.base import TokenCountError
-from cachegate.tokens.conversation import prepare_chat
-from cachegate.tokens.marks import mark, mark_delimiters, without_marks
+from cachegate.tokens.native.header import JinjaHeader
 from cachegate.tokens.native.plain import (
     LaidOutPrompt,
     PlainMessage,
@@ -40,9 +34,9 @@ class GptOssTemplate:
     """The gpt-oss template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     def __init__(self, template: jinja2.Template) -> None:
-        self._template = template
-        self._headers: OrderedDict[bytes, _HeaderLayout] = OrderedDict()
-        self._headers_lock = threading.Lock()
+        self._header = JinjaHeader(
+            template, frozenset({"developer", "system"}), "<|start|>user<|message|><|end|>", prose_only=True
+        )
 
     def __call__(
         self,
@@ -55,7 +49,7 @@ class GptOssTemplate:
             for message in messages
         ):
             raise Unsupported("messages must be dicts with string roles and contents")
-        out = [self._header(messages[0], tools, variables)]
+        out = [self._header.render(messages[0], tools, variables)]
         conversation = messages[1:] if messages[0]["role"] in ("developer", "system") else messages
         # final_later[i]: an assistant message without tool calls comes after message i.
         final_later = [False] * len(conversation)
@@ -108,7 +102,7 @@ class GptOssTemplate:
         if since is None:
             if not messages:
                 raise Unsupported("the template needs a message")
-            header = self._header_layout(body, blocks, request.tools, messages[0], content_join, variables, today)
+            header = self._header.layout(body, blocks, request.tools, messages[0], content_join, variables, today)
             out = TextWriter()
             out.write_content(header.text, header.ends)
             dropped.update(header.dropped)
@@ -182,92 +176,7 @@ class GptOssTemplate:
         write("<|start|>assistant")
         return out.laid_out(frozenset(dropped), request.images)
 
-    def _header_layout(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        tools: list[tuple[int, Any]] | None,
-        first: PlainMessage,
-        content_join: str,
-        variables: Mapping[str, Any],
-        today: str,
-    ) -> _HeaderLayout:
-        """The header and where its blocks end, remembered: every turn of a conversation renders it again."""
-        holds_first = first.role in ("developer", "system")
-        raw_first = body["messages"][0] if holds_first else _GPT_OSS_PROBE
-        try:
-            key = orjson.dumps([body.get("tools"), raw_first, variables, today])
-        except TypeError as exc:
-            raise Unsupported("a header of values that are not JSON") from exc
-        with self._headers_lock:
-            known = self._headers.get(key)
-            if known is not None:
-                self._headers.move_to_end(key)
-                return known
-        header_blocks = [block for block, _ in tools or ()]
-        if holds_first:
-            header_blocks.extend(block for block, _ in first.text_ends)
-        header_body = {"messages": [raw_first], "tools": body.get("tools")}
-        text, ends = self._marked_header(header_body, blocks, header_blocks, content_join, variables)
-        written = {block for block, _ in ends}
-        layout = _HeaderLayout(text, ends, frozenset(set(header_blocks) - written), holds_first)
-        with self._headers_lock:
-            self._headers[key] = layout
-            while len(self._headers) > _REMEMBERED_HEADERS:
-                self._headers.popitem(last=False)
-        return layout
 
-    def _marked_header(
-        self,
-        header_body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        header_blocks: list[int],
-        content_join: str,
-        variables: Mapping[str, Any],
-    ) -> tuple[str, list[tuple[int, int]]]:
-        """The sentinel method on the header alone, tools marked at their description."""
-        try:
-            clean_chat = prepare_chat(header_body, content_join)
-            clean = self._header(clean_chat.messages[0], clean_chat.tools, variables)
-        except (TokenCountError, jinja2.TemplateError) as exc:
-            raise Unsupported("a header the sentinel method decides on") from exc
-        delimiters = mark_delimiters(clean)
-        if delimiters is None:
-            raise Unsupported("no marks for this header")
-        marks = {blocks[block]: mark(delimiters, n) for n, block in enumerate(header_blocks)}
-        try:
-            marked_chat = prepare_chat(header_body, content_join, marks, False, True)
-            marked = self._header(marked_chat.messages[0], marked_chat.tools, variables)
-        except (TokenCountError, jinja2.TemplateError) as exc:
-            raise Unsupported("a header the sentinel method decides on") from exc
-        text, found = without_marks(marked, delimiters)
-        if text != clean:
-            raise Unsupported("marks change the header")
-        ends = [(header_blocks[n], offset) for n, offset in found]
-        return clean, ends
-
-    def _header(
-        self, first: Mapping[str, Any], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
-    ) -> str:
-        """The system and developer messages, as the template renders them before the conversation."""
-        if first["role"] in ("developer", "system"):
-            return self._render([first], tools, variables)
-        # The header is the same whatever the first message is; a user message then follows it.
-        rendered = self._render([_GPT_OSS_PROBE], tools, variables)
-        if not rendered.endswith(_GPT_OSS_PROBE_RENDERED):
-            raise Unsupported("the header could not be told apart from the conversation")
-        return rendered[: -len(_GPT_OSS_PROBE_RENDERED)]
-
-    def _render(
-        self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
-    ) -> str:
-        return self._template.render(
-            messages=messages, tools=tools, documents=None, add_generation_prompt=False, **variables
-        )
-
-
-_GPT_OSS_PROBE = {"role": "user", "content": ""}
-_GPT_OSS_PROBE_RENDERED = "<|start|>user<|message|><|end|>"
 _GPT_OSS_CHANNEL_TAGS = ("<|channel|>analysis<|message|>", "<|channel|>final<|message|>")
 
 
@@ -309,17 +218,6 @@ def _gpt_oss_call(
     out.append(tojson(tool_call["arguments"]))
     out.append("<|call|>")
     return name
-
-
-_REMEMBERED_HEADERS = 64
-
-
-@dataclass(frozen=True, slots=True)
-class _HeaderLayout:
-    text: str
-    ends: list[tuple[int, int]]
-    dropped: frozenset[int]
-    holds_first: bool  # the first message is the system or developer message the header writes
 
 
 def _plain_thinking(message: PlainMessage) -> str | None:
