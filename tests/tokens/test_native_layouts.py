@@ -40,6 +40,7 @@ QWEN3 = qwen3_files().chat_template
 QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
 LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
 DEEPSEEK = (TEMPLATES / "deepseek-ai-DeepSeek-V3.1.jinja").read_text(encoding="utf-8")
+QWEN3_CODER = (TEMPLATES / "Qwen3-Coder.jinja").read_text(encoding="utf-8")
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
 
@@ -63,6 +64,8 @@ LLAMA31_NATIVE = native_template(LLAMA31)
 LLAMA31_JINJA = _jinja(LLAMA31, {"bos_token": "<|begin_of_text|>"})
 DEEPSEEK_NATIVE = native_template(DEEPSEEK)
 DEEPSEEK_JINJA = _jinja(DEEPSEEK, {"bos_token": "<｜begin▁of▁sentence｜>"})
+QWEN3_CODER_NATIVE = native_template(QWEN3_CODER)
+QWEN3_CODER_JINJA = _jinja(QWEN3_CODER)
 GPT_OSS_NATIVE = native_template(GPT_OSS)
 GPT_OSS_JINJA = tiktoken_counter(named_encoding("o200k_harmony"), GPT_OSS + JINJA_ONLY)
 
@@ -115,9 +118,10 @@ def prompt_or_skip(body: dict[str, Any]) -> ParsedPrompt:
         (QWEN25_NATIVE, QWEN25_JINJA),
         (LLAMA31_NATIVE, LLAMA31_JINJA),
         (DEEPSEEK_NATIVE, DEEPSEEK_JINJA),
+        (QWEN3_CODER_NATIVE, QWEN3_CODER_JINJA),
         (GPT_OSS_NATIVE, GPT_OSS_JINJA),
     ],
-    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "gpt-oss"],
+    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "qwen3-coder", "gpt-oss"],
 )
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(chat_message(), max_size=6), TOOLS, VARIABLES)
@@ -137,9 +141,10 @@ def test_a_layout_is_the_sentinel_methods_or_none(
         (QWEN25_NATIVE, QWEN25_JINJA),
         (LLAMA31_NATIVE, LLAMA31_JINJA),
         (DEEPSEEK_NATIVE, DEEPSEEK_JINJA),
+        (QWEN3_CODER_NATIVE, QWEN3_CODER_JINJA),
         (GPT_OSS_NATIVE, GPT_OSS_JINJA),
     ],
-    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "gpt-oss"],
+    ids=["qwen3", "qwen2.5", "llama3.1", "deepseek-v3.1", "qwen3-coder", "gpt-oss"],
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(agent_conversation(), st.one_of(st.none(), st.lists(TOOL, min_size=1, max_size=2)), VARIABLES)
@@ -180,3 +185,28 @@ def test_a_counter_counts_through_the_layout_and_the_sentinel_method_alike() -> 
 
     assert laid_out == marked
     assert (laid_out.method, marked.method) == ("layout", "sentinel")
+
+
+@pytest.mark.parametrize(
+    ("text", "laid_out_natively"),
+    [
+        pytest.param("  Reading the file.", True, id="leading whitespace, trimmed"),
+        pytest.param("Reading the file.\n", False, id="trailing whitespace: the sentinel method marks before it"),
+    ],
+)
+def test_qwen3_coder_trims_the_text_of_a_turn_with_calls(text: str, laid_out_natively: bool) -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "read", "arguments": '{"path": "a.py"}'}}
+    body = body_of(
+        [
+            {"role": "user", "content": "Fix it."},
+            {"role": "assistant", "content": [{"type": "text", "text": text}], "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": "x = 1"},
+        ],
+        None,
+        None,
+    )
+    layout = laid_out(QWEN3_CODER_NATIVE, QWEN3_CODER_JINJA, body, parse_prompt(body, POLICY))
+
+    assert (layout is not None) == laid_out_natively
+    if layout is not None:
+        assert_same_as_the_sentinel_method(layout, QWEN3_CODER_JINJA, body)

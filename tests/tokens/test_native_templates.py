@@ -369,3 +369,26 @@ def test_deepseek_renders_agent_loops_as_its_template(
             if isinstance(call["function"]["arguments"], str):
                 call["function"]["arguments"] = {}
     assert render_deepseek(messages, None, variables) == jinja_rendering(DEEPSEEK, messages, None, variables)
+
+
+QWEN3_CODER = (TEMPLATES / "Qwen3-Coder.jinja").read_text(encoding="utf-8")
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_message(), max_size=7), _TOOLS)
+def test_qwen3_coder_renders_as_its_template(messages: list[dict[str, Any]], tools: Any) -> None:
+    renderer = native_template(QWEN3_CODER)
+    assert renderer is not None
+    assert_native_matches(renderer, QWEN3_CODER, messages, tools, {})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_gpt_oss_agent_loop(), st.one_of(st.none(), st.lists(_TOOL, min_size=1, max_size=2)))
+def test_qwen3_coder_renders_agent_loops_as_its_template(messages: list[dict[str, Any]], tools: Any) -> None:
+    renderer = native_template(QWEN3_CODER)
+    assert renderer is not None
+    for message in messages:  # the arguments as prepare_chat offers them: parsed
+        for call in message.get("tool_calls", []):
+            if not isinstance(call["function"]["arguments"], dict):
+                call["function"]["arguments"] = {}
+    assert renderer(messages, tools, {}) == jinja_rendering(QWEN3_CODER, messages, tools, {})

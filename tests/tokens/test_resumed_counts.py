@@ -96,11 +96,13 @@ def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
 # different examples meet as those of different conversations do.
 QWEN3 = qwen3_files().chat_template
 QWEN25 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+QWEN3_CODER = (TEMPLATES / "Qwen3-Coder.jinja").read_text(encoding="utf-8")
 COUNTERS = {
     "qwen3": (qwen(QWEN3, 1 << 20), qwen(QWEN3, 0)),
     "qwen2.5": (qwen(QWEN25, 1 << 20), qwen(QWEN25, 0)),
     "llama3.1": (llama(1 << 20), llama(0)),
     "deepseek-v3.1": (deepseek(1 << 20), deepseek(0)),
+    "qwen3-coder": (qwen(QWEN3_CODER, 1 << 20), qwen(QWEN3_CODER, 0)),
     "gpt-oss": (gpt_oss(1 << 20), gpt_oss(0)),
 }
 

@@ -6,9 +6,9 @@ whose prefix is already tokenized (``pieces.py``). The same text built with stri
 takes a fraction of a millisecond.
 
 A native template stands in for one template — Qwen3's, Qwen2.5's, Llama 3.1's,
-DeepSeek-V3.1's, and gpt-oss's (whose header jinja still renders) — recognized by the SHA-256
-of its source: any other text, a template edited by one character, is rendered by jinja. It
-offers two things:
+DeepSeek-V3.1's, and Qwen3-Coder's and gpt-oss's (whose headers jinja still renders) —
+recognized by the SHA-256 of its source: any other text, a template edited by one character,
+is rendered by jinja. It offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
   prepares it, marks included, for the sentinel method (``counter.py``);
@@ -35,6 +35,7 @@ from cachegate.tokens.native.gpt_oss import GptOssTemplate
 from cachegate.tokens.native.llama3 import Llama3Template, render_llama3
 from cachegate.tokens.native.plain import LaidOutPrompt, Resumption
 from cachegate.tokens.native.qwen3 import Qwen3Template, render_qwen3
+from cachegate.tokens.native.qwen3_coder import Qwen3CoderTemplate
 from cachegate.tokens.native.qwen25 import Qwen25Template, render_qwen25
 from cachegate.tokens.template import compile_template
 
@@ -44,6 +45,7 @@ __all__ = [
     "LaidOutPrompt",
     "Llama3Template",
     "NativeTemplate",
+    "Qwen3CoderTemplate",
     "Qwen3Template",
     "Qwen25Template",
     "Resumption",
@@ -93,6 +95,8 @@ def native_template(source: str) -> NativeTemplate | None:
         return Llama3Template()
     if digest == _DEEPSEEK_V31_SHA256:
         return DeepSeekTemplate()
+    if digest == _QWEN3_CODER_SHA256:
+        return Qwen3CoderTemplate(compile_template(source))
     if digest == _GPT_OSS_SHA256:
         return GptOssTemplate(compile_template(source))
     return None
@@ -106,5 +110,7 @@ _QWEN25_SHA256 = "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e34233052
 _LLAMA31_SHA256 = "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"
 # DeepSeek-V3.1, as published with it.
 _DEEPSEEK_V31_SHA256 = "d9f5f351b276cf9e81d009db08830db7d38e94927aecd09a7beb43e2aafee94e"
+# Qwen3-Coder (30B-A3B and 480B-A35B), as published with them.
+_QWEN3_CODER_SHA256 = "d287fb2edf144207f868ae1b282755dc19db2a3f1c5b3a3d57e9e5abffa98392"
 # gpt-oss-20b and gpt-oss-120b, as published with the models.
 _GPT_OSS_SHA256 = "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146"
