@@ -28,7 +28,7 @@ from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCountError
-from cachegate.tokens.counter import ChatTokenCounter
+from cachegate.tokens.counter import ChatTokenCounter, CounterMemory
 from cachegate.tokens.hf import HfPieces
 from cachegate.tokens.pieces import PieceCounter
 from cachegate.tokens.resume import Checkpoint, CheckpointStore
@@ -46,7 +46,8 @@ HARMONY = named_encoding("o200k_harmony")
 
 def qwen(template: str, checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(QWEN3_TOKENIZER, b"qwen3")
-    return ChatTokenCounter(pieces, template, qwen3_files().special_tokens, checkpoint_bytes=checkpoint_bytes)
+    memory = CounterMemory(checkpoints=checkpoint_bytes)
+    return ChatTokenCounter(pieces, template, qwen3_files().special_tokens, memory=memory)
 
 
 def with_special_tokens(specials: list[str]) -> Tokenizer:
@@ -79,17 +80,17 @@ DEEPSEEK_TOKENIZER = with_special_tokens(
 def llama(checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(LLAMA_TOKENIZER, b"llama")
     special_tokens = {"bos_token": "<|begin_of_text|>"}
-    return ChatTokenCounter(pieces, LLAMA31, special_tokens, checkpoint_bytes=checkpoint_bytes)
+    return ChatTokenCounter(pieces, LLAMA31, special_tokens, memory=CounterMemory(checkpoints=checkpoint_bytes))
 
 
 def deepseek(checkpoint_bytes: int) -> ChatTokenCounter:
     pieces = HfPieces(DEEPSEEK_TOKENIZER, b"deepseek")
     special_tokens = {"bos_token": "<｜begin▁of▁sentence｜>"}
-    return ChatTokenCounter(pieces, DEEPSEEK, special_tokens, checkpoint_bytes=checkpoint_bytes)
+    return ChatTokenCounter(pieces, DEEPSEEK, special_tokens, memory=CounterMemory(checkpoints=checkpoint_bytes))
 
 
 def gpt_oss(checkpoint_bytes: int) -> ChatTokenCounter:
-    return ChatTokenCounter(HARMONY, GPT_OSS, {}, checkpoint_bytes=checkpoint_bytes)
+    return ChatTokenCounter(HARMONY, GPT_OSS, {}, memory=CounterMemory(checkpoints=checkpoint_bytes))
 
 
 # Made once: each keeps its checkpoints from one example to the next, so equal prefixes of

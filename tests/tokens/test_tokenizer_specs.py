@@ -44,8 +44,9 @@ def test_builtin_options_give_another_version() -> None:
     assert build_counter(spec).tokenizer_version != load_qwen3().tokenizer_version
 
 
-def test_the_piece_memory_changes_no_count_and_no_version() -> None:
-    small = TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3", "piece_memo_mb": 0})
+@pytest.mark.parametrize("memory", ["piece_memo_mb", "checkpoint_mb"])
+def test_memory_changes_no_count_and_no_version(memory: str) -> None:
+    small = TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3", memory: 0})
     body = {"messages": [{"role": "user", "content": "Count me twice."}]}
     prompt = parse_prompt(body, TtlPolicy.default_policy())
 

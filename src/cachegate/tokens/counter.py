@@ -127,6 +127,20 @@ class CountOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CounterMemory:
+    """What a counter may keep between counts, in bytes. Neither changes a count, so neither is
+    part of ``tokenizer_version``; 0 keeps nothing."""
+
+    pieces: int = DEFAULT_PIECE_MEMO_BYTES
+    """Tokenized pieces (``pieces.py``)."""
+    checkpoints: int = DEFAULT_CHECKPOINT_BYTES
+    """Where counts of grown conversations resume (``resume.py``)."""
+
+
+DEFAULT_MEMORY = CounterMemory()
+
+
+@dataclass(frozen=True, slots=True)
 class MarkedRendering:
     """The prompt as the upstream sees it, and where each asked-for block ends in it."""
 
@@ -137,8 +151,7 @@ class MarkedRendering:
 class ChatTokenCounter:
     """A ``TokenCounter`` over a tokenizer's pieces and a jinja chat template, in process.
 
-    ``piece_memo_bytes`` bounds the memory of tokenized pieces (``pieces.py``), ``checkpoint_bytes``
-    that of the points counts of grown conversations resume from (``resume.py``; 0: none).
+    ``memory`` bounds what it keeps between counts.
     """
 
     def __init__(
@@ -147,18 +160,17 @@ class ChatTokenCounter:
         chat_template: str,
         special_tokens: Mapping[str, Any],
         options: CountOptions | None = None,
-        piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
-        checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+        memory: CounterMemory = DEFAULT_MEMORY,
     ) -> None:
         self._options = options or CountOptions()
         if self._options.image_tokens < 0:
             raise TokenizerLoadError("image_tokens must not be negative")
-        self._pieces = PieceCounter(pieces, piece_memo_bytes)
+        self._pieces = PieceCounter(pieces, memory.pieces)
         self._cut_reach = pieces.cut_reach
         self._native = native_template(chat_template)
         # Resuming needs a native layout to resume and cuts to resume the tokens at.
-        resumable = self._native is not None and pieces.cut_pattern is not None and checkpoint_bytes > 0
-        self._checkpoints = CheckpointStore(checkpoint_bytes) if resumable else None
+        resumable = self._native is not None and pieces.cut_pattern is not None and memory.checkpoints > 0
+        self._checkpoints = CheckpointStore(memory.checkpoints) if resumable else None
         try:
             self._template = ChatTemplate(
                 chat_template, {**special_tokens, **self._options.template_kwargs}, self._native

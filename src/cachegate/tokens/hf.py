@@ -23,8 +23,14 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, special_token_pattern
+from cachegate.tokens.counter import (
+    DEFAULT_MEMORY,
+    ChatTokenCounter,
+    CounterMemory,
+    CountOptions,
+    TokenizerLoadError,
+)
+from cachegate.tokens.pieces import special_token_pattern
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 
@@ -33,18 +39,18 @@ def hf_counter(
     chat_template: str,
     special_tokens: Mapping[str, Any],
     options: CountOptions | None = None,
-    piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+    memory: CounterMemory = DEFAULT_MEMORY,
 ) -> ChatTokenCounter:
     """A counter over a ``tokenizer.json``'s bytes and a chat template."""
     pieces = HfPieces(_parsed_tokenizer(tokenizer_json), hashlib.sha256(tokenizer_json).digest())
-    return ChatTokenCounter(pieces, chat_template, special_tokens, options, piece_memo_bytes)
+    return ChatTokenCounter(pieces, chat_template, special_tokens, options, memory)
 
 
 def hf_counter_from_folder(
     path: str | Path,
     template_file: str | Path | None = None,
     options: CountOptions | None = None,
-    piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+    memory: CounterMemory = DEFAULT_MEMORY,
 ) -> ChatTokenCounter:
     """Load a local model folder: ``tokenizer.json``, ``tokenizer_config.json`` and the template.
 
@@ -57,7 +63,7 @@ def hf_counter_from_folder(
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path) if config_path.is_file() else {}
     template = _folder_template(folder, config, None if template_file is None else Path(template_file))
-    return hf_counter(tokenizer_json, template, special_tokens_from_config(config), options, piece_memo_bytes)
+    return hf_counter(tokenizer_json, template, special_tokens_from_config(config), options, memory)
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,6 +13,7 @@ model folder (the general case: the operator's own model)::
         image_tokens: 0                 # what one image costs upstream
         template_kwargs: {}             # e.g. {enable_thinking: false}, as the upstream renders
         piece_memo_mb: 64               # memory for tokenized pieces (counts are the same with any)
+        checkpoint_mb: 16               # memory for resuming counts of grown conversations (the same)
       gpt-oss:
         kind: tiktoken
         encoding: o200k_harmony         # shipped ranks; or rank_file + pattern + special_tokens
@@ -34,11 +35,12 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions, TokenizerLoadError
 from cachegate.tokens.hf import hf_counter_from_folder, read_text_file
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
 from cachegate.tokens.remote import RemoteTokenCounter
+from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
 from cachegate.tokens.tiktoken_pieces import custom_encoding, named_encoding, tiktoken_counter
 
@@ -49,12 +51,13 @@ class _CountingOptions(BaseModel):
     content_join: str = "\n"
     image_tokens: int = Field(default=0, ge=0)
     template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
-    # Memory for tokenized pieces (tokens/pieces.py); it changes no count, so no tokenizer_version.
+    # Memory for tokenized pieces and for resuming counts (CounterMemory); it changes no count,
+    # so it is no part of tokenizer_version.
     piece_memo_mb: int = Field(default=DEFAULT_PIECE_MEMO_BYTES >> 20, ge=0)
+    checkpoint_mb: int = Field(default=DEFAULT_CHECKPOINT_BYTES >> 20, ge=0)
 
-    @property
-    def piece_memo_bytes(self) -> int:
-        return self.piece_memo_mb << 20
+    def memory(self) -> CounterMemory:
+        return CounterMemory(pieces=self.piece_memo_mb << 20, checkpoints=self.checkpoint_mb << 20)
 
     def count_options(self) -> CountOptions:
         return CountOptions(
@@ -153,9 +156,9 @@ def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
     choice = spec.root
     if isinstance(choice, RemoteTokenizerSpec):
         raise TokenizerLoadError("a remote tokenizer is opened with open_counter(), not loaded from files")
-    options, memory = choice.count_options(), choice.piece_memo_bytes
+    options, memory = choice.count_options(), choice.memory()
     if isinstance(choice, BuiltinTokenizerSpec):
-        if options == CountOptions() and memory == DEFAULT_PIECE_MEMO_BYTES:
+        if options == CountOptions() and memory == DEFAULT_MEMORY:
             return load_qwen3()
         return qwen3_counter(options, memory)
     if isinstance(choice, TiktokenTokenizerSpec):

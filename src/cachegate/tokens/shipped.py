@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
+from cachegate.tokens.counter import (
+    DEFAULT_MEMORY,
+    ChatTokenCounter,
+    CounterMemory,
+    CountOptions,
+    TokenizerLoadError,
+)
 from cachegate.tokens.hf import hf_counter
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 # SHA-256 of the uncompressed bytes (the same digests as the data manifest and NOTICE).
@@ -54,10 +59,10 @@ def load_qwen3() -> ChatTokenCounter:
     return qwen3_counter(CountOptions())
 
 
-def qwen3_counter(options: CountOptions, piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES) -> ChatTokenCounter:
+def qwen3_counter(options: CountOptions, memory: CounterMemory = DEFAULT_MEMORY) -> ChatTokenCounter:
     """A Qwen3 counter with other options (the verified files are read only once)."""
     files = qwen3_files()
-    return hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options, piece_memo_bytes)
+    return hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options, memory)
 
 
 def _verified(data: bytes, expected_sha256: str) -> bytes:

@@ -37,8 +37,14 @@ from typing import TypeVar
 
 import tiktoken
 
-from cachegate.tokens.counter import ChatTokenCounter, CountOptions, TokenizerLoadError
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, special_token_pattern
+from cachegate.tokens.counter import (
+    DEFAULT_MEMORY,
+    ChatTokenCounter,
+    CounterMemory,
+    CountOptions,
+    TokenizerLoadError,
+)
+from cachegate.tokens.pieces import special_token_pattern
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 """SHA-256 of the uncompressed o200k_base.tiktoken (the digest tiktoken itself pins)."""
@@ -208,14 +214,14 @@ def tiktoken_counter(
     pieces: TiktokenPieces,
     chat_template: str,
     options: CountOptions | None = None,
-    piece_memo_bytes: int = DEFAULT_PIECE_MEMO_BYTES,
+    memory: CounterMemory = DEFAULT_MEMORY,
 ) -> ChatTokenCounter:
     """A counter over a tiktoken encoding and a chat template.
 
     A rank file carries no template variables (no ``bos_token``); a template that needs one
     takes it from the options' ``template_kwargs``.
     """
-    return ChatTokenCounter(pieces, chat_template, {}, options, piece_memo_bytes)
+    return ChatTokenCounter(pieces, chat_template, {}, options, memory)
 
 
 def custom_encoding(
