@@ -120,6 +120,11 @@ class TestVerifiedHit:
         matches = [match(prompt, 7, 700)]
         assert deepest_hit(prompt, matches, {9: 900}) == Hit(7, matches[0])
 
+    def test_a_match_at_a_block_the_template_leaves_out_is_stale(self) -> None:
+        prompt = conversation(10, {4: "1h", 9: "5m"})
+        matches = [match(prompt, 4, 400), match(prompt, 2, 200)]
+        assert deepest_hit(prompt, matches, {2: 200, 9: 900}, dropped={4}) == Hit(2, matches[1])
+
     def test_the_blocks_to_verify_are_every_matched_block_and_every_breakpoint(self) -> None:
         prompt = conversation(30, {4: "1h", 29: "5m"})
         stray = IndexMatch(b"\x00" * 32, 5000, HOUR, NOW + 60)
@@ -204,6 +209,15 @@ class TestDecide:
         prompt = conversation(6, {1: "1h", 3: "5m", 5: "5m"})
         result = decide(SCOPE, prompt, None, {1: 2000, 3: 1900, 5: 2100}, TARIFF, NOW)
         assert result.stats == CacheStats(creation_1h=2000, creation_5m=100)
+
+    def test_a_breakpoint_the_template_leaves_out_writes_and_credits_nothing(self) -> None:
+        prompt = conversation(6, {1: "1h", 3: "1h", 5: "5m"})
+        result = decide(SCOPE, prompt, None, {1: 2000, 5: 2500}, TARIFF, NOW, dropped={3})
+        assert result.stats == CacheStats(creation_1h=2000, creation_5m=500)
+        assert [entry.prefix_hash for entry in result.writes] == [prompt.prefix_hashes[1], prompt.prefix_hashes[5]]
+
+    def test_when_every_breakpoint_is_left_out_nothing_is_cached(self) -> None:
+        assert decide(SCOPE, system_then_user(), None, {}, TARIFF, NOW, dropped={0}) == Classification()
 
     def test_a_missing_count_is_an_error(self) -> None:
         prompt = conversation(6, {1: "1h", 5: "5m"})

@@ -9,6 +9,7 @@ import pytest
 
 from cachegate.core.types import CacheTariff, Classification, Refresh, Scope, TtlTier
 from cachegate.gateway.classifier import CacheClassifier, RefreshQueue
+from cachegate.tokens.base import PromptCounts
 
 from .doubles import BlockCounter, ScriptedIndex, eventually, metric, prompt_of
 
@@ -87,6 +88,38 @@ async def test_after_a_commit_the_same_prefix_is_read_without_counting(classifie
     assert result.refresh == Refresh(SCOPE, written.writes[0].prefix_hash, NOW + 300)
     assert result.counted_total is None
     assert not result.degraded
+
+
+class LeavingOut(BlockCounter):
+    """A template that leaves out the text of some blocks (Mistral-Nemo's system prompt in an agent loop)."""
+
+    def __init__(self, *left_out: int) -> None:
+        super().__init__()
+        self.left_out = frozenset(left_out)
+
+    async def count(self, body: dict[str, Any], prompt: Any, blocks: Any) -> PromptCounts:
+        counts = await super().count(body, prompt, blocks)
+        cumulative = {block: count for block, count in counts.cumulative.items() if block not in self.left_out}
+        return PromptCounts(cumulative, counts.total, frozenset(self.left_out & set(blocks)))
+
+
+async def test_a_breakpoint_the_template_leaves_out_caches_nothing_and_the_others_work(
+    classifier: CacheClassifier,
+) -> None:
+    result = await classify(classifier, SECOND_TURN, LeavingOut(0))
+
+    assert not result.degraded
+    assert (result.stats.read, result.stats.creation) == (0, BlockCounter().cumulative(3))
+    assert [entry.cumulative_tokens for entry in result.writes] == [BlockCounter().cumulative(3)]
+
+
+async def test_a_match_at_a_block_the_template_now_leaves_out_is_not_read(classifier: CacheClassifier) -> None:
+    await classifier.commit((await classify(classifier, FIRST_TURN, BlockCounter())).writes)
+
+    result = await classify(classifier, SECOND_TURN, LeavingOut(0))
+
+    assert result.stats.read == 0
+    assert [entry.cumulative_tokens for entry in result.writes] == [BlockCounter().cumulative(3)]
 
 
 async def test_a_partial_hit_counts_only_the_breakpoints_past_it(classifier: CacheClassifier) -> None:

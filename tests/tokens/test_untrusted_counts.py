@@ -1,4 +1,5 @@
-"""When a count may be wrong it is refused (TokenCountError), never billed."""
+"""When a count may be wrong it is refused (TokenCountError), never billed; a block the template
+leaves out has no count."""
 
 from __future__ import annotations
 
@@ -33,11 +34,6 @@ def counter_with(template: str) -> ChatTokenCounter:
             id="template raises",
         ),
         pytest.param(
-            "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}",
-            "the chat template drops the text of an asked-for block",
-            id="system dropped",
-        ),
-        pytest.param(
             "{% for m in messages %}{{ m.content }}{% if m.content == 'Rules.' %}!{% endif %}{% endfor %}",
             "the chat template renders differently when block ends are marked",
             id="mark changes the rendering",
@@ -63,6 +59,16 @@ async def test_untrustworthy_renderings_are_refused(template: str, reason: str, 
 
     assert str(raised.value) == reason
     await counter.aclose()
+
+
+def test_an_asked_for_block_the_template_leaves_out_has_no_count(prompt_of: PromptOf) -> None:
+    """Its text is not in the prompt, so nothing may be billed or cached for it; the rest is counted."""
+    counter = counter_with("{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}")
+
+    counts = counter.count_blocking(BODY, prompt_of(BODY), [0, 1])
+
+    assert counts.dropped == {0}
+    assert counts.cumulative == {1: counts.total}
 
 
 def test_blocks_not_asked_for_may_be_left_out_by_the_template(prompt_of: PromptOf) -> None:

@@ -13,15 +13,18 @@ from cachegate.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_b
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
 from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
+from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.service import ServedModel, TokenizerService
+from cachegate.tokens.shipped import qwen3_files
 
 from .chats import PLAIN_CONVERSATION, TOOL_ROUND_TRIP, TWO_BREAKPOINTS, gateway_view
 from .servers import BackgroundServer
 
 SCRIPTED_VERSION = "sha256:scripted"
 ONE_BLOCK = {"messages": [{"role": "user", "content": "hi"}]}
+MARK = {"type": "ephemeral"}
 
 
 class ScriptedService:
@@ -101,6 +104,24 @@ async def test_with_no_block_asked_the_count_is_the_total(remote: RemoteTokenCou
     _, forwarded = gateway_view(TWO_BREAKPOINTS)
 
     assert await remote.count(forwarded, no_prompt, ()) == await qwen3.count(forwarded, no_prompt, ())
+
+
+async def test_a_block_the_template_leaves_out_comes_back_dropped() -> None:
+    """A template without tools: a breakpoint on the tools has no count, the others do."""
+    files = qwen3_files()
+    no_tools = hf_counter(files.tokenizer_json, "{% for m in messages %}{{ m.content }}|{% endfor %}", {})
+    body = {
+        "tools": [{"type": "function", "function": {"name": "f", "description": "Does f."}, "cache_control": MARK}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello.", "cache_control": MARK}]}],
+    }
+    prompt, forwarded = gateway_view(body)
+    with BackgroundServer(TokenizerService({"qwen3": ServedModel(no_tools, "no-tools")})) as server:
+        counter = await opened(server.url)
+        counts = await counter.count(forwarded, prompt, [0, 1])
+        await counter.aclose()
+
+    assert counts == await no_tools.count(body, prompt, [0, 1])
+    assert counts.dropped == {0} and counts.cumulative.keys() == {1}
 
 
 async def test_a_block_outside_the_prompt_is_refused(remote: RemoteTokenCounter) -> None:

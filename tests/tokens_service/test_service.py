@@ -105,6 +105,7 @@ def test_render_counts_every_breakpoint_as_the_in_process_counter_does(
         "tokenizer_version": qwen3.tokenizer_version,
         "total": expected.total,
         "breakpoints": [{"block": block, "cumulative": expected.cumulative[block]} for block in blocks],
+        "dropped": [],
     }
     assert 0 < body["breakpoints"][0]["cumulative"] < body["breakpoints"][1]["cumulative"] < body["total"]
 

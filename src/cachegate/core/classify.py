@@ -17,6 +17,7 @@ template dropped are never billed as read.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,17 +55,23 @@ def lookup_candidates(prompt: ParsedPrompt, lookback: int = LOOKBACK) -> list[by
 
 
 def deepest_hit(
-    prompt: ParsedPrompt, matches: Iterable[IndexMatch], counts: Mapping[int, int] | None = None
+    prompt: ParsedPrompt,
+    matches: Iterable[IndexMatch],
+    counts: Mapping[int, int] | None = None,
+    dropped: AbstractSet[int] = frozenset(),
 ) -> Hit | None:
     """The match that covers the longest prefix of ``prompt``.
 
     Every block has its own hash, so a match names exactly one position. Matches of hashes that
     are not a prefix of this prompt, or lie past its deepest breakpoint, are ignored. With
     ``counts`` (this prompt's cumulative counts, at least at ``blocks_to_verify``), a match
-    whose stored count differs from this prompt's count at its block is stale and ignored too.
+    whose stored count differs from this prompt's count at its block is stale and ignored too,
+    and so is a match at a ``dropped`` block: the template leaves its text out of this prompt.
     """
     best: Hit | None = None
     for block, match in _matched_blocks(prompt, matches).items():
+        if block in dropped:
+            continue
         if counts is not None and counts.get(block, match.cumulative_tokens) != match.cumulative_tokens:
             continue
         if best is None or block > best.block:
@@ -110,11 +117,14 @@ def decide(
     counts: Mapping[int, int],
     tariff: CacheTariff,
     now: float,
+    dropped: AbstractSet[int] = frozenset(),
 ) -> Classification:
     """The split to report and the index work to do (§6.2-6.5).
 
-    ``counts`` maps each block of ``blocks_to_count`` to its cumulative token count; a missing
-    one raises ``ValueError`` (the shell degrades). Each breakpoint past the hit writes an entry
+    ``counts`` maps each block of ``blocks_to_count`` to its cumulative token count, but for the
+    ``dropped`` ones, whose text the template leaves out: such a breakpoint writes nothing and
+    is credited nothing. Any other missing count raises ``ValueError`` (the shell degrades).
+    Each breakpoint past the hit writes an entry
     and is credited ``cum(bp) - cum(previous breakpoint or hit)`` to its TTL tier, which with
     the TTL order rule is Anthropic's A/B/C accounting. Counts that go backwards (they should not)
     credit nothing rather than crediting the same tokens twice.
@@ -122,7 +132,7 @@ def decide(
     if not prompt.breakpoints:
         return Classification()
     read = 0 if hit is None else hit.match.cumulative_tokens
-    writing = _past(prompt, hit)
+    writing = [breakpoint_ for breakpoint_ in _past(prompt, hit) if breakpoint_.block not in dropped]
     missing = [breakpoint_.block for breakpoint_ in writing if breakpoint_.block not in counts]
     if missing:
         raise ValueError(f"no token count for breakpoint blocks {missing}")

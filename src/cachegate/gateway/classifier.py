@@ -59,11 +59,11 @@ class CacheClassifier:
             log.warning("token count failed, serving uncached: %s", exc)
             return Classification.degraded_zeros()
         metrics.labelled(metrics.TOKEN_COUNTS, counts.method).inc()
-        verified = deepest_hit(prompt, matches, counts.cumulative)
+        verified = deepest_hit(prompt, matches, counts.cumulative, counts.dropped)
         if verified != hit:
             metrics.STALE_HITS.inc()
             hit = verified
-        classification = decide(scope, prompt, hit, counts.cumulative, tariff, now)
+        classification = decide(scope, prompt, hit, counts.cumulative, tariff, now, counts.dropped)
         classification.counted_total = counts.total
         return classification
 

@@ -18,11 +18,14 @@ class PromptCounts:
     """Cumulative token counts at the end of the asked-for blocks, and the whole rendering's count.
 
     ``total`` is None when the counts were answered from memory without rendering the request
-    (a memoized prefix says nothing about the rest of the prompt).
+    (a memoized prefix says nothing about the rest of the prompt). An asked-for block whose text
+    the template leaves out has no count: it is in ``dropped``, and a breakpoint there caches
+    nothing (a match there is stale), for its text is not in the prompt the upstream reads.
     """
 
     cumulative: Mapping[int, int]  # block index -> tokens that end at or before the end of that block
     total: int | None
+    dropped: frozenset[int] = frozenset()
     method: CountMethod = field(default="other", compare=False)
     """How they were taken, for the operators' metric; two counts are equal whatever their methods."""
 
@@ -40,6 +43,7 @@ class TokenCounter(Protocol):
         """Identifies the tokenizer file, the template and the options that change counts."""
 
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        """Count ``body`` (the client's chat request; markers are ignored) at each of ``blocks``."""
+        """Count ``body`` (the client's chat request; markers are ignored) at each of ``blocks``
+        (each has a count, or is ``dropped``)."""
 
     async def aclose(self) -> None: ...

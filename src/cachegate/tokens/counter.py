@@ -22,9 +22,10 @@ the furthest end of a block ≤ b that precedes every later block's text (possib
 templates that keep blocks in order this is just the end of block b. The same rule covers a
 template that renders a block twice.
 
-A template may leave out blocks that were not asked for (tools it does not support, roles it
-ignores). Whenever the marks cannot be trusted — the template dropped an asked-for block, or
-rendered differently because of a mark — the count fails with ``TokenCountError`` rather than
+A template may leave out blocks (tools it does not support, roles it ignores, a system prompt
+it writes only before a last user message): they bound nothing, and an asked-for one comes
+back ``dropped``, with no count. Whenever the marks cannot be trusted — the template renders
+differently because of a mark, or fails — the count fails with ``TokenCountError`` rather than
 bill a number that may be wrong.
 """
 
@@ -230,12 +231,14 @@ class ChatTokenCounter:
         layout, boundaries = self._laid_out(body, prompt, asked, keep)
         counted = self._count_pieces(layout.text, boundaries)
         cumulative = self._cumulative(boundaries, counted, layout.images)
+        dropped = frozenset(asked & layout.dropped)
         if unhashed is not None:
             self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, unhashed)
         images = len(layout.images)
         return PromptCounts(
             cumulative=cumulative,
             total=counted.total + self._options.image_tokens * images,
+            dropped=dropped,
             method="sentinel" if layout.marked else "layout",
         )
 
@@ -278,10 +281,9 @@ class ChatTokenCounter:
             )
         except Unsupported:
             return None
-        if later & layout.dropped:
-            raise TokenCountError("the chat template drops the text of an asked-for block")
+        dropped = frozenset(later & layout.dropped)
         ends = layout.ends if checkpoint.last_end is None else [checkpoint.last_end, *layout.ends]
-        boundaries = _prefix_boundaries(ends, later)
+        boundaries = _prefix_boundaries(ends, later - dropped)
         if any(offset < checkpoint.cut for offset in boundaries.values()):
             return None  # a block with no text of its own right after the checkpoint: its count lies before the cut
         text = checkpoint.head + layout.text
@@ -291,7 +293,10 @@ class ChatTokenCounter:
         self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, unhashed)
         images = checkpoint.images + len(layout.images)
         return PromptCounts(
-            cumulative=cumulative, total=counted.total + self._options.image_tokens * images, method="resumed"
+            cumulative=cumulative,
+            total=counted.total + self._options.image_tokens * images,
+            dropped=dropped,
+            method="resumed",
         )
 
     def _count_pieces(
@@ -340,14 +345,12 @@ class ChatTokenCounter:
     def _laid_out(
         self, body: Mapping[str, Any], prompt: ParsedPrompt, asked: set[int], keep: int | None = None
     ) -> tuple[LaidOutPrompt, dict[int, int]]:
-        """The rendering, and the offset where the prefix of each asked-for block ends in it."""
+        """The rendering, and the offset where the prefix of each asked-for block it writes ends in it."""
         request_variables = _request_variables(body)
         layout = self._native_layout(body, prompt, request_variables, keep)
         if layout is None:  # the sentinel method counts what no native layout covers
             layout = self._sentinel_layout(body, prompt, asked, request_variables)
-        if asked & layout.dropped:
-            raise TokenCountError("the chat template drops the text of an asked-for block")
-        return layout, _prefix_boundaries(layout.ends, asked)
+        return layout, _prefix_boundaries(layout.ends, asked - layout.dropped)
 
     def _native_layout(
         self,
@@ -385,20 +388,27 @@ class ChatTokenCounter:
         marks = {prompt.blocks[block]: mark(delimiters, n) for n, block in enumerate(marked)}
         needed = {n for n, block in enumerate(marked) if block in asked}
         found: list[tuple[int, int]] | str = "no placement of the marks was tried"
+        trusted: list[tuple[int, int]] | None = None
         tried: list[PreparedChat] = []
         # In the order the template's probe chose: the ends of the blocks' texts, or for
-        # templates that trim text or compare schema strings, placements those cannot see.
+        # templates that trim text or compare schema strings, placements those cannot see. The
+        # first that keeps every asked-for mark, else the first that renders unchanged (the
+        # template leaves those blocks out, whatever the placement).
         for before_trailing_space, prose_only in self._placements:
             chat = preparation.chat(marks, before_trailing_space, prose_only)
             if chat in tried:
                 continue
             tried.append(chat)
-            found = self._find_marks(chat, request_variables, clean, needed, delimiters)
-            if not isinstance(found, str):
+            found = self._find_marks(chat, request_variables, clean, delimiters)
+            if isinstance(found, str):
+                continue
+            if trusted is None or needed <= {n for n, _ in found}:
+                trusted = found
+            if needed <= {n for n, _ in found}:
                 break
-        if isinstance(found, str):
-            raise TokenCountError(found)
-        ends = [(marked[n], offset) for n, offset in found]
+        if trusted is None:
+            raise TokenCountError(str(found))
+        ends = [(marked[n], offset) for n, offset in trusted]
         written = {block for block, _ in ends}
         dropped = frozenset(block for block in marked if block not in written)
         return LaidOutPrompt(text=clean, ends=ends, dropped=dropped, images=images, marked=True)
@@ -424,7 +434,7 @@ class ChatTokenCounter:
         marks = {prompt.blocks[block]: mark(delimiters, n) for n, block in enumerate(marked)}
         for placement in _PLACEMENTS:
             chat = prepare_chat(_PROBE, self._options.content_join, marks, *placement)
-            if not isinstance(self._find_marks(chat, None, clean, set(), delimiters), str):  # rendering unchanged
+            if not isinstance(self._find_marks(chat, None, clean, delimiters), str):  # rendering unchanged
                 return (placement, *(other for other in _PLACEMENTS if other != placement))
         return _PLACEMENTS
 
@@ -443,13 +453,12 @@ class ChatTokenCounter:
         chat: PreparedChat,
         request_variables: Mapping[str, Any] | None,
         clean: str,
-        needed: set[int],
         delimiters: Delimiters,
     ) -> list[tuple[int, int]] | str:
         """The marks as (mark number, offset in the unmarked text) in text order, or why they cannot be trusted.
 
-        Only the ``needed`` marks (those of asked-for blocks) must be there: a template may leave
-        out other blocks (tools it does not support, roles it ignores), which then bound nothing.
+        A template may leave out blocks (tools it does not support, roles it ignores): their
+        marks are missing, and they bound nothing.
         """
         try:
             rendered = self._render(chat, request_variables)
@@ -458,8 +467,6 @@ class ChatTokenCounter:
         text, found = without_marks(rendered, delimiters)
         if text != clean:
             return "the chat template renders differently when block ends are marked"
-        if not needed <= {n for n, _ in found}:
-            return "the chat template drops the text of an asked-for block"
         return found
 
 

@@ -54,7 +54,8 @@ class MemoizedCounter:
             return PromptCounts(cumulative=known, total=None, method="memory")
         counts = await self._inner.count(body, prompt, blocks)
         for block, key in keys.items():
-            self._remember(key, counts.cumulative[block])
+            if block in counts.cumulative:  # a dropped block is counted again: whether it is depends on the rest
+                self._remember(key, counts.cumulative[block])
         return counts
 
     async def aclose(self) -> None:

@@ -84,10 +84,16 @@ class RemoteTokenCounter:
                 " restart the gateway to take it up"
             )
         counted = {item.block: item.cumulative for item in answer.breakpoints}
-        missing = [block for block in blocks if block not in counted]
+        dropped = frozenset(answer.dropped) & set(blocks)
+        missing = [block for block in blocks if block not in counted and block not in dropped]
         if missing:
             raise TokenCountError(f"the tokenizer service left out blocks {missing}")
-        return PromptCounts(cumulative={block: counted[block] for block in blocks}, total=answer.total, method="remote")
+        return PromptCounts(
+            cumulative={block: counted[block] for block in blocks if block not in dropped},
+            total=answer.total,
+            dropped=dropped,
+            method="remote",
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

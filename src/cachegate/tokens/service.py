@@ -9,10 +9,11 @@
     and total: ``{"virtual_model", "tokenizer_version", "segment_counts", "cumulative", "total"}``.
 ``POST /v1/render`` ``{"virtual_model", "request": <chat completions body>, "blocks"?: [{"block", "prefix_hash"}]}``
     The exact, chat-templated count of the request, as the in-process counter takes it:
-    ``{"virtual_model", "tokenizer_version", "total", "breakpoints": [{"block", "cumulative"}]}``.
-    Without ``blocks``, every breakpoint the request's markers make is counted. A gateway sends
-    ``blocks`` — the block indexes it needs with its prefix hash after each (hex) — because it
-    counts the forwarded body, whose markers are already stripped. Both sides split the request
+    ``{"virtual_model", "tokenizer_version", "total", "breakpoints": [{"block", "cumulative"}],
+    "dropped": [block, …]}`` — a block the template leaves out has no count. Without ``blocks``,
+    every breakpoint the request's markers make is counted. A gateway sends ``blocks`` — the
+    block indexes it needs with its prefix hash after each (hex) — because it counts the
+    forwarded body, whose markers are already stripped. Both sides split the request
     into blocks with the same ``parse_prompt``; the hashes prove they agree, so a service running
     another cachegate version (another block layout) is refused with 422 ``BLOCK_MISMATCH``
     instead of answering counts for other blocks.
@@ -103,6 +104,7 @@ class RenderAnswer(_Wire):
     tokenizer_version: str
     total: int | None = Field(ge=0)  # None as in ``PromptCounts.total``: answered from memory
     breakpoints: list[BlockCount]
+    dropped: list[int] = Field(default_factory=list)  # asked-for blocks the template leaves out: no count
 
 
 class ServedCounter(TokenCounter, Protocol):
@@ -242,7 +244,12 @@ class TokenizerService:
             virtual_model=request.virtual_model,
             tokenizer_version=served.counter.tokenizer_version,
             total=counts.total,
-            breakpoints=[BlockCount(block=block, cumulative=counts.cumulative[block]) for block in blocks],
+            breakpoints=[
+                BlockCount(block=block, cumulative=counts.cumulative[block])
+                for block in blocks
+                if block in counts.cumulative
+            ],
+            dropped=sorted(counts.dropped),
         )
         return orjson.dumps(answer.model_dump())
 
