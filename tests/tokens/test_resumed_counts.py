@@ -36,6 +36,7 @@ from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.tiktoken_pieces import named_encoding
 
 POLICY = TtlPolicy.default_policy()
+MARK = {"type": "ephemeral"}
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
 LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
@@ -260,6 +261,30 @@ def test_agent_turns_resume(
     assert all(resumed[1:])
 
 
+def test_a_breakpoint_the_template_leaves_out_does_not_stop_resumption() -> None:
+    """DeepSeek-V3.1 renders no tools: a client that marks its tools asks for that block every time."""
+    resuming, from_the_start = COUNTERS["deepseek-v3.1"]
+    resumed = resumes(resuming)
+    tool = {"type": "function", "function": {"name": "read", "description": "Read."}, "cache_control": MARK}
+    body: dict[str, Any] = {"model": "m", "tools": [tool], "messages": [{"role": "user", "content": "Fix it."}]}
+    try:
+        for turn in range(3):
+            body = copy.deepcopy(body)
+            call = {"id": "c", "type": "function", "function": {"name": "read", "arguments": f'{{"n": {turn}}}'}}
+            body["messages"] += [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c", "content": f"line {turn}"},
+            ]
+            prompt = parse_prompt(body, POLICY)
+            asked = [0, len(prompt.blocks) - 1]
+            counts = resuming.count_blocking(body, prompt, asked)
+            assert counts == from_the_start.count_blocking(body, prompt, asked)
+            assert counts.dropped == {0}
+    finally:
+        del resuming._resumed_count
+    assert resumed[1:] == [True, True]
+
+
 @pytest.mark.parametrize("next_day", [False, True])
 def test_a_new_day_is_counted_with_the_new_date(next_day: bool) -> None:
     """gpt-oss writes today's date in its header: a count resumed across midnight would keep yesterday's."""
@@ -331,7 +356,7 @@ def test_a_cut_too_near_the_end_of_the_shared_text_may_not_be_a_cut() -> None:
 def test_checkpoints_are_bounded_in_bytes() -> None:
     store = CheckpointStore(max_bytes=3_000)
     made = {
-        bytes([n]): Checkpoint(b"", None, 0, 0, "x" * 900, None, 0, {})  # type: ignore[arg-type]
+        bytes([n]): Checkpoint(b"", None, 0, 0, "x" * 900, None, 0, {}, frozenset())  # type: ignore[arg-type]
         for n in range(4)
     }
     for prefix_hash, checkpoint in made.items():

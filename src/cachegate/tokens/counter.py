@@ -233,7 +233,7 @@ class ChatTokenCounter:
         cumulative = self._cumulative(boundaries, counted, layout.images)
         dropped = frozenset(asked & layout.dropped)
         if unhashed is not None:
-            self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, 0, unhashed)
+            self._keep_checkpoint(prompt, layout, layout.text, counted, layout.ends, cumulative, dropped, 0, unhashed)
         images = len(layout.images)
         return PromptCounts(
             cumulative=cumulative,
@@ -267,7 +267,7 @@ class ChatTokenCounter:
         if block + 1 < len(blocks) and blocks[block + 1].message == blocks[block].message:
             return None  # the message goes on here: the rendering after it may differ
         earlier = {asked_block for asked_block in asked if asked_block <= block}
-        if not earlier <= checkpoint.counts.keys():
+        if not earlier <= checkpoint.counts.keys() | checkpoint.dropped:
             return None
         later = asked - earlier
         try:
@@ -281,7 +281,7 @@ class ChatTokenCounter:
             )
         except Unsupported:
             return None
-        dropped = frozenset(later & layout.dropped)
+        dropped = frozenset(later & layout.dropped | earlier & checkpoint.dropped)
         ends = layout.ends if checkpoint.last_end is None else [checkpoint.last_end, *layout.ends]
         boundaries = _prefix_boundaries(ends, later - dropped)
         if any(offset < checkpoint.cut for offset in boundaries.values()):
@@ -289,8 +289,8 @@ class ChatTokenCounter:
         text = checkpoint.head + layout.text
         counted = self._count_pieces(text, boundaries, checkpoint.cut, checkpoint.tokens_before_cut)
         cumulative = self._cumulative(boundaries, counted, layout.images, checkpoint.images)
-        cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier)
-        self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, checkpoint.images, unhashed)
+        cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier - dropped)
+        self._keep_checkpoint(prompt, layout, text, counted, ends, cumulative, dropped, checkpoint.images, unhashed)
         images = checkpoint.images + len(layout.images)
         return PromptCounts(
             cumulative=cumulative,
@@ -326,12 +326,13 @@ class ChatTokenCounter:
         counted: PieceCounts,
         ends: Sequence[tuple[int, int]],
         cumulative: dict[int, int],
+        dropped: frozenset[int],
         images_before: int,
         unhashed: bytes,
     ) -> None:
         assert self._checkpoints is not None
         made = checkpoint_after(
-            prompt.blocks, layout, text, counted, ends, cumulative, images_before, unhashed, self._cut_reach
+            prompt.blocks, layout, text, counted, ends, cumulative, dropped, images_before, unhashed, self._cut_reach
         )
         if made is not None:
             block, checkpoint = made

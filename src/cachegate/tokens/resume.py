@@ -9,7 +9,8 @@ for the end of a request's last message, what a later request needs to start fro
 - a cut of the rendering at least ``cut_reach`` characters before that point, the tokens
   ahead of it, and the text from the cut to the point (the first piece counted again);
 - the last block end before the point (``_prefix_boundaries`` of later blocks needs nothing
-  else), the images up to it, and the counts of the blocks its request asked for.
+  else), the images up to it, and the counts of the blocks its request asked for (or that
+  they are left out).
 
 It is found by the prefix hash of that message's last block, which covers the tools and every
 message up to it; what no prefix hash covers (``rendering_key``: the template variables, an
@@ -57,11 +58,13 @@ class Checkpoint:
     """Image blocks up to the checkpoint."""
     counts: dict[int, int]
     """Block -> cumulative count (images included), for the blocks up to here its request asked for."""
+    dropped: frozenset[int]
+    """The blocks up to here its request asked for whose text the template leaves out."""
 
     @property
     def weight(self) -> int:
         """Roughly the bytes it keeps alive."""
-        return 400 + len(self.head) + 100 * len(self.counts)
+        return 400 + len(self.head) + 100 * (len(self.counts) + len(self.dropped))
 
 
 def checkpoint_after(
@@ -71,6 +74,7 @@ def checkpoint_after(
     counted: PieceCounts,
     ends: Sequence[tuple[int, int]],
     cumulative: dict[int, int],
+    dropped: frozenset[int],
     images: int,
     unhashed: bytes,
     cut_reach: int,
@@ -79,7 +83,8 @@ def checkpoint_after(
 
     ``text`` is what was counted (``counted``), starting at ``counted.starts[0]`` of the
     rendering; ``ends`` every block end known before the checkpoint, ``cumulative`` the counts
-    of the asked-for blocks, ``images`` the image blocks ahead of the layout's text.
+    of the asked-for blocks and ``dropped`` those left out, ``images`` the image blocks ahead
+    of the layout's text.
     """
     kept = layout.kept
     if kept is None:
@@ -101,6 +106,7 @@ def checkpoint_after(
         last_end=ends[k] if k >= 0 else None,
         images=images + bisect.bisect_right(layout.images, last_block),
         counts={block: count for block, count in cumulative.items() if block <= last_block},
+        dropped=frozenset(block for block in dropped if block <= last_block),
     )
 
 
