@@ -97,13 +97,7 @@ def _call_text(function: Mapping[str, Any]) -> str:
 class DeepSeekTemplate:
     """The DeepSeek-V3.1 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None,
-        variables: Mapping[str, Any],
-    ) -> str:
-        return render_deepseek(messages, tools, variables)
+    __call__ = staticmethod(render_deepseek)
 
     def lay_out(
         self,
@@ -114,8 +108,7 @@ class DeepSeekTemplate:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
+        request = plain_request(body, blocks, content_join, since)
         messages = request.messages
         bos, thinking = _bos_and_thinking(variables)
         dropped = {block for block, _ in request.tools or ()}  # the template takes no tools

@@ -93,8 +93,7 @@ class GptOssTemplate:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
+        request = plain_request(body, blocks, content_join, since)
         messages = request.messages
         today = template_module.strftime_now("%Y-%m-%d")  # the header holds today's date
         dropped: set[int] = set()

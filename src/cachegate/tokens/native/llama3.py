@@ -119,13 +119,7 @@ def _call_text(function: Mapping[str, Any]) -> str:
 class Llama3Template:
     """The Llama 3.1 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None,
-        variables: Mapping[str, Any],
-    ) -> str:
-        return render_llama3(messages, tools, variables)
+    __call__ = staticmethod(render_llama3)
 
     def lay_out(
         self,
@@ -136,8 +130,7 @@ class Llama3Template:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
+        request = plain_request(body, blocks, content_join, since)
         dropped: set[int] = set()
         if since is not None:
             out = TextWriter(since.offset)

@@ -80,18 +80,21 @@ class PlainMessage:
 @dataclass(slots=True)
 class PlainRequest:
     tools: list[tuple[int, Any]] | None  # (block, the tool as sent); None when the request has no tools
-    messages: list[PlainMessage]
+    messages: list[PlainMessage]  # messages[i - first] is message i
     images: list[int]
+    first: int  # the first message read: 0, or the one after a resumption
 
 
 def plain_request(
-    body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, first_message: int = 0
+    body: Mapping[str, Any], blocks: Sequence[BlockRef], content_join: str, since: Resumption | None = None
 ) -> PlainRequest:
     """The request's messages and tools with their blocks, or ``Unsupported``.
 
     ``blocks`` are the request's blocks in order (tools, then each message's parts and calls).
-    From message ``first_message`` on only, when resuming: the tools are then not read.
+    With ``since``, from the message after it on only: the tools and earlier messages, which an
+    earlier layout read, are not read again.
     """
+    first_message = 0 if since is None else since.message + 1
     raw_messages = body.get("messages")
     raw_tools = body.get("tools")
     if type(raw_messages) is not list or not (raw_tools is None or type(raw_tools) is list):
@@ -135,7 +138,7 @@ def plain_request(
         messages.append(PlainMessage(i, message["role"], content, text_ends, calls, message))
     if position != len(blocks):
         raise Unsupported("the blocks do not follow the request")
-    return PlainRequest(tools, messages, images)
+    return PlainRequest(tools, messages, images, first_message)
 
 
 def message_start(blocks: Sequence[BlockRef], message: int) -> int:

@@ -86,13 +86,7 @@ def _qwen25_call(call: Any) -> str:
 class Qwen25Template:
     """The Qwen2.5 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None,
-        variables: Mapping[str, Any],
-    ) -> str:
-        return render_qwen25(messages, tools, variables)
+    __call__ = staticmethod(render_qwen25)
 
     def lay_out(
         self,
@@ -103,9 +97,8 @@ class Qwen25Template:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
-        raw = body["messages"]  # a list, each message up to first_message read by an earlier layout
+        request = plain_request(body, blocks, content_join, since)
+        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
         if not raw:
             raise Unsupported("the template needs a message")
         if since is not None:

@@ -122,13 +122,7 @@ def _qwen3_call(call: Any) -> str:
 class Qwen3Template:
     """The Qwen3 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None,
-        variables: Mapping[str, Any],
-    ) -> str:
-        return render_qwen3(messages, tools, variables)
+    __call__ = staticmethod(render_qwen3)
 
     def lay_out(
         self,
@@ -139,17 +133,16 @@ class Qwen3Template:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
-        messages = request.messages  # messages[i - first_message] is message i
-        raw = body["messages"]  # a list, each message up to first_message read by an earlier layout
+        request = plain_request(body, blocks, content_join, since)
+        messages, first = request.messages, request.first
+        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
         if not raw:
             raise Unsupported("the template needs a message")
         last = len(raw) - 1
         last_query = last
         for index in range(last, -1, -1):
             if raw[index]["role"] == "user":
-                if index >= first_message and messages[index - first_message].content.startswith("<tool_response>"):
+                if index >= first and messages[index - first].content.startswith("<tool_response>"):
                     # A mark at its end would hide what the template looks for: the sentinel method decides.
                     raise Unsupported("a user message that may be a tool response")
                 last_query = index

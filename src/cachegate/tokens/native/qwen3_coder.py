@@ -84,9 +84,8 @@ class Qwen3CoderTemplate:
         since: Resumption | None = None,
         keep: int | None = None,
     ) -> LaidOutPrompt:
-        first_message = 0 if since is None else since.message + 1
-        request = plain_request(body, blocks, content_join, first_message)
-        raw = body["messages"]  # a list, each message up to first_message read by an earlier layout
+        request = plain_request(body, blocks, content_join, since)
+        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
         messages = request.messages
         dropped: set[int] = set()
         if since is not None:
