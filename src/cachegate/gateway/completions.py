@@ -1,0 +1,174 @@
+"""One chat-completions call with the cache contract around it (SPEC §2), whichever dialect the client speaks.
+
+The chat route sends the client's own body; the Anthropic route sends its translation (SPEC §9).
+Both then go through the same steps here: route the model, check the markers (a 400 before
+anything is forwarded), forward the body without them, and classify concurrently — the
+classification first runs once the request is on its way, so it never delays the upstream
+request or its first byte. What comes back is relayed by the route in its client's format; the
+``Exchange`` carries the cache work each moment of the response needs, and the ledger row is
+written when the call is over, however it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cachegate.asgi import Refusal
+from cachegate.core.blocks import hashed_prompt
+from cachegate.core.errors import MarkerError
+from cachegate.core.markers import TtlPolicy, strip_markers, validate_markers
+from cachegate.core.types import Breakpoint, CacheTariff, Classification, Scope
+from cachegate.gateway import metrics
+from cachegate.gateway.catalog import CatalogCache
+from cachegate.gateway.classifier import CacheClassifier
+from cachegate.gateway.exchange import Exchange
+from cachegate.gateway.forwarding import upstream_headers
+from cachegate.gateway.ledger import LedgerWriter
+from cachegate.gateway.routing import Request
+from cachegate.tokens.base import TokenCounter
+from cachegate.upstream.base import Upstream, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """When a request arrived: tariffs and TTLs count from the wall clock, deadlines from the monotonic one."""
+
+    at: float
+    perf: float
+
+    @classmethod
+    def now(cls) -> Arrival:
+        return cls(time.time(), time.perf_counter())
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A chat call whose upstream answered: what to relay, and the exchange that follows it."""
+
+    exchange: Exchange
+    response: UpstreamResponse
+
+
+class Completions:
+    def __init__(
+        self,
+        catalog: CatalogCache,
+        ttl_policy: TtlPolicy,
+        counters: Mapping[str, TokenCounter],
+        classifier: CacheClassifier,
+        upstream: Upstream,
+        ledger: LedgerWriter,
+        classify_deadline: float,
+    ) -> None:
+        self._catalog = catalog
+        self._ttl_policy = ttl_policy
+        self._counters = counters
+        self._classifier = classifier
+        self._upstream = upstream
+        self._ledger = ledger
+        self._classify_deadline = classify_deadline
+
+    @contextlib.asynccontextmanager
+    async def call(
+        self,
+        request: Request,
+        body: dict[str, Any],
+        raw: bytes | None,
+        arrival: Arrival,
+        *,
+        client_wants_usage: bool,
+        marker_param: Callable[[str], str] = str,
+    ) -> AsyncIterator[Call]:
+        """Forward ``body`` (a chat request with a string ``model``) and yield the upstream's answer.
+
+        ``raw`` is the body as the client sent it, forwarded byte for byte when nothing needs to
+        change (None: always serialize ``body``). ``marker_param`` turns a marker's path in
+        ``body`` into the client's own path, for the 400 of an invalid marker. Raises ``Refusal``
+        before anything is forwarded, and for an unreachable upstream (502, billed). On leaving,
+        the response is released and the ledger row written.
+        """
+        alias: str = body["model"]
+        model, endpoint = self._catalog.route(alias)
+        tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
+        try:
+            breakpoints = validate_markers(body, self._ttl_policy)
+        except MarkerError as exc:
+            metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
+            raise Refusal(400, exc.message, "invalid_cache_control", marker_param(exc.param)) from exc
+
+        streaming = body.get("stream") is True
+        forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage)
+        exchange = Exchange(
+            key=request.key,
+            model=model,
+            tariff=tariff,
+            streaming=streaming,
+            started_at=arrival.at,
+            started_perf=arrival.perf,
+            classify_deadline=self._classify_deadline,
+            classifier=self._classifier,
+        )
+        if tariff is not None and breakpoints:
+            counter = self._counters[model.tokenizer]
+            cache_scope = Scope(request.key.principal_id, alias, counter.tokenizer_version)
+            exchange.task = asyncio.create_task(
+                self._classify(cache_scope, body, breakpoints, tariff, counter, arrival)
+            )
+
+        upstream_request = UpstreamRequest(
+            "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
+        )
+        try:
+            response = await self._upstream.send(upstream_request)
+        except UpstreamUnavailable as exc:
+            exchange.vetoed("upstream_unreachable")
+            exchange.status = 502
+            self._ledger.append(exchange.ledger_row())
+            raise Refusal(
+                502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
+            ) from exc
+        exchange.status = response.status
+        try:
+            yield Call(exchange, response)
+        finally:
+            response.release()
+            self._ledger.append(exchange.ledger_row())
+
+    async def _classify(
+        self,
+        cache_scope: Scope,
+        body: dict[str, Any],
+        breakpoints: tuple[Breakpoint, ...],
+        tariff: CacheTariff,
+        counter: TokenCounter,
+        arrival: Arrival,
+    ) -> Classification:
+        prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
+        return await self._classifier.classify(cache_scope, prompt, body, tariff, counter, arrival.at)
+
+
+def _forwarded_body(body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool) -> bytes:
+    """What goes upstream (SPEC §2.4): markers stripped, ``model`` renamed, stream usage forced on.
+
+    ``body`` is changed in place; an unchanged request is forwarded byte for byte.
+    """
+    changed = strip_markers(body)
+    if body["model"] != upstream_model:
+        body["model"] = upstream_model
+        changed = True
+    if force_usage:
+        options = body.get("stream_options")
+        if isinstance(options, dict):
+            options["include_usage"] = True
+        else:
+            body["stream_options"] = {"include_usage": True}
+        changed = True
+    return orjson.dumps(body) if changed or raw is None else raw
