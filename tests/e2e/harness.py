@@ -74,6 +74,10 @@ class FaultyCounter:
     def tokenizer_version(self) -> str:
         return self.inner.tokenizer_version
 
+    @property
+    def template_variables(self) -> frozenset[str]:
+        return self.inner.template_variables
+
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         if self.delay:
             await asyncio.sleep(self.delay)

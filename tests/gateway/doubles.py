@@ -99,6 +99,10 @@ class BlockCounter:
     def tokenizer_version(self) -> str:
         return "blocks-v1"
 
+    @property
+    def template_variables(self) -> frozenset[str]:
+        return frozenset()
+
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         self.asked.append(list(blocks))
         if self.fail:

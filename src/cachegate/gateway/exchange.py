@@ -115,6 +115,19 @@ class Exchange:
         if self.classification.refresh is not None:
             self.classifier.refreshes.add(self.classification.refresh)
 
+    async def stream_ended(self, *, ok: bool, saw_error: bool, usage_seen: bool, client_gone: bool) -> None:
+        """A stream's end, whatever its dialect: commit only if it succeeded (§7.4), else veto, saying why."""
+        if not ok:
+            self.vetoed("non_2xx")
+        elif saw_error:
+            self.vetoed("error_frame")
+        elif not usage_seen:
+            self.vetoed("no_usage")
+        elif client_gone:
+            self.vetoed("client_disconnected")
+        else:
+            await self.succeeded()
+
     def vetoed(self, reason: str) -> None:
         """The response did not succeed: whatever the classification planned is dropped."""
         if self.task is not None and not self.task.done():

@@ -39,7 +39,7 @@ async def relay_stream(
     headers = [(k, v) for k, v in response.headers if k != b"content-length"]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     relay = _Relay(exchange, send, ok=200 <= response.status < 300, client_wants_usage=client_wants_usage)
-    watcher = asyncio.create_task(_watch_disconnect(receive, relay.disconnected))
+    watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
     try:
         async for chunk in response.chunks():
@@ -127,19 +127,16 @@ class _Relay:
             self.usage_frame_seen = True
             if self.client_wants_usage:
                 await self.forward(data_event(frame, crlf=self.crlf))
-        if not self.ok:
-            self.exchange.vetoed("non_2xx")
-        elif self.saw_error:
-            self.exchange.vetoed("error_frame")
-        elif not self.usage_frame_seen:
-            self.exchange.vetoed("no_usage")
-        elif self.disconnected.is_set():
-            self.exchange.vetoed("client_disconnected")
-        else:
-            await self.exchange.succeeded()
+        await self.exchange.stream_ended(
+            ok=self.ok,
+            saw_error=self.saw_error,
+            usage_seen=self.usage_frame_seen,
+            client_gone=self.disconnected.is_set(),
+        )
 
 
-async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
+async def watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
+    """Set ``disconnected`` when the client leaves; run beside a stream's relay."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -42,6 +42,11 @@ class TokenCounter(Protocol):
     def tokenizer_version(self) -> str:
         """Identifies the tokenizer file, the template and the options that change counts."""
 
+    @property
+    def template_variables(self) -> frozenset[str]:
+        """The variables the chat template reads besides the conversation (``enable_thinking``,
+        ``reasoning_effort``, …): the switches a request may set. Empty when unknown."""
+
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         """Count ``body`` (the client's chat request; markers are ignored) at each of ``blocks``
         (each has a count, or is ``dropped``)."""

@@ -58,7 +58,7 @@ from cachegate.tokens.marks import Delimiters, mark, mark_delimiters, without_ma
 from cachegate.tokens.native import LaidOutPrompt, native_template
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, PieceCounter, PieceCounts, PieceTokenizer
 from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES, Checkpoint, CheckpointStore, checkpoint_after
-from cachegate.tokens.template import ChatTemplate, Unsupported, rendering_key
+from cachegate.tokens.template import ChatTemplate, Unsupported, read_variables, rendering_key
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
@@ -181,12 +181,18 @@ class ChatTokenCounter:
         except ValueError as exc:
             raise TokenizerLoadError(str(exc)) from exc
         self._version = _version(pieces.identity, chat_template, special_tokens, self._options)
+        fixed = special_tokens.keys() | self._options.template_kwargs.keys()
+        self._template_variables = read_variables(chat_template) - fixed
         self._executor: ThreadPoolExecutor | None = None
         self._placements = self._placement_order()
 
     @property
     def tokenizer_version(self) -> str:
         return self._version
+
+    @property
+    def template_variables(self) -> frozenset[str]:
+        return self._template_variables
 
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         """Count in a worker thread, so the event loop keeps serving while we render and tokenize.

@@ -39,6 +39,10 @@ class MemoizedCounter:
     def tokenizer_version(self) -> str:
         return self._inner.tokenizer_version
 
+    @property
+    def template_variables(self) -> frozenset[str]:
+        return self._inner.template_variables
+
     async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         if any(not 0 <= block < len(prompt.prefix_hashes) for block in blocks):
             raise TokenCountError("an asked-for block is not in the prompt")

@@ -54,6 +54,11 @@ class RemoteTokenCounter:
             raise RuntimeError("RemoteTokenCounter.open() must be awaited before the counter is used")
         return self._version
 
+    @property
+    def template_variables(self) -> frozenset[str]:
+        """Unknown: the service does not say which switches its templates read."""
+        return frozenset()
+
     async def open(self) -> None:
         try:
             answer = await self._exchange("GET", "/v1/models", None, ModelsAnswer)

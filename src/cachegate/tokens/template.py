@@ -20,6 +20,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -148,6 +149,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def is_safe_callable(self, obj: Any) -> bool:
         return type(obj) in _PLAIN_CALLABLES or super().is_safe_callable(obj)
+
+
+def read_variables(source: str) -> frozenset[str]:
+    """The variables a template reads that the conversation does not supply (jinja's undeclared
+    variables less the conversation's own and the globals every rendering gets)."""
+    environment = compile_template(source).environment
+    names = jinja2.meta.find_undeclared_variables(environment.parse(source))
+    return frozenset(names) - RESERVED_VARIABLES - environment.globals.keys()
 
 
 @functools.lru_cache(maxsize=32)
