@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
-from cachegate.core.types import CacheTariff
+from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import ControlStore, Endpoint, Model, NotFound, StoreError, TariffVersion
 from cachegate.store.values import decimal_text, parse_decimal, utcnow
 
@@ -58,6 +58,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--tokenizer", default=_DEFAULT_TOKENIZER, help="token counter name (default: %(default)s)")
     for option, meaning in (("--input-price", "per prompt token"), ("--output-price", "per completion token")):
         add.add_argument(option, type=_price, default="0", metavar="D", help=f"{meaning} (default: %(default)s)")
+    add.add_argument(
+        "--automatic-caching",
+        type=TtlTier,
+        choices=list(TtlTier),
+        metavar="TTL",
+        help="cache requests that carry no marker with this TTL (5m, 1h, 24h), as OpenAI caches automatically",
+    )
     _command(model, "list", "list the models", _model_list)
 
     tariff = _group(subparsers, "tariff", "cache tariffs: a tariff in force enables caching for a model")
@@ -161,6 +168,7 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
         tokenizer=args.tokenizer,
         input_price=args.input_price,
         output_price=args.output_price,
+        automatic_cache_ttl=args.automatic_caching,
     )
     await store.put_model(model)
     _print_fields(
@@ -171,6 +179,7 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
             ("tokenizer", model.tokenizer),
             ("input price", model.input_price),
             ("output price", model.output_price),
+            ("automatic caching", _automatic(model)),
         ]
     )
     return 0
@@ -180,7 +189,7 @@ async def _model_list(args: argparse.Namespace, store: ControlStore) -> int:
     catalog = await store.load_catalog()
     now = utcnow()
     _print_table(
-        ("ALIAS", "ENDPOINT", "UPSTREAM MODEL", "TOKENIZER", "INPUT PRICE", "OUTPUT PRICE", "CACHE"),
+        ("ALIAS", "ENDPOINT", "UPSTREAM MODEL", "TOKENIZER", "INPUT PRICE", "OUTPUT PRICE", "CACHE", "AUTOMATIC"),
         [
             (
                 m.alias,
@@ -190,11 +199,16 @@ async def _model_list(args: argparse.Namespace, store: ControlStore) -> int:
                 m.input_price,
                 m.output_price,
                 "on" if catalog.tariff_at(m.alias, now) else "off",
+                _automatic(m),
             )
             for m in sorted(catalog.models.values(), key=lambda m: m.alias)
         ],
     )
     return 0
+
+
+def _automatic(model: Model) -> str:
+    return "off" if model.automatic_cache_ttl is None else model.automatic_cache_ttl.value
 
 
 # tariffs

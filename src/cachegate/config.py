@@ -86,10 +86,17 @@ class ModelConfig(_Strict):
     input_price: Decimal = Field(Decimal("0"), ge=0)
     output_price: Decimal = Field(Decimal("0"), ge=0)
     cache: CacheTariffConfig | None = None  # seeded into the store when the model has no tariff yet
+    automatic_caching: TtlTier | None = None  # a request without markers is cached with this TTL (SPEC §3.1)
 
     def to_model(self) -> Model:
         return Model(
-            self.alias, self.endpoint, self.upstream_model, self.tokenizer, self.input_price, self.output_price
+            self.alias,
+            self.endpoint,
+            self.upstream_model,
+            self.tokenizer,
+            self.input_price,
+            self.output_price,
+            self.automatic_caching,
         )
 
 

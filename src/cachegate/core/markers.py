@@ -196,6 +196,35 @@ def _check_order(breakpoints: list[Breakpoint], ttl: TtlTier, param: str) -> Non
         )
 
 
+_RETENTION_DEFAULTS: Final = frozenset({"in_memory", "in-memory"})  # OpenAI's spelling, and its SDKs' older one
+
+
+def automatic_marker(body: dict[str, Any], model_ttl: TtlTier, policy: TtlPolicy) -> bool:
+    """Automatic caching per model (§3.1): a request with no marker at all gets a top-level one.
+
+    Its TTL is the model's, or 24h when the request asks OpenAI's ``prompt_cache_retention:
+    "24h"`` and the deployment accepts 24h. Returns whether a marker was added; a request with any
+    marker (a ``null`` one included) keeps exactly what it asked for. Raises ``ValueError`` for a
+    ``prompt_cache_retention`` OpenAI would refuse.
+    """
+    retention = body.get("prompt_cache_retention")
+    if retention == "24h":
+        ttl = TtlTier.ONE_DAY if TtlTier.ONE_DAY in policy.accepted else model_ttl
+    elif retention is None or retention in _RETENTION_DEFAULTS:
+        ttl = model_ttl
+    else:
+        raise ValueError(f'prompt_cache_retention must be "in_memory" or "24h", got {_show(retention)}')
+    if MARKER_KEY in body:
+        return False
+    for _, _, _, value, owner, _, last in iter_sites(body):
+        if (isinstance(value, dict) and MARKER_KEY in value) or (
+            last and isinstance(owner, dict) and MARKER_KEY in owner
+        ):
+            return False
+    body[MARKER_KEY] = {"type": "ephemeral", "ttl": ttl.value}
+    return True
+
+
 def strip_markers(body: dict[str, Any]) -> bool:
     """Remove, in place, every marker of §3.1 (``null`` ones too) and nothing else.
 

@@ -22,9 +22,11 @@ from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import ChatCompletions
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.gateway.completions import Completions
+from cachegate.gateway.count_tokens import CountTokens
 from cachegate.gateway.ledger import LedgerWriter
+from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.proxy import ModelList, Proxy
-from cachegate.gateway.routing import Request, Route
+from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.index.base import CacheIndex
 from cachegate.index.sweeper import Sweeper
 from cachegate.store.base import ControlStore
@@ -57,18 +59,26 @@ class Gateway:
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
         self.ledger = LedgerWriter(store)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
+        ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         completions = Completions(
             self.catalog,
-            TtlPolicy(accepted=frozenset(config.accepted_ttls)),
+            ttl_policy,
             counters,
             self.classifier,
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
         )
+        anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
         self._routes: dict[tuple[str, str], Route] = {
             ("POST", "/v1/chat/completions"): Route("chat", ChatCompletions(completions, config.body_limit_bytes)),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
+            ("POST", "/v1/messages"): Route(
+                "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
+            ),
+            ("POST", "/v1/messages/count_tokens"): Route(
+                "count_tokens", CountTokens(anthropic, self.catalog, ttl_policy, self.classifier), Dialect.ANTHROPIC
+            ),
         }
         self._proxy = Route("proxy", Proxy(self.catalog, upstream, config.body_limit_bytes))
 

@@ -31,7 +31,9 @@ class ChatCompletions:
         raw = await read_body(request.receive, self._body_limit)
         body = _chat_request(raw)
         client_wants_usage = _asks_for_usage(body)
-        async with self._completions.call(request, body, raw, arrival, client_wants_usage=client_wants_usage) as call:
+        async with self._completions.call(
+            request, body, raw, arrival, client_wants_usage=client_wants_usage, automatic_caching=True
+        ) as call:
             if media_type(call.response.headers) == b"text/event-stream":
                 await relay_stream(call.exchange, call.response, request.receive, request.send, client_wants_usage)
             else:

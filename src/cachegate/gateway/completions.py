@@ -24,7 +24,7 @@ import orjson
 from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
 from cachegate.core.errors import MarkerError
-from cachegate.core.markers import TtlPolicy, strip_markers, validate_markers
+from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
 from cachegate.core.types import Breakpoint, CacheTariff, Classification, Scope
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
@@ -86,18 +86,25 @@ class Completions:
         *,
         client_wants_usage: bool,
         marker_param: Callable[[str], str] = str,
+        automatic_caching: bool = False,
     ) -> AsyncIterator[Call]:
         """Forward ``body`` (a chat request with a string ``model``) and yield the upstream's answer.
 
         ``raw`` is the body as the client sent it, forwarded byte for byte when nothing needs to
         change (None: always serialize ``body``). ``marker_param`` turns a marker's path in
         ``body`` into the client's own path, for the 400 of an invalid marker. Raises ``Refusal``
-        before anything is forwarded, and for an unreachable upstream (502, billed). On leaving,
+        before anything is forwarded, and for an unreachable upstream (502, billed). With
+        ``automatic_caching``, a model that caches markerless requests gets one (§3.1). On leaving,
         the response is released and the ledger row written.
         """
         alias: str = body["model"]
         model, endpoint = self._catalog.route(alias)
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
+        if automatic_caching and model.automatic_cache_ttl is not None:
+            try:
+                automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy)
+            except ValueError as exc:
+                raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         try:
             breakpoints = validate_markers(body, self._ttl_policy)
         except MarkerError as exc:

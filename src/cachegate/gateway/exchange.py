@@ -99,12 +99,19 @@ class Exchange:
     def apply_usage_if_ready(self, usage: dict[str, Any]) -> None:
         """For frames that carry usage mid-stream: never wait; splice if decided, else scrub (§8)."""
         self._record_counts(usage)
-        if not self.cache_enabled or (self.task is not None and not self.task.done()):
+        classification = self.ready_classification() if self.cache_enabled else None
+        if classification is None:
             scrub_usage(usage)
             return
+        splice_usage(usage, classification.stats, degraded=classification.degraded)
+
+    def ready_classification(self) -> Classification | None:
+        """The classification if it is decided already, without waiting; None while it runs."""
+        if self.task is not None and not self.task.done():
+            return None
         if self.classification is None:
             self.classification = self._settled()
-        splice_usage(usage, self.classification.stats, degraded=self.classification.degraded)
+        return self.classification
 
     async def succeeded(self) -> None:
         """The response succeeded (§7.4): commit new entries now, before its last byte; queue the refresh."""

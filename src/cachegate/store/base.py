@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from cachegate.core.types import CacheTariff
+from cachegate.core.types import CacheTariff, TtlTier
 
 
 class StoreError(Exception):
@@ -65,6 +65,7 @@ class Model:
     tokenizer: str  # a token counter name from the config
     input_price: Decimal  # per token
     output_price: Decimal  # per token
+    automatic_cache_ttl: TtlTier | None = None  # markerless requests cached with this TTL (§3.1); None: not
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,16 @@ from cachegate.store.base import (
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
-from cachegate.store.values import check_amount, checked_tariff, decimal_text, utc, utcnow
+from cachegate.store.values import (
+    MODEL_COLUMNS,
+    check_amount,
+    checked_tariff,
+    decimal_text,
+    model_from_row,
+    model_ttl_text,
+    utc,
+    utcnow,
+)
 
 # The advisory lock that serialises migrate() across processes ("cachegat" in ASCII).
 _MIGRATION_LOCK = 0x6361636865676174
@@ -212,17 +221,18 @@ class PostgresStore:
         async with self._connection() as connection:
             try:
                 await connection.execute(
-                    "INSERT INTO models (alias, endpoint, upstream_model, tokenizer, input_price, output_price)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)"
+                    f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                     " ON CONFLICT (alias) DO UPDATE SET endpoint = excluded.endpoint,"
                     " upstream_model = excluded.upstream_model, tokenizer = excluded.tokenizer,"
-                    " input_price = excluded.input_price, output_price = excluded.output_price",
+                    " input_price = excluded.input_price, output_price = excluded.output_price,"
+                    " automatic_cache_ttl = excluded.automatic_cache_ttl",
                     model.alias,
                     model.endpoint,
                     model.upstream_model,
                     model.tokenizer,
                     model.input_price,
                     model.output_price,
+                    model_ttl_text(model),
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise NotFound(f"endpoint {model.endpoint!r} does not exist") from exc
@@ -253,9 +263,7 @@ class PostgresStore:
         # One snapshot for the three reads.
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
             endpoints = await connection.fetch("SELECT name, base_url, api_key FROM endpoints")
-            models = await connection.fetch(
-                "SELECT alias, endpoint, upstream_model, tokenizer, input_price, output_price FROM models"
-            )
+            models = await connection.fetch(f"SELECT {MODEL_COLUMNS} FROM models")
             tariffs = await connection.fetch(
                 f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
             )
@@ -264,7 +272,7 @@ class PostgresStore:
             versions[row["model"]].append(_tariff_version(row))
         return Catalog(
             endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-            models={row["alias"]: Model(**row) for row in models},
+            models={row["alias"]: model_from_row(row) for row in models},
             tariffs={model: tuple(rows) for model, rows in versions.items()},
         )
 

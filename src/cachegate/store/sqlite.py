@@ -40,7 +40,16 @@ from cachegate.store.base import (
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
-from cachegate.store.values import check_amount, checked_tariff, decimal_text, utc, utcnow
+from cachegate.store.values import (
+    MODEL_COLUMNS,
+    check_amount,
+    checked_tariff,
+    decimal_text,
+    model_from_row,
+    model_ttl_text,
+    utc,
+    utcnow,
+)
 
 T = TypeVar("T")
 
@@ -255,12 +264,20 @@ class SqliteStore:
             with _transaction(connection):
                 _require(connection, "SELECT 1 FROM endpoints WHERE name = ?", model.endpoint, "endpoint")
                 connection.execute(
-                    "INSERT INTO models (alias, endpoint, upstream_model, tokenizer, input_price, output_price)"
-                    " VALUES (?, ?, ?, ?, ?, ?)"
+                    f"INSERT INTO models ({MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (alias) DO UPDATE SET endpoint = excluded.endpoint,"
                     " upstream_model = excluded.upstream_model, tokenizer = excluded.tokenizer,"
-                    " input_price = excluded.input_price, output_price = excluded.output_price",
-                    (model.alias, model.endpoint, model.upstream_model, model.tokenizer, input_price, output_price),
+                    " input_price = excluded.input_price, output_price = excluded.output_price,"
+                    " automatic_cache_ttl = excluded.automatic_cache_ttl",
+                    (
+                        model.alias,
+                        model.endpoint,
+                        model.upstream_model,
+                        model.tokenizer,
+                        input_price,
+                        output_price,
+                        model_ttl_text(model),
+                    ),
                 )
 
         await self._run(upsert)
@@ -305,9 +322,7 @@ class SqliteStore:
         def select(connection: sqlite3.Connection) -> Catalog:
             with _transaction(connection, "DEFERRED"):  # one snapshot for the three reads
                 endpoints = connection.execute("SELECT name, base_url, api_key FROM endpoints").fetchall()
-                models = connection.execute(
-                    "SELECT alias, endpoint, upstream_model, tokenizer, input_price, output_price FROM models"
-                ).fetchall()
+                models = connection.execute(f"SELECT {MODEL_COLUMNS} FROM models").fetchall()
                 tariffs = connection.execute(
                     f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
                 ).fetchall()
@@ -316,7 +331,7 @@ class SqliteStore:
                 versions[row["model"]].append(_tariff_version(row))
             return Catalog(
                 endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-                models={row["alias"]: _model(row) for row in models},
+                models={row["alias"]: model_from_row(row) for row in models},
                 tariffs={model: tuple(rows) for model, rows in versions.items()},
             )
 
@@ -456,17 +471,6 @@ def _api_key(row: sqlite3.Row) -> ApiKey:
         is_admin=bool(row["is_admin"]),
         created_at=decode_timestamp(row["created_at"]),
         revoked_at=None if row["revoked_at"] is None else decode_timestamp(row["revoked_at"]),
-    )
-
-
-def _model(row: sqlite3.Row) -> Model:
-    return Model(
-        alias=row["alias"],
-        endpoint=row["endpoint"],
-        upstream_model=row["upstream_model"],
-        tokenizer=row["tokenizer"],
-        input_price=Decimal(row["input_price"]),
-        output_price=Decimal(row["output_price"]),
     )
 
 

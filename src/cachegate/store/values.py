@@ -8,10 +8,13 @@ billing ledger is ambiguous, so it is refused rather than guessed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
-from cachegate.core.types import CacheTariff
+from cachegate.core.types import CacheTariff, TtlTier
+from cachegate.store.base import Model
 
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -58,6 +61,28 @@ def checked_tariff(tariff: CacheTariff) -> CacheTariff:
         write_multiplier_24h=multiplier(tariff.write_multiplier_24h, "write_multiplier_24h"),
         read_multiplier=multiplier(tariff.read_multiplier, "read_multiplier"),
         min_prefix_tokens=tariff.min_prefix_tokens,
+    )
+
+
+MODEL_COLUMNS = "alias, endpoint, upstream_model, tokenizer, input_price, output_price, automatic_cache_ttl"
+"""The ``models`` columns, in the order ``model_from_row`` and both stores' upserts use."""
+
+
+def model_ttl_text(model: Model) -> str | None:
+    return None if model.automatic_cache_ttl is None else model.automatic_cache_ttl.value
+
+
+def model_from_row(row: Mapping[str, Any]) -> Model:
+    """A ``models`` row (SQLite's or PostgreSQL's) as a Model."""
+    ttl = row["automatic_cache_ttl"]
+    return Model(
+        alias=row["alias"],
+        endpoint=row["endpoint"],
+        upstream_model=row["upstream_model"],
+        tokenizer=row["tokenizer"],
+        input_price=Decimal(row["input_price"]),
+        output_price=Decimal(row["output_price"]),
+        automatic_cache_ttl=None if ttl is None else TtlTier(ttl),
     )
 
 

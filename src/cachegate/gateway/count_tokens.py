@@ -1,0 +1,84 @@
+"""POST /v1/messages/count_tokens (SPEC §9): the exact input count of an Anthropic request.
+
+Counted by the model's own template and tokenizer — the ``prompt_tokens`` its upstream will
+report — without calling the upstream. With markers, the answer also says what the request
+would read and write now: the classification runs as for a real request (one index lookup,
+the counts at the breakpoints) but nothing is committed or refreshed, so asking changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cachegate.asgi import JSON_HEADERS, Refusal, send_bytes
+from cachegate.core.anthropic.request import client_param
+from cachegate.core.blocks import hashed_prompt
+from cachegate.core.errors import MarkerError
+from cachegate.core.markers import TtlPolicy, strip_markers, validate_markers
+from cachegate.core.types import CacheStats, Scope, TtlTier
+from cachegate.core.usage import cap_stats
+from cachegate.gateway import metrics
+from cachegate.gateway.catalog import CatalogCache
+from cachegate.gateway.classifier import CacheClassifier
+from cachegate.gateway.messages import AnthropicRequests
+from cachegate.gateway.routing import Request
+from cachegate.tokens.base import TokenCountError
+
+
+class CountTokens:
+    def __init__(
+        self,
+        requests: AnthropicRequests,
+        catalog: CatalogCache,
+        ttl_policy: TtlPolicy,
+        classifier: CacheClassifier,
+    ) -> None:
+        self._requests = requests
+        self._catalog = catalog
+        self._ttl_policy = ttl_policy
+        self._classifier = classifier
+        self._with_24h = TtlTier.ONE_DAY in ttl_policy.accepted
+
+    async def __call__(self, request: Request) -> int:
+        now = time.time()
+        translated, counter = await self._requests.read(request, for_counting=True)
+        body = translated.body
+        try:
+            breakpoints = validate_markers(body, self._ttl_policy)
+        except MarkerError as exc:
+            metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
+            raise Refusal(400, exc.message, "invalid_cache_control", client_param(translated, exc.param)) from exc
+        strip_markers(body)
+        prompt = hashed_prompt(body, breakpoints)
+        alias: str = body["model"]
+        tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(now, UTC))
+        if breakpoints and tariff is not None:
+            # A dry run: classify() only looks and counts; commits and refreshes happen elsewhere.
+            scope = Scope(request.key.principal_id, alias, counter.tokenizer_version)
+            classification = await self._classifier.classify(scope, prompt, body, tariff, counter, now)
+        else:
+            classification = None
+        try:
+            total = (await counter.count(body, prompt, ())).total
+        except TokenCountError as exc:
+            raise Refusal(503, "the token counter for this model is unavailable", "counter_unavailable") from exc
+        if total is None:  # no block was asked for, so the whole prompt was counted
+            raise Refusal(503, "the token counter gave no total", "counter_unavailable")
+        answer: dict[str, Any] = {"input_tokens": total}
+        if breakpoints:
+            stats = cap_stats(classification.stats, total) if classification is not None else CacheStats()
+            answer["cache_read_input_tokens"] = stats.read
+            answer["cache_creation_input_tokens"] = stats.creation
+            answer["cache_creation"] = {
+                "ephemeral_5m_input_tokens": stats.creation_5m,
+                "ephemeral_1h_input_tokens": stats.creation_1h,
+                **({"ephemeral_24h_input_tokens": stats.creation_24h} if self._with_24h else {}),
+            }
+            if classification is not None and classification.degraded:
+                answer["cache_degraded"] = True
+        await send_bytes(request.send, 200, JSON_HEADERS, orjson.dumps(answer))
+        return 200
