@@ -6,7 +6,7 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 
 ``status=N``        answer with HTTP status N and an OpenAI error body
 ``stall=S``         wait S seconds before answering
-``cut=N``           stream N content chunks, then drop the connection
+``cut=N``           stream N chunks, then drop the connection
 ``error-frame``     stream an ``{"error": …}`` frame instead of finishing
 ``no-usage``        leave out usage (JSON) or the usage frame (stream)
 ``cached=N``        report ``prompt_tokens_details.cached_tokens = N`` like vLLM does
@@ -15,6 +15,20 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 ``pace=S``          wait S seconds between streamed chunks
 ``crlf``            frame the stream with CRLF line endings
 ``set-cookie``      answer with a ``Set-Cookie`` header
+``tool-call=NAME``  answer with one call of the request's tool NAME (``first``: its first tool),
+                    arguments built from the tool schema's required properties;
+                    finish_reason ``tool_calls``
+``reasoning[=TEXT]`` emit ``reasoning_content`` (deltas, or the message's field) before the
+                    answer, as vLLM's reasoning parsers do (TEXT without commas)
+``stop-sequence``   finish with ``stop`` and vLLM's ``stop_reason`` set to the request's first
+                    ``stop`` string
+
+A client that cannot send headers (Claude Code behind the gateway) chooses the same way with a
+line ``[fake: <behaviors>]`` in its last user message's text; the header wins when both are
+there. ``max_tokens`` (or ``max_completion_tokens``) is honoured: the completion stops after
+that many chunks (reasoning, content and argument fragments alike) with finish_reason
+``length``. Streamed tool calls are framed as vLLM frames them: a first delta with ``index``,
+``id``, ``type``, the function's name and empty arguments, then argument fragments.
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
@@ -24,11 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -38,6 +53,9 @@ from cachegate.tokens.base import TokenCounter
 
 _NO_PROMPT = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
 _WORDS = ("The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ")
+_DEFAULT_REASONING = "Let me think about what is asked. "
+_ARGUMENT_FRAGMENT = 8  # characters of a tool call's JSON arguments per streamed delta
+_BEHAVIOR_LINE = re.compile(r"^\[fake:\s*(.*?)\s*\]\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +71,9 @@ class Behavior:
     pace: float = 0.0
     crlf: bool = False
     set_cookie: bool = False
+    tool_call: str | None = None
+    reasoning: str | None = None
+    stop_sequence: bool = False
 
     @classmethod
     def parse(cls, header: str | None) -> Behavior:
@@ -83,9 +104,186 @@ class Behavior:
                 fields["crlf"] = True
             elif name == "set-cookie":
                 fields["set_cookie"] = True
+            elif name == "tool-call":
+                fields["tool_call"] = value or "first"
+            elif name == "reasoning":
+                fields["reasoning"] = value or _DEFAULT_REASONING
+            elif name == "stop-sequence":
+                fields["stop_sequence"] = True
             elif name:
                 raise ValueError(f"unknown fake behavior {name!r}")
         return cls(**fields)
+
+
+def requested_behavior(header: str | None, body: dict[str, Any]) -> Behavior:
+    """The behavior the header asks for, else the ``[fake: …]`` line of the last user message."""
+    if header:
+        return Behavior.parse(header)
+    found = _BEHAVIOR_LINE.search(_last_user_text(body))
+    return Behavior.parse(found.group(1) if found else None)
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(
+                    part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
+            return ""
+    return ""
+
+
+PieceKind = Literal["reasoning", "content", "arguments"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the fake model answers, as the chunks a stream would carry: the JSON and the SSE
+    forms are both made from it, so they cannot tell different stories."""
+
+    pieces: list[tuple[PieceKind, str]]
+    finish_reason: str
+    tool_call: ToolCall | None = None
+    stop_reason: str | None = None
+
+    def text_of(self, kind: PieceKind) -> str | None:
+        texts = [text for piece_kind, text in self.pieces if piece_kind == kind]
+        return "".join(texts) if texts else None
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text_of("content")}
+        reasoning = self.text_of("reasoning")
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        if self.tool_call is not None:
+            message["tool_calls"] = [
+                {
+                    "id": self.tool_call.id,
+                    "type": "function",
+                    "function": {"name": self.tool_call.name, "arguments": self.text_of("arguments") or ""},
+                }
+            ]
+        elif message["content"] is None:
+            message["content"] = ""
+        return message
+
+    def delta(self, position: int) -> dict[str, Any]:
+        """The streamed delta of piece ``position``; a call's first fragment also opens the call."""
+        kind, text = self.pieces[position]
+        if kind == "reasoning":
+            return {"reasoning_content": text}
+        if kind == "content":
+            return {"content": text}
+        assert self.tool_call is not None
+        return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
+
+    def call_opening(self) -> dict[str, Any]:
+        assert self.tool_call is not None
+        opening = {
+            "id": self.tool_call.id,
+            "type": "function",
+            "function": {"name": self.tool_call.name, "arguments": ""},
+        }
+        return {"tool_calls": [{"index": 0, **opening}]}
+
+    def finishing_choice(self) -> dict[str, Any]:
+        """What the last choice of a response says about how it ended."""
+        choice: dict[str, Any] = {"finish_reason": self.finish_reason}
+        if self.stop_reason is not None:
+            choice["stop_reason"] = self.stop_reason
+        return choice
+
+
+class FakeRequestError(ValueError):
+    """A request the fake upstream cannot answer as told (a 400)."""
+
+
+def plan_answer(body: dict[str, Any], behavior: Behavior) -> Answer:
+    """The answer to ``body`` as ``behavior`` shapes it, cut at the request's token limit."""
+    pieces: list[tuple[PieceKind, str]] = []
+    if behavior.reasoning is not None:
+        pieces.extend(("reasoning", word) for word in re.findall(r"\S+\s*", behavior.reasoning))
+    tool_call = None
+    if behavior.tool_call is not None:
+        tool_call = _tool_call(body, behavior.tool_call)
+        arguments = tool_call.arguments
+        pieces.extend(
+            ("arguments", arguments[start : start + _ARGUMENT_FRAGMENT])
+            for start in range(0, len(arguments), _ARGUMENT_FRAGMENT)
+        )
+        finish_reason = "tool_calls"
+    else:
+        pieces.extend(("content", _WORDS[i % len(_WORDS)]) for i in range(behavior.chunks))
+        finish_reason = "stop"
+    stop_reason = _first_stop(body) if behavior.stop_sequence and tool_call is None else None
+    limit = _token_limit(body)
+    if limit is not None and limit < len(pieces):
+        return Answer(pieces[:limit], "length", tool_call)
+    return Answer(pieces, finish_reason, tool_call, stop_reason)
+
+
+def _tool_call(body: dict[str, Any], wanted: str) -> ToolCall:
+    tools = [tool.get("function") for tool in body.get("tools") or [] if isinstance(tool, dict)]
+    functions = [function for function in tools if isinstance(function, dict)]
+    if wanted != "first":
+        functions = [function for function in functions if function.get("name") == wanted]
+    if not functions:
+        raise FakeRequestError(f"no tool {wanted!r} in the request to call")
+    function = functions[0]
+    arguments = _example_arguments(function.get("parameters"))
+    return ToolCall(f"chatcmpl-tool-{uuid.uuid4().hex}", str(function.get("name")), orjson.dumps(arguments).decode())
+
+
+def _example_arguments(schema: Any) -> dict[str, Any]:
+    """A value for each required property of an object schema, of its type."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    return {name: _example_value(properties.get(name), name) for name in required if isinstance(name, str)}
+
+
+def _example_value(schema: Any, name: str) -> Any:
+    if not isinstance(schema, dict):
+        return name
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((one for one in kind if one != "null"), "string")
+    examples: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}
+    if kind == "object":
+        return _example_arguments(schema)
+    return examples.get(kind, f"example {name}") if isinstance(kind, str) else f"example {name}"
+
+
+def _first_stop(body: dict[str, Any]) -> str | None:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return stop
+    if isinstance(stop, list) and stop and isinstance(stop[0], str):
+        return stop[0]
+    return None
+
+
+def _token_limit(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        limit = body.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            return max(limit, 0)
+    return None
 
 
 class PromptCounter:
@@ -151,8 +349,11 @@ class FakeUpstream:
         self.last_request = raw
         self.last_headers = {name.lower(): value for name, value in request.headers.items()}
         try:
-            behavior = Behavior.parse(request.headers.get("x-fake-behavior"))
             body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise FakeRequestError("the body is not a JSON object")
+            behavior = requested_behavior(request.headers.get("x-fake-behavior"), body)
+            answer = plan_answer(body, behavior)
         except (ValueError, TypeError) as exc:
             return _error(400, f"fake upstream: bad request: {exc}")
         if behavior.stall:
@@ -162,30 +363,29 @@ class FakeUpstream:
         prompt_tokens = await self._prompt.count(body)
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
-            return await self._stream(request, body, behavior, model, prompt_tokens)
-        words = [_WORDS[i % len(_WORDS)] for i in range(behavior.chunks)]
+            return await self._stream(request, body, behavior, answer, model, prompt_tokens)
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(words)},
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [{"index": 0, "message": answer.message(), **answer.finishing_choice()}],
         }
         if behavior.usage:
-            payload["usage"] = _usage(prompt_tokens, len(words), behavior.cached_tokens)
+            payload["usage"] = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
         response = _json(payload, status=behavior.status)
         if behavior.set_cookie:
             response.set_cookie("upstream-session", uuid.uuid4().hex)
         return response
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], behavior: Behavior, model: str, prompt_tokens: int
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behavior: Behavior,
+        answer: Answer,
+        model: str,
+        prompt_tokens: int,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
         await response.prepare(request)
@@ -193,7 +393,7 @@ class FakeUpstream:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        usage = _usage(prompt_tokens, behavior.chunks, behavior.cached_tokens)
+        usage = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
 
         def frame(choices: list[dict[str, Any]], with_usage: dict[str, Any] | None = None) -> bytes:
             chunk: dict[str, Any] = {
@@ -211,21 +411,24 @@ class FakeUpstream:
         await response.write(
             frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], per_chunk)
         )
-        for i in range(behavior.chunks):
+        call_opened = False
+        for i in range(len(answer.pieces)):
             if behavior.cut_after is not None and i == behavior.cut_after:
                 assert request.transport is not None
                 request.transport.abort()  # the client sees a broken chunked body
                 return response
             if behavior.pace:
                 await asyncio.sleep(behavior.pace)
-            delta = {"content": _WORDS[i % len(_WORDS)]}
-            await response.write(frame([{"index": 0, "delta": delta, "finish_reason": None}], per_chunk))
+            if answer.pieces[i][0] == "arguments" and not call_opened:
+                call_opened = True
+                await response.write(frame([{"index": 0, "delta": answer.call_opening(), "finish_reason": None}]))
+            await response.write(frame([{"index": 0, "delta": answer.delta(i), "finish_reason": None}], per_chunk))
         if behavior.error_frame:
             error = {"error": {"message": "fake upstream error frame", "type": "server_error", "code": None}}
             await response.write(b"data: " + orjson.dumps(error) + newline + newline)
             await response.write_eof()
             return response
-        await response.write(frame([{"index": 0, "delta": {}, "finish_reason": "stop"}], per_chunk))
+        await response.write(frame([{"index": 0, "delta": {}, **answer.finishing_choice()}], per_chunk))
         if include_usage and behavior.usage:
             await response.write(frame([], usage))
         await response.write(b"data: [DONE]" + newline + newline)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import unicodedata
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from cachegate.core.types import ParsedPrompt
 from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import PromptCounts
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions
-from cachegate.tokens.shipped import qwen3_counter
+from cachegate.tokens.hf import hf_counter
+from cachegate.tokens.shipped import qwen3_counter, qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 
@@ -107,8 +109,65 @@ def test_system_rendered_before_the_tools_gives_the_tools_no_prefix_of_their_own
     rendering = qwen3.render(body, prompt, [0, 1, 2])
 
     assert rendering.boundaries[0] == 0
-    assert rendering.text[: rendering.boundaries[1]].endswith('"description": "Does f.')  # system + tool
+    assert rendering.text[: rendering.boundaries[1]].endswith('"description": "Does f.", "parameters": {}}}')
     assert rendering.text[: rendering.boundaries[2]].endswith("<|im_start|>user\nGo.")
+
+
+AGENT_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "Read",
+        "description": "Reads a file from the local filesystem. The file_path must be absolute.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "file_path": {"type": "string", "description": "The absolute path to the file to read"},
+                "limit": {"type": "number", "description": "The number of lines to read."},
+            },
+            "required": ["file_path"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def qwen3_by_jinja() -> ChatTokenCounter:
+    """The shipped template rendered by jinja and counted by the sentinel method (no native layout)."""
+    files = qwen3_files()
+    return hf_counter(files.tokenizer_json, files.chat_template + "{#- no native layout #}", files.special_tokens)
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["tool breakpoint", "system breakpoint covering the tools"])
+@pytest.mark.parametrize("native", [True, False], ids=["layout", "sentinel"])
+def test_a_tool_breakpoint_counts_the_tool_through_its_closing_brace(
+    qwen3: ChatTokenCounter,
+    qwen3_by_jinja: ChatTokenCounter,
+    qwen3_tokenizer: Tokenizer,
+    prompt_of: PromptOf,
+    system: bool,
+    native: bool,
+) -> None:
+    # The count used to stop at the tool's last string ("file_path), leaving `"], "additionalProperties":
+    # false}}}` to what follows: a tool breakpoint cached less than the tool.
+    marker = {"type": "ephemeral"}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Read README.md"}]
+    if system:
+        system_part = {"type": "text", "text": "Be brief.", "cache_control": marker}
+        messages.insert(0, {"role": "system", "content": [system_part]})
+    body = {"tools": [{**AGENT_TOOL, "cache_control": marker}], "messages": messages}
+    counter = qwen3 if native else qwen3_by_jinja
+    prompt = prompt_of(body)
+    breakpoint_block = prompt.breakpoints[-1].block
+    tool_json = json.dumps(AGENT_TOOL, ensure_ascii=False)  # as Qwen3's `tool | tojson` writes it
+    text = counter.render(body, prompt, [breakpoint_block]).text
+    through_the_tool = text[: text.index(tool_json) + len(tool_json)]
+
+    counts = counter.count_blocking(body, prompt, [breakpoint_block])
+
+    expected = len(qwen3_tokenizer.encode(through_the_tool, add_special_tokens=False))
+    assert counts.cumulative[breakpoint_block] == expected
+    assert counts.method == ("layout" if native else "sentinel")
 
 
 def test_blocks_without_text_end_where_the_block_before_them_ends(qwen3: ChatTokenCounter, prompt_of: PromptOf) -> None:

@@ -5,11 +5,16 @@ sentinel method renders with marks at the ends of the blocks' texts and finds th
 request, the layout must give the text, the boundaries at every block, the dropped blocks and
 the images the sentinel method gives over the template's own jinja rendering — or raise
 ``Unsupported``. Agent conversations, the traffic it exists for, must never be left out.
+
+Holding two methods to each other cannot catch a rule both follow wrongly: both once ended a
+tool at its last string, short of its closing brace. So where a block ends is also checked
+against the rendering itself: a tool ends with its JSON as the template writes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ LLAMA31 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encod
 DEEPSEEK = (TEMPLATES / "deepseek-ai-DeepSeek-V3.1.jinja").read_text(encoding="utf-8")
 QWEN3_CODER = (TEMPLATES / "Qwen3-Coder.jinja").read_text(encoding="utf-8")
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+MISTRAL_NEMO = (TEMPLATES / "mistralai-Mistral-Nemo-Instruct-2407.jinja").read_text(encoding="utf-8")
 JINJA_ONLY = "{#- the same template, without its native layout #}"
 
 
@@ -208,3 +214,49 @@ def test_qwen3_coder_trims_the_text_of_a_turn_with_calls(text: str, laid_out_nat
     assert (layout is not None) == laid_out_natively
     if layout is not None:
         assert_same_as_the_sentinel_method(layout, QWEN3_CODER_JINJA, body)
+
+
+def _compact_json(tool: Any) -> str:
+    return json.dumps(tool, ensure_ascii=False)
+
+
+def _indented_json(tool: Any) -> str:
+    return json.dumps(tool, ensure_ascii=False, indent=4)
+
+
+@pytest.mark.parametrize(
+    ("native", "sentinel", "tool_json"),
+    [
+        (QWEN3_NATIVE, QWEN3_JINJA, _compact_json),
+        (QWEN25_NATIVE, QWEN25_JINJA, _compact_json),
+        (LLAMA31_NATIVE, LLAMA31_JINJA, _indented_json),
+    ],
+    ids=["qwen3", "qwen2.5", "llama3.1"],
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(TOOL, min_size=1, max_size=3))
+def test_a_tool_ends_at_the_closing_brace_of_its_json(
+    native: NativeTemplate, sentinel: ChatTokenCounter, tool_json: Callable[[Any], str], tools: list[Any]
+) -> None:
+    body = body_of([{"role": "user", "content": "Go."}], tools, None)
+    prompt = parse_prompt(body, POLICY)
+    tool_blocks = range(len(tools))
+
+    marked = sentinel.render(body, prompt, tool_blocks)
+    layout = laid_out(native, sentinel, body, prompt)
+
+    assert layout is not None
+    laid_out_ends = dict(layout.ends)
+    for block, tool in enumerate(tools):
+        assert marked.text[: marked.boundaries[block]].endswith(tool_json(tool))
+        assert laid_out_ends[block] == marked.boundaries[block]
+
+
+def test_mistral_nemo_ends_a_tool_at_the_closing_brace_it_writes() -> None:
+    counter = _jinja(MISTRAL_NEMO, {"bos_token": "<s>", "eos_token": "</s>"})
+    tool = {"type": "function", "function": {"name": "read", "description": "Read a file.", "parameters": {}}}
+    body = body_of([{"role": "user", "content": "Go."}], [tool], None)
+
+    rendering = counter.render(body, parse_prompt(body, POLICY), [0])
+
+    assert rendering.text[: rendering.boundaries[0]].endswith(_compact_json(tool))

@@ -22,13 +22,15 @@ that block ends in the rendered prompt (see ``hf.py``):
 
 - a text part: the end of its text (string content is one text part);
 - a tool definition: the end of the last string *value* of its ``function`` object in JSON
-  serialisation order (usually the last ``required`` name or a description);
+  serialisation order (usually the last ``required`` name or a description). The block itself
+  ends further on, after the closing brace of the tool's JSON (``tool_end``): the prepared
+  chat says how many containers hold the marked string (``PreparedChat.tool_containers``);
 - a tool call: the end of the last string value of its parsed ``arguments``, or of its
   function ``name`` when the arguments hold no string.
   Only what templates render is marked (a call's ``id`` or ``type`` often is not), and keys
   never are: they are the structure templates navigate by (a marked ``"arguments"`` key would
-  hide the arguments). The closing JSON characters after the marked string, and for a call
-  whose arguments hold no string the arguments themselves, count with what follows.
+  hide the arguments). For a call, the closing JSON characters after the marked string, and
+  for a call whose arguments hold no string the arguments themselves, count with what follows.
 
 Blocks without text of their own (images, empty or whitespace-only texts, header-only
 messages) take no mark: it would be their whole content, templates test content for
@@ -39,14 +41,15 @@ templates that ``trim`` text (the whitespace then counts with what follows). Wit
 ``prose_only`` a tool definition is marked at the last ``description`` string of its function
 object (else at its ``name``), for templates that compare schema strings — gpt-oss tests
 ``name in parameters.required`` and ``type == "string"`` — so that a mark there would change
-the rendering; the schema after the description then counts with what follows.
+the rendering; ``tool_end`` then finds the tool's closing brace after the schema.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachegate.core.types import BlockKind, BlockRef
@@ -72,6 +75,14 @@ class PreparedChat:
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
+    tool_containers: Mapping[int, int] = field(default_factory=dict)
+    """Tool index -> how many JSON containers (the tool, its function, …) hold its marked string."""
+
+    def block_end(self, ref: BlockRef, rendering: str, mark_offset: int) -> int:
+        """Where block ``ref``, whose mark was found at ``mark_offset`` of ``rendering``, ends there."""
+        if ref.kind is not BlockKind.TOOL or ref.index not in self.tool_containers:
+            return mark_offset
+        return tool_end(rendering, mark_offset, self.tool_containers[ref.index])
 
 
 def prepare_chat(
@@ -125,7 +136,7 @@ class ChatPreparation:
         placer = _Placer(marks or {}, before_trailing_space, prose_only)
         messages = [placer.message(i, skeleton, self._join) for i, skeleton in enumerate(self._messages)]
         tools = None if self._tools is None else [placer.tool(i, *skeleton) for i, skeleton in enumerate(self._tools)]
-        return PreparedChat(messages=messages, tools=tools)
+        return PreparedChat(messages=messages, tools=tools, tool_containers=placer.tool_containers)
 
 
 def prepared_tool(
@@ -256,6 +267,8 @@ class _Placer:
         self._marks = {(ref.kind, ref.message, ref.index): mark for ref, mark in marks.items()}
         self._before_trailing_space = before_trailing_space
         self._prose_only = prose_only
+        self.tool_containers: dict[int, int] = {}
+        """Tool index -> the containers around its mark, counted from the tool object itself."""
 
     def message(self, index: int, skeleton: _MessageSkeleton, content_join: str) -> dict[str, Any]:
         texts = skeleton.texts
@@ -272,60 +285,99 @@ class _Placer:
         return prepared
 
     def tool_call_function(self, message: int, index: int, function: dict[str, Any]) -> dict[str, Any]:
-        return self._with_mark((_TOOL_CALL, message, index), function, ("arguments",))
+        return self._with_mark((_TOOL_CALL, message, index), function, ("arguments",))[0]
 
     def tool(self, index: int, shell: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
-        marked = self._with_mark((_TOOL, None, index), function, ())
+        marked, containers = self._with_mark((_TOOL, None, index), function, ())
+        if containers is not None:
+            self.tool_containers[index] = containers + 1  # and the tool object around the function
         return {"type": shell["type"], "function": marked, **{k: v for k, v in shell.items() if k != "type"}}
 
     def _marked(self, ref: _RefKey, text: str) -> str:
         mark = self._marks.get(ref)
         return self._place(text, mark) if mark else text
 
-    def _with_mark(self, ref: _RefKey, function: dict[str, Any], preferred: tuple[str, ...]) -> dict[str, Any]:
-        """Mark the last string value of ``function``, looking inside the ``preferred`` keys first."""
+    def _with_mark(
+        self, ref: _RefKey, function: dict[str, Any], preferred: tuple[str, ...]
+    ) -> tuple[dict[str, Any], int | None]:
+        """Mark the last string value of ``function``, looking inside the ``preferred`` keys first.
+
+        Also how many containers, ``function`` included, hold the marked string (None: no mark).
+        """
         mark = self._marks.get(ref)
         if not mark:
-            return function
+            return function, None
         if self._prose_only and ref[0] is _TOOL:
-            marked, found = self._with_mark_in_last(function, mark, _a_description)
-            if found:
-                return marked
+            marked, containers = self._with_mark_in_last(function, mark, _a_description)
+            if containers is not None:
+                return marked, containers
             if isinstance(function.get("name"), str):
-                return {**function, "name": self._place(function["name"], mark)}
+                return {**function, "name": self._place(function["name"], mark)}, 1
         for key in (*preferred, None):
             scope = function if key is None else {key: function.get(key)}
-            marked, found = self._with_mark_in_last(scope, mark, _any_string)
-            if found:
-                return {**function, **marked}
+            marked, containers = self._with_mark_in_last(scope, mark, _any_string)
+            if containers is not None:
+                return {**function, **marked}, containers
         raise TokenCountError(f"a {ref[0].value} block has no string value to mark")
 
     def _with_mark_in_last(
         self, value: Any, mark: str, wanted: Callable[[Any, str], bool], key: Any = None
-    ) -> tuple[Any, bool]:
+    ) -> tuple[Any, int | None]:
         """Mark the last string in ``value`` (in JSON order) that ``wanted(its key, it)`` accepts.
 
-        Containers on the way to it are copied; ``value`` itself is left as it is.
+        Containers on the way to it are copied; ``value`` itself is left as it is. The count is
+        how many containers, ``value`` included, hold the marked string; None when none was marked.
         """
         if isinstance(value, str):
-            return (self._place(value, mark), True) if wanted(key, value) else (value, False)
+            return (self._place(value, mark), 0) if wanted(key, value) else (value, None)
         if isinstance(value, Mapping):
             for inner in reversed(list(value)):
-                marked, found = self._with_mark_in_last(value[inner], mark, wanted, inner)
-                if found:
-                    return {**value, inner: marked}, True
+                marked, containers = self._with_mark_in_last(value[inner], mark, wanted, inner)
+                if containers is not None:
+                    return {**value, inner: marked}, containers + 1
         elif isinstance(value, list):
             for position in reversed(range(len(value))):
-                marked, found = self._with_mark_in_last(value[position], mark, wanted)
-                if found:
-                    return [*value[:position], marked, *value[position + 1 :]], True
-        return value, False
+                marked, containers = self._with_mark_in_last(value[position], mark, wanted)
+                if containers is not None:
+                    return [*value[:position], marked, *value[position + 1 :]], containers + 1
+        return value, None
 
     def _place(self, text: str, mark: str) -> str:
         if not self._before_trailing_space:
             return text + mark
         kept = len(text.rstrip())
         return text[:kept] + mark + text[kept:]
+
+
+# The rest of a JSON string literal, then one JSON token: an opening, a closing, or anything else.
+_JSON_STRING_REST = re.compile(r'(?:[^"\\\x00-\x1f]|\\.)*"')
+_JSON_TOKEN = re.compile(
+    r'[ \t\n\r]*(?:([{\[])|([}\]])|"(?:[^"\\\x00-\x1f]|\\.)*"|[,:]|-?[0-9][0-9.eE+-]*|true|false|null)'
+)
+
+
+def tool_end(rendering: str, mark_offset: int, containers: int) -> int:
+    """Where a tool ends in ``rendering``: past the closing brace of its JSON, whose last marked
+    string ends at ``mark_offset`` inside ``containers`` containers (the tool object included).
+
+    The block of a tool is its whole definition, so its count includes the JSON that closes it.
+    A template that writes tools otherwise than as JSON (XML, TypeScript) keeps ``mark_offset``:
+    no text of the template is counted as the tool's.
+    """
+    string_end = _JSON_STRING_REST.match(rendering, mark_offset)
+    if string_end is None:
+        return mark_offset
+    position, depth = string_end.end(), containers
+    while depth:
+        token = _JSON_TOKEN.match(rendering, position)
+        if token is None:
+            return mark_offset
+        if token.group(1):
+            depth += 1
+        elif token.group(2):
+            depth -= 1
+        position = token.end()
+    return position
 
 
 def _any_string(key: Any, text: str) -> bool:

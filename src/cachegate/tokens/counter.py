@@ -13,7 +13,9 @@ ends in one pass, with the same result and no marked rendering (``native/plain.p
 grown conversation only from where the count of an earlier request of it left a checkpoint
 (``resume.py``), so that its cost follows the new messages, not the conversation's length.
 
-The boundary of block b is the end of its text. A block without text of its own (an image, an
+The boundary of block b is the end of its text; for a tool, the end of its definition as the
+template writes it — the closing brace of its JSON, found after its mark (``conversation.tool_end``),
+so that a tool breakpoint's prefix holds the whole tool. A block without text of its own (an image, an
 empty or whitespace-only text, a header-only message) is not marked; its boundary is that of the block before
 it. And a cached prefix must be determined by blocks 0..b alone: when the template renders the
 text of a later block before the end of b (Qwen-style templates put the system message before
@@ -62,7 +64,9 @@ from cachegate.tokens.template import ChatTemplate, Unsupported, read_variables,
 
 # Bump when a change to the preparation or counting rules changes counts: the version is part
 # of the cache scope, so old entries are then never read with new counts.
-_COUNTING_RULES = "2"  # 2: tools marked at their description where the template compares schema strings
+# 2: tools marked at their description where the template compares schema strings;
+# 3: a tool's block ends after the closing brace of its JSON, not at its last string.
+_COUNTING_RULES = "3"
 
 # Where marks go (before trailing whitespace, tools at their prose only), in the order tried
 # unless the template's probe puts another first (``_placement_order``).
@@ -395,7 +399,7 @@ class ChatTokenCounter:
         marks = {prompt.blocks[block]: mark(delimiters, n) for n, block in enumerate(marked)}
         needed = {n for n, block in enumerate(marked) if block in asked}
         found: list[tuple[int, int]] | str = "no placement of the marks was tried"
-        trusted: list[tuple[int, int]] | None = None
+        trusted: tuple[PreparedChat, list[tuple[int, int]]] | None = None
         tried: list[PreparedChat] = []
         # In the order the template's probe chose: the ends of the blocks' texts, or for
         # templates that trim text or compare schema strings, placements those cannot see. The
@@ -410,12 +414,14 @@ class ChatTokenCounter:
             if isinstance(found, str):
                 continue
             if trusted is None or needed <= {n for n, _ in found}:
-                trusted = found
+                trusted = chat, found
             if needed <= {n for n, _ in found}:
                 break
         if trusted is None:
             raise TokenCountError(str(found))
-        ends = [(marked[n], offset) for n, offset in trusted]
+        chat, found = trusted
+        blocks = prompt.blocks
+        ends = [(marked[n], chat.block_end(blocks[marked[n]], clean, offset)) for n, offset in found]
         written = {block for block, _ in ends}
         dropped = frozenset(block for block in marked if block not in written)
         return LaidOutPrompt(text=clean, ends=ends, dropped=dropped, images=images, marked=True)

@@ -131,7 +131,9 @@ class JinjaHeader:
         text, found = without_marks(marked, delimiters)
         if text != clean:
             raise Unsupported("marks change the header")
-        return clean, [(header_blocks[n], offset) for n, offset in found]
+        return clean, [
+            (header_blocks[n], marked_chat.block_end(blocks[header_blocks[n]], clean, offset)) for n, offset in found
+        ]
 
     def _render(
         self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]

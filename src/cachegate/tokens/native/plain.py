@@ -167,14 +167,20 @@ def plain_call(call: Any) -> tuple[str, str]:
 def tool_layout(
     tool: Any, write: Callable[[Any], str] = tojson, before_trailing_space: bool = False
 ) -> tuple[str, int]:
-    """A tool as ``write`` writes its prepared form, and where its block ends in that text (its mark's place)."""
+    """A tool as ``write`` writes its prepared form as JSON, and where its block ends in that
+    text: its end, the tool's closing brace (``conversation.tool_end``).
+
+    The mark is still placed and found: a tool the sentinel method cannot mark (no string in
+    its function) is left to it, which refuses to count it.
+    """
     try:
         located = marked_end(lambda one_mark: write(prepared_tool(tool, one_mark, False, before_trailing_space)))
     except (TokenCountError, TypeError, ValueError) as exc:
         raise Unsupported("a tool the sentinel method decides on") from exc
     if located is None:
         raise Unsupported("a tool whose mark is not found")
-    return located
+    text, _ = located
+    return text, len(text)
 
 
 CallWriter = Callable[[Mapping[str, Any]], str]
