@@ -63,7 +63,8 @@ class AnthropicStream:
         choice = choices[0]
         if choice.get("finish_reason") is not None:
             self._finish_reason = choice["finish_reason"]
-            self._matched_stop = choice.get("stop_reason")
+        if choice.get("stop_reason") is not None:
+            self._matched_stop = choice["stop_reason"]
         delta = choice.get("delta")
         if not isinstance(delta, Mapping):
             return []
