@@ -11,8 +11,8 @@ from harness import GatewayHarness
 from pg import pg_server  # noqa: F401 - a fixture
 
 # Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
-# has a floor no test prompt reaches; "plain" has no cache tariff; "keyed" sends the endpoint's
-# own key upstream; "unreachable" points nowhere.
+# has a floor no test prompt reaches; "automatic" caches requests without markers (5m); "plain"
+# has no cache tariff; "keyed" sends the endpoint's own key upstream; "unreachable" points nowhere.
 TEST_CONFIG = {
     "deadlines": {"classify_seconds": 1.0},
     "models": [
@@ -29,6 +29,13 @@ TEST_CONFIG = {
             "endpoint": "fake",
             "upstream_model": "qwen3-fake",
             "cache": {"min_prefix_tokens": 100000},
+        },
+        {
+            "alias": "automatic",
+            "endpoint": "fake",
+            "upstream_model": "qwen3-fake",
+            "cache": {"min_prefix_tokens": 64},
+            "automatic_caching": "5m",
         },
         {"alias": "plain", "endpoint": "fake", "upstream_model": "qwen3-fake"},
         {"alias": "keyed", "endpoint": "fake-with-key", "upstream_model": "qwen3-fake"},

@@ -94,7 +94,9 @@ def test_markers_on_tools_and_blocks_of_every_kind_are_honoured_in_ttl_order(gat
     usage = usage_of(create(gateway, tools=tools, messages=messages))
     split = usage["cache_creation"]
     assert split["ephemeral_1h_input_tokens"] > 0 and split["ephemeral_5m_input_tokens"] > 0
-    assert usage["cache_creation_input_tokens"] == split["ephemeral_1h_input_tokens"] + split["ephemeral_5m_input_tokens"]
+    assert (
+        usage["cache_creation_input_tokens"] == split["ephemeral_1h_input_tokens"] + split["ephemeral_5m_input_tokens"]
+    )
     again = usage_of(create(gateway, tools=tools, messages=messages))
     assert again["cache_read_input_tokens"] == usage["cache_creation_input_tokens"]
 

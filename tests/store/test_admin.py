@@ -148,16 +148,19 @@ async def test_models_show_their_prices_and_whether_caching_is_on(cli: Cli) -> N
         "model", "add", "big", "--endpoint", "vllm", "--upstream-model", "Qwen/Qwen3-32B",
         "--input-price", "0.0000025", "--output-price", "0.00001",
     )  # fmt: skip
-    await cli("model", "add", "small", "--endpoint", "vllm", "--upstream-model", "Qwen/Qwen3-0.6B")
+    await cli(
+        "model", "add", "small", "--endpoint", "vllm", "--upstream-model", "Qwen/Qwen3-0.6B",
+        "--automatic-caching", "1h",
+    )  # fmt: skip
     await cli("tariff", "set", "big")
 
     listing = await cli("model", "list")
 
     assert table(listing) == [
         {"ALIAS": "big", "ENDPOINT": "vllm", "UPSTREAM MODEL": "Qwen/Qwen3-32B", "TOKENIZER": "qwen3",
-         "INPUT PRICE": "0.0000025", "OUTPUT PRICE": "0.00001", "CACHE": "on"},
+         "INPUT PRICE": "0.0000025", "OUTPUT PRICE": "0.00001", "CACHE": "on", "AUTOMATIC": "off"},
         {"ALIAS": "small", "ENDPOINT": "vllm", "UPSTREAM MODEL": "Qwen/Qwen3-0.6B", "TOKENIZER": "qwen3",
-         "INPUT PRICE": "0", "OUTPUT PRICE": "0", "CACHE": "off"},
+         "INPUT PRICE": "0", "OUTPUT PRICE": "0", "CACHE": "off", "AUTOMATIC": "1h"},
     ]  # fmt: skip
 
 

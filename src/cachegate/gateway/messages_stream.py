@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from cachegate.asgi import Receive, Send
-from cachegate.core.anthropic.response import anthropic_usage
+from cachegate.core.anthropic.response import anthropic_usage, message_id
 from cachegate.core.anthropic.stream import AnthropicStream
 from cachegate.core.sse import (
     SseFramer,
@@ -53,7 +53,7 @@ async def relay_messages_stream(
 ) -> None:
     """Relay a 2xx chat stream to an Anthropic client."""
     await send({"type": "http.response.start", "status": response.status, "headers": _HEADERS})
-    relay = _MessagesRelay(exchange, send, AnthropicStream(model=model, stop_sequences=stop_sequences), with_24h)
+    relay = _MessagesRelay(exchange, send, AnthropicStream(stop_sequences=stop_sequences), model, with_24h)
     watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
     try:
@@ -79,10 +79,11 @@ async def relay_messages_stream(
 
 
 class _MessagesRelay:
-    def __init__(self, exchange: Exchange, send: Send, translator: AnthropicStream, with_24h: bool) -> None:
+    def __init__(self, exchange: Exchange, send: Send, translator: AnthropicStream, model: str, with_24h: bool) -> None:
         self.exchange = exchange
         self.send = send
         self.translator = translator
+        self.model = model
         self.with_24h = with_24h
         self.disconnected = asyncio.Event()
         self.started = False
@@ -117,9 +118,7 @@ class _MessagesRelay:
     async def _start(self, upstream_id: object) -> None:
         if not self.started:
             self.started = True
-            await self.emit(
-                self.translator.start(upstream_id if isinstance(upstream_id, str) else None, self._usage_so_far())
-            )
+            await self.emit(self.translator.start(message_id(upstream_id), self.model, self._usage_so_far()))
 
     def _usage_so_far(self) -> dict[str, Any]:
         """``message_start``'s usage: the split if it is decided already, else zeros (the module says why)."""
@@ -145,11 +144,12 @@ class _MessagesRelay:
             degraded=exchange.degraded,
             with_24h=self.with_24h,
         )
-        await self.emit(*self.translator.finish(usage))
+        *closing, message_stop = self.translator.finish(usage)  # the commit goes between the two
+        await self.emit(*closing)
         await exchange.stream_ended(
             ok=True, saw_error=False, usage_seen=self.usage_seen, client_gone=self.disconnected.is_set()
         )
-        await self.emit(self.translator.stop())
+        await self.emit(message_stop)
 
     async def fail(self, reason: str, message: str) -> None:
         """End the stream with an ``error`` event; nothing is committed."""

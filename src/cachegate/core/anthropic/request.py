@@ -22,6 +22,7 @@ docs/decisions.md (“Anthropic Messages”); the main ones:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
@@ -80,6 +81,21 @@ class ReasoningSwitch:
     def effort(cls) -> ReasoningSwitch:
         return cls(None)
 
+    @classmethod
+    def for_template(cls, variables: AbstractSet[str]) -> ReasoningSwitch | None:
+        """The switch of a template that reads ``variables`` (``TokenCounter.template_variables``).
+
+        gpt-oss reads ``reasoning_effort``; Qwen3 reads ``enable_thinking``, and so does
+        DeepSeek-V3.1, which takes it for its own ``thinking``; a template reading ``thinking``
+        alone is switched by that. Qwen2.5, Llama 3.1, Mistral and Qwen3-Coder have no switch.
+        """
+        if "reasoning_effort" in variables:
+            return cls.effort()
+        for kwarg in ("enable_thinking", "thinking"):
+            if kwarg in variables:
+                return cls.template_kwarg(kwarg)
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TranslatedRequest:
@@ -97,8 +113,12 @@ def client_param(translated: TranslatedRequest, param: str) -> str:
     return translated.marker_params.get(param, param)
 
 
-def translate_request(body: Mapping[str, Any], *, reasoning: ReasoningSwitch | None = None) -> TranslatedRequest:
+def translate_request(
+    body: Mapping[str, Any], *, reasoning: ReasoningSwitch | None = None, for_counting: bool = False
+) -> TranslatedRequest:
     """The chat-completions request for an Anthropic Messages request (SPEC §9).
+
+    ``for_counting``: a ``count_tokens`` request, which carries no ``max_tokens``.
 
     Raises ``AnthropicRequestError`` for any shape Anthropic would refuse or this gateway cannot
     serve (PDFs, server tools); never anything else, whatever the types sent.
@@ -117,7 +137,8 @@ def translate_request(body: Mapping[str, Any], *, reasoning: ReasoningSwitch | N
             _tool(tool, f"tools[{i}]", conversation.marker_params) for i, tool in enumerate(_list(tools, "tools"))
         ]
     _add_tool_choice(chat, body.get("tool_choice"))
-    chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
+    if not for_counting or body.get("max_tokens") is not None:
+        chat["max_tokens"] = _max_tokens(body.get("max_tokens"))
     stop_sequences = _stop_sequences(body.get("stop_sequences"))
     if stop_sequences:
         chat["stop"] = list(stop_sequences)
