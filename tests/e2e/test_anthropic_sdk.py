@@ -7,6 +7,7 @@ rows and cache entries are those of the equivalent chat request.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -274,14 +275,22 @@ def test_an_upstream_error_is_mapped_never_passed_on_raw(gateway: GatewayHarness
     assert error_body(caught.value)["type"] == "api_error"
 
 
-def test_a_stream_whose_upstream_breaks_off_ends_with_an_error_event(gateway: GatewayHarness) -> None:
+@pytest.mark.parametrize("behavior", ["cut=3", "error-frame"])
+def test_a_stream_whose_upstream_fails_ends_with_an_error_event_and_commits_nothing(
+    gateway: GatewayHarness, behavior: str
+) -> None:
+    system = system_blocks(system_text())
+    events: list[str] = []
     with (
         pytest.raises(anthropic.APIStatusError),
-        client(gateway, **{"x-fake-behavior": "cut=3"}).messages.stream(
-            model="cached", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+        client(gateway, **{"x-fake-behavior": behavior}).messages.stream(
+            model="cached", max_tokens=64, system=system, messages=[{"role": "user", "content": "Hi"}]
         ) as stream,
     ):
-        stream.get_final_message()
+        events.extend(event.type for event in stream)
+    assert "message_stop" not in events
+    usage = usage_of(create(gateway, system=system, messages=[{"role": "user", "content": "Hi"}]))
+    assert usage["cache_read_input_tokens"] == 0 and usage["cache_creation_input_tokens"] > 0
 
 
 def test_every_messages_request_is_billed_like_a_chat_request(gateway: GatewayHarness) -> None:
@@ -305,3 +314,16 @@ def test_every_messages_request_is_billed_like_a_chat_request(gateway: GatewayHa
     assert after[0] - before[0] == 2
     assert after[1] - before[1] == second["cache_read_input_tokens"]
     assert after[2] - before[2] == first["cache_creation_input_tokens"]
+
+
+def test_a_client_that_leaves_mid_stream_vetoes_the_commit(gateway: GatewayHarness) -> None:
+    system = system_blocks(system_text())
+    with client(gateway, **{"x-fake-behavior": "pace=0.05,chunks=60"}).messages.stream(
+        model="cached", max_tokens=64, system=system, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        for event in stream:
+            if event.type == "content_block_delta":
+                break  # leave: the context manager closes the connection
+    time.sleep(0.5)  # the gateway notices the disconnect at its next chunk
+    usage = usage_of(create(gateway, system=system, messages=[{"role": "user", "content": "Hi"}]))
+    assert usage["cache_read_input_tokens"] == 0 and usage["cache_creation_input_tokens"] > 0

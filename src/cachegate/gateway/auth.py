@@ -38,7 +38,7 @@ def bearer_secret(authorization: bytes | None, x_api_key: bytes | None = None) -
             return token.strip()
     if x_api_key and x_api_key.strip():
         return x_api_key.decode("latin-1").strip()
-    raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    raise AuthError("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
 
 
 class KeyResolver:

@@ -70,7 +70,8 @@ async def relay_messages_stream(
         if relay.disconnected.is_set():
             exchange.vetoed("client_disconnected")
             return
-        await relay.finish()
+        if not relay.saw_error:  # an error frame already ended the stream with an error event
+            await relay.finish()
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
