@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from cachegate.asgi import Refusal, Send, media_type, read_body, send_bytes
-from cachegate.gateway.completions import Arrival, Completions
+from cachegate.gateway.completions import Arrival, Completions, json_request
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.routing import Request
 from cachegate.gateway.streaming import relay_stream
@@ -29,7 +29,7 @@ class ChatCompletions:
     async def __call__(self, request: Request) -> int:
         arrival = Arrival.now()
         raw = await read_body(request.receive, self._body_limit)
-        body = _chat_request(raw)
+        body = json_request(raw)
         client_wants_usage = _asks_for_usage(body)
         async with self._completions.call(
             request, body, raw, arrival, client_wants_usage=client_wants_usage, automatic_caching=True
@@ -39,16 +39,6 @@ class ChatCompletions:
             else:
                 await _relay_json(call.exchange, call.response, request.send)
         return call.exchange.status
-
-
-def _chat_request(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise Refusal(400, "request body must be a JSON object with a string 'model'", "invalid_request", "model")
-    return body
 
 
 def _asks_for_usage(body: dict[str, Any]) -> bool:

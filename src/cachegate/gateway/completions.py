@@ -162,6 +162,17 @@ class Completions:
         return await self._classifier.classify(cache_scope, prompt, body, tariff, counter, arrival.at)
 
 
+def json_request(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise Refusal(400, "request body must be a JSON object with a string 'model'", "invalid_request", "model")
+    return body
+
+
 def _forwarded_body(body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool) -> bytes:
     """What goes upstream (SPEC §2.4): markers stripped, ``model`` renamed, stream usage forced on.
 

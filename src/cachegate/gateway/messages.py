@@ -23,13 +23,13 @@ from cachegate.core.anthropic.request import (
     client_param,
     translate_request,
 )
-from cachegate.core.anthropic.response import anthropic_usage, translate_response
+from cachegate.core.anthropic.response import translate_response
 from cachegate.core.types import TtlTier
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import DEGRADED_HEADER, usage_payload
-from cachegate.gateway.completions import Arrival, Completions
+from cachegate.gateway.completions import Arrival, Completions, json_request
 from cachegate.gateway.exchange import Exchange
-from cachegate.gateway.messages_stream import relay_messages_stream
+from cachegate.gateway.messages_stream import final_usage, relay_messages_stream
 from cachegate.gateway.routing import Request
 from cachegate.tokens.base import TokenCounter
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
@@ -47,13 +47,7 @@ class AnthropicRequests:
         self._body_limit = body_limit
 
     async def read(self, request: Request, *, for_counting: bool = False) -> tuple[TranslatedRequest, TokenCounter]:
-        raw = await read_body(request.receive, self._body_limit)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise Refusal(400, "model: a string is required", "invalid_request", "model")
+        body = json_request(await read_body(request.receive, self._body_limit))
         model, _ = self._catalog.route(body["model"])
         counter = self._counters[model.tokenizer]
         try:
@@ -127,13 +121,7 @@ class Messages:
             completion,
             model=alias,
             stop_sequences=translated.stop_sequences,
-            usage=anthropic_usage(
-                exchange.prompt_tokens,
-                exchange.completion_tokens,
-                exchange.reported,
-                degraded=exchange.degraded,
-                with_24h=self._with_24h,
-            ),
+            usage=final_usage(exchange, with_24h=self._with_24h),
         )
         headers = [*JSON_HEADERS, DEGRADED_HEADER] if exchange.degraded else JSON_HEADERS
         await send_bytes(send, response.status, headers, orjson.dumps(message))

@@ -79,6 +79,17 @@ async def relay_messages_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def final_usage(exchange: Exchange, *, with_24h: bool) -> dict[str, Any]:
+    """Anthropic's usage of a finished exchange: the upstream's counts and the split as reported."""
+    return anthropic_usage(
+        exchange.prompt_tokens,
+        exchange.completion_tokens,
+        exchange.reported,
+        degraded=exchange.degraded,
+        with_24h=with_24h,
+    )
+
+
 class _MessagesRelay:
     def __init__(self, exchange: Exchange, send: Send, translator: AnthropicStream, model: str, with_24h: bool) -> None:
         self.exchange = exchange
@@ -138,14 +149,8 @@ class _MessagesRelay:
             self.usage_seen = True
         await self._start(None)
         exchange = self.exchange
-        usage = anthropic_usage(
-            exchange.prompt_tokens,
-            exchange.completion_tokens,
-            exchange.reported,
-            degraded=exchange.degraded,
-            with_24h=self.with_24h,
-        )
-        *closing, message_stop = self.translator.finish(usage)  # the commit goes between the two
+        # The commit goes between the message_delta and the message_stop.
+        *closing, message_stop = self.translator.finish(final_usage(exchange, with_24h=self.with_24h))
         await self.emit(*closing)
         await exchange.stream_ended(
             ok=True, saw_error=False, usage_seen=self.usage_seen, client_gone=self.disconnected.is_set()
