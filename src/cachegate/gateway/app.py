@@ -66,14 +66,14 @@ class Gateway:
         self.keys = KeyResolver(store)
         self.catalog = CatalogCache(store, config.catalog_refresh_seconds)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
-        self.ledger = LedgerWriter(store)
+        self.ledger = LedgerWriter.from_config(store, config)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
 
     async def startup(self) -> None:
         await self.catalog.load()
         self.catalog.start()
         self.classifier.refreshes.start()
-        self.ledger.start()
+        await self.ledger.start()  # replays what a crashed process left in the journal, before serving
         self.sweeper.start()
 
     async def shutdown(self) -> None:

@@ -60,6 +60,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
         started_perf=started_perf,
         classify_deadline=gateway.config.deadlines.classify_seconds,
         classifier=gateway.classifier,
+        ledger=gateway.ledger,
     )
     if tariff is not None and breakpoints:
         counter = gateway.counters[model.tokenizer]
@@ -78,7 +79,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
     except UpstreamUnavailable as exc:
         exchange.vetoed("upstream_unreachable")
         exchange.status = 502
-        gateway.ledger.append(exchange.ledger_row())
+        await exchange.bill()
         raise Refusal(
             502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
         ) from exc
@@ -91,7 +92,7 @@ async def chat_completions(gateway: Gateway, key: ApiKey, scope: dict[str, Any],
             await _relay_json(exchange, response, send)
     finally:
         response.release()
-        gateway.ledger.append(exchange.ledger_row())
+        await exchange.bill()  # if the response did not reach its last byte (or never started)
     return exchange.status
 
 
@@ -155,12 +156,14 @@ async def _relay_json(exchange: Exchange, response: Any, send: Send) -> None:
     payload = _usage_payload(data) if ok and kind in (None, b"application/json") else None
     if payload is None:
         exchange.vetoed("non_2xx" if not ok else "no_usage")
+        await exchange.bill()  # billed before the answer is released (issue 15)
         await send_bytes(send, response.status, headers, data)
         return
     await exchange.apply_usage(payload["usage"])
     await exchange.succeeded()  # read-your-writes: entries land before the body is sent (§7.4)
     if exchange.degraded:
         headers.append(DEGRADED_HEADER)
+    await exchange.bill()  # billed before the answer is released (issue 15)
     await send_bytes(send, response.status, headers, orjson.dumps(payload))
 
 

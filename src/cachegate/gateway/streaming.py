@@ -3,7 +3,8 @@
 Headers and every frame before the usage frame go to the client as they arrive, byte for byte;
 only the usage frame waits for the classification and is rewritten. New index entries are
 committed after the usage frame and before ``[DONE]`` (read-your-writes), and only if the stream
-succeeded: 2xx, no error frame, no transport error, and the client still there.
+succeeded: 2xx, no error frame, no transport error, and the client still there. The ledger row is
+recorded at the same point, whatever the outcome, so a stream that reached its end is billed.
 
 A broken upstream stream is passed on as a broken stream: the response ends without its final
 chunk, so the client's HTTP library reports the truncation instead of a clean end.
@@ -137,6 +138,7 @@ class _Relay:
             self.exchange.vetoed("client_disconnected")
         else:
             await self.exchange.succeeded()
+        await self.exchange.bill()  # before [DONE]: a client that saw the end has been billed (issue 15)
 
 
 async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
