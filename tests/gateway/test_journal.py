@@ -5,8 +5,10 @@ stored once."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -70,39 +72,39 @@ async def test_a_recorded_row_is_on_disk_when_record_returns(tmp_path: Path) -> 
 
 
 async def test_concurrent_rows_share_one_write_and_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    syncs: list[int] = []
-    real_sync = os.fdatasync
+    writes: list[int] = []
+    real_write = os.write
 
-    def slow_sync(fd: int) -> None:
-        real_sync(fd)
-        syncs.append(os.fstat(fd).st_size)
-        if len(syncs) == 2:  # the first row's commit: slow enough for the others to queue behind it
-            import time
-
+    def slow_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        if len(writes) == 2:  # the first row's commit: slow enough for the others to queue behind it
             time.sleep(0.05)
+        return real_write(fd, data)
 
     writer = writer_for(LedgerStore(), tmp_path)
     await writer.start()
-    monkeypatch.setattr(journal_module.os, "fdatasync", slow_sync)
+    monkeypatch.setattr(journal_module.os, "write", slow_write)
     try:
         first = asyncio.create_task(writer.record(ledger_row(0)))
         await asyncio.sleep(0.01)  # its write is in flight
         await asyncio.gather(first, *(writer.record(ledger_row(n)) for n in range(1, 50)))
 
-        assert len(syncs) == 3  # the new segment, the first row, then the 49 that waited: one group
+        assert len(writes) == 3  # the new segment's header, the first row, then the 49 that waited: one group
         assert sorted(journaled(tmp_path)) == list(range(50))
+        fd = writer.journal._fd  # type: ignore[union-attr]
+        assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC  # each write is synced
     finally:
         await writer.journal.close()  # type: ignore[union-attr]
 
 
-async def test_without_fsync_rows_are_written_but_never_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    syncs: list[int] = []
-    monkeypatch.setattr(journal_module.os, "fdatasync", syncs.append)
+async def test_without_fsync_rows_are_written_but_never_synced(tmp_path: Path) -> None:
     writer = writer_for(LedgerStore(), tmp_path, fsync=False)
     await writer.start()
     await asyncio.gather(*(writer.record(ledger_row(n)) for n in range(5)))
 
-    assert syncs == [] and sorted(journaled(tmp_path)) == [0, 1, 2, 3, 4]
+    fd = writer.journal._fd  # type: ignore[union-attr]
+    assert fd is not None and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC
+    assert sorted(journaled(tmp_path)) == [0, 1, 2, 3, 4]
     await writer.journal.close()  # type: ignore[union-attr]
 
 
