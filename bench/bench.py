@@ -10,6 +10,11 @@ For reference it measures, in the same run and on the same core, a bare proxy (b
 bare_proxy.py: the same server and upstream client, JSON parsing and nothing else), so that
 what the machine costs can be told apart from what the cache layer costs.
 
+The gateway runs twice, side by side on the same data: as configured by default, with the ledger
+journal on (one write and one fdatasync per group commit, before each response's last byte), and
+with the journal off (``ledger.journal.enabled: false``: rows wait in memory, as before issue 15).
+The last lines give the journal's cost in throughput per mode and concurrency.
+
     make bench                       # or: .venv/bin/python bench/bench.py --duration 10
 """
 
@@ -191,7 +196,7 @@ def main() -> int:
 
     cachegate = str(Path(sys.executable).with_name("cachegate"))
     work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
-    upstream_port, gateway_port, bare_port = free_port(), free_port(), free_port()
+    upstream_port, gateway_port, bare_port, unjournaled_port = free_port(), free_port(), free_port(), free_port()
     config = work / "config.yaml"
     config.write_text(
         f"""
@@ -218,6 +223,11 @@ models:
     gateway = subprocess.Popen(
         ["taskset", "-c", "0", cachegate, "-c", str(config), "serve", "--port", str(gateway_port)], **quiet
     )
+    unjournaled = subprocess.Popen(
+        ["taskset", "-c", "0", cachegate, "-c", str(config), "serve", "--port", str(unjournaled_port)],
+        env={**os.environ, "CACHEGATE_LEDGER__JOURNAL__ENABLED": "false"},
+        **quiet,
+    )
     bare = subprocess.Popen(
         [
             "taskset",
@@ -233,10 +243,12 @@ models:
     try:
         wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models", upstream)
         wait_ready(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
+        wait_ready(f"http://127.0.0.1:{unjournaled_port}/healthz", unjournaled)
         wait_port(bare_port, bare)
         gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
         bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+        unjournaled_url = f"http://127.0.0.1:{unjournaled_port}/v1/chat/completions"
 
         warm = chat_body("bench", stream=False, marked=True)
         first = post(gateway_url, warm, key)["usage"]
@@ -251,11 +263,13 @@ models:
 
         header = (
             f"{'mode':<7}{'conc':>5} | {'gw req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms':>8}"
+            f" | {'no-jnl req/s':>12}{'p50 ms':>8}{'p99 ms':>8}"
             f" | {'bare req/s':>10}{'p50 ms':>8}{'CPU ms':>8} | {'up req/s':>9}{'p50 ms':>8}"
             f" | {'added p50 ms':>12} | {'errors':>6}"
         )
         print(header)
         print("-" * len(header))
+        costs: list[str] = []
         for stream in (False, True):
             mode = "stream" if stream else "json"
             gw_body, up_body = work / f"{mode}-gw.json", work / f"{mode}-up.json"
@@ -265,8 +279,14 @@ models:
                 direct = wrk(upstream_url, up_body, "", connections, args.duration, script)
                 reference, bare_cpu = measure(bare_url, up_body, "", connections, args.duration, script, bare.pid)
                 through, gw_cpu = measure(gateway_url, gw_body, key, connections, args.duration, script, gateway.pid)
-                errors = through.errors + reference.errors + direct.errors
+                off = wrk(unjournaled_url, gw_body, key, connections, args.duration, script)
+                errors = through.errors + reference.errors + direct.errors + off.errors
                 gateway_cells = f"{through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{gw_cpu:>8.3f}"
+                gateway_cells += f" | {off.rps:>12.0f}{off.p50_ms:>8.2f}{off.p99_ms:>8.2f}"
+                costs.append(
+                    f"{mode} c={connections}: {(1 - through.rps / off.rps) * 100:.1f}% fewer req/s,"
+                    f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms"
+                )
                 bare_cells = f"{reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f}"
                 upstream_cells = f"{direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
                 added = through.p50_ms - direct.p50_ms
@@ -274,13 +294,15 @@ models:
                     f"{mode:<7}{connections:>5} | {gateway_cells} | {bare_cells} | {upstream_cells}"
                     f" | {added:>12.2f} | {errors:>6}"
                 )
-        print("gw = cachegate, bare = bare proxy (no cache work), up = the fake upstream directly;")
+        print("journal cost (gw with the journal, fsync per group, against no-jnl):", "; ".join(costs))
+        print("gw = cachegate (ledger journal on, fsync per group), no-jnl = cachegate with the journal off,")
+        print("bare = bare proxy (no cache work), up = the fake upstream directly;")
         print("CPU ms = process CPU time (user + system) per request; gateway and bare proxy on core 0,")
         print("upstream and wrk on core 1; added p50 = gateway p50 - upstream p50.")
     finally:
-        for process in (gateway, bare, upstream):
+        for process in (gateway, unjournaled, bare, upstream):
             process.send_signal(signal.SIGINT)
-        for process in (gateway, bare, upstream):
+        for process in (gateway, unjournaled, bare, upstream):
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:

@@ -107,6 +107,27 @@ class Demo(_Strict):
     port: int = Field(8081, ge=0, le=65535)
 
 
+class LedgerJournalConfig(_Strict):
+    """The local journal every ledger row is written to before its response ends (docs/ledger.md)."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <data_dir>/ledger-journal; one folder may serve many processes
+    # True: a row is on disk (fdatasync) before its response ends; a crash loses nothing answered.
+    # False: the OS writes it back when it likes; a host crash (not a process crash) may lose the
+    # last seconds of rows. Rows of concurrent requests share one write and one fsync either way.
+    fsync: bool = True
+    # 0: each group is written as soon as the previous one is done (lowest latency); N > 0: a group
+    # collects rows for N ms first (fewer fsyncs, N ms more per request).
+    commit_interval_ms: float = Field(0.0, ge=0, le=1000)
+
+
+class LedgerConfig(_Strict):
+    flush_interval_seconds: float = Field(1.0, gt=0)  # how often the journal is drained to the control store
+    batch_size: int = Field(1000, gt=0)  # rows per insert
+    max_buffered_rows: int = Field(100_000, gt=0)  # the memory buffer, used only when the journal cannot be
+    journal: LedgerJournalConfig = LedgerJournalConfig()
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     data_dir: Path = Path("data")
@@ -123,6 +144,7 @@ class Config(_Strict):
     endpoints: tuple[EndpointConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     demo: Demo = Demo()
+    ledger: LedgerConfig = LedgerConfig()
 
     @field_validator("accepted_ttls", mode="before")
     @classmethod
@@ -159,6 +181,11 @@ class Config(_Strict):
     @property
     def store_url(self) -> str:
         return self.control_store_url or f"sqlite:///{self.data_dir / 'control.db'}"
+
+    @property
+    def journal_dir(self) -> Path | None:
+        journal = self.ledger.journal
+        return (journal.path or self.data_dir / "ledger-journal") if journal.enabled else None
 
     @property
     def index_url(self) -> str:

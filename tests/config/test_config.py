@@ -63,6 +63,23 @@ def test_the_sqlite_urls_follow_data_dir() -> None:
     )
 
 
+def test_the_ledger_journal_is_on_with_fsync_under_data_dir_by_default() -> None:
+    config = load_config(None, {"CACHEGATE_DATA_DIR": "/srv/cachegate"})
+
+    assert config.journal_dir == Path("/srv/cachegate/ledger-journal")
+    assert config.ledger.journal.fsync and config.ledger.journal.commit_interval_ms == 0
+
+
+def test_the_ledger_journal_can_be_moved_tuned_or_turned_off() -> None:
+    moved = load_config(
+        None, {"CACHEGATE_LEDGER__JOURNAL__PATH": "/var/lib/j", "CACHEGATE_LEDGER__JOURNAL__FSYNC": "false"}
+    )
+    off = load_config(None, {"CACHEGATE_LEDGER__JOURNAL__ENABLED": "false"})
+
+    assert moved.journal_dir == Path("/var/lib/j") and not moved.ledger.journal.fsync
+    assert off.journal_dir is None
+
+
 def test_the_example_file_loads_and_validates() -> None:
     config = load_config(EXAMPLE, {})
 

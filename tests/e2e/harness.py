@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ class GatewayHarness:
         raw = {
             "control_store_url": self._store_url,
             "cache_index_url": self._index_url,
+            "data_dir": tempfile.mkdtemp(prefix="cachegate-harness-"),  # the ledger journal's folder
             "endpoints": [
                 {"name": "fake", "base_url": f"{self.fake_url}/v1"},
                 # By name, not address: HTTP clients keep cookies of named hosts only.

@@ -115,7 +115,7 @@ async def test_rows_arriving_during_a_failed_write_push_out_the_oldest_of_the_fa
 async def test_the_background_task_writes_appended_rows() -> None:
     store = LedgerStore()
     writer = writer_for(store, interval=0.005)
-    writer.start()
+    await writer.start()
     try:
         append(writer, 0, 1)
         await eventually(lambda: store.written == [0, 1])
@@ -127,7 +127,7 @@ async def test_the_background_task_keeps_rows_through_an_outage() -> None:
     store = LedgerStore()
     store.down = True
     writer = writer_for(store, interval=0.005)
-    writer.start()
+    await writer.start()
     try:
         append(writer, 0, 1)
         await eventually(lambda: store.calls >= 3)
@@ -141,7 +141,7 @@ async def test_the_background_task_keeps_rows_through_an_outage() -> None:
 async def test_stop_flushes_what_is_buffered() -> None:
     store = LedgerStore()
     writer = writer_for(store)
-    writer.start()
+    await writer.start()
     append(writer, 0, 1, 2)
 
     await writer.stop()
@@ -154,7 +154,7 @@ async def test_stop_with_the_store_down_keeps_the_rows_and_does_not_raise() -> N
     store = LedgerStore()
     store.down = True
     writer = writer_for(store)
-    writer.start()
+    await writer.start()
     append(writer, 0, 1, 2)
 
     await writer.stop()
@@ -166,7 +166,7 @@ async def test_stop_during_a_write_in_flight_loses_no_row() -> None:
     store = LedgerStore()
     store.gate = asyncio.Event()
     writer = writer_for(store, interval=0.001)
-    writer.start()
+    await writer.start()
     append(writer, 0, 1)
     await asyncio.wait_for(store.writing.wait(), GIVE_UP_AFTER)
     asyncio.get_running_loop().call_later(0.01, store.gate.set)  # the slow write would have finished
@@ -180,7 +180,7 @@ async def test_the_background_task_survives_an_unexpected_store_error() -> None:
     store = LedgerStore()
     store.failures = [ValueError("numeric field overflow")]
     writer = writer_for(store, interval=0.005)
-    writer.start()
+    await writer.start()
     try:
         append(writer, 0)
         await eventually(lambda: store.calls >= 1)

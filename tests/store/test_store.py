@@ -357,6 +357,19 @@ async def test_our_prompt_count_is_kept_beside_the_upstreams(store: ControlStore
     assert stored == [("key_2", 100, None), ("key_test", 100, 98)]
 
 
+async def test_a_row_id_is_stored_once_however_often_it_is_sent(store: ControlStore, store_url: str) -> None:
+    first, second = ledger_row(T0, "prn_a", "m", row_id="r1"), ledger_row(T0, "prn_a", "m", row_id="r2")
+    await store.append_ledger([first])
+
+    await store.append_ledger([first, second, second])  # a journal replayed after a crash, and a retry
+    await store.append_ledger([ledger_row(T0, "prn_a", "m"), ledger_row(T0, "prn_a", "m")])  # no ids: both kept
+
+    stored = await query(store_url, "SELECT row_id FROM ledger")
+    assert sorted(row_id or "-" for (row_id,) in stored) == ["-", "-", "r1", "r2"]
+    [report] = await store.usage_report()
+    assert report.requests == 4
+
+
 async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:
     refused_by_the_database = ledger_row(T0, "prn_a", "m", principal_id=None)  # NOT NULL
 

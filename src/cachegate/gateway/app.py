@@ -57,7 +57,7 @@ class Gateway:
         self.keys = KeyResolver(store)
         self.catalog = CatalogCache(store, config.catalog_refresh_seconds)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
-        self.ledger = LedgerWriter(store)
+        self.ledger = LedgerWriter.from_config(store, config)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         completions = Completions(
@@ -86,7 +86,7 @@ class Gateway:
         await self.catalog.load()
         self.catalog.start()
         self.classifier.refreshes.start()
-        self.ledger.start()
+        await self.ledger.start()  # replays what a crashed process left in the journal, before serving
         self.sweeper.start()
 
     async def shutdown(self) -> None:

@@ -59,12 +59,14 @@ async def _relay_json(exchange: Exchange, response: UpstreamResponse, send: Send
     payload = usage_payload(data) if ok and kind in (None, b"application/json") else None
     if payload is None:
         exchange.vetoed("non_2xx" if not ok else "no_usage")
+        await exchange.bill()  # billed before the answer is released
         await send_bytes(send, response.status, headers, data)
         return
     await exchange.apply_usage(payload["usage"])
     await exchange.succeeded()  # read-your-writes: entries land before the body is sent (§7.4)
     if exchange.degraded:
         headers.append(DEGRADED_HEADER)
+    await exchange.bill()  # billed before the answer is released
     await send_bytes(send, response.status, headers, orjson.dumps(payload))
 
 

@@ -6,7 +6,8 @@ anything is forwarded), forward the body without them, and classify concurrently
 classification first runs once the request is on its way, so it never delays the upstream
 request or its first byte. What comes back is relayed by the route in its client's format; the
 ``Exchange`` carries the cache work each moment of the response needs, and the ledger row is
-written when the call is over, however it ended.
+recorded before the response's last byte (``Exchange.bill``), or when the call is over, however
+it ended.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Completions:
             started_perf=arrival.perf,
             classify_deadline=self._classify_deadline,
             classifier=self._classifier,
+            ledger=self._ledger,
         )
         if tariff is not None and breakpoints:
             counter = self._counters[model.tokenizer]
@@ -138,7 +140,7 @@ class Completions:
         except UpstreamUnavailable as exc:
             exchange.vetoed("upstream_unreachable")
             exchange.status = 502
-            self._ledger.append(exchange.ledger_row())
+            await exchange.bill()
             raise Refusal(
                 502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
             ) from exc
@@ -147,7 +149,7 @@ class Completions:
             yield Call(exchange, response)
         finally:
             response.release()
-            self._ledger.append(exchange.ledger_row())
+            await exchange.bill()  # unless the route billed it before the response's last byte
 
     async def _classify(
         self,

@@ -20,6 +20,7 @@ from cachegate.core.types import CacheStats, CacheTariff, Classification
 from cachegate.core.usage import scrub_usage, splice_usage, upstream_cached_tokens
 from cachegate.gateway import metrics
 from cachegate.gateway.classifier import CacheClassifier
+from cachegate.gateway.ledger import LedgerWriter
 from cachegate.store.base import ApiKey, LedgerRow, Model
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Exchange:
     started_perf: float
     classify_deadline: float
     classifier: CacheClassifier
+    ledger: LedgerWriter | None = None  # None: nothing is billed (tests of the cache moments alone)
     task: asyncio.Task[Classification] | None = None
     classification: Classification | None = None
     reported: CacheStats = field(default_factory=CacheStats)
@@ -42,6 +44,7 @@ class Exchange:
     completion_tokens: int = 0
     upstream_cached: int | None = None
     status: int = 0
+    billed: bool = False
 
     @property
     def cache_enabled(self) -> bool:
@@ -134,6 +137,7 @@ class Exchange:
             self.vetoed("client_disconnected")
         else:
             await self.succeeded()
+        await self.bill()  # before the stream's last event: a client that saw the end has been billed
 
     def vetoed(self, reason: str) -> None:
         """The response did not succeed: whatever the classification planned is dropped."""
@@ -141,6 +145,19 @@ class Exchange:
             self.task.cancel()
         if self.classification is not None and self.classification.writes:
             metrics.labelled(metrics.COMMITS_VETOED, reason).inc()
+
+    async def bill(self) -> None:
+        """Record this request's ledger row, once; the first call wins.
+
+        Awaited before the response's last byte (a JSON body before it is sent, a stream before its
+        ``[DONE]``): the row is in the journal by the time the client has the whole answer, so a
+        crash after that cannot lose it (issue 15). Requests that end any other way are billed
+        when the route finishes.
+        """
+        if self.billed or self.ledger is None:
+            return
+        self.billed = True
+        await self.ledger.record(self.ledger_row())
 
     def ledger_row(self) -> LedgerRow:
         cost: Decimal | None

@@ -1,50 +1,192 @@
-"""The usage ledger writer: rows are appended off the request path, in batches (SPEC §2.6, §10).
+"""The usage ledger writer: one row per request, durable before its response ends (SPEC §2.6, §10, §11).
 
-While the control store is down, rows wait in a bounded buffer and are written when it returns
-(SPEC §11); past the bound the oldest rows are dropped and counted, so memory stays bounded.
+``await record(row)`` appends the row to the local journal (gateway/journal.py) and returns once
+its group commit is on disk; a background round drains the journal to the control store in
+batches and deletes what the store has. Every row carries a unique ``row_id`` and the store skips
+an id it has already, so a segment sent twice (a crash between the store's commit and the
+segment's deletion, or a retry after a half-failed round) is billed once.
+
+At start, the segments a dead process left behind are replayed before the gateway serves. While
+the control store is down, rows simply stay in the journal. The memory buffer is what is left
+of the old design: it holds the rows the journal could not take (no journal configured, or a
+failing disk); it is bounded, and past the bound the oldest rows are dropped and counted.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
+from cachegate.config import Config
 from cachegate.gateway import metrics
+from cachegate.gateway.journal import Journal, Segment
 from cachegate.gateway.periodic import Periodic
 from cachegate.store.base import ControlStore, LedgerRow, StoreError
 
 log = logging.getLogger(__name__)
 
 
+def row_ids() -> Callable[[], str]:
+    """Unique ledger row ids: a random 64-bit prefix per process, then a counter (in index order)."""
+    prefix = secrets.token_hex(8)
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):012x}"
+
+
 class LedgerWriter:
     def __init__(
-        self, store: ControlStore, interval: float = 1.0, batch_size: int = 1000, max_buffered: int = 100_000
+        self,
+        store: ControlStore,
+        interval: float = 1.0,
+        batch_size: int = 1000,
+        max_buffered: int = 100_000,
+        *,
+        journal_dir: Path | None = None,
+        fsync: bool = True,
+        commit_interval: float = 0.0,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
         self._rows: deque[LedgerRow] = deque()
         self._max_buffered = max_buffered
         self._periodic = Periodic("ledger flush", interval, self.flush)
+        self._new_id = row_ids()
+        self.replayed = 0  # rows recovered from segments a dead process left
+        self.journal = (
+            None
+            if journal_dir is None
+            else Journal(journal_dir, self._keep_in_memory, fsync=fsync, commit_interval=commit_interval)
+        )
+
+    @classmethod
+    def from_config(cls, store: ControlStore, config: Config) -> LedgerWriter:
+        ledger = config.ledger
+        return cls(
+            store,
+            ledger.flush_interval_seconds,
+            ledger.batch_size,
+            ledger.max_buffered_rows,
+            journal_dir=config.journal_dir,
+            fsync=ledger.journal.fsync,
+            commit_interval=ledger.journal.commit_interval_ms / 1000.0,
+        )
 
     @property
     def buffered(self) -> int:
-        return len(self._rows)
+        """Rows not in the store yet: in memory, or journaled by this process and not drained."""
+        return len(self._rows) + (self.journal.unstored if self.journal is not None else 0)
+
+    async def record(self, row: LedgerRow) -> None:
+        """Append one request's row; once this returns, the row survives a crash of this process.
+
+        Awaitable because of ordering: the chat routes await it before the response's last byte
+        is released (a JSON body before it is sent, a stream before its ``[DONE]``), so a client
+        that received a whole answer has been billed for it, whenever the process dies after.
+        The wait is the group commit (one write and one fsync shared by concurrent requests).
+        Never raises: without a journal, or if the disk fails, the row goes to the memory buffer
+        and this returns at once.
+        """
+        if row.row_id is None:
+            row = replace(row, row_id=self._new_id())
+        if self.journal is None:
+            self.append(row)
+            return
+        await self.journal.append(row)
 
     def append(self, row: LedgerRow) -> None:
+        """Put a row in the memory buffer (no journal, or the disk failed); the oldest go when it is full."""
         if len(self._rows) >= self._max_buffered:
             self._rows.popleft()
             metrics.LEDGER_DROPPED.inc()
         self._rows.append(row)
 
-    def start(self) -> None:
+    def _keep_in_memory(self, rows: list[LedgerRow]) -> None:
+        for row in rows:
+            self.append(row)
+
+    async def start(self) -> None:
+        """Open the journal and replay what a dead process left in it, then start the background rounds."""
+        if self.journal is not None:
+            try:
+                await self.journal.open()
+            except OSError:
+                metrics.LEDGER_JOURNAL_FAILURES.inc()
+                log.exception("cannot open the ledger journal in %s; rows wait in memory", self.journal.directory)
+            if await self._drain_journal():
+                if self.replayed:
+                    log.warning("ledger journal: replayed %d rows left by an earlier process", self.replayed)
+            else:
+                log.warning("ledger journal: the store is unavailable; leftover rows are replayed in the background")
         self._periodic.start()
 
     async def stop(self) -> None:
+        """Drain what the store will take; rows it cannot take now stay in the journal for the next start."""
         await self._periodic.stop()
+        if self.journal is not None:
+            await self.journal.settle()
+            await self.journal.maintain(seal=True)
         await self.flush()
+        if self.journal is not None:
+            await self.journal.close()
 
     async def flush(self) -> bool:
-        """Write everything buffered; returns False (keeping the rows) if the store is unavailable."""
+        """One round: drain the journal, then the memory buffer; False if the store is unavailable."""
+        drained = True
+        if self.journal is not None:
+            await self.journal.maintain()
+            drained = await self._drain_journal()
+        return await self._flush_memory() and drained
+
+    async def _drain_journal(self) -> bool:
+        assert self.journal is not None
+        for segment in list(self.journal.sealed):
+            if not await self._drain_segment(segment):
+                return False
+        return True
+
+    async def _drain_segment(self, segment: Segment) -> bool:
+        assert self.journal is not None
+        while True:
+            try:
+                rows, offset, finished = await self.journal.read(segment, self._batch_size)
+            except Exception:
+                where = await self.journal.quarantine(segment)
+                log.exception("ledger journal segment cannot be read; set aside as %s", where)
+                return True
+            if rows and not await self._store_batch(rows):
+                return False
+            if segment.own:
+                self.journal.unstored = max(0, self.journal.unstored - len(rows))
+            elif rows:
+                self.replayed += len(rows)
+                metrics.LEDGER_REPLAYED.inc(len(rows))
+            segment.offset = offset
+            if finished:
+                await self.journal.discard(segment)
+                return True
+
+    async def _store_batch(self, batch: list[LedgerRow]) -> bool:
+        """Write one batch; False if the store is unavailable (the caller keeps it), True otherwise."""
+        try:
+            await self._store.append_ledger(batch)
+        except StoreError as exc:
+            log.warning("ledger write failed, %d rows kept for later: %s", len(batch), exc)
+            return False
+        except Exception:
+            # Not an outage but rows the store refuses: retrying them would block every later row.
+            metrics.LEDGER_DROPPED.inc(len(batch))
+            log.exception("the store refused a ledger batch of %d rows; they are dropped", len(batch))
+            return True
+        metrics.LEDGER_STORED.inc(len(batch))
+        return True
+
+    async def _flush_memory(self) -> bool:
+        """Write everything buffered in memory; returns False (keeping the rows) if the store is unavailable."""
         while self._rows:
             batch = [self._rows.popleft() for _ in range(min(self._batch_size, len(self._rows)))]
             try:
@@ -60,4 +202,6 @@ class LedgerWriter:
                 # Not an outage but rows the store refuses: retrying them would block every later row.
                 metrics.LEDGER_DROPPED.inc(len(batch))
                 log.exception("the store refused a ledger batch of %d rows; they are dropped", len(batch))
+            else:
+                metrics.LEDGER_STORED.inc(len(batch))
         return True

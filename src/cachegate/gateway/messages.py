@@ -124,6 +124,7 @@ class Messages:
             usage=final_usage(exchange, with_24h=self._with_24h),
         )
         headers = [*JSON_HEADERS, DEGRADED_HEADER] if exchange.degraded else JSON_HEADERS
+        await exchange.bill()  # billed before the answer is released
         await send_bytes(send, response.status, headers, orjson.dumps(message))
 
 

@@ -41,6 +41,27 @@ TOKEN_COUNTS = Counter(
     ["method"],
 )
 LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
+LEDGER_JOURNALED = Counter(
+    "cachegate_ledger_rows_journaled_total", "Ledger rows written (and synced, if fsync is on) to the local journal."
+)
+LEDGER_STORED = Counter(
+    "cachegate_ledger_rows_stored_total", "Ledger rows the control store has acknowledged (a replayed duplicate too)."
+)
+LEDGER_REPLAYED = Counter(
+    "cachegate_ledger_rows_replayed_total",
+    "Ledger rows recovered from the journal of a process that ended without draining it (at start, or adopted later).",
+)
+LEDGER_JOURNAL_FAILURES = Counter(
+    "cachegate_ledger_journal_failures_total", "Journal writes that failed; their rows went to the memory buffer."
+)
+LEDGER_JOURNAL_TORN = Counter(
+    "cachegate_ledger_journal_torn_total", "Torn or unreadable journal tails skipped while draining a segment."
+)
+LEDGER_GROUP_ROWS = Histogram(
+    "cachegate_ledger_journal_group_rows",
+    "Rows per journal group commit (one write, one fsync).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",

@@ -116,6 +116,9 @@ class LedgerRow:
     latency_ms: float
     degraded: bool
     counted_prompt_tokens: int | None = None  # our count of the prompt, when it was rendered (drift = this - prompt)
+    # Unique per request, given by the ledger writer: a row sent twice (a journal replayed after a
+    # crash) is stored once. None only for rows written by hand; the store never dedupes those.
+    row_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,8 @@ class ControlStore(Protocol):
     async def load_catalog(self) -> Catalog: ...
 
     # usage ledger
-    async def append_ledger(self, rows: Sequence[LedgerRow]) -> None: ...
+    async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
+        """Insert the rows in one transaction; a row whose ``row_id`` is stored already is skipped."""
+
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]: ...
     async def aclose(self) -> None: ...

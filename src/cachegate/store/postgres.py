@@ -283,7 +283,10 @@ class PostgresStore:
             return
         records = [_ledger_record(row) for row in rows]
         placeholders = ", ".join(f"${position}" for position in range(1, len(LEDGER_COLUMNS) + 1))
-        statement = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({placeholders})"
+        statement = (
+            f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({placeholders})"
+            " ON CONFLICT (row_id) DO NOTHING"  # a replayed row (the journal's) is billed once
+        )
         async with self._connection() as connection, connection.transaction():
             await connection.executemany(statement, records)
 

@@ -345,6 +345,7 @@ class SqliteStore:
         records = [_ledger_record(row) for row in rows]
         statement = (
             f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)})"
+            " ON CONFLICT (row_id) DO NOTHING"  # a replayed row (the journal's) is billed once
         )
 
         def insert(connection: sqlite3.Connection) -> None:

@@ -1,0 +1,406 @@
+"""The ledger journal: every billed row on local disk before its response's last byte (SPEC §10, §11).
+
+One journal per process, a folder of segment files. A row is appended to the active segment by
+group commit: the rows of concurrent requests that arrive while one write is in flight share
+the next ``write``, synced by ``O_DSYNC`` (optionally after waiting ``commit_interval`` for
+more). The blocking file work runs on one thread of the journal's own, so it never blocks the
+event loop, and a request waits for nothing but its own group's commit.
+
+The ledger writer seals the active segment (the next row starts a new one), drains sealed
+segments to the control store and deletes each once the store has all its rows. A process holds
+an exclusive ``flock`` on every segment it owns, so the segments of a process that died (the
+lock goes with it) are told apart from a live neighbour's and adopted: at start, before the
+gateway serves, and on every later round.
+
+A record is framed as ``length (u32, big-endian) · crc32 (u32) · payload`` (payload: the row as
+JSON). A crash can tear only the last record of a segment; reading stops at the first record that
+is short or fails its checksum, and what follows is counted and skipped, never an error.
+
+A failing disk never fails a request: the batch that failed is handed to ``on_failure`` (the
+ledger's memory buffer) and the journal stays off until a later ``maintain()`` opens a new segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cachegate.gateway import metrics
+from cachegate.store.base import LedgerRow
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CGLEDG1\n"  # the first bytes of every segment: the format's name and version
+SUFFIX = ".journal"
+_FRAME = struct.Struct(">II")  # payload length, crc32 of the payload
+MAX_RECORD_BYTES = 1 << 20  # a length beyond this is a torn or corrupt frame, not a row
+_READ_CHUNK = 1 << 20
+
+
+# -- the format: pure functions, tested byte by byte ------------------------------------------
+
+
+def encode_row(row: LedgerRow) -> bytes:
+    """One framed record: length, checksum, the row as JSON."""
+    payload = orjson.dumps(row, default=_json_default)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_row(payload: bytes) -> LedgerRow:
+    values: dict[str, Any] = orjson.loads(payload)
+    values["at"] = datetime.fromisoformat(values["at"])
+    for name in ("cost", "list_cost"):
+        if values[name] is not None:
+            values[name] = Decimal(values[name])
+    return LedgerRow(**{name: values[name] for name in _ROW_FIELDS if name in values})
+
+
+def decode_records(data: bytes | memoryview, start: int = 0) -> tuple[list[bytes], int]:
+    """The whole, intact payloads in ``data[start:]`` and the offset just after the last of them.
+
+    Stops at the first frame that is incomplete (more data may follow), absurdly long, or fails
+    its checksum; the caller tells a torn tail (end of file) from a chunk boundary.
+    """
+    payloads: list[bytes] = []
+    view = memoryview(data)
+    offset = start
+    end = len(view)
+    while end - offset >= _FRAME.size:
+        length, checksum = _FRAME.unpack_from(view, offset)
+        if length > MAX_RECORD_BYTES:
+            break
+        body_end = offset + _FRAME.size + length
+        if body_end > end:
+            break
+        payload = bytes(view[offset + _FRAME.size : body_end])
+        if zlib.crc32(payload) != checksum:
+            break
+        payloads.append(payload)
+        offset = body_end
+    return payloads, offset
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)  # exact; Decimal(str(d)) == d
+    raise TypeError(f"cannot journal a {type(value).__name__}")
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(LedgerRow))
+
+
+# -- segments ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Segment:
+    """A sealed segment file this process holds the lock of, and how far it has been drained."""
+
+    path: Path
+    fd: int
+    own: bool  # written by this process (False: adopted from a process that died)
+    offset: int = len(MAGIC)  # the next record to send to the store
+
+
+class Journal:
+    """The segment folder of one process; ``await open()`` first, ``await close()`` last."""
+
+    def __init__(
+        self,
+        directory: Path,
+        on_failure: Callable[[list[LedgerRow]], None],
+        *,
+        fsync: bool = True,
+        commit_interval: float = 0.0,
+    ) -> None:
+        self.directory = directory
+        self._on_failure = on_failure
+        self._fsync = fsync
+        self._interval = commit_interval
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-journal")
+        self._names = itertools.count()
+        # Touched on the journal thread only:
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._failed: list[Segment] = []  # segments sealed by a failed write, for the loop to drain
+        # Touched on the event loop only:
+        self.sealed: list[Segment] = []
+        self.healthy = False
+        self.unstored = 0  # rows this process journaled that the store has not acknowledged yet
+        self._records: list[bytes] = []
+        self._rows: list[LedgerRow] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Create the folder and adopt the segments of dead processes (``sealed``), ready to replay."""
+        await self._on_thread(lambda: self.directory.mkdir(parents=True, exist_ok=True))
+        self.healthy = True
+        await self.adopt()
+
+    async def append(self, row: LedgerRow) -> None:
+        """Return once ``row`` is written (and synced, if ``fsync``) with its group; never raises.
+
+        The row is queued before the first ``await``: a caller cancelled while it waits does
+        not take its row back. If the disk fails, the row goes to ``on_failure`` instead.
+        """
+        if not self.healthy:
+            self._on_failure([row])
+            return
+        record = encode_row(row)
+        waiter = asyncio.get_running_loop().create_future()
+        self._records.append(record)
+        self._rows.append(row)
+        self._waiters.append(waiter)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="cachegate-journal-commit")
+        await waiter
+
+    async def _flush(self) -> None:
+        """Group commit: whatever queued while the previous write was in flight goes in the next one."""
+        try:
+            while self._records:
+                if self._interval:
+                    await asyncio.sleep(self._interval)
+                records, rows, waiters = self._records, self._rows, self._waiters
+                self._records, self._rows, self._waiters = [], [], []
+                try:
+                    if not self.healthy:
+                        raise OSError("the journal is off after an earlier failure")
+                    await self._on_thread(self._write, b"".join(records))
+                except Exception:
+                    self.healthy = False
+                    metrics.LEDGER_JOURNAL_FAILURES.inc()
+                    log.exception("ledger journal write failed; %d rows kept in memory instead", len(rows))
+                    self._on_failure(rows)
+                else:
+                    self.unstored += len(rows)
+                    metrics.LEDGER_JOURNALED.inc(len(rows))
+                    metrics.LEDGER_GROUP_ROWS.observe(len(rows))
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flusher = None
+
+    async def maintain(self, *, seal: bool = False) -> None:
+        """One round of housekeeping: retry a failed disk, seal the active segment, adopt orphans.
+
+        The active segment is sealed only when every sealed one has been drained (or ``seal``), so
+        a store outage grows one segment instead of leaving a file (and a lock) per round.
+        """
+        self.sealed.extend(await self._on_thread(self._take_failed))
+        if not self.healthy:
+            try:
+                await self._on_thread(self._ensure_segment)
+                self.healthy = True
+                log.warning("ledger journal is writable again")
+            except OSError as exc:
+                log.warning("ledger journal still unavailable: %s", exc)
+                return
+        if seal or not any(segment.own for segment in self.sealed):
+            segment = await self._on_thread(self._seal)
+            if segment is not None:
+                self.sealed.append(segment)
+        await self.adopt()
+
+    async def adopt(self) -> None:
+        """Lock and take over the segments of processes that have died (their locks died with them)."""
+        try:
+            found = await self._on_thread(self._adopt_orphans, {s.path for s in self.sealed})
+        except OSError as exc:
+            log.warning("cannot look for ledger journal segments to replay in %s: %s", self.directory, exc)
+            return
+        self.sealed.extend(found)
+        self.sealed.sort(key=lambda segment: segment.path.name)
+
+    async def read(self, segment: Segment, max_rows: int) -> tuple[list[LedgerRow], int, bool]:
+        """Up to ``max_rows`` rows from ``segment.offset`` on, the offset after them, and whether that is all.
+
+        Read on a worker thread of its own: a long segment left by an outage does not hold up commits.
+        """
+        payloads, offset, finished = await asyncio.to_thread(_read_records, segment, max_rows)
+        return [decode_row(payload) for payload in payloads], offset, finished
+
+    async def discard(self, segment: Segment) -> None:
+        """The store has every row of ``segment``: delete it."""
+        self.sealed.remove(segment)
+        await self._on_thread(_unlink, segment)
+
+    async def quarantine(self, segment: Segment) -> Path:
+        """Set aside a segment that cannot be read, for an operator to look at; returns its new name."""
+        self.sealed.remove(segment)
+        return Path(await self._on_thread(_set_aside, segment))
+
+    async def settle(self) -> None:
+        """Wait until every queued row has been written (or handed to ``on_failure``)."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def close(self) -> None:
+        """Wait for queued rows and let go of every segment and lock; undrained files stay for the next start."""
+        await self.settle()
+        self.healthy = False
+        active = await self._on_thread(self._seal)
+        for segment in [*self.sealed, *([active] if active else [])]:
+            await self._on_thread(os.close, segment.fd)
+        self.sealed.clear()
+        self._thread.shutdown(wait=True)
+
+    async def _on_thread(self, work: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    # -- on the journal thread ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._ensure_segment()
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:  # with fsync on, the file is O_DSYNC: a write returns once it is on disk
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # Never append after a partial record: cut it off if we can, and start a new segment.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            segment = self._seal()
+            if segment is not None:
+                self._failed.append(segment)  # its earlier rows are good: drained like any other
+            raise
+        self._size += len(data)
+
+    def _ensure_segment(self) -> None:
+        if self._fd is not None:
+            return
+        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{next(self._names)}{SUFFIX}"
+        path = self.directory / name
+        # O_DSYNC rather than write + fdatasync: one system call per group, so the journal thread
+        # takes the GIL back once per group, not twice (each time can wait for a busy event loop).
+        synced = os.O_DSYNC if self._fsync else 0
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | synced, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, MAGIC)
+            if self._fsync:
+                _sync_directory(self.directory)  # the new name must survive a crash too
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self._path, self._size = fd, path, len(MAGIC)
+
+    def _take_failed(self) -> list[Segment]:
+        failed, self._failed = self._failed, []
+        return failed
+
+    def _seal(self) -> Segment | None:
+        """Stop appending to the active segment; returns it if it holds any row (else deletes it)."""
+        fd, path, size = self._fd, self._path, self._size
+        self._fd, self._path, self._size = None, None, 0
+        if fd is None or path is None:
+            return None
+        if size <= len(MAGIC):
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            return None
+        return Segment(path, fd, own=True)
+
+    def _adopt_orphans(self, known: set[Path]) -> list[Segment]:
+        found = []
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            if path in known or path == self._path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # drained and deleted by its owner meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != path.stat().st_ino:
+                    raise FileNotFoundError(path)  # replaced after we opened it
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)  # a live process owns it, or it is gone
+                continue
+            found.append(Segment(path, fd, own=False))
+        if found:
+            log.warning("ledger journal: adopting %d segment(s) left by a process that ended", len(found))
+        return found
+
+
+def _read_records(segment: Segment, max_rows: int) -> tuple[list[bytes], int, bool]:
+    """Up to ``max_rows`` records from ``segment.offset``, the offset after them, and whether that is the end.
+
+    At the end of the file, bytes that are not a whole record (a torn write) are counted and skipped.
+    """
+    payloads: list[bytes] = []
+    offset = segment.offset  # the file offset of data[0]
+    data = b""
+    while True:
+        chunk = os.pread(segment.fd, _READ_CHUNK, offset + len(data))
+        data += chunk
+        found, used = decode_records(data)
+        if len(payloads) + len(found) >= max_rows:
+            taken = found[: max_rows - len(payloads)]
+            payloads.extend(taken)
+            offset += sum(_FRAME.size + len(payload) for payload in taken)
+            return payloads, offset, False
+        payloads.extend(found)
+        offset, data = offset + used, data[used:]
+        if not chunk:
+            if data:
+                _report_torn(segment, offset, len(data))
+                offset += len(data)
+            return payloads, offset, True
+        if len(data) > MAX_RECORD_BYTES + _FRAME.size:  # no frame can be this long: the rest is unreadable
+            size = os.fstat(segment.fd).st_size
+            _report_torn(segment, offset, size - offset)
+            return payloads, size, True
+
+
+def _report_torn(segment: Segment, offset: int, size: int) -> None:
+    metrics.LEDGER_JOURNAL_TORN.inc()
+    log.warning("ledger journal %s: %d bytes at offset %d are not a whole record; skipped", segment.path, size, offset)
+
+
+def _unlink(segment: Segment) -> None:
+    segment.path.unlink(missing_ok=True)
+    os.close(segment.fd)
+
+
+def _set_aside(segment: Segment) -> Path:
+    target = segment.path.with_suffix(".unreadable")
+    segment.path.rename(target)
+    os.close(segment.fd)
+    return target
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def records(data: bytes) -> Iterator[LedgerRow]:
+    """Every intact row of a whole segment's bytes (for tools and tests)."""
+    start = len(MAGIC) if data.startswith(MAGIC) else len(data)
+    payloads, _ = decode_records(data, start)
+    return (decode_row(payload) for payload in payloads)

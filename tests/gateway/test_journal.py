@@ -1,0 +1,283 @@
+"""The ledger journal (issue 15): rows are on disk before ``record`` returns, concurrent rows share one
+write and one fsync, a torn tail is skipped, leftovers are replayed at start, and a row sent twice is
+stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from cachegate.gateway import journal as journal_module
+from cachegate.gateway.journal import MAGIC, decode_row, encode_row, records
+from cachegate.gateway.ledger import LedgerWriter
+from cachegate.store.base import ControlStore, LedgerRow
+from cachegate.store.sqlite import SqliteStore
+
+from .doubles import LedgerStore, ledger_row, metric
+
+FAILURES = "cachegate_ledger_journal_failures_total"
+REPLAYED = "cachegate_ledger_rows_replayed_total"
+TORN = "cachegate_ledger_journal_torn_total"
+
+
+def writer_for(store: object, folder: Path, **options: object) -> LedgerWriter:
+    return LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=folder, **options)  # type: ignore[arg-type]
+
+
+def segments(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.journal"))
+
+
+def journaled(folder: Path) -> list[int]:
+    return [row.prompt_tokens for path in segments(folder) for row in records(path.read_bytes())]
+
+
+def test_a_row_comes_back_from_its_record_exactly() -> None:
+    row = replace(
+        ledger_row(7),
+        at=datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        cost=Decimal("0.0000001"),
+        list_cost=None,
+        upstream_cached_tokens=3,
+        latency_ms=0.1 + 0.2,
+        counted_prompt_tokens=9,
+        row_id="abc",
+    )
+    record = encode_row(row)
+
+    assert decode_row(record[8:]) == row
+
+
+async def test_a_recorded_row_is_on_disk_when_record_returns(tmp_path: Path) -> None:
+    writer = writer_for(LedgerStore(), tmp_path)
+    await writer.start()
+    try:
+        await writer.record(ledger_row(1))
+
+        assert journaled(tmp_path) == [1]
+        assert writer.buffered == 1
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]  # a "crash": nothing drained
+
+
+async def test_concurrent_rows_share_one_write_and_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def slow_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        if len(writes) == 2:  # the first row's commit: slow enough for the others to queue behind it
+            time.sleep(0.05)
+        return real_write(fd, data)
+
+    writer = writer_for(LedgerStore(), tmp_path)
+    await writer.start()
+    monkeypatch.setattr(journal_module.os, "write", slow_write)
+    try:
+        first = asyncio.create_task(writer.record(ledger_row(0)))
+        await asyncio.sleep(0.01)  # its write is in flight
+        await asyncio.gather(first, *(writer.record(ledger_row(n)) for n in range(1, 50)))
+
+        assert len(writes) == 3  # the new segment's header, the first row, then the 49 that waited: one group
+        assert sorted(journaled(tmp_path)) == list(range(50))
+        fd = writer.journal._fd  # type: ignore[union-attr]
+        assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC  # each write is synced
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]
+
+
+async def test_without_fsync_rows_are_written_but_never_synced(tmp_path: Path) -> None:
+    writer = writer_for(LedgerStore(), tmp_path, fsync=False)
+    await writer.start()
+    await asyncio.gather(*(writer.record(ledger_row(n)) for n in range(5)))
+
+    fd = writer.journal._fd  # type: ignore[union-attr]
+    assert fd is not None and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC
+    assert sorted(journaled(tmp_path)) == [0, 1, 2, 3, 4]
+    await writer.journal.close()  # type: ignore[union-attr]
+
+
+async def test_a_round_drains_the_journal_to_the_store_and_deletes_it(tmp_path: Path) -> None:
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path, batch_size=2)
+    await writer.start()
+    for n in range(5):
+        await writer.record(ledger_row(n))
+
+    assert await writer.flush() is True
+
+    assert store.written == [0, 1, 2, 3, 4]
+    assert [len(batch) for batch in store.batches] == [2, 2, 1]
+    assert len({row.row_id for batch in store.batches for row in batch}) == 5
+    assert segments(tmp_path) == [] and writer.buffered == 0
+    await writer.stop()
+
+
+async def test_rows_stay_in_the_journal_through_an_outage_and_a_restart(tmp_path: Path) -> None:
+    store = LedgerStore()
+    store.down = True
+    writer = writer_for(store, tmp_path)
+    await writer.start()
+    for n in range(3):
+        await writer.record(ledger_row(n))
+    assert await writer.flush() is False
+    await writer.record(ledger_row(3))  # after the seal: the next segment
+    await writer.stop()  # the store is still down: nothing is lost, the files stay
+    assert sorted(journaled(tmp_path)) == [0, 1, 2, 3]
+
+    store.down = False
+    replayed_before = metric(REPLAYED)
+    again = writer_for(store, tmp_path)
+    await again.start()
+
+    assert store.written == [0, 1, 2, 3]  # before start() returned, so before the gateway serves
+    assert metric(REPLAYED) - replayed_before == 4 and again.replayed == 4
+    assert segments(tmp_path) == []
+    await again.stop()
+
+
+async def test_a_live_neighbours_segments_are_left_alone(tmp_path: Path) -> None:
+    neighbour_store, store = LedgerStore(), LedgerStore()
+    neighbour = writer_for(neighbour_store, tmp_path)
+    await neighbour.start()
+    await neighbour.record(ledger_row(1))
+
+    writer = writer_for(store, tmp_path)
+    await writer.start()
+    await writer.flush()
+
+    assert store.written == [] and journaled(tmp_path) == [1]
+    await neighbour.stop()
+    assert neighbour_store.written == [1]
+    await writer.stop()
+
+
+async def test_a_failing_disk_never_fails_a_request_and_keeps_the_rows_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path)
+    await writer.start()
+    await writer.record(ledger_row(0))
+    failures_before = metric(FAILURES)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "write", full)
+    await writer.record(ledger_row(1))
+    await writer.record(ledger_row(2))  # the journal is off now: straight to memory
+
+    assert metric(FAILURES) - failures_before == 1
+    assert writer.buffered == 3  # one journaled, two in memory
+    monkeypatch.undo()
+    await writer.flush()  # the disk is back: a new segment, and everything reaches the store
+    await writer.record(ledger_row(3))
+    await writer.stop()
+    assert sorted(store.written) == [0, 1, 2, 3]
+    assert writer.journal is not None and metric(FAILURES) - failures_before == 1
+
+
+@pytest.fixture
+def sqlite_store_path(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "control.db"
+
+
+async def test_a_segment_replayed_twice_is_billed_once(tmp_path: Path, sqlite_store_path: Path) -> None:
+    """A crash after the store committed a segment's rows and before the segment was deleted."""
+    folder = tmp_path / "journal"
+    store = await SqliteStore.open(sqlite_store_path)
+    await store.migrate()
+    first = writer_for(store, folder)
+    await first.start()
+    for n in range(3):
+        await first.record(ledger_row(n))
+    await first.journal.close()  # type: ignore[union-attr]  # "killed": the segment is left
+    [segment] = segments(folder)
+    copy = tmp_path / "copy"
+    shutil.copy(segment, copy)
+
+    second = writer_for(store, folder)
+    await second.start()  # replays the segment and deletes it
+    await second.stop()
+    shutil.copy(copy, folder / segment.name)  # as if the deletion had never happened
+    third = writer_for(store, folder)
+    await third.start()
+    await third.stop()
+
+    [report] = await store.usage_report()
+    assert report.requests == 3 and third.replayed == 3
+    await store.aclose()
+
+
+def last_record_cuts() -> Iterator[tuple[bytes, int]]:
+    rows = [replace(ledger_row(n), row_id=f"r{n}") for n in range(3)]
+    head = MAGIC + encode_row(rows[0]) + encode_row(rows[1])
+    last = encode_row(rows[2])
+    for cut in range(len(last)):
+        yield head + last[:cut], cut
+
+
+async def test_a_torn_last_record_is_skipped_at_every_byte_offset(tmp_path: Path) -> None:
+    torn_before = metric(TORN)
+    cuts = 0
+    for data, cut in last_record_cuts():
+        folder = tmp_path / f"cut-{cut}"
+        folder.mkdir()
+        (folder / "ledger-0-1-0.journal").write_bytes(data)
+        store = LedgerStore()
+        writer = writer_for(store, folder)
+
+        await writer.start()  # never raises
+
+        assert store.written == [0, 1], cut
+        assert segments(folder) == []
+        await writer.stop()
+        cuts += 1
+    assert metric(TORN) - torn_before == cuts - 1  # a cut at 0 leaves no torn bytes at all
+
+
+async def test_a_segment_cut_inside_its_header_holds_no_rows(tmp_path: Path) -> None:
+    for cut in range(len(MAGIC)):
+        (tmp_path / f"ledger-0-1-{cut}.journal").write_bytes(MAGIC[:cut])
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path)
+
+    await writer.start()
+
+    assert store.written == [] and segments(tmp_path) == []
+    await writer.stop()
+
+
+async def test_a_corrupt_record_in_the_middle_ends_the_segment_without_error(tmp_path: Path) -> None:
+    rows = [replace(ledger_row(n), row_id=f"r{n}") for n in range(3)]
+    middle = bytearray(encode_row(rows[1]))
+    middle[-1] ^= 0xFF
+    (tmp_path / "ledger-0-1-0.journal").write_bytes(MAGIC + encode_row(rows[0]) + middle + encode_row(rows[2]))
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path)
+
+    await writer.start()
+
+    assert store.written == [0]
+    await writer.stop()
+
+
+def test_records_of_a_whole_segment() -> None:
+    rows = [replace(ledger_row(n), row_id=f"r{n}") for n in range(3)]
+    data = MAGIC + b"".join(encode_row(row) for row in rows)
+
+    assert list(records(data)) == rows
+    assert list(records(data[:-1])) == rows[:2]
+    assert isinstance(rows[0], LedgerRow)
