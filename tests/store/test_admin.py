@@ -230,7 +230,7 @@ async def test_usage_is_reported_per_day_principal_and_model(cli: Cli, sqlite_st
 
     first, second = table(report)
     assert first == {
-        "DAY": "2025-03-01", "PRINCIPAL": "acme", "MODEL": "m", "REQUESTS": "3", "PROMPT": "3000",
+        "DAY": "2025-03-01", "PRINCIPAL": "acme", "MODEL": "m", "ROUTE": "chat", "REQUESTS": "3", "PROMPT": "3000",
         "COMPLETION": "300", "CACHE READ": "1800", "CACHE WRITE": "600", "COST": "0.3", "LIST COST": "0.75",
         "DEGRADED": "0",
     }  # fmt: skip

@@ -314,10 +314,12 @@ async def test_usage_is_reported_by_utc_day_principal_and_model(store: ControlSt
     report = await store.usage_report()
 
     assert report == [
-        UsageReportRow("2025-03-01", "prn_a", "m", 3, 300, 30, 150, 78, Decimal("0.3"), Decimal("0.6"), 1),
-        UsageReportRow("2025-03-01", "prn_a", "other", 1, 100, 10, 0, 26, Decimal("0.1"), Decimal("0.3"), 0),
-        UsageReportRow("2025-03-01", "prn_b", "m", 1, 1, 2, 50, 26, Decimal("0.1"), Decimal("0.3"), 0),
-        UsageReportRow("2025-03-02", "prn_a", "m", 1, 100, 10, 50, 26, Decimal("0.000000001"), Decimal("0.3"), 0),
+        UsageReportRow("2025-03-01", "prn_a", "m", "chat", 3, 300, 30, 150, 78, Decimal("0.3"), Decimal("0.6"), 1),
+        UsageReportRow("2025-03-01", "prn_a", "other", "chat", 1, 100, 10, 0, 26, Decimal("0.1"), Decimal("0.3"), 0),
+        UsageReportRow("2025-03-01", "prn_b", "m", "chat", 1, 1, 2, 50, 26, Decimal("0.1"), Decimal("0.3"), 0),
+        UsageReportRow(
+            "2025-03-02", "prn_a", "m", "chat", 1, 100, 10, 50, 26, Decimal("0.000000001"), Decimal("0.3"), 0
+        ),  # noqa: E501
     ]
     assert all(isinstance(row.cost, Decimal) and isinstance(row.list_cost, Decimal) for row in report)
 

@@ -88,6 +88,7 @@ class Completions:
         client_wants_usage: bool,
         marker_param: Callable[[str], str] = str,
         automatic_caching: bool = False,
+        route: str = "chat",
     ) -> AsyncIterator[Call]:
         """Forward ``body`` (a chat request with a string ``model``) and yield the upstream's answer.
 
@@ -124,6 +125,7 @@ class Completions:
             classify_deadline=self._classify_deadline,
             classifier=self._classifier,
             ledger=self._ledger,
+            route=route,
         )
         if tariff is not None and breakpoints:
             counter = self._counters[model.tokenizer]

@@ -44,6 +44,7 @@ class Exchange:
     completion_tokens: int = 0
     upstream_cached: int | None = None
     status: int = 0
+    route: str = "chat"  # the route that serves it, for the ledger
     billed: bool = False
 
     @property
@@ -190,6 +191,7 @@ class Exchange:
             latency_ms=(time.perf_counter() - self.started_perf) * 1000.0,
             degraded=self.degraded,
             counted_prompt_tokens=self.classification.counted_total if self.classification is not None else None,
+            route=self.route,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:

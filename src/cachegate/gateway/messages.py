@@ -78,6 +78,7 @@ class Messages:
             arrival,
             client_wants_usage=True,
             marker_param=functools.partial(client_param, translated),
+            route="messages",
         ) as call:
             if media_type(call.response.headers) == b"text/event-stream" and 200 <= call.response.status < 300:
                 await relay_messages_stream(

@@ -119,6 +119,7 @@ class LedgerRow:
     # Unique per request, given by the ledger writer: a row sent twice (a journal replayed after a
     # crash) is stored once. None only for rows written by hand; the store never dedupes those.
     row_id: str | None = None
+    route: str = "chat"  # the route that served it: chat or messages (SPEC §9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class UsageReportRow:
     day: str  # YYYY-MM-DD (UTC)
     principal_id: str
     model: str
+    route: str
     requests: int
     prompt_tokens: int
     completion_tokens: int

@@ -358,13 +358,14 @@ class SqliteStore:
         where, parameters = ("", ()) if since is None else ("WHERE at >= ?", (encode_timestamp(since),))
         rows = await self._run(
             lambda connection: connection.execute(
-                "SELECT substr(at, 1, 10) AS day, principal_id, model, count(*) AS requests,"
+                "SELECT substr(at, 1, 10) AS day, principal_id, model, route, count(*) AS requests,"
                 " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
                 " sum(cache_read_tokens) AS cache_read_tokens,"
                 " sum(cache_creation_5m_tokens + cache_creation_1h_tokens + cache_creation_24h_tokens)"
                 " AS cache_creation_tokens,"
                 " decimal_sum(cost) AS cost, decimal_sum(list_cost) AS list_cost, sum(degraded) AS degraded"
-                f" FROM ledger {where} GROUP BY day, principal_id, model ORDER BY day, principal_id, model",
+                f" FROM ledger {where} GROUP BY day, principal_id, model, route"
+                " ORDER BY day, principal_id, model, route",
                 parameters,
             ).fetchall()
         )
@@ -373,6 +374,7 @@ class SqliteStore:
                 day=row["day"],
                 principal_id=row["principal_id"],
                 model=row["model"],
+                route=row["route"],
                 requests=row["requests"],
                 prompt_tokens=row["prompt_tokens"],
                 completion_tokens=row["completion_tokens"],
