@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from cli.demo_server import running_demo
+from .demo_server import running_demo
 
 PACKAGE_DIR = Path(__file__).parent / "claude_code"
 PINNED = json.loads((PACKAGE_DIR / "package.json").read_text())["dependencies"]["@anthropic-ai/claude-code"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from cli.demo_server import running_demo
+from .demo_server import running_demo
 
 POLICY = " ".join(f"Rule {i}: keep answers short, kind and exact." for i in range(150))
 MESSAGES = [
