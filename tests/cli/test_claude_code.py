@@ -2,7 +2,10 @@
 
 Two turns, ``claude -p`` then ``claude -p --continue``: the first writes the cache, the second reads what the
 first wrote (the lookback finds turn 1's breakpoint from the marker that moved to the new last user message),
-and the usage in Claude Code's JSON output is exactly what the gateway billed in its ledger.
+and the usage in Claude Code's JSON output is exactly what the gateway billed in its ledger. A third turn has the
+fake upstream call Claude Code's Read tool (a ``[fake: tool-call=Read]`` line): Claude Code runs it and sends the
+tool result back, two requests in one turn, each reading all that the one before it wrote; Claude Code reports
+their sum.
 
 Claude Code is installed by ``npm ci`` into tests/cli/claude_code/ when it is missing or not the pinned
 version. Under ``CI=true`` a failed install fails the test; elsewhere (no npm, no registry) it skips.
@@ -10,6 +13,7 @@ version. Under ``CI=true`` a failed install fails the test; elsewhere (no npm, n
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -70,7 +74,7 @@ def _base_env() -> dict[str, str]:
 
 
 def _run_turn(claude: Path, cwd: Path, env: dict[str, str], prompt: str, *extra: str) -> dict[str, Any]:
-    command = [str(claude), "-p", prompt, *extra, "--output-format", "json", "--model", "demo"]
+    command = [str(claude), "-p", prompt, *extra, "--max-turns", "3", "--output-format", "json", "--model", "demo"]
     done = subprocess.run(
         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TURN_SECONDS
     )
@@ -86,7 +90,7 @@ def _ledger(data_dir: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in connection.execute("SELECT * FROM ledger ORDER BY id")]
 
 
-@pytest.mark.timeout(TURN_SECONDS * 2 + 660)  # two turns, plus a first install of Claude Code
+@pytest.mark.timeout(TURN_SECONDS * 3 + 660)  # three turns, plus a first install of Claude Code
 def test_claude_code_writes_then_reads_and_reports_what_the_gateway_billed(claude_code: Path, tmp_path: Path) -> None:
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
@@ -103,6 +107,7 @@ def test_claude_code_writes_then_reads_and_reports_what_the_gateway_billed(claud
         }
         first = _run_turn(claude_code, project, env, "Say hello.")
         second = _run_turn(claude_code, project, env, "Say it again.", "--continue")
+        third = _run_turn(claude_code, project, env, "Read the notes.\n[fake: tool-call=Read]", "--continue")
 
     assert second["session_id"] == first["session_id"]  # --continue went on with turn 1's conversation
     written, read = first["usage"], second["usage"]
@@ -114,20 +119,28 @@ def test_claude_code_writes_then_reads_and_reports_what_the_gateway_billed(claud
     assert read["cache_read_input_tokens"] == written["cache_creation_input_tokens"]
     assert read["cache_creation_input_tokens"] > 0
 
-    # One billed request per turn (the main /v1/messages; with non-essential traffic off Claude Code sends no
-    # title or topic request), and its usage in Claude Code's output is exactly the ledger's.
+    # Turns 1 and 2 are one billed request each (the main /v1/messages?beta=true; with non-essential traffic off
+    # Claude Code sends no title or topic request and no count_tokens); turn 3 is two, the tool call and the
+    # answer after the tool result. Each request reads all that the one before it wrote.
     rows = _ledger(tmp_path / "data")
-    assert len(rows) == 2, rows
-    for turn, row in zip((first, second), rows, strict=True):
-        usage = turn["usage"]
+    assert len(rows) == 4, rows
+    for before, after in itertools.pairwise(rows):
+        assert after["cache_read_tokens"] == before["cache_read_tokens"] + before["cache_creation_5m_tokens"]
+    assert third["num_turns"] == 2 and third["stop_reason"] == "end_turn"
+    for turn, billed in ((first, rows[:1]), (second, rows[1:2]), (third, rows[2:])):
+        _assert_reports(turn["usage"], billed)
+
+
+def _assert_reports(usage: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Claude Code's usage of one turn is the sum of what the gateway billed for the turn's requests."""
+    for row in rows:
         assert (row["model"], row["status"], row["streaming"]) == ("demo", 200, 1)
-        assert row["cache_read_tokens"] == usage["cache_read_input_tokens"]
-        assert row["cache_creation_5m_tokens"] == usage["cache_creation_input_tokens"]
         assert row["cache_creation_1h_tokens"] == row["cache_creation_24h_tokens"] == 0
-        assert usage["cache_creation"] == {
-            "ephemeral_5m_input_tokens": row["cache_creation_5m_tokens"],
-            "ephemeral_1h_input_tokens": 0,
-        }
-        uncached = row["prompt_tokens"] - row["cache_read_tokens"] - row["cache_creation_5m_tokens"]
-        assert usage["input_tokens"] == uncached > 0
-        assert usage["output_tokens"] == row["completion_tokens"] > 0
+    read = sum(row["cache_read_tokens"] for row in rows)
+    created = sum(row["cache_creation_5m_tokens"] for row in rows)
+    uncached = sum(row["prompt_tokens"] for row in rows) - read - created
+    assert usage["cache_read_input_tokens"] == read
+    assert usage["cache_creation_input_tokens"] == created
+    assert usage["cache_creation"] == {"ephemeral_5m_input_tokens": created, "ephemeral_1h_input_tokens": 0}
+    assert usage["input_tokens"] == uncached > 0
+    assert usage["output_tokens"] == sum(row["completion_tokens"] for row in rows) > 0
