@@ -25,10 +25,12 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 
 A client that cannot send headers (Claude Code behind the gateway) chooses the same way with a
 line ``[fake: <behaviors>]`` in its last user message's text; the header wins when both are
-there. ``max_tokens`` (or ``max_completion_tokens``) is honoured: the completion stops after
-that many chunks (reasoning, content and argument fragments alike) with finish_reason
-``length``. Streamed tool calls are framed as vLLM frames them: a first delta with ``index``,
-``id``, ``type``, the function's name and empty arguments, then argument fragments.
+there. The line answers the user's message only: once a tool result follows it, the fake answers
+with text, so an agent's tool loop ends after one round. ``max_tokens`` (or ``max_completion_tokens``)
+is honoured: the completion stops after that many chunks (reasoning, content and argument
+fragments alike) with finish_reason ``length``. Streamed tool calls are framed as vLLM frames
+them: a first delta with ``index``, ``id``, ``type``, the function's name and empty arguments,
+then argument fragments.
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
@@ -124,8 +126,15 @@ def requested_behavior(header: str | None, body: dict[str, Any]) -> Behavior:
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message; none once a tool result follows it.
+
+    The line chooses the answer to the user's message: after the tool it asked for has run, the fake
+    answers with text, as a model ends its turn, so an agent loop (Claude Code's) comes to an end.
+    """
     messages = body.get("messages")
     for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "tool":
+            return ""
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):

@@ -20,7 +20,8 @@ from openai import OpenAI
 
 from cachegate.tokens.shipped import qwen3_files
 
-from .test_serve_demo import MESSAGES, free_port
+from .demo_server import free_port
+from .test_serve_demo import MESSAGES
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"
 MODELS = ("qwen3", "qwen2.5", "gpt-oss")

@@ -240,6 +240,21 @@ async def test_a_client_without_headers_chooses_by_a_line_of_its_last_user_messa
     assert completion.tool_calls[0]["function"]["name"] == "Bash"
 
 
+@STREAMING
+async def test_after_the_tool_result_the_line_no_longer_chooses(client: openai.AsyncOpenAI, stream: bool) -> None:
+    call = {"id": "call-1", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Run it.\n[fake: tool-call=first]"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call-1", "content": "done"},
+    ]
+
+    completion = await complete(client, stream, messages=messages, tools=[BASH])
+
+    assert completion.finish_reason == "stop" and not completion.tool_calls
+    assert completion.content.startswith("The quick ")
+
+
 async def test_the_header_wins_over_the_line(client: openai.AsyncOpenAI) -> None:
     messages = [{"role": "user", "content": "[fake: tool-call=first]"}]
 

@@ -1,0 +1,55 @@
+"""``cachegate serve`` with no config (the embedded demo) as a subprocess, for the tests of tests/cli."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
+    """``cachegate serve`` in ``folder`` with no config; yields its base URL and demo key."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEGATE_")}
+    env["CACHEGATE_DEMO__PORT"] = str(free_port())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cachegate", "serve", "--port", str(port)],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    output = ""
+    deadline = time.monotonic() + 60
+    while "Application startup complete" not in output:
+        line = process.stdout.readline()
+        if not line:
+            pytest.fail(f"cachegate serve exited early:\n{output}")
+        output += line
+        assert time.monotonic() < deadline, output
+    key = re.search(r"API key\s*:\s*(cg-\S+)", output)
+    base_url = re.search(r"base URL\s*:\s*(\S+)", output)
+    assert key and base_url, output
+    try:
+        yield base_url.group(1), key.group(1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130  # a clean shutdown on Ctrl-C, with the conventional status
