@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cachegate.config import DEMO_MODEL, Config, ModelConfig
 from cachegate.gateway.app import Gateway
 from cachegate.index.factory import open_index
+from cachegate.index.reconnecting import ReconnectingIndex
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
@@ -33,14 +34,18 @@ async def open_counters(config: Config) -> dict[str, TokenCounter]:
 
 
 async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
-    """Open the store (migrated and seeded), the index and the upstream client."""
+    """Open the store (migrated and seeded), the index and the upstream client.
+
+    The cache index is no start-up dependency (SPEC §11): one that cannot be reached is opened
+    in the background while the gateway serves uncached (``index/reconnecting.py``).
+    """
     if config.store_url.startswith("sqlite") or config.index_url.startswith("sqlite"):
         config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(config.store_url)
     try:
         await store.migrate()
         await seed_store(store, config)
-        index = await open_index(config.index_url)
+        index = await ReconnectingIndex.open(lambda: open_index(config.index_url))
     except BaseException:
         await store.aclose()
         raise
