@@ -1,9 +1,9 @@
 """``cachegate serve`` with a cache backend down: it starts, serves uncached and flagged, and caches again
 as soon as the backend answers, without a restart (SPEC §11; issue 14).
 
-The backend is a real PostgreSQL cache index, reached either through a relay the test switches off
+The backends: a real PostgreSQL cache index, reached either through a relay the test switches off
 and on (a stopped service: connection refused, connections cut) or under the name of a database that
-does not exist until the test creates it.
+does not exist until the test creates it; and a ``cachegate tokenizer serve`` started after the gateway.
 """
 
 from __future__ import annotations
@@ -22,30 +22,38 @@ from .gateway_process import Running, create_key
 from .test_serve_demo import MESSAGES, free_port
 from pg import PgServer
 
-pytestmark = pytest.mark.postgres
 
-
-def write_config(work: Path, index_url: str, upstream_port: int) -> Path:
+def write_config(work: Path, upstream_port: int, index_url: str | None, tokenizer_port: int | None) -> Path:
+    """One cached model, ``qwen3``; its index at ``index_url`` (else SQLite), and counted by a
+    tokenizer service on ``tokenizer_port`` (else in process)."""
     config = work / "cachegate.yaml"
+    index = f'cache_index_url: "{index_url}"' if index_url else ""
+    url = f"http://127.0.0.1:{tokenizer_port}"
+    remote = f"remote: {{kind: remote, url: '{url}', model: qwen3}}" if tokenizer_port else ""
     config.write_text(
         f"""
 data_dir: {work / "data"}
-cache_index_url: "{index_url}"
+{index}
 tokenizers:
   qwen3: {{kind: builtin, name: qwen3}}
+  {remote}
 endpoints:
   - {{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
 models:
-  - {{alias: qwen3, endpoint: fake, upstream_model: m, tokenizer: qwen3, cache: {{min_prefix_tokens: 1024}}}}
+  - alias: qwen3
+    endpoint: fake
+    upstream_model: m
+    tokenizer: {"remote" if tokenizer_port else "qwen3"}
+    cache: {{min_prefix_tokens: 1024}}
 """
     )
     return config
 
 
 class Gateway:
-    def __init__(self, work: Path, index_url: str) -> None:
+    def __init__(self, work: Path, index_url: str | None = None, tokenizer_port: int | None = None) -> None:
         upstream_port, self.port = free_port(), free_port()
-        self.config = write_config(work, index_url, upstream_port)
+        self.config = write_config(work, upstream_port, index_url, tokenizer_port)
         self.control_db = work / "data" / "control.db"
         key = create_key(self.config)
         self.upstream = Running("-c", str(self.config), "fake-upstream", "--port", str(upstream_port))
@@ -98,6 +106,7 @@ def assert_caches(gateway: Gateway) -> int:
     return int(written)
 
 
+@pytest.mark.postgres
 def test_an_index_down_at_start_and_midway_never_stops_the_gateway(tmp_path: Path, relay: tuple[TcpRelay, str]) -> None:
     proxy, index_url = relay
     gateway = Gateway(tmp_path, index_url)  # the port is closed: PostgreSQL is "stopped"
@@ -119,6 +128,7 @@ def test_an_index_down_at_start_and_midway_never_stops_the_gateway(tmp_path: Pat
     assert gateway.degraded_rows() == [True, True, False, False, True, False]
 
 
+@pytest.mark.postgres
 def test_an_index_database_created_after_start_is_used_without_restart(tmp_path: Path, pg_server: PgServer) -> None:
     index_url = pg_server.database_url()
     gateway = Gateway(tmp_path, index_url)
@@ -130,4 +140,21 @@ def test_an_index_database_created_after_start_is_used_without_restart(tmp_path:
         assert_caches(gateway)
     finally:
         gateway.stop()
+    assert gateway.degraded_rows() == [True, False, False]
+
+
+def test_a_tokenizer_service_started_after_the_gateway_is_taken_up_without_restart(tmp_path: Path) -> None:
+    tokenizer_port = free_port()
+    gateway = Gateway(tmp_path, tokenizer_port=tokenizer_port)
+    service = None
+    try:
+        assert_degraded(gateway)
+        mark = len(gateway.server.lines)
+        service = Running("-c", str(gateway.config), "tokenizer", "serve", "--port", str(tokenizer_port))
+        gateway.server.wait_for("counting resumes", timeout=30, start=mark)
+        assert_caches(gateway)
+    finally:
+        gateway.stop()
+        if service is not None:
+            service.stop()
     assert gateway.degraded_rows() == [True, False, False]
