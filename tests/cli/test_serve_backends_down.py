@@ -8,7 +8,10 @@ does not exist until the test creates it; and a ``cachegate tokenizer serve`` st
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,13 @@ class Gateway:
         assert usage is not None
         return dict(usage.model_extra or {}), raw.headers.get("x-cachegate-cache")
 
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
     def degraded_rows(self) -> list[bool]:
         with sqlite3.connect(self.control_db) as connection:
             return [bool(flag) for (flag,) in connection.execute("SELECT degraded FROM ledger ORDER BY rowid")]
@@ -111,11 +121,16 @@ def test_an_index_down_at_start_and_midway_never_stops_the_gateway(tmp_path: Pat
     proxy, index_url = relay
     gateway = Gateway(tmp_path, index_url)  # the port is closed: PostgreSQL is "stopped"
     try:
+        assert gateway.probe("/healthz") == (200, {"status": "ok"})
+        status, ready = gateway.probe("/readyz")
+        assert status == 200 and ready["status"] == "ready"  # degraded is ready: it serves
+        assert [reason.split(":")[0] for reason in ready["cache_degraded"]] == ["cache index"]
         assert_degraded(gateway)
         assert_degraded(gateway)
         mark = len(gateway.server.lines)
         proxy.start()
         gateway.server.wait_for("cache index connected", timeout=30, start=mark)
+        assert gateway.probe("/readyz")[1]["cache_degraded"] == []
         written = assert_caches(gateway)
 
         proxy.stop()  # down again mid-run: connections cut, port closed
@@ -148,10 +163,13 @@ def test_a_tokenizer_service_started_after_the_gateway_is_taken_up_without_resta
     gateway = Gateway(tmp_path, tokenizer_port=tokenizer_port)
     service = None
     try:
+        status, ready = gateway.probe("/readyz")
+        assert status == 200 and [reason.split(":")[0] for reason in ready["cache_degraded"]] == ["tokenizer remote"]
         assert_degraded(gateway)
         mark = len(gateway.server.lines)
         service = Running("-c", str(gateway.config), "tokenizer", "serve", "--port", str(tokenizer_port))
         gateway.server.wait_for("counting resumes", timeout=30, start=mark)
+        assert gateway.probe("/readyz") == (200, {"status": "ready", "catalog": "loaded", "cache_degraded": []})
         assert_caches(gateway)
     finally:
         gateway.stop()
