@@ -15,6 +15,7 @@ from cachegate.index.reconnecting import ReconnectingIndex
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.registry import open_counter
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 
@@ -29,8 +30,23 @@ class DemoAccess:
 
 
 async def open_counters(config: Config) -> dict[str, TokenCounter]:
-    """Every configured token counter, ready: local files loaded, remote services asked for their version."""
-    return {name: await open_counter(spec) for name, spec in config.tokenizers.items()}
+    """Every configured token counter: local files loaded, remote services asked for their version.
+
+    A tokenizer whose files cannot be loaded is a ``TokenizerLoadError`` naming its setting
+    (``tokenizers.NAME: ...``); the counters opened before it are closed first.
+    """
+    counters: dict[str, TokenCounter] = {}
+    try:
+        for name, spec in config.tokenizers.items():
+            try:
+                counters[name] = await open_counter(spec)
+            except TokenizerLoadError as exc:
+                raise TokenizerLoadError(f"tokenizers.{name}: {exc}") from exc
+    except BaseException:
+        for counter in counters.values():
+            await counter.aclose()
+        raise
+    return counters
 
 
 async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
