@@ -53,12 +53,20 @@ class PgServer:
 
         _run(probe())
 
-    def create_database(self) -> str:
-        """Create an empty database and return its URL; callable from sync and async tests."""
+    def database_url(self) -> str:
+        """The URL of a fresh database that does not exist yet (``create_database(url)`` makes it).
+
+        For tests of a service started before its database; it is dropped at the end like the others.
+        """
         name = f"cachegate_test_{secrets.token_hex(6)}"
-        _run(self._execute(f'CREATE DATABASE "{name}"'))
         self._created.append(name)
         return urlsplit(self.admin_dsn)._replace(path=f"/{name}").geturl()
+
+    def create_database(self, url: str | None = None) -> str:
+        """Create an empty database (``url``'s, or a fresh one) and return its URL; from sync or async tests."""
+        url = url or self.database_url()
+        _run(self._execute(f'CREATE DATABASE "{urlsplit(url).path.lstrip("/")}"'))
+        return url
 
     def drop_all(self) -> None:
         while self._created:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from cachegate.config import DEMO_MODEL, Config, ModelConfig
 from cachegate.gateway.app import Gateway
 from cachegate.index.factory import open_index
+from cachegate.index.reconnecting import ReconnectingIndex
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.registry import open_counter
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 
@@ -28,19 +30,38 @@ class DemoAccess:
 
 
 async def open_counters(config: Config) -> dict[str, TokenCounter]:
-    """Every configured token counter, ready: local files loaded, remote services asked for their version."""
-    return {name: await open_counter(spec) for name, spec in config.tokenizers.items()}
+    """Every configured token counter: local files loaded, remote services asked for their version.
+
+    A tokenizer whose files cannot be loaded is a ``TokenizerLoadError`` naming its setting
+    (``tokenizers.NAME: ...``); the counters opened before it are closed first.
+    """
+    counters: dict[str, TokenCounter] = {}
+    try:
+        for name, spec in config.tokenizers.items():
+            try:
+                counters[name] = await open_counter(spec)
+            except TokenizerLoadError as exc:
+                raise TokenizerLoadError(f"tokenizers.{name}: {exc}") from exc
+    except BaseException:
+        for counter in counters.values():
+            await counter.aclose()
+        raise
+    return counters
 
 
 async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
-    """Open the store (migrated and seeded), the index and the upstream client."""
+    """Open the store (migrated and seeded), the index and the upstream client.
+
+    The cache index is no start-up dependency (SPEC §11): one that cannot be reached is opened
+    in the background while the gateway serves uncached (``index/reconnecting.py``).
+    """
     if config.store_url.startswith("sqlite") or config.index_url.startswith("sqlite"):
         config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(config.store_url)
     try:
         await store.migrate()
         await seed_store(store, config)
-        index = await open_index(config.index_url)
+        index = await ReconnectingIndex.open(lambda: open_index(config.index_url))
     except BaseException:
         await store.aclose()
         raise

@@ -19,6 +19,7 @@ from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
 from cachegate.store.factory import open_store
 from cachegate.tokens import cli as tokenizer_cli
+from cachegate.tokens.counter import TokenizerLoadError
 
 log = logging.getLogger("cachegate")
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(uvloop.run(run(args, config)))
     except StoreError as exc:
         print(f"cachegate: control store: {exc}", file=sys.stderr)
+        return 1
+    except TokenizerLoadError as exc:
+        print(f"cachegate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

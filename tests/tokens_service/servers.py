@@ -23,10 +23,11 @@ T = TypeVar("T")
 
 
 class BackgroundServer:
-    """``app`` under uvicorn on 127.0.0.1 (a free port), in a thread with its own event loop."""
+    """``app`` under uvicorn on 127.0.0.1 (``port``, or a free one), in a thread with its own event loop."""
 
-    def __init__(self, app: ASGIApp, lifespan: Literal["on", "off"] = "on") -> None:
+    def __init__(self, app: ASGIApp, lifespan: Literal["on", "off"] = "on", port: int = 0) -> None:
         self._app = app
+        self._port = port
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="background-server", daemon=True)
         self._server = uvicorn.Server(
@@ -50,7 +51,8 @@ class BackgroundServer:
 
     async def _start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

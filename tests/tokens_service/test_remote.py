@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from cachegate.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCounter, TokenCountError
 from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
 from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
@@ -21,6 +22,13 @@ from cachegate.tokens.shipped import qwen3_files
 
 from .chats import PLAIN_CONVERSATION, TOOL_ROUND_TRIP, TWO_BREAKPOINTS, gateway_view
 from .servers import BackgroundServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 SCRIPTED_VERSION = "sha256:scripted"
 ONE_BLOCK = {"messages": [{"role": "user", "content": "hi"}]}
@@ -156,8 +164,45 @@ async def test_an_unreachable_service_fails_at_open() -> None:
 
 
 def test_the_version_is_unknown_before_open() -> None:
-    with pytest.raises(RuntimeError, match="open"):
+    with pytest.raises(CounterNotReady, match="not reached yet"):
         _ = RemoteTokenCounter("http://127.0.0.1:9", "qwen3").tokenizer_version
+
+
+async def test_a_service_down_at_start_is_no_start_up_error_and_is_taken_up_when_it_answers() -> None:
+    port = free_port()
+    spec = TokenizerSpec.model_validate({"kind": "remote", "url": f"http://127.0.0.1:{port}", "model": "qwen3"})
+    counter = await open_counter(spec)
+    prompt, forwarded = gateway_view(ONE_BLOCK)
+    with pytest.raises(CounterNotReady):
+        _ = counter.tokenizer_version
+    with pytest.raises(TokenCountError):
+        await counter.count(forwarded, prompt, [0])
+    with BackgroundServer(ScriptedService(), lifespan="off", port=port):
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    version = counter.tokenizer_version
+                    break
+                except CounterNotReady:
+                    await asyncio.sleep(0.02)
+        assert version == SCRIPTED_VERSION
+        counts = await counter.count(forwarded, prompt, [0])
+        assert counts.cumulative == {0: 9} and counts.tokenizer_version == SCRIPTED_VERSION
+    await counter.aclose()
+
+
+async def test_a_service_that_changes_its_version_gives_a_new_scope(scripted: tuple[ScriptedService, str]) -> None:
+    """The request that learns of a new version is degraded; later ones are counted under the new one."""
+    service, url = scripted
+    counter = await opened(url)
+    service.answer = {**service.answer, "tokenizer_version": "sha256:other"}
+    prompt, forwarded = gateway_view(ONE_BLOCK)
+    with pytest.raises(TokenCountError, match="another tokenizer version"):
+        await counter.count(forwarded, prompt, [0])
+    assert counter.tokenizer_version == "sha256:other"
+    counts = await counter.count(forwarded, prompt, [0])
+    assert counts.cumulative == {0: 9} and counts.tokenizer_version == "sha256:other"
+    await counter.aclose()
 
 
 async def test_a_service_gone_down_is_a_count_error(qwen3: ChatTokenCounter) -> None:

@@ -13,7 +13,7 @@ from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cachegate.asgi import JSON_HEADERS, ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
+from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.gateway import metrics
@@ -23,6 +23,7 @@ from cachegate.gateway.chat import ChatCompletions
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.gateway.completions import Completions
 from cachegate.gateway.count_tokens import CountTokens
+from cachegate.gateway.health import Readiness, send_alive
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.proxy import ModelList, Proxy
@@ -59,6 +60,7 @@ class Gateway:
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
         self.ledger = LedgerWriter.from_config(store, config)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
+        self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         completions = Completions(
             self.catalog,
@@ -133,7 +135,10 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         if path == "/healthz":
-            await send_bytes(send, 200, JSON_HEADERS, b'{"status":"ok"}')
+            await send_alive(send)
+            return
+        if path == "/readyz":
+            await self.readiness.send(send)
             return
         if path == "/metrics" and method == "GET":
             await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())

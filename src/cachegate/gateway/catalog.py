@@ -20,6 +20,8 @@ class CatalogCache:
         self._store = store
         self._periodic = Periodic("catalog reload", refresh_seconds, self._reload)
         self.current = Catalog(endpoints={}, models={}, tariffs={})
+        self.loaded = False
+        """Whether a catalog has been loaded from the store yet (``/readyz``)."""
 
     def route(self, alias: str) -> tuple[Model, Endpoint]:
         """The model a client named and the endpoint serving it; 404 ``model_not_found`` otherwise."""
@@ -31,6 +33,7 @@ class CatalogCache:
 
     async def load(self) -> None:
         self.current = await self._store.load_catalog()
+        self.loaded = True
 
     def start(self) -> None:
         self._periodic.start()

@@ -24,6 +24,18 @@ from cachegate.tokens.base import TokenCounter, TokenCountError
 log = logging.getLogger(__name__)
 
 
+def cache_scope(principal: str, alias: str, counter: TokenCounter) -> Scope | None:
+    """The request's cache scope (SPEC §7.1), built from the counter's version of this moment; None
+    (the request degrades) while the counter does not know its version, e.g. a tokenizer service
+    not reached since start."""
+    try:
+        return Scope(principal, alias, counter.tokenizer_version)
+    except TokenCountError as exc:
+        metrics.labelled(metrics.DEGRADED, "token_counter").inc()
+        log.warning("no tokenizer version, serving uncached: %s", exc)
+        return None
+
+
 class CacheClassifier:
     def __init__(self, index: CacheIndex, commit_deadline: float, refresh_interval: float = 1.0) -> None:
         self._index = index
@@ -57,6 +69,11 @@ class CacheClassifier:
         except TokenCountError as exc:
             metrics.labelled(metrics.DEGRADED, "token_counter").inc()
             log.warning("token count failed, serving uncached: %s", exc)
+            return Classification.degraded_zeros()
+        if counts.tokenizer_version not in (None, scope.tokenizer_version):
+            # The counter's version changed since the scope was built: these counts are not this scope's.
+            metrics.labelled(metrics.DEGRADED, "token_counter").inc()
+            log.warning("the tokenizer version changed while counting, serving uncached")
             return Classification.degraded_zeros()
         metrics.labelled(metrics.TOKEN_COUNTS, counts.method).inc()
         verified = deepest_hit(prompt, matches, counts.cumulative, counts.dropped)

@@ -26,10 +26,10 @@ from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
-from cachegate.core.types import Breakpoint, CacheTariff, Classification, Scope
+from cachegate.core.types import Breakpoint, CacheTariff, Classification
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
-from cachegate.gateway.classifier import CacheClassifier
+from cachegate.gateway.classifier import CacheClassifier, cache_scope
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.forwarding import upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
@@ -129,9 +129,8 @@ class Completions:
         )
         if tariff is not None and breakpoints:
             counter = self._counters[model.tokenizer]
-            cache_scope = Scope(request.key.principal_id, alias, counter.tokenizer_version)
             exchange.task = asyncio.create_task(
-                self._classify(cache_scope, body, breakpoints, tariff, counter, arrival)
+                self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
             )
 
         upstream_request = UpstreamRequest(
@@ -155,15 +154,19 @@ class Completions:
 
     async def _classify(
         self,
-        cache_scope: Scope,
+        principal: str,
+        alias: str,
         body: dict[str, Any],
         breakpoints: tuple[Breakpoint, ...],
         tariff: CacheTariff,
         counter: TokenCounter,
         arrival: Arrival,
     ) -> Classification:
+        scope = cache_scope(principal, alias, counter)
+        if scope is None:
+            return Classification.degraded_zeros()
         prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
-        return await self._classifier.classify(cache_scope, prompt, body, tariff, counter, arrival.at)
+        return await self._classifier.classify(scope, prompt, body, tariff, counter, arrival.at)
 
 
 def json_request(raw: bytes) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from cachegate.core.anthropic.request import client_param
 from cachegate.core.blocks import hashed_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy, strip_markers, validate_markers
-from cachegate.core.types import CacheStats, Scope, TtlTier
+from cachegate.core.types import CacheStats, Classification, TtlTier
 from cachegate.core.usage import cap_stats
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
-from cachegate.gateway.classifier import CacheClassifier
+from cachegate.gateway.classifier import CacheClassifier, cache_scope
 from cachegate.gateway.messages import AnthropicRequests
 from cachegate.gateway.routing import Request
 from cachegate.tokens.base import TokenCountError
@@ -58,8 +58,11 @@ class CountTokens:
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(now, UTC))
         if breakpoints and tariff is not None:
             # A dry run: classify() only looks and counts; commits and refreshes happen elsewhere.
-            scope = Scope(request.key.principal_id, alias, counter.tokenizer_version)
-            classification = await self._classifier.classify(scope, prompt, body, tariff, counter, now)
+            scope = cache_scope(request.key.principal_id, alias, counter)
+            if scope is None:
+                classification = Classification.degraded_zeros()
+            else:
+                classification = await self._classifier.classify(scope, prompt, body, tariff, counter, now)
         else:
             classification = None
         try:

@@ -13,6 +13,11 @@ class TokenCountError(Exception):
     """The count could not be taken (template refused the request, service down, …); callers degrade."""
 
 
+class CounterNotReady(TokenCountError):
+    """The counter does not know its ``tokenizer_version`` yet (a tokenizer service not reached since
+    start): there is no cache scope to classify in, so the request is served degraded."""
+
+
 @dataclass(frozen=True, slots=True)
 class PromptCounts:
     """Cumulative token counts at the end of the asked-for blocks, and the whole rendering's count.
@@ -28,6 +33,9 @@ class PromptCounts:
     dropped: frozenset[int] = frozenset()
     method: CountMethod = field(default="other", compare=False)
     """How they were taken, for the operators' metric; two counts are equal whatever their methods."""
+    tokenizer_version: str | None = field(default=None, compare=False)
+    """The version that took them, when it can change at run time (a tokenizer service): counts of
+    another version than the request's scope must not be filed under that scope."""
 
 
 CountMethod = Literal["memory", "resumed", "layout", "sentinel", "remote", "other"]
@@ -40,7 +48,9 @@ rendered with marks; ``remote``: by a tokenizer service."""
 class TokenCounter(Protocol):
     @property
     def tokenizer_version(self) -> str:
-        """Identifies the tokenizer file, the template and the options that change counts."""
+        """Identifies the tokenizer file, the template and the options that change counts.
+
+        Raises ``CounterNotReady`` while it is not known yet (a remote counter not reached since start)."""
 
     @property
     def template_variables(self) -> frozenset[str]:

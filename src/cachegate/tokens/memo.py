@@ -55,8 +55,10 @@ class MemoizedCounter:
         if keys and len(known) == len(keys):
             for key in keys.values():
                 self._memory.move_to_end(key)
-            return PromptCounts(cumulative=known, total=None, method="memory")
+            return PromptCounts(cumulative=known, total=None, method="memory", tokenizer_version=version)
         counts = await self._inner.count(body, prompt, blocks)
+        if counts.tokenizer_version not in (None, version):
+            return counts  # the version changed while counting: remember nothing under the old one
         for block, key in keys.items():
             if block in counts.cumulative:  # a dropped block is counted again: whether it is depends on the rest
                 self._remember(key, counts.cumulative[block])

@@ -29,6 +29,7 @@ cache scope: changing one starts a fresh cache instead of mispricing the old one
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -43,6 +44,8 @@ from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES
 from cachegate.tokens.shipped import load_qwen3, qwen3_counter
 from cachegate.tokens.tiktoken_pieces import custom_encoding, named_encoding, tiktoken_counter
+
+log = logging.getLogger(__name__)
 
 
 class _CountingOptions(BaseModel):
@@ -184,11 +187,18 @@ def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCoun
 async def open_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:
     """The counter ``spec`` names, memoized; a remote one is asked for its version first.
 
-    Raises ``TokenizerLoadError`` when the files are missing or the service cannot serve it.
+    Raises ``TokenizerLoadError`` when the files are missing. A tokenizer service that does not
+    answer (or not for this model) is no start-up error: the counter is returned unready
+    (``CounterNotReady``, its requests degrade) and asks again in the background until it does.
     """
     choice = spec.root
     if isinstance(choice, RemoteTokenizerSpec):
         remote = RemoteTokenCounter(choice.url, choice.model, timeout=choice.timeout_seconds)
-        await remote.open()
+        try:
+            await remote.open()
+        except TokenizerLoadError as exc:
+            remote.last_error = str(exc)
+            log.warning("%s; serving model %r degraded and retrying in the background", exc, choice.model)
+            remote.connect_in_background()
         return MemoizedCounter(remote, memo_entries)
     return build_counter(spec, memo_entries)

@@ -1,0 +1,81 @@
+"""``cachegate`` commands as subprocesses whose output is read in the background, for tests that wait on it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+
+def cachegate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cachegate", *args]
+
+
+class Running:
+    """A ``cachegate`` process; every line it prints is kept, so a test can wait for one without blocking."""
+
+    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEGATE_")}
+        self.process = subprocess.Popen(
+            cachegate(*args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0, start: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in a line printed from line ``start`` on; fails on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := re.search(pattern, line):
+                        return match
+                seen = len(self.lines)
+                if not self._reader.is_alive():
+                    pytest.fail(f"{self.process.args} exited waiting for {pattern!r}:\n{''.join(self.lines)}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"no {pattern!r} within {timeout} s:\n{''.join(self.lines)}")
+                self._changed.wait(remaining)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        status = self.process.wait(30)
+        self._reader.join(5)
+        return status
+
+
+def create_key(config: Path) -> str:
+    """A principal ``acme`` and a key of it, made with the CLI; returns the secret."""
+    subprocess.run(cachegate("-c", str(config), "principal", "create", "acme"), check=True, capture_output=True)
+    created = subprocess.run(
+        cachegate("-c", str(config), "key", "create", "acme"), check=True, capture_output=True, text=True
+    ).stdout
+    secret = re.search(r"secret\s+(\S+)", created)
+    assert secret, created
+    return secret.group(1)

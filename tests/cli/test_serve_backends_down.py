@@ -1,0 +1,178 @@
+"""``cachegate serve`` with a cache backend down: it starts, serves uncached and flagged, and caches again
+as soon as the backend answers, without a restart (SPEC §11; issue 14).
+
+The backends: a real PostgreSQL cache index, reached either through a relay the test switches off
+and on (a stopped service: connection refused, connections cut) or under the name of a database that
+does not exist until the test creates it; and a ``cachegate tokenizer serve`` started after the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from openai import OpenAI
+from tcp_relay import TcpRelay
+
+from .gateway_process import Running, create_key
+from .test_serve_demo import MESSAGES, free_port
+from pg import PgServer
+
+
+def write_config(work: Path, upstream_port: int, index_url: str | None, tokenizer_port: int | None) -> Path:
+    """One cached model, ``qwen3``; its index at ``index_url`` (else SQLite), and counted by a
+    tokenizer service on ``tokenizer_port`` (else in process)."""
+    config = work / "cachegate.yaml"
+    index = f'cache_index_url: "{index_url}"' if index_url else ""
+    url = f"http://127.0.0.1:{tokenizer_port}"
+    remote = f"remote: {{kind: remote, url: '{url}', model: qwen3}}" if tokenizer_port else ""
+    config.write_text(
+        f"""
+data_dir: {work / "data"}
+{index}
+tokenizers:
+  qwen3: {{kind: builtin, name: qwen3}}
+  {remote}
+endpoints:
+  - {{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
+models:
+  - alias: qwen3
+    endpoint: fake
+    upstream_model: m
+    tokenizer: {"remote" if tokenizer_port else "qwen3"}
+    cache: {{min_prefix_tokens: 1024}}
+"""
+    )
+    return config
+
+
+class Gateway:
+    def __init__(self, work: Path, index_url: str | None = None, tokenizer_port: int | None = None) -> None:
+        upstream_port, self.port = free_port(), free_port()
+        self.config = write_config(work, upstream_port, index_url, tokenizer_port)
+        self.control_db = work / "data" / "control.db"
+        key = create_key(self.config)
+        self.upstream = Running("-c", str(self.config), "fake-upstream", "--port", str(upstream_port))
+        self.server = Running("-c", str(self.config), "serve", "--port", str(self.port))
+        self.upstream.wait_for("fake upstream listening")
+        self.server.wait_for("Application startup complete")
+        self.client = OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0)
+
+    def ask(self) -> tuple[dict[str, Any], str | None]:
+        """One marked request; its usage's extra fields and the ``x-cachegate-cache`` header."""
+        raw = self.client.chat.completions.with_raw_response.create(model="qwen3", messages=MESSAGES)
+        usage = raw.parse().usage
+        assert usage is not None
+        return dict(usage.model_extra or {}), raw.headers.get("x-cachegate-cache")
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def degraded_rows(self) -> list[bool]:
+        with sqlite3.connect(self.control_db) as connection:
+            return [bool(flag) for (flag,) in connection.execute("SELECT degraded FROM ledger ORDER BY rowid")]
+
+    def stop(self) -> None:
+        assert self.server.stop() == 130, self.server.output
+        self.upstream.stop()
+
+
+@pytest.fixture
+def relay(pg_server: PgServer) -> Iterator[tuple[TcpRelay, str]]:
+    """A relay to a fresh database, switched off; yields it and the index URL through it."""
+    url = urlsplit(pg_server.create_database())
+    target = (url.hostname or "127.0.0.1", url.port or 5432)
+    relay = TcpRelay(target, free_port())
+    auth = f"{url.username}@" if url.username else ""
+    yield relay, url._replace(netloc=f"{auth}127.0.0.1:{relay.port}").geturl()
+    relay.stop()
+
+
+def assert_degraded(gateway: Gateway) -> None:
+    usage, header = gateway.ask()
+    assert header == "degraded" and usage["cache_degraded"] is True
+    assert usage["cache_creation_input_tokens"] == 0 and usage["cache_read_input_tokens"] == 0
+
+
+def assert_caches(gateway: Gateway) -> int:
+    """A write of the marked prefix, then a read of exactly as many tokens; returns that count."""
+    (first, first_header), (second, second_header) = gateway.ask(), gateway.ask()
+    assert first_header is None and second_header is None
+    assert "cache_degraded" not in first or first["cache_degraded"] is False
+    written = first["cache_creation_input_tokens"]
+    assert written > 1024 and first["cache_read_input_tokens"] == 0
+    assert second["cache_read_input_tokens"] == written and second["cache_creation_input_tokens"] == 0
+    return int(written)
+
+
+@pytest.mark.postgres
+def test_an_index_down_at_start_and_midway_never_stops_the_gateway(tmp_path: Path, relay: tuple[TcpRelay, str]) -> None:
+    proxy, index_url = relay
+    gateway = Gateway(tmp_path, index_url)  # the port is closed: PostgreSQL is "stopped"
+    try:
+        assert gateway.probe("/healthz") == (200, {"status": "ok"})
+        status, ready = gateway.probe("/readyz")
+        assert status == 200 and ready["status"] == "ready"  # degraded is ready: it serves
+        assert [reason.split(":")[0] for reason in ready["cache_degraded"]] == ["cache index"]
+        assert_degraded(gateway)
+        assert_degraded(gateway)
+        mark = len(gateway.server.lines)
+        proxy.start()
+        gateway.server.wait_for("cache index connected", timeout=30, start=mark)
+        assert gateway.probe("/readyz")[1]["cache_degraded"] == []
+        written = assert_caches(gateway)
+
+        proxy.stop()  # down again mid-run: connections cut, port closed
+        assert_degraded(gateway)
+        proxy.start()  # back: the pool reconnects on its next use, and what was written is still there
+        usage, header = gateway.ask()
+        assert header is None and usage["cache_read_input_tokens"] == written
+    finally:
+        gateway.stop()
+    assert gateway.degraded_rows() == [True, True, False, False, True, False]
+
+
+@pytest.mark.postgres
+def test_an_index_database_created_after_start_is_used_without_restart(tmp_path: Path, pg_server: PgServer) -> None:
+    index_url = pg_server.database_url()
+    gateway = Gateway(tmp_path, index_url)
+    try:
+        assert_degraded(gateway)
+        mark = len(gateway.server.lines)
+        pg_server.create_database(index_url)
+        gateway.server.wait_for("cache index connected", timeout=30, start=mark)
+        assert_caches(gateway)
+    finally:
+        gateway.stop()
+    assert gateway.degraded_rows() == [True, False, False]
+
+
+def test_a_tokenizer_service_started_after_the_gateway_is_taken_up_without_restart(tmp_path: Path) -> None:
+    tokenizer_port = free_port()
+    gateway = Gateway(tmp_path, tokenizer_port=tokenizer_port)
+    service = None
+    try:
+        status, ready = gateway.probe("/readyz")
+        assert status == 200 and [reason.split(":")[0] for reason in ready["cache_degraded"]] == ["tokenizer remote"]
+        assert_degraded(gateway)
+        mark = len(gateway.server.lines)
+        service = Running("-c", str(gateway.config), "tokenizer", "serve", "--port", str(tokenizer_port))
+        gateway.server.wait_for("counting resumes", timeout=30, start=mark)
+        assert gateway.probe("/readyz") == (200, {"status": "ready", "catalog": "loaded", "cache_degraded": []})
+        assert_caches(gateway)
+    finally:
+        gateway.stop()
+        if service is not None:
+            service.stop()
+    assert gateway.degraded_rows() == [True, False, False]
