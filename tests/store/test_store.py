@@ -319,7 +319,7 @@ async def test_usage_is_reported_by_utc_day_principal_and_model(store: ControlSt
         UsageReportRow("2025-03-01", "prn_b", "m", "chat", 1, 1, 2, 50, 26, Decimal("0.1"), Decimal("0.3"), 0),
         UsageReportRow(
             "2025-03-02", "prn_a", "m", "chat", 1, 100, 10, 50, 26, Decimal("0.000000001"), Decimal("0.3"), 0
-        ),  # noqa: E501
+        ),
     ]
     assert all(isinstance(row.cost, Decimal) and isinstance(row.list_cost, Decimal) for row in report)
 
