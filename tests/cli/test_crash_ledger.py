@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from .test_serve_demo import free_port
+from .demo_server import free_port
 from pg import PgServer, pg_server  # noqa: F401  (fixture)
 
 CONCURRENCY = 16

@@ -21,8 +21,9 @@ import pytest
 from openai import OpenAI
 from tcp_relay import TcpRelay
 
+from .demo_server import free_port
 from .gateway_process import Running, create_key
-from .test_serve_demo import MESSAGES, free_port
+from .test_serve_demo import MESSAGES
 from pg import PgServer
 
 

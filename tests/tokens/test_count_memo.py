@@ -19,6 +19,7 @@ class FakeCounter:
 
     def __init__(self) -> None:
         self.tokenizer_version = "sha256:fake"
+        self.template_variables: frozenset[str] = frozenset()
         self.calls: list[tuple[bytes, ...]] = []
         self.closed = False
 
