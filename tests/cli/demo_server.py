@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
-    """``cachegate serve`` in ``folder`` with no config; yields its base URL and demo key."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEGATE_")}
-    env["CACHEGATE_DEMO__PORT"] = str(free_port())
+@dataclass(frozen=True)
+class Started:
+    """A ``cachegate serve`` that is up: the process, what it printed while starting, its base URL and demo key."""
+
+    process: subprocess.Popen[str]
+    output: str
+    base_url: str
+    key: str
+
+
+def start_demo(folder: Path, env: dict[str, str], port: int) -> Started:
+    """``cachegate serve`` (the demo) in ``folder``, returned once it serves."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cachegate", "serve", "--port", str(port)],
         cwd=folder,
@@ -48,8 +55,18 @@ def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
     key = re.search(r"API key\s*:\s*(cg-\S+)", output)
     base_url = re.search(r"base URL\s*:\s*(\S+)", output)
     assert key and base_url, output
+    return Started(process, output, base_url.group(1), key.group(1))
+
+
+@contextmanager
+def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
+    """``cachegate serve`` in ``folder`` with no config; yields its base URL and demo key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEGATE_")}
+    env["CACHEGATE_DEMO__PORT"] = str(free_port())
+    started = start_demo(folder, env, free_port())
+    process = started.process
     try:
-        yield base_url.group(1), key.group(1)
+        yield started.base_url, started.key
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130  # a clean shutdown on Ctrl-C, with the conventional status

@@ -14,7 +14,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,35 +22,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from .demo_server import free_port
+from .demo_server import free_port, start_demo
 from pg import PgServer, pg_server  # noqa: F401  (fixture)
 
 CONCURRENCY = 16
 KILL_AFTER_SECONDS = 2.5  # past a ledger flush (1 s) or two, so some rows are in the store and some are not
-
-
-def start(folder: Path, env: dict[str, str], port: int) -> tuple[subprocess.Popen[str], str, str]:
-    """``cachegate serve`` (the demo) in ``folder``; returns the process, its output so far and its key."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cachegate", "serve", "--port", str(port)],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    output = ""
-    deadline = time.monotonic() + 60
-    while "Application startup complete" not in output:
-        line = process.stdout.readline()
-        if not line:
-            pytest.fail(f"cachegate serve exited early:\n{output}")
-        output += line
-        assert time.monotonic() < deadline, output
-    key = re.search(r"API key\s*:\s*(cg-\S+)", output)
-    assert key, output
-    return process, output, key.group(1)
 
 
 async def one_request(session: aiohttp.ClientSession, base_url: str, key: str, number: int) -> bool:
@@ -104,14 +79,15 @@ def crash_and_restart(folder: Path, env: dict[str, str]) -> tuple[set[int], int,
     Returns the answered request numbers, how many were sent, and how many rows the restart replayed.
     """
     port = free_port()
-    process, _, key = start(folder, env, port)
-    answered, sent = asyncio.run(load_until_killed(f"http://127.0.0.1:{port}", key, process))
+    started = start_demo(folder, env, port)
+    process = started.process
+    answered, sent = asyncio.run(load_until_killed(started.base_url.removesuffix("/v1"), started.key, process))
     assert process.returncode == -signal.SIGKILL
 
-    again, output, _ = start(folder, env, free_port())
-    again.send_signal(signal.SIGINT)
-    rest, _ = again.communicate(timeout=30)
-    replayed = re.search(r"replayed (\d+) rows", output + rest)
+    again = start_demo(folder, env, free_port())
+    again.process.send_signal(signal.SIGINT)
+    rest, _ = again.process.communicate(timeout=30)
+    replayed = re.search(r"replayed (\d+) rows", again.output + rest)
     return answered, sent, int(replayed.group(1)) if replayed else 0
 
 
