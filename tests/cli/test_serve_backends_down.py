@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from openai import OpenAI
-from tcp_relay import TcpRelay
 
 from .demo_server import free_port
 from .gateway_process import Running, create_key
 from .test_serve_demo import MESSAGES
 from pg import PgServer
+from tcp_relay import TcpRelay
 
 
 def write_config(work: Path, upstream_port: int, index_url: str | None, tokenizer_port: int | None) -> Path:

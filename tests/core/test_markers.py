@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cachegate.core.errors import MARKER_REJECTIONS, MarkerError, openai_error
-from cachegate.core.markers import TtlPolicy, parse_marker, strip_markers, validate_markers
+from cachegate.core.markers import TtlPolicy, automatic_marker, parse_marker, strip_markers, validate_markers
 from cachegate.core.types import TtlTier
 
 from .bodies import (
@@ -376,3 +376,52 @@ class TestStrip:
         assert len(validate_markers(body, DEFAULT)) == 0
         assert "cache_control" not in body
         assert all("cache_control" not in holder for _, holder in marker_holders(body))
+
+
+# -- automatic caching per model (§3.1) -------------------------------------------------------------
+
+WITH_24H = TtlPolicy(frozenset(TtlTier))
+
+
+def unmarked(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+@pytest.mark.parametrize(
+    ("retention", "policy", "ttl"),
+    [
+        (None, TtlPolicy.default_policy(), "1h"),
+        ("in_memory", TtlPolicy.default_policy(), "1h"),
+        ("in-memory", TtlPolicy.default_policy(), "1h"),
+        ("24h", WITH_24H, "24h"),
+        ("24h", TtlPolicy.default_policy(), "1h"),  # 24h not accepted: the model's TTL
+    ],
+)
+def test_a_request_without_markers_gets_a_top_level_one(retention: str | None, policy: TtlPolicy, ttl: str) -> None:
+    body = unmarked() if retention is None else unmarked(prompt_cache_retention=retention)
+    assert automatic_marker(body, TtlTier.ONE_HOUR, policy)
+    assert body["cache_control"] == {"type": "ephemeral", "ttl": ttl}
+    assert [bp.ttl.value for bp in validate_markers(body, policy)] == [ttl]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        unmarked(cache_control=None),
+        {"model": "m", "messages": [{"role": "user", "content": "hi", "cache_control": {"type": "ephemeral"}}]},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": None}]}],
+        },
+        {"model": "m", "tools": [{"type": "function", "cache_control": {"type": "ephemeral"}}], "messages": []},
+    ],
+)
+def test_any_marker_even_a_null_one_keeps_the_request_as_it_is(body: dict[str, Any]) -> None:
+    before = copy.deepcopy(body)
+    assert not automatic_marker(body, TtlTier.FIVE_MINUTES, TtlPolicy.default_policy())
+    assert body == before
+
+
+def test_an_unknown_retention_is_refused_whatever_the_markers() -> None:
+    with pytest.raises(ValueError, match="prompt_cache_retention"):
+        automatic_marker(unmarked(prompt_cache_retention="forever"), TtlTier.FIVE_MINUTES, TtlPolicy.default_policy())

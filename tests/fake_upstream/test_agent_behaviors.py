@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 import pytest
 
-from cachegate.core.types import ParsedPrompt
 from cachegate.fake_upstream import start_fake_upstream
-from cachegate.tokens.base import PromptCounts
 
-PROMPT_TOKENS = 42
+from fixed_counter import FixedCounter
+
 BASH = {
     "type": "function",
     "function": {
@@ -41,18 +40,6 @@ READ = {
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
     },
 }
-
-
-class FixedCounter:
-    """Every prompt counts PROMPT_TOKENS: these tests are about the completion."""
-
-    tokenizer_version = "fixed"
-
-    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        return PromptCounts(cumulative={}, total=PROMPT_TOKENS)
-
-    async def aclose(self) -> None:
-        pass
 
 
 @pytest.fixture

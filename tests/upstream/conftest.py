@@ -4,19 +4,17 @@ project's fake upstream."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import uvloop
 
-from cachegate.core.types import ParsedPrompt
 from cachegate.fake_upstream import start_fake_upstream
-from cachegate.tokens.base import PromptCounts
 from cachegate.upstream.base import Upstream
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 
-PROMPT_TOKENS = 42
+from fixed_counter import FixedCounter
 
 MakeUpstream = Callable[..., Upstream]
 
@@ -25,18 +23,6 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     """Every test on asyncio's loop and on uvloop, the one uvicorn runs the gateway on: their
     transports differ in the details the adapters rely on (flow control, EOF, close and abort)."""
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-class FixedCounter:
-    """The fake upstream's token counter: every prompt counts PROMPT_TOKENS (no tokenizer needed)."""
-
-    tokenizer_version = "fixed"
-
-    async def count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
-        return PromptCounts(cumulative={}, total=PROMPT_TOKENS)
-
-    async def aclose(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import trustme
 
 from cachegate.upstream.base import Upstream, UpstreamBroken, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
 
-from .conftest import PROMPT_TOKENS, MakeUpstream
+from .conftest import MakeUpstream
 from .servers import (
     BLAST,
     GIVE_UP_AFTER,
@@ -34,6 +34,7 @@ from .servers import (
     response,
     until_still,
 )
+from fixed_counter import PROMPT_TOKENS
 
 SSE_HEAD = response(
     200, headers=(("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")), length=False

@@ -107,12 +107,7 @@ class Completions:
                 automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy)
             except ValueError as exc:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
-        try:
-            breakpoints = validate_markers(body, self._ttl_policy)
-        except MarkerError as exc:
-            metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
-            raise Refusal(400, exc.message, "invalid_cache_control", marker_param(exc.param)) from exc
-
+        breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
         streaming = body.get("stream") is True
         forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage)
         exchange = Exchange(
@@ -167,6 +162,18 @@ class Completions:
             return Classification.degraded_zeros()
         prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
         return await self._classifier.classify(scope, prompt, body, tariff, counter, arrival.at)
+
+
+def checked_breakpoints(
+    body: dict[str, Any], policy: TtlPolicy, marker_param: Callable[[str], str] = str
+) -> tuple[Breakpoint, ...]:
+    """The breakpoints of a chat body's markers (SPEC §3); an invalid marker is a 400 naming the
+    client's own path (``marker_param``), counted by reason."""
+    try:
+        return validate_markers(body, policy)
+    except MarkerError as exc:
+        metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
+        raise Refusal(400, exc.message, "invalid_cache_control", marker_param(exc.param)) from exc
 
 
 def json_request(raw: bytes) -> dict[str, Any]:

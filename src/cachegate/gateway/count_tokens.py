@@ -8,6 +8,7 @@ the counts at the breakpoints) but nothing is committed or refreshed, so asking 
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -16,14 +17,13 @@ import orjson
 
 from cachegate.asgi import JSON_HEADERS, Refusal, send_bytes
 from cachegate.core.anthropic.request import client_param
+from cachegate.core.anthropic.response import anthropic_usage
 from cachegate.core.blocks import hashed_prompt
-from cachegate.core.errors import MarkerError
-from cachegate.core.markers import TtlPolicy, strip_markers, validate_markers
-from cachegate.core.types import CacheStats, Classification, TtlTier
-from cachegate.core.usage import cap_stats
-from cachegate.gateway import metrics
+from cachegate.core.markers import TtlPolicy, strip_markers
+from cachegate.core.types import Classification, TtlTier
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.classifier import CacheClassifier, cache_scope
+from cachegate.gateway.completions import checked_breakpoints
 from cachegate.gateway.messages import AnthropicRequests
 from cachegate.gateway.routing import Request
 from cachegate.tokens.base import TokenCountError
@@ -47,15 +47,12 @@ class CountTokens:
         now = time.time()
         translated, counter = await self._requests.read(request, for_counting=True)
         body = translated.body
-        try:
-            breakpoints = validate_markers(body, self._ttl_policy)
-        except MarkerError as exc:
-            metrics.labelled(metrics.MARKERS_REJECTED, exc.reason).inc()
-            raise Refusal(400, exc.message, "invalid_cache_control", client_param(translated, exc.param)) from exc
+        breakpoints = checked_breakpoints(body, self._ttl_policy, functools.partial(client_param, translated))
         strip_markers(body)
         prompt = hashed_prompt(body, breakpoints)
         alias: str = body["model"]
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(now, UTC))
+        classification = Classification()
         if breakpoints and tariff is not None:
             # A dry run: classify() only looks and counts; commits and refreshes happen elsewhere.
             scope = cache_scope(request.key.principal_id, alias, counter)
@@ -63,25 +60,19 @@ class CountTokens:
                 classification = Classification.degraded_zeros()
             else:
                 classification = await self._classifier.classify(scope, prompt, body, tariff, counter, now)
-        else:
-            classification = None
-        try:
-            total = (await counter.count(body, prompt, ())).total
-        except TokenCountError as exc:
-            raise Refusal(503, "the token counter for this model is unavailable", "counter_unavailable") from exc
-        if total is None:  # no block was asked for, so the whole prompt was counted
+        total = classification.counted_total  # the classification's rendering counted the whole prompt
+        if total is None:
+            try:
+                total = (await counter.count(body, prompt, ())).total
+            except TokenCountError as exc:
+                raise Refusal(503, "the token counter for this model is unavailable", "counter_unavailable") from exc
+        if total is None:  # cannot be: no block was asked for, so the whole prompt was counted
             raise Refusal(503, "the token counter gave no total", "counter_unavailable")
         answer: dict[str, Any] = {"input_tokens": total}
         if breakpoints:
-            stats = cap_stats(classification.stats, total) if classification is not None else CacheStats()
-            answer["cache_read_input_tokens"] = stats.read
-            answer["cache_creation_input_tokens"] = stats.creation
-            answer["cache_creation"] = {
-                "ephemeral_5m_input_tokens": stats.creation_5m,
-                "ephemeral_1h_input_tokens": stats.creation_1h,
-                **({"ephemeral_24h_input_tokens": stats.creation_24h} if self._with_24h else {}),
-            }
-            if classification is not None and classification.degraded:
-                answer["cache_degraded"] = True
+            usage = anthropic_usage(
+                total, 0, classification.stats, degraded=classification.degraded, with_24h=self._with_24h
+            )
+            answer.update({name: value for name, value in usage.items() if name.startswith("cache_")})
         await send_bytes(request.send, 200, JSON_HEADERS, orjson.dumps(answer))
         return 200

@@ -33,7 +33,6 @@ from cachegate.core.sse import (
     is_usage_frame,
 )
 from cachegate.core.types import CacheStats
-from cachegate.core.usage import cap_stats
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.streaming import watch_disconnect
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
@@ -138,9 +137,7 @@ class _MessagesRelay:
         total = classification.counted_total if classification is not None else None
         if classification is None or total is None:
             return anthropic_usage(0, 0, CacheStats(), with_24h=self.with_24h)
-        return anthropic_usage(
-            total, 0, cap_stats(classification.stats, total), degraded=classification.degraded, with_24h=self.with_24h
-        )
+        return anthropic_usage(total, 0, classification.stats, degraded=classification.degraded, with_24h=self.with_24h)
 
     async def finish(self) -> None:
         """The upstream ended: the final usage, the commit, then ``message_stop`` (the module says why)."""
