@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.config import DEMO_MODEL, Config, ModelConfig
+from cachegate.config import DEMO_MODEL, Config, ConfigError, ModelConfig
 from cachegate.gateway.app import Gateway
 from cachegate.index.factory import open_index
 from cachegate.index.reconnecting import ReconnectingIndex
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
+from cachegate.store.reconnecting import ReconnectingStore
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import TokenizerLoadError
 from cachegate.tokens.registry import open_counter
@@ -43,33 +44,46 @@ async def open_counters(config: Config) -> dict[str, TokenCounter]:
             except TokenizerLoadError as exc:
                 raise TokenizerLoadError(f"tokenizers.{name}: {exc}") from exc
     except BaseException:
-        for counter in counters.values():
-            await counter.aclose()
+        await close_counters(counters)
         raise
     return counters
 
 
-async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
-    """Open the store (migrated and seeded), the index and the upstream client.
+async def close_counters(counters: dict[str, TokenCounter]) -> None:
+    for counter in counters.values():
+        await counter.aclose()
 
-    The cache index is no start-up dependency (SPEC §11): one that cannot be reached is opened
-    in the background while the gateway serves uncached (``index/reconnecting.py``).
+
+async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None = None) -> Gateway:
+    """Open the store, the index and the upstream client, and wire them into a Gateway.
+
+    Neither the control store nor the cache index is a start-up dependency (SPEC §11): a backend
+    that cannot be reached is opened in the background while the gateway runs, answering 503 until
+    the store is there (``store/reconnecting.py``) and serving uncached until the index is
+    (``index/reconnecting.py``). The store is migrated and seeded each time it is opened.
     """
-    if config.store_url.startswith("sqlite") or config.index_url.startswith("sqlite"):
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_store(config.store_url)
     try:
-        await store.migrate()
-        await seed_store(store, config)
+        store = await ReconnectingStore.open(lambda: open_store(config.store_url), lambda new: prepare(new, config))
+    except ValueError as exc:  # the URL itself: retrying would not help
+        raise ConfigError(f"invalid configuration: control_store_url: {exc}") from exc
+    try:
         index = await ReconnectingIndex.open(lambda: open_index(config.index_url))
-    except BaseException:
+    except BaseException as exc:
         await store.aclose()
+        if isinstance(exc, ValueError):
+            raise ConfigError(f"invalid configuration: cache_index_url: {exc}") from exc
         raise
     upstream = HttptoolsUpstream(
         connect_timeout=config.deadlines.upstream_connect_seconds,
         read_timeout=config.deadlines.upstream_read_seconds,
     )
     return Gateway(config, store, index, counters or await open_counters(config), upstream)
+
+
+async def prepare(store: ControlStore, config: Config) -> None:
+    """Bring a freshly opened store's schema up to date and seed it from the configuration."""
+    await store.migrate()
+    await seed_store(store, config)
 
 
 async def seed_store(store: ControlStore, config: Config) -> None:

@@ -8,6 +8,7 @@ does not exist until the test creates it; and a ``cachegate tokenizer serve`` st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import urllib.error
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anthropic
+import asyncpg
+import openai
 import pytest
 from openai import OpenAI
 
@@ -27,17 +31,21 @@ from pg import PgServer
 from tcp_relay import TcpRelay
 
 
-def write_config(work: Path, upstream_port: int, index_url: str | None, tokenizer_port: int | None) -> Path:
-    """One cached model, ``qwen3``; its index at ``index_url`` (else SQLite), and counted by a
-    tokenizer service on ``tokenizer_port`` (else in process)."""
+def write_config(
+    work: Path, upstream_port: int, index_url: str | None, tokenizer_port: int | None, store_url: str | None
+) -> Path:
+    """One cached model, ``qwen3``; its index at ``index_url`` and its control store at ``store_url``
+    (else SQLite), and counted by a tokenizer service on ``tokenizer_port`` (else in process)."""
     config = work / "cachegate.yaml"
     index = f'cache_index_url: "{index_url}"' if index_url else ""
+    store = f'control_store_url: "{store_url}"' if store_url else ""
     url = f"http://127.0.0.1:{tokenizer_port}"
     remote = f"remote: {{kind: remote, url: '{url}', model: qwen3}}" if tokenizer_port else ""
     config.write_text(
         f"""
 data_dir: {work / "data"}
 {index}
+{store}
 tokenizers:
   qwen3: {{kind: builtin, name: qwen3}}
   {remote}
@@ -55,16 +63,25 @@ models:
 
 
 class Gateway:
-    def __init__(self, work: Path, index_url: str | None = None, tokenizer_port: int | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        index_url: str | None = None,
+        tokenizer_port: int | None = None,
+        store_url: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        """``key``: the client's key; by default one is made with the CLI before the gateway starts."""
         upstream_port, self.port = free_port(), free_port()
-        self.config = write_config(work, upstream_port, index_url, tokenizer_port)
+        self.config = write_config(work, upstream_port, index_url, tokenizer_port, store_url)
         self.control_db = work / "data" / "control.db"
-        key = create_key(self.config)
+        key = key or create_key(self.config)
         self.upstream = Running("-c", str(self.config), "fake-upstream", "--port", str(upstream_port))
         self.server = Running("-c", str(self.config), "serve", "--port", str(self.port))
         self.upstream.wait_for("fake upstream listening")
         self.server.wait_for("Application startup complete")
-        self.client = OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.client = OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0)
 
     def ask(self) -> tuple[dict[str, Any], str | None]:
         """One marked request; its usage's extra fields and the ``x-cachegate-cache`` header."""
@@ -177,3 +194,61 @@ def test_a_tokenizer_service_started_after_the_gateway_is_taken_up_without_resta
         if service is not None:
             service.stop()
     assert gateway.degraded_rows() == [True, False, False]
+
+
+def test_an_index_file_that_cannot_be_created_is_retried_until_it_can(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the index's folder should be")
+    gateway = Gateway(tmp_path, index_url=f"sqlite:///{blocked / 'cache-index.db'}")
+    try:
+        status, ready = gateway.probe("/readyz")
+        assert status == 200 and [reason.split(":")[0] for reason in ready["cache_degraded"]] == ["cache index"]
+        assert_degraded(gateway)
+        mark = len(gateway.server.lines)
+        blocked.unlink()
+        gateway.server.wait_for("cache index connected", timeout=30, start=mark)
+        assert_caches(gateway)
+    finally:
+        gateway.stop()
+    assert gateway.degraded_rows() == [True, False, False]
+
+
+@pytest.mark.postgres
+def test_a_control_store_down_at_start_is_answered_503_until_it_returns(
+    tmp_path: Path, relay: tuple[TcpRelay, str]
+) -> None:
+    proxy, store_url = relay
+    unchecked = "sk-cannot-be-checked-yet"
+    gateway = Gateway(tmp_path, store_url=store_url, key=unchecked)
+    try:
+        assert gateway.probe("/healthz") == (200, {"status": "ok"})
+        status, ready = gateway.probe("/readyz")
+        assert status == 503 and ready["status"] == "not_ready"
+
+        # Every key is refused with 503, in the client's dialect: neither a pass nor a 401.
+        with pytest.raises(openai.APIStatusError) as chat:
+            gateway.ask()
+        assert chat.value.status_code == 503 and chat.value.code == "control_store_unavailable"
+        messages = anthropic.Anthropic(base_url=gateway.base_url, api_key=unchecked, max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as message:
+            messages.messages.create(model="qwen3", max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
+        assert message.value.status_code == 503
+        assert isinstance(message.value.body, dict) and message.value.body["type"] == "error"
+
+        mark = len(gateway.server.lines)
+        proxy.start()
+        gateway.server.wait_for("catalog loaded", timeout=30, start=mark)
+        assert gateway.probe("/readyz")[0] == 200
+        gateway.client = OpenAI(base_url=f"{gateway.base_url}/v1", api_key=create_key(gateway.config), max_retries=0)
+        assert_caches(gateway)
+    finally:
+        gateway.stop()
+    assert asyncio.run(ledger_degraded_flags(store_url)) == [False, False]
+
+
+async def ledger_degraded_flags(store_url: str) -> list[bool]:
+    connection = await asyncpg.connect(store_url)
+    try:
+        return [row["degraded"] for row in await connection.fetch("SELECT degraded FROM ledger ORDER BY at")]
+    finally:
+        await connection.close()

@@ -43,7 +43,7 @@ async def test_a_failed_reload_keeps_the_last_good_catalog_until_the_store_retur
     cache = cache_for(store)
     await cache.load()
     store.failure = StoreUnavailable("control store: connection refused")
-    cache.start()
+    await cache.start()
     try:
         await eventually(lambda: store.loads >= 4)  # several reloads failed
         assert cache.current is first
@@ -57,7 +57,7 @@ async def test_a_failed_reload_keeps_the_last_good_catalog_until_the_store_retur
 async def test_stop_ends_the_reloads() -> None:
     store = CatalogStore(catalog_with("m1"))
     cache = cache_for(store)
-    cache.start()
+    await cache.start()
     await eventually(lambda: store.loads >= 1)
 
     await cache.stop()
@@ -72,10 +72,29 @@ async def test_reloads_survive_an_unexpected_store_error() -> None:
     store = CatalogStore(first)
     cache = cache_for(store)
     store.failure = ValueError("a row the store could not decode")
-    cache.start()
+    await cache.start()
     try:
         await eventually(lambda: store.loads >= 1)
         store.catalog, store.failure = second, None
-        await eventually(lambda: cache.current is second, timeout=0.5)
+        await eventually(lambda: cache.current is second)
+    finally:
+        await cache.stop()
+
+
+async def test_a_store_down_at_start_is_waited_for_then_reloaded_from() -> None:
+    first, second = catalog_with("m1"), catalog_with("m1", "m2")
+    store = CatalogStore(first)
+    store.failure = StoreUnavailable("control store: connection refused")
+    cache = cache_for(store)
+    await cache.start()  # does not raise: the gateway starts and answers 503 meanwhile
+    try:
+        assert not cache.loaded and cache.current.models == {}
+        await eventually(lambda: store.loads >= 2)  # tried again in the background
+        assert not cache.loaded
+        store.failure = None
+        await eventually(lambda: cache.loaded)
+        assert cache.current is first
+        store.catalog = second
+        await eventually(lambda: cache.current is second)  # then reloaded periodically
     finally:
         await cache.stop()

@@ -42,9 +42,16 @@ def test_malformed_url_is_rejected(url: str) -> None:
         sqlite_path_from_url(url)
 
 
-async def test_file_in_a_missing_directory_is_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(IndexUnavailable):
-        await SqliteIndex.open(str(tmp_path / "no-such-directory" / "index.db"))
+async def test_a_missing_directory_is_created(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(str(tmp_path / "new" / "folder" / "index.db"))
+    await index.aclose()
+    assert (tmp_path / "new" / "folder" / "index.db").is_file()
+
+
+async def test_a_directory_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    with pytest.raises(IndexUnavailable, match="cannot create the directory"):
+        await SqliteIndex.open(str(tmp_path / "blocked" / "index.db"))
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:

@@ -37,6 +37,12 @@ from cachegate.upstream.base import Upstream
 log = logging.getLogger(__name__)
 
 _API_PREFIX: Final = "/v1/"
+_STARTING: Final = Refusal(
+    503,
+    "cachegate is starting: the control store has not been reached yet",
+    "control_store_unavailable",
+    type_="service_unavailable",
+)
 
 
 class Gateway:
@@ -85,8 +91,9 @@ class Gateway:
         self._proxy = Route("proxy", Proxy(self.catalog, upstream, config.body_limit_bytes))
 
     async def startup(self) -> None:
-        await self.catalog.load()
-        self.catalog.start()
+        """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
+        request is answered 503 until the control store has been reached."""
+        await self.catalog.start()
         self.classifier.refreshes.start()
         await self.ledger.start()  # replays what a crashed process left in the journal, before serving
         self.sweeper.start()
@@ -147,6 +154,10 @@ class Gateway:
         if route is None:
             refusal = Refusal(404, f"no route for {method} {path}", "not_found")
             await refusal.send(send)
+            return
+        if not self.catalog.loaded:
+            await _refuse(route, send, _STARTING)
+            metrics.labelled(metrics.REQUESTS, route.name, "5xx").inc()
             return
         started = time.perf_counter()
         try:

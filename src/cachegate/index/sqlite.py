@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -215,6 +216,11 @@ def _connect_reader(path: str) -> sqlite3.Connection:
 
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    if path != ":memory:":
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot create the directory of {path}: {exc}") from exc
     # isolation_level=None: no implicit transactions; _transaction() says where they are.
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:

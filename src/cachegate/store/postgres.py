@@ -91,7 +91,9 @@ class PostgresStore:
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
             )
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, asyncpg.PostgresError) as exc:
+            # A server that answers but refuses (a database not created yet, a role not granted
+            # yet) is unavailable too: an operator can fix it while the gateway waits.
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         return cls(pool)
 
