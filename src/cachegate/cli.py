@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,14 +12,16 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
+from aiohttp import web
 
 from cachegate import admin, serving
-from cachegate.bootstrap import create_demo_key, open_counters, open_gateway
+from cachegate.bootstrap import close_counters, create_demo_key, open_counters, open_gateway
 from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
 from cachegate.store.factory import open_store
 from cachegate.tokens import cli as tokenizer_cli
+from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.counter import TokenizerLoadError
 
 log = logging.getLogger("cachegate")
@@ -43,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"cachegate: control store: {exc}", file=sys.stderr)
         return 1
-    except TokenizerLoadError as exc:
+    except ConfigError as exc:  # a URL only its adapter can judge
+        print(f"cachegate: {exc}", file=sys.stderr)
+        return 2
+    except (TokenizerLoadError, serving.ListenError) as exc:
         print(f"cachegate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -79,39 +85,50 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     host = args.host or config.listen.host
     port = args.port if args.port is not None else config.listen.port
-    counters = await open_counters(config)
-    fake_runner = None
-    if config.demo.enabled:
-        fake_runner, _ = await start_fake_upstream(counters["qwen3"], "127.0.0.1", config.demo.port)
-    gateway = await open_gateway(config, counters)
-    if config.demo.enabled:
-        access = await create_demo_key(gateway.store, f"http://{host}:{port}")
-        print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
-    server = serving.server(gateway, host, port)
-    try:
-        await server.serve()
-    finally:
-        if fake_runner is not None:
-            await fake_runner.cleanup()
+    async with contextlib.AsyncExitStack() as opened:  # whatever fails at start, what was opened is closed
+        listener = serving.listen(host, port, "listen (--host/--port)")  # first: a port in use opens nothing
+        opened.callback(listener.close)
+        counters = await open_counters(config)
+        opened.push_async_callback(close_counters, counters)  # idempotent: the gateway's shutdown closes them too
+        if config.demo.enabled:
+            opened.push_async_callback((await _start_demo_upstream(config, counters)).cleanup)
+        gateway = await open_gateway(config, counters)
+        if config.demo.enabled:
+            access = await create_demo_key(gateway.store, f"http://{host}:{port}")
+            print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
+        await serving.serve(gateway, listener, "cachegate")
     return 0
+
+
+async def _start_demo_upstream(config: Config, counters: dict[str, TokenCounter]) -> web.AppRunner:
+    try:
+        runner, _ = await start_fake_upstream(counters["qwen3"], "127.0.0.1", config.demo.port)
+    except OSError as exc:
+        raise serving.ListenError.of("demo.port", "127.0.0.1", config.demo.port, exc) from exc
+    return runner
 
 
 async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
     counters = await open_counters(config)
-    if args.tokenizer not in counters:
-        print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
-        return 2
-    runner, port = await start_fake_upstream(counters[args.tokenizer], args.host, args.port)
-    print(f"fake upstream listening on http://{args.host}:{port}/v1", flush=True)
     try:
-        await asyncio.Event().wait()
+        if args.tokenizer not in counters:
+            print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
+            return 2
+        try:
+            runner, port = await start_fake_upstream(counters[args.tokenizer], args.host, args.port)
+        except OSError as exc:
+            raise serving.ListenError.of("--host/--port", args.host, args.port, exc) from exc
+        print(f"fake upstream listening on http://{args.host}:{port}/v1", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        await close_counters(counters)
     return 0
 
 
 async def _migrate(args: argparse.Namespace, config: Config) -> int:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(config.store_url)
     try:
         await store.migrate()
@@ -122,8 +139,6 @@ async def _migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _admin(args: argparse.Namespace, config: Config) -> int:
-    if config.store_url.startswith("sqlite"):
-        config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(config.store_url)
     try:
         await store.migrate()

@@ -221,7 +221,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -252,3 +252,12 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
                 node[key] = child
             node = child
         node[path[-1]] = value
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what it found and where (its own text quotes the source over several)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{error.problem}"
+    return " ".join(str(error).split())

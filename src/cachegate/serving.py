@@ -2,13 +2,21 @@
 
 uvicorn with httptools on the caller's event loop (``loop="none"``: the CLI runs uvloop itself);
 no access log, no proxy-headers middleware (client addresses are never used), no server header.
+The CLI binds the listening socket itself, first (``listen``), so that an address in use stops
+the process with one line before anything else is opened, instead of after start-up.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+
 import uvicorn
 
 from cachegate.asgi import ASGIApp
+
+log = logging.getLogger("cachegate")
 
 
 def server(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "info") -> uvicorn.Server:
@@ -26,3 +34,32 @@ def server(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str 
             log_level=log_level,
         )
     )
+
+
+BACKLOG = 2048  # uvicorn's own default
+
+
+class ListenError(Exception):
+    """An address that cannot be listened on; the message names the setting, for one line on stderr."""
+
+    @classmethod
+    def of(cls, setting: str, host: str, port: int, error: OSError) -> ListenError:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        return cls(f"{setting}: cannot listen on {host}:{port}: {reason}")
+
+
+def listen(host: str, port: int, setting: str) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port`` (IPv4 or IPv6, as ``host`` resolves) to hand to ``serve``."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        raise ListenError.of(setting, host, port, exc) from exc
+
+
+async def serve(app: ASGIApp, listener: socket.socket, what: str) -> None:
+    """Serve ``app`` on ``listener`` until interrupted, saying where (uvicorn does not for sockets it is given)."""
+    host, port = listener.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("%s listening on http://%s:%d", what, shown, port)
+    await server(app, host, port).serve(sockets=[listener])

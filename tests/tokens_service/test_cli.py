@@ -107,7 +107,7 @@ def test_the_command_serves_the_configured_tokenizers_until_interrupted(tmp_path
         try:
             output = ""
             deadline = time.monotonic() + 60
-            while "Uvicorn running on" not in output:
+            while f"tokenizer service listening on http://127.0.0.1:{port}" not in output:
                 line = process.stdout.readline()
                 if not line:
                     pytest.fail(f"cachegate tokenizer serve exited early:\n{output}")

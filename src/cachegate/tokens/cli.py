@@ -39,10 +39,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     except TokenizerLoadError as exc:
         print(f"cachegate: {exc}", file=sys.stderr)
         return 1
-    service = TokenizerService(models, config.body_limit_bytes)
-    server = serving.server(service, args.host, args.port)
     try:
-        await server.serve()
+        listener = serving.listen(args.host, args.port, "--host/--port")
+        service = TokenizerService(models, config.body_limit_bytes)
+        with listener:
+            await serving.serve(service, listener, "tokenizer service")
     finally:
         for model in models.values():
             await model.counter.aclose()
