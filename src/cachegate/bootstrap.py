@@ -15,8 +15,7 @@ from cachegate.index.reconnecting import ReconnectingIndex
 from cachegate.store.base import ControlStore, Endpoint, NotFound
 from cachegate.store.factory import open_store
 from cachegate.store.reconnecting import ReconnectingStore
-from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.counter import TokenizerLoadError
+from cachegate.tokens.base import TokenCounter, TokenizerLoadError
 from cachegate.tokens.registry import open_counter
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 

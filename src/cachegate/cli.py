@@ -20,9 +20,8 @@ from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
 from cachegate.store.factory import open_store
-from cachegate.tokens import cli as tokenizer_cli
-from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.counter import TokenizerLoadError
+from cachegate.tokenizer_service import cli as tokenizer_cli
+from cachegate.tokens.base import TokenCounter, TokenizerLoadError
 
 log = logging.getLogger("cachegate")
 

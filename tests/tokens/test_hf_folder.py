@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.counter import CountOptions, TokenizerLoadError
+from cachegate.tokens.base import TokenizerLoadError
+from cachegate.tokens.counter import CountOptions
 from cachegate.tokens.hf import hf_counter, hf_counter_from_folder
 from cachegate.tokens.shipped import load_qwen3, qwen3_files
 

@@ -13,8 +13,7 @@ from pydantic import ValidationError
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
 from cachegate.tokens import shipped
-from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.counter import TokenizerLoadError
+from cachegate.tokens.base import TokenCounter, TokenizerLoadError
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.registry import (
     BuiltinTokenizerSpec,

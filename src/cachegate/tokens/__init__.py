@@ -1,7 +1,7 @@
 """Token counting (SPEC §5): exact counts from the model's own tokenizer and chat template."""
 
-from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
-from cachegate.tokens.counter import ChatTokenCounter, CountOptions, MarkedRendering, TokenizerLoadError
+from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter, CountOptions, MarkedRendering
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
 from cachegate.tokens.shipped import load_qwen3

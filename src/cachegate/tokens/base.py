@@ -9,6 +9,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from cachegate.core.types import ParsedPrompt
 
 
+class TokenizerLoadError(Exception):
+    """A tokenizer or its chat template could not be loaded; the message says which file and why."""
+
+
 class TokenCountError(Exception):
     """The count could not be taken (template refused the request, service down, …); callers degrade."""
 

@@ -49,7 +49,7 @@ from cachegate.core.blocks import parse_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import PromptCounts, TokenCountError
+from cachegate.tokens.base import PromptCounts, TokenCountError, TokenizerLoadError
 from cachegate.tokens.conversation import (
     ChatPreparation,
     PreparedChat,
@@ -111,10 +111,6 @@ _PROBE: dict[str, Any] = {
 
 # Template complaints go into logs: short, and they are the template's words, not the prompt's.
 _REASON_LIMIT = 200
-
-
-class TokenizerLoadError(Exception):
-    """A tokenizer or its chat template could not be loaded; the message says which file and why."""
 
 
 @dataclass(frozen=True, slots=True)

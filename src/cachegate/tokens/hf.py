@@ -23,13 +23,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from cachegate.tokens.counter import (
-    DEFAULT_MEMORY,
-    ChatTokenCounter,
-    CounterMemory,
-    CountOptions,
-    TokenizerLoadError,
-)
+from cachegate.tokens.base import TokenizerLoadError
+from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
 from cachegate.tokens.pieces import special_token_pattern
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 

@@ -35,8 +35,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 
-from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions, TokenizerLoadError
+from cachegate.tokens.base import TokenCounter, TokenizerLoadError
+from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
 from cachegate.tokens.hf import hf_counter_from_folder, read_text_file
 from cachegate.tokens.memo import MemoizedCounter
 from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES

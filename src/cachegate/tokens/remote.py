@@ -32,9 +32,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCountError
-from cachegate.tokens.counter import TokenizerLoadError
-from cachegate.tokens.service import ModelsAnswer, RenderAnswer
+from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCountError, TokenizerLoadError
+from cachegate.tokens.wire import ModelsAnswer, RenderAnswer
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _CODE_LIMIT = 64  # an error code from the service goes into the gateway's log: keep it short

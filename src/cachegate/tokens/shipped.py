@@ -15,13 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from cachegate.tokens.counter import (
-    DEFAULT_MEMORY,
-    ChatTokenCounter,
-    CounterMemory,
-    CountOptions,
-    TokenizerLoadError,
-)
+from cachegate.tokens.base import TokenizerLoadError
+from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
 from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 

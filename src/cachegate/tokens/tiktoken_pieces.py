@@ -37,13 +37,8 @@ from typing import TypeVar
 
 import tiktoken
 
-from cachegate.tokens.counter import (
-    DEFAULT_MEMORY,
-    ChatTokenCounter,
-    CounterMemory,
-    CountOptions,
-    TokenizerLoadError,
-)
+from cachegate.tokens.base import TokenizerLoadError
+from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
 from cachegate.tokens.pieces import special_token_pattern
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cachegate.tokenizer_service.app import ServedModel, TokenizerService
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.service import ServedModel, TokenizerService
 from cachegate.tokens.shipped import load_qwen3
 
 from .servers import SERVICE_BODY_LIMIT, BackgroundServer

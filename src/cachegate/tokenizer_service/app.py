@@ -35,10 +35,10 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from cachegate.asgi import JSON_HEADERS, ClientGone, Receive, Refusal, Scope, Send, read_body, send_bytes
 from cachegate.core.blocks import parse_prompt
@@ -46,65 +46,22 @@ from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt, TtlTier
 from cachegate.tokens.base import TokenCounter, TokenCountError
+from cachegate.tokens.wire import (
+    BlockCount,
+    BlockToCount,
+    ModelsAnswer,
+    RenderAnswer,
+    RenderRequest,
+    ServedModelInfo,
+    TokenizeAnswer,
+    TokenizeRequest,
+    WireMessage,
+)
 
 DEFAULT_BODY_LIMIT = 32 * 1024 * 1024
 
 # The gateway has already enforced its own TTL policy; here a marker only says where a block ends.
 _ANY_TTL = TtlPolicy(frozenset(TtlTier))
-
-
-class _Wire(BaseModel):
-    """A message of the service's HTTP contract: types are checked, never coerced; unknown fields
-    are ignored, so either side may add one without breaking the other."""
-
-    model_config = ConfigDict(strict=True, frozen=True)
-
-
-class ServedModelInfo(_Wire):
-    alias: str
-    hf_repo: str
-    tokenizer_version: str
-
-
-class ModelsAnswer(_Wire):
-    models: list[ServedModelInfo]
-
-
-class TokenizeRequest(_Wire):
-    virtual_model: str
-    segments: list[str]
-
-
-class TokenizeAnswer(_Wire):
-    virtual_model: str
-    tokenizer_version: str
-    segment_counts: list[int]
-    cumulative: list[int]
-    total: int
-
-
-class BlockToCount(_Wire):
-    block: int = Field(ge=0)
-    prefix_hash: str  # hex of the gateway's prefix hash after ``block`` (SPEC §4)
-
-
-class RenderRequest(_Wire):
-    virtual_model: str
-    request: dict[str, Any]
-    blocks: list[BlockToCount] | None = None
-
-
-class BlockCount(_Wire):
-    block: int = Field(ge=0)
-    cumulative: int = Field(ge=0)
-
-
-class RenderAnswer(_Wire):
-    virtual_model: str
-    tokenizer_version: str
-    total: int | None = Field(ge=0)  # None as in ``PromptCounts.total``: answered from memory
-    breakpoints: list[BlockCount]
-    dropped: list[int] = Field(default_factory=list)  # asked-for blocks the template leaves out: no count
 
 
 class ServedCounter(TokenCounter, Protocol):
@@ -123,7 +80,7 @@ class ServedModel:
     source: str
 
 
-_Request = TypeVar("_Request", bound=_Wire)
+_Request = TypeVar("_Request", bound=WireMessage)
 
 
 class TokenizerService:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 from cachegate import serving
 from cachegate.config import Config
-from cachegate.tokens.counter import TokenizerLoadError
+from cachegate.tokenizer_service.app import ServedModel, TokenizerService
+from cachegate.tokens.base import TokenizerLoadError
 from cachegate.tokens.registry import RemoteTokenizerSpec, TokenizerSpec, load_counter
-from cachegate.tokens.service import ServedModel, TokenizerService
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8082  # next to the gateway's 8080 and the fake upstream's 8081

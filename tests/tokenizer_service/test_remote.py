@@ -12,12 +12,12 @@ import pytest
 
 from cachegate.asgi import JSON_HEADERS, Receive, Scope, Send, read_body, send_bytes
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCounter, TokenCountError
-from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
+from cachegate.tokenizer_service.app import ServedModel, TokenizerService
+from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCounter, TokenCountError, TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
 from cachegate.tokens.remote import RemoteTokenCounter
-from cachegate.tokens.service import ServedModel, TokenizerService
 from cachegate.tokens.shipped import qwen3_files
 
 from .chats import PLAIN_CONVERSATION, TOOL_ROUND_TRIP, TWO_BREAKPOINTS, gateway_view

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from cachegate import cli as cachegate_cli
-from cachegate.tokens import cli
-from cachegate.tokens.counter import ChatTokenCounter, TokenizerLoadError
+from cachegate.tokenizer_service import cli
+from cachegate.tokens.base import TokenizerLoadError
+from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.registry import TokenizerSpec
 from cachegate.tokens.shipped import qwen3_files
 
