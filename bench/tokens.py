@@ -50,9 +50,9 @@ from cachegate.tokens.base import TokenCounter, TokenCountError
 from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.hf import HfPieces
 from cachegate.tokens.memo import MemoizedCounter
-from cachegate.tokens.registry import TokenizerSpec, load_counter
-from cachegate.tokens.shipped import qwen3_counter, qwen3_files
-from cachegate.tokens.tiktoken_pieces import encoding_spec, named_encoding, tiktoken_counter
+from cachegate.tokens.registry import TokenizerSpec, load_counter, qwen3_counter, tiktoken_counter
+from cachegate.tokens.shipped import qwen3_files
+from cachegate.tokens.tiktoken_pieces import encoding_spec, named_encoding
 
 POLICY = TtlPolicy.default_policy()
 TARIFF = CacheTariff(min_prefix_tokens=1024)

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from cachegate.tokens.base import TokenCounter
-from cachegate.tokens.shipped import load_qwen3
+from cachegate.tokens.registry import load_qwen3
 
 from harness import GatewayHarness
 from pg import pg_server  # noqa: F401 - a fixture

@@ -14,7 +14,7 @@ from typing import Any
 from cachegate.core.types import CacheTariff, Scope
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.index.memory import MemoryIndex
-from cachegate.tokens.shipped import load_qwen3
+from cachegate.tokens.registry import load_qwen3
 
 from .doubles import metric, prompt_of
 

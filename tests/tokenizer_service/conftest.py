@@ -8,7 +8,7 @@ import pytest
 
 from cachegate.tokenizer_service.app import ServedModel, TokenizerService
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.shipped import load_qwen3
+from cachegate.tokens.registry import load_qwen3
 
 from .servers import SERVICE_BODY_LIMIT, BackgroundServer
 

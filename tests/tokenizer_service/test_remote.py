@@ -15,8 +15,7 @@ from cachegate.core.types import ParsedPrompt
 from cachegate.tokenizer_service.app import ServedModel, TokenizerService
 from cachegate.tokens.base import CounterNotReady, PromptCounts, TokenCounter, TokenCountError, TokenizerLoadError
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.hf import hf_counter
-from cachegate.tokens.registry import TokenizerSpec, load_counter, open_counter
+from cachegate.tokens.registry import TokenizerSpec, hf_counter, load_counter, open_counter
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.shipped import qwen3_files
 

@@ -12,7 +12,8 @@ from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.shipped import load_qwen3, qwen3_files
+from cachegate.tokens.registry import load_qwen3
+from cachegate.tokens.shipped import qwen3_files
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from cachegate.core.types import ParsedPrompt
 from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import PromptCounts
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions
-from cachegate.tokens.hf import hf_counter
-from cachegate.tokens.shipped import qwen3_counter, qwen3_files
+from cachegate.tokens.registry import hf_counter, qwen3_counter
+from cachegate.tokens.shipped import qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 

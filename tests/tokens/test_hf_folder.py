@@ -12,8 +12,8 @@ import pytest
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import TokenizerLoadError
 from cachegate.tokens.counter import CountOptions
-from cachegate.tokens.hf import hf_counter, hf_counter_from_folder
-from cachegate.tokens.shipped import load_qwen3, qwen3_files
+from cachegate.tokens.registry import hf_counter, hf_counter_from_folder, load_qwen3
+from cachegate.tokens.shipped import qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 

@@ -32,11 +32,11 @@ from cachegate.core.types import ParsedPrompt
 from cachegate.tokens import counter as counter_module
 from cachegate.tokens.conversation import describe_blocks
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.native import LaidOutPrompt, NativeTemplate, native_template
+from cachegate.tokens.registry import hf_counter, tiktoken_counter
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import Unsupported
-from cachegate.tokens.tiktoken_pieces import named_encoding, tiktoken_counter
+from cachegate.tokens.tiktoken_pieces import named_encoding
 
 POLICY = TtlPolicy.default_policy()
 TEMPLATES = Path(__file__).resolve().parents[1] / "tokens_parity" / "templates"

@@ -22,8 +22,9 @@ from cachegate.tokens.registry import (
     TokenizerSpec,
     build_counter,
     load_counter,
+    load_qwen3,
 )
-from cachegate.tokens.shipped import load_qwen3, qwen3_files
+from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.tiktoken_pieces import ENCODING_NAMES
 
 

@@ -12,7 +12,7 @@ from cachegate.core.types import BlockKind, BlockRef, ParsedPrompt
 from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.counter import ChatTokenCounter
-from cachegate.tokens.hf import hf_counter
+from cachegate.tokens.registry import hf_counter
 from cachegate.tokens.shipped import qwen3_files
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]

@@ -30,10 +30,10 @@ from cachegate.core.markers import TtlPolicy
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions
-from cachegate.tokens.hf import hf_counter
+from cachegate.tokens.registry import hf_counter, tiktoken_counter
 from cachegate.tokens.shipped import qwen3_files
 from cachegate.tokens.template import ChatTemplate
-from cachegate.tokens.tiktoken_pieces import encoding_spec, named_encoding, tiktoken_counter
+from cachegate.tokens.tiktoken_pieces import encoding_spec, named_encoding
 
 from .conversations import CONVERSATIONS
 from .models import TEMPLATES, TemplateUnderTest

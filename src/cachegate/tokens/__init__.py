@@ -3,8 +3,7 @@
 from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError, TokenizerLoadError
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions, MarkedRendering
 from cachegate.tokens.memo import MemoizedCounter
-from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter
-from cachegate.tokens.shipped import load_qwen3
+from cachegate.tokens.registry import BuiltinTokenizerSpec, HfTokenizerSpec, TokenizerSpec, build_counter, load_qwen3
 
 __all__ = [
     "BuiltinTokenizerSpec",

@@ -24,29 +24,17 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from cachegate.tokens.base import TokenizerLoadError
-from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
-from cachegate.tokens.pieces import special_token_pattern
+from cachegate.tokens.pieces import LoadedTokenizer, special_token_pattern
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 
-def hf_counter(
-    tokenizer_json: bytes,
-    chat_template: str,
-    special_tokens: Mapping[str, Any],
-    options: CountOptions | None = None,
-    memory: CounterMemory = DEFAULT_MEMORY,
-) -> ChatTokenCounter:
-    """A counter over a ``tokenizer.json``'s bytes and a chat template."""
+def hf_tokenizer(tokenizer_json: bytes, chat_template: str, special_tokens: Mapping[str, Any]) -> LoadedTokenizer:
+    """A ``tokenizer.json``'s bytes with a chat template and its special tokens."""
     pieces = HfPieces(_parsed_tokenizer(tokenizer_json), hashlib.sha256(tokenizer_json).digest())
-    return ChatTokenCounter(pieces, chat_template, special_tokens, options, memory)
+    return LoadedTokenizer(pieces, chat_template, special_tokens)
 
 
-def hf_counter_from_folder(
-    path: str | Path,
-    template_file: str | Path | None = None,
-    options: CountOptions | None = None,
-    memory: CounterMemory = DEFAULT_MEMORY,
-) -> ChatTokenCounter:
+def hf_folder(path: str | Path, template_file: str | Path | None = None) -> LoadedTokenizer:
     """Load a local model folder: ``tokenizer.json``, ``tokenizer_config.json`` and the template.
 
     The template is, in order: ``template_file``; the folder's ``chat_template.jinja``;
@@ -58,7 +46,7 @@ def hf_counter_from_folder(
     config_path = folder / "tokenizer_config.json"
     config = _read_json(config_path) if config_path.is_file() else {}
     template = _folder_template(folder, config, None if template_file is None else Path(template_file))
-    return hf_counter(tokenizer_json, template, special_tokens_from_config(config), options, memory)
+    return hf_tokenizer(tokenizer_json, template, special_tokens_from_config(config))
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,7 +26,7 @@ import bisect
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +72,16 @@ class PieceTokenizer(Protocol):
 
     def count_texts(self, texts: Sequence[str]) -> list[int]:
         """The plain token count of each text: no special tokens added or recognized."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedTokenizer:
+    """A tokenizer as its files give it: its pieces, chat template and special tokens (the template's
+    variables, such as ``bos_token``). What the registry builds a counter from."""
+
+    pieces: PieceTokenizer
+    chat_template: str
+    special_tokens: Mapping[str, Any]
 
 
 def special_token_pattern(tokens: Iterable[str]) -> re.Pattern[str]:

@@ -29,21 +29,23 @@ cache scope: changing one starts a fresh cache instead of mispricing the old one
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 
 from cachegate.tokens.base import TokenCounter, TokenizerLoadError
 from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
-from cachegate.tokens.hf import hf_counter_from_folder, read_text_file
+from cachegate.tokens.hf import hf_folder, hf_tokenizer, read_text_file
 from cachegate.tokens.memo import MemoizedCounter
-from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES
+from cachegate.tokens.pieces import DEFAULT_PIECE_MEMO_BYTES, LoadedTokenizer
 from cachegate.tokens.remote import RemoteTokenCounter
 from cachegate.tokens.resume import DEFAULT_CHECKPOINT_BYTES
-from cachegate.tokens.shipped import load_qwen3, qwen3_counter
-from cachegate.tokens.tiktoken_pieces import custom_encoding, named_encoding, tiktoken_counter
+from cachegate.tokens.shipped import qwen3_files
+from cachegate.tokens.tiktoken_pieces import TiktokenPieces, custom_encoding, named_encoding
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,62 @@ def load_counter(spec: TokenizerSpec) -> ChatTokenCounter:
             )
         return tiktoken_counter(pieces, read_text_file(choice.template_file), options, memory)
     return hf_counter_from_folder(choice.path, choice.template_file, options, memory)
+
+
+# The counters of each kind of tokenizer: the tokenizer floor loads files, this builds counters.
+
+
+def chat_counter(
+    loaded: LoadedTokenizer, options: CountOptions | None = None, memory: CounterMemory = DEFAULT_MEMORY
+) -> ChatTokenCounter:
+    return ChatTokenCounter(loaded.pieces, loaded.chat_template, loaded.special_tokens, options, memory)
+
+
+def hf_counter(
+    tokenizer_json: bytes,
+    chat_template: str,
+    special_tokens: Mapping[str, Any],
+    options: CountOptions | None = None,
+    memory: CounterMemory = DEFAULT_MEMORY,
+) -> ChatTokenCounter:
+    """A counter over a ``tokenizer.json``'s bytes and a chat template."""
+    return chat_counter(hf_tokenizer(tokenizer_json, chat_template, special_tokens), options, memory)
+
+
+def hf_counter_from_folder(
+    path: str | Path,
+    template_file: str | Path | None = None,
+    options: CountOptions | None = None,
+    memory: CounterMemory = DEFAULT_MEMORY,
+) -> ChatTokenCounter:
+    """A counter over a local model folder (``hf.hf_folder`` says which files it reads)."""
+    return chat_counter(hf_folder(path, template_file), options, memory)
+
+
+def tiktoken_counter(
+    pieces: TiktokenPieces,
+    chat_template: str,
+    options: CountOptions | None = None,
+    memory: CounterMemory = DEFAULT_MEMORY,
+) -> ChatTokenCounter:
+    """A counter over a tiktoken encoding and a chat template.
+
+    A rank file carries no template variables (no ``bos_token``); a template that needs one
+    takes it from the options' ``template_kwargs``.
+    """
+    return chat_counter(LoadedTokenizer(pieces, chat_template, {}), options, memory)
+
+
+@functools.cache
+def load_qwen3() -> ChatTokenCounter:
+    """The shipped Qwen3 counter with the default options, loaded once per process."""
+    return qwen3_counter(CountOptions())
+
+
+def qwen3_counter(options: CountOptions, memory: CounterMemory = DEFAULT_MEMORY) -> ChatTokenCounter:
+    """A Qwen3 counter with other options (the verified files are read only once)."""
+    files = qwen3_files()
+    return hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options, memory)
 
 
 def build_counter(spec: TokenizerSpec, memo_entries: int = 100_000) -> TokenCounter:

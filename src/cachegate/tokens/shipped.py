@@ -16,8 +16,6 @@ from importlib import resources
 from typing import Any
 
 from cachegate.tokens.base import TokenizerLoadError
-from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
-from cachegate.tokens.hf import hf_counter
 from cachegate.tokens.template import chat_template_from_config, special_tokens_from_config
 
 # SHA-256 of the uncompressed bytes (the same digests as the data manifest and NOTICE).
@@ -46,18 +44,6 @@ def qwen3_files() -> ShippedTokenizer:
     if template is None:
         raise TokenizerLoadError("the shipped Qwen3 tokenizer_config.json has no chat template")
     return ShippedTokenizer(tokenizer_json, template, special_tokens_from_config(config))
-
-
-@functools.cache
-def load_qwen3() -> ChatTokenCounter:
-    """The shipped Qwen3 counter with the default options, loaded once per process."""
-    return qwen3_counter(CountOptions())
-
-
-def qwen3_counter(options: CountOptions, memory: CounterMemory = DEFAULT_MEMORY) -> ChatTokenCounter:
-    """A Qwen3 counter with other options (the verified files are read only once)."""
-    files = qwen3_files()
-    return hf_counter(files.tokenizer_json, files.chat_template, files.special_tokens, options, memory)
 
 
 def _verified(data: bytes, expected_sha256: str) -> bytes:

@@ -38,7 +38,6 @@ from typing import TypeVar
 import tiktoken
 
 from cachegate.tokens.base import TokenizerLoadError
-from cachegate.tokens.counter import DEFAULT_MEMORY, ChatTokenCounter, CounterMemory, CountOptions
 from cachegate.tokens.pieces import special_token_pattern
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
@@ -203,20 +202,6 @@ def encoding_spec(name: str) -> TiktokenSpec:
 def named_encoding(name: str) -> TiktokenPieces:
     """A named encoding's piece tokenizer, built once per process (~0.5 s for o200k)."""
     return TiktokenPieces(encoding_spec(name))
-
-
-def tiktoken_counter(
-    pieces: TiktokenPieces,
-    chat_template: str,
-    options: CountOptions | None = None,
-    memory: CounterMemory = DEFAULT_MEMORY,
-) -> ChatTokenCounter:
-    """A counter over a tiktoken encoding and a chat template.
-
-    A rank file carries no template variables (no ``bos_token``); a template that needs one
-    takes it from the options' ``template_kwargs``.
-    """
-    return ChatTokenCounter(pieces, chat_template, {}, options, memory)
 
 
 def custom_encoding(
