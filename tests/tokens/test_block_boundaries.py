@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens import counter as counter_module
 from cachegate.tokens.base import PromptCounts
 from cachegate.tokens.counter import ChatTokenCounter, CountOptions
 from cachegate.tokens.registry import hf_counter, qwen3_counter
 from cachegate.tokens.shipped import qwen3_files
+from cachegate.tokens.tally import prefix_boundaries
 
 PromptOf = Callable[[dict[str, Any]], ParsedPrompt]
 
@@ -315,4 +315,4 @@ def test_the_fast_prefix_boundaries_follow_the_rule(data: st.DataObject) -> None
         found.append((marked[n], offset))
     asked = data.draw(st.sets(st.integers(0, blocks - 1)))
 
-    assert counter_module._prefix_boundaries(found, asked) == _prefix_boundaries_by_definition(found, asked)
+    assert prefix_boundaries(found, asked) == _prefix_boundaries_by_definition(found, asked)

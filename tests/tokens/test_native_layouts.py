@@ -29,12 +29,12 @@ from cachegate.core.blocks import parse_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens import counter as counter_module
 from cachegate.tokens.conversation import describe_blocks
 from cachegate.tokens.counter import ChatTokenCounter
 from cachegate.tokens.native import LaidOutPrompt, NativeTemplate, native_template
 from cachegate.tokens.registry import hf_counter, tiktoken_counter
 from cachegate.tokens.shipped import qwen3_files
+from cachegate.tokens.tally import prefix_boundaries
 from cachegate.tokens.template import Unsupported
 from cachegate.tokens.tiktoken_pieces import named_encoding
 
@@ -91,7 +91,7 @@ def assert_same_as_the_sentinel_method(layout: LaidOutPrompt, sentinel: ChatToke
     kept = {block for block in range(len(prompt.blocks)) if block not in layout.dropped}
     expected = sentinel.render(body, prompt, sorted(kept))
     assert layout.text == expected.text
-    assert counter_module._prefix_boundaries(layout.ends, kept) == expected.boundaries
+    assert prefix_boundaries(layout.ends, kept) == expected.boundaries
     # Both leave out the same blocks: the text of neither is in the rendering.
     assert sentinel.count_blocking(body, prompt, sorted(layout.dropped)).dropped == layout.dropped
     traits = describe_blocks(body, prompt.blocks)

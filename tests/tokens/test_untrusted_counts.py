@@ -203,7 +203,7 @@ def test_an_unexpected_failure_is_still_a_token_count_error(
     def broken(found: object, asked: object) -> None:
         raise KeyError("bug")
 
-    monkeypatch.setattr(counter_module, "_prefix_boundaries", broken)
+    monkeypatch.setattr(counter_module, "prefix_boundaries", broken)
 
     with pytest.raises(TokenCountError) as raised:
         qwen3.count_blocking(BODY, prompt_of(BODY), [0])

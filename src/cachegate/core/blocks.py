@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import orjson
 
-from cachegate.core.layout import MARKER_KEY, Site, iter_sites, message_header
 from cachegate.core.markers import TtlPolicy, find_breakpoints
+from cachegate.core.sites import MARKER_KEY, Site, iter_sites, message_header
 from cachegate.core.types import BlockKind, BlockRef, Breakpoint, ParsedPrompt
 
 _SEPARATOR: Final = b"\x00"

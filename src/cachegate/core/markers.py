@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cachegate.core.errors import MarkerError
-from cachegate.core.layout import (
+from cachegate.core.sites import (
     MARKER_KEY,
     Site,
     iter_sites,
@@ -109,7 +109,7 @@ def validate_markers(body: Mapping[str, Any], policy: TtlPolicy) -> tuple[Breakp
 
 
 def find_breakpoints(body: Mapping[str, Any], sites: Iterable[Site], policy: TtlPolicy) -> tuple[Breakpoint, ...]:
-    """The breakpoints of ``body``, in block order, given its ``sites`` (``layout.iter_sites``)."""
+    """The breakpoints of ``body``, in block order, given its ``sites`` (``sites.iter_sites``)."""
     automatic = parse_marker(body.get(MARKER_KEY), policy, MARKER_KEY)
     breakpoints: list[Breakpoint] = []
     block = -1  # after the loop: the last block, -1 when there are none

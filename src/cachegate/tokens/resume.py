@@ -1,4 +1,5 @@
-"""Resumed counts: a grown conversation is laid out and counted from its new messages on.
+"""Resumed counts, the first method of the counting chain: a grown conversation is laid out and
+counted from its new messages on.
 
 The next request of an agent loop is the last one plus a turn or two. Its pieces are already
 tokenized (``pieces.py``), but laying out and looking up every earlier message again still
@@ -8,7 +9,7 @@ for the end of a request's last message, what a later request needs to start fro
 - where the native layout may resume and what it looked ahead at (``Resumption``);
 - a cut of the rendering at least ``cut_reach`` characters before that point, the tokens
   ahead of it, and the text from the cut to the point (the first piece counted again);
-- the last block end before the point (``_prefix_boundaries`` of later blocks needs nothing
+- the last block end before the point (``prefix_boundaries`` of later blocks needs nothing
   else), the images up to it, and the counts of the blocks its request asked for (or that
   they are left out).
 
@@ -31,9 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cachegate.core.types import BlockRef
-from cachegate.tokens.native import LaidOutPrompt, Resumption
+from cachegate.tokens.base import PromptCounts
+from cachegate.tokens.native import NativeTemplate, Resumption
 from cachegate.tokens.native.plain import message_start
-from cachegate.tokens.pieces import PieceCounts
+from cachegate.tokens.pieces import PieceCounter
+from cachegate.tokens.tally import CountOptions, CountRequest, Tally, prefix_boundaries, tally
+from cachegate.tokens.template import ChatTemplate, Unsupported
 
 DEFAULT_CHECKPOINT_BYTES = 16 << 20
 """Checkpoints kept per counter: one is about the size of a conversation's last message."""
@@ -68,24 +72,10 @@ class Checkpoint:
 
 
 def checkpoint_after(
-    blocks: Sequence[BlockRef],
-    layout: LaidOutPrompt,
-    text: str,
-    counted: PieceCounts,
-    ends: Sequence[tuple[int, int]],
-    cumulative: dict[int, int],
-    dropped: frozenset[int],
-    images: int,
-    unhashed: bytes,
-    cut_reach: int,
+    blocks: Sequence[BlockRef], counted_rendering: Tally, unhashed: bytes, cut_reach: int
 ) -> tuple[int, Checkpoint] | None:
-    """The checkpoint a layout offered (``layout.kept``), and the block it is found by.
-
-    ``text`` is what was counted (``counted``), starting at ``counted.starts[0]`` of the
-    rendering; ``ends`` every block end known before the checkpoint, ``cumulative`` the counts
-    of the asked-for blocks and ``dropped`` those left out, ``images`` the image blocks ahead
-    of the layout's text.
-    """
+    """The checkpoint a layout offered (``layout.kept``), and the block it is found by."""
+    layout, counted, text = counted_rendering.layout, counted_rendering.counted, counted_rendering.text
     kept = layout.kept
     if kept is None:
         return None
@@ -96,6 +86,7 @@ def checkpoint_after(
     cut = counted.starts[i]
     start = counted.starts[0]
     last_block = message_start(blocks, kept.message + 1) - 1
+    ends = counted_rendering.ends
     k = bisect.bisect_right(ends, point, key=operator.itemgetter(1)) - 1
     return last_block, Checkpoint(
         unhashed=unhashed,
@@ -104,10 +95,95 @@ def checkpoint_after(
         tokens_before_cut=counted.before[i],
         head=text[cut - start : point - start],
         last_end=ends[k] if k >= 0 else None,
-        images=images + bisect.bisect_right(layout.images, last_block),
-        counts={block: count for block, count in cumulative.items() if block <= last_block},
-        dropped=frozenset(block for block in dropped if block <= last_block),
+        images=counted_rendering.images_before + bisect.bisect_right(layout.images, last_block),
+        counts={block: count for block, count in counted_rendering.cumulative.items() if block <= last_block},
+        dropped=frozenset(block for block in counted_rendering.dropped if block <= last_block),
     )
+
+
+class Resumer:
+    """The first method of the counting chain: a grown conversation counted from its deepest checkpoint.
+
+    Declines (None) when no checkpoint of the conversation fits; the chain then counts from the start
+    and offers a checkpoint for the next request (``keep``).
+    """
+
+    def __init__(
+        self,
+        native: NativeTemplate,
+        template: ChatTemplate,
+        pieces: PieceCounter,
+        options: CountOptions,
+        checkpoints: CheckpointStore,
+        cut_reach: int,
+    ) -> None:
+        self._native = native
+        self._template = template
+        self._pieces = pieces
+        self._options = options
+        self._checkpoints = checkpoints
+        self._cut_reach = cut_reach
+
+    def resume(self, request: CountRequest) -> PromptCounts | None:
+        assert request.unhashed is not None
+        for block, checkpoint in self._checkpoints.deepest(request.prompt.prefix_hashes, request.unhashed):
+            counts = self._count_since(request, block, checkpoint)
+            if counts is not None:
+                return counts
+        return None
+
+    def keep(self, request: CountRequest, counted: Tally) -> None:
+        """File the checkpoint ``counted`` offers, if any, under the prefix hash of the block it follows."""
+        assert request.unhashed is not None
+        made = checkpoint_after(request.prompt.blocks, counted, request.unhashed, self._cut_reach)
+        if made is not None:
+            block, checkpoint = made
+            self._checkpoints.keep(request.prompt.prefix_hashes[block], checkpoint)
+
+    def _count_since(self, request: CountRequest, block: int, checkpoint: Checkpoint) -> PromptCounts | None:
+        blocks, asked = request.prompt.blocks, request.asked
+        if block + 1 < len(blocks) and blocks[block + 1].message == blocks[block].message:
+            return None  # the message goes on here: the rendering after it may differ
+        earlier = frozenset(asked_block for asked_block in asked if asked_block <= block)
+        if not earlier <= checkpoint.counts.keys() | checkpoint.dropped:
+            return None
+        later = asked - earlier
+        try:
+            layout = self._native.lay_out(
+                request.body,
+                blocks,
+                self._options.content_join,
+                self._template.variables(request.variables),
+                since=checkpoint.resumption,
+                keep=request.keep,
+            )
+        except Unsupported:
+            return None
+        dropped = frozenset(later & layout.dropped | earlier & checkpoint.dropped)
+        ends = layout.ends if checkpoint.last_end is None else [checkpoint.last_end, *layout.ends]
+        boundaries = prefix_boundaries(ends, later - dropped)
+        if any(offset < checkpoint.cut for offset in boundaries.values()):
+            return None  # a block with no text of its own right after the checkpoint: its count lies before the cut
+        counted = tally(
+            self._pieces,
+            layout,
+            boundaries,
+            image_tokens=self._options.image_tokens,
+            dropped=dropped,
+            text=checkpoint.head + layout.text,
+            ends=ends,
+            start=checkpoint.cut,
+            tokens_before=checkpoint.tokens_before_cut,
+            images_before=checkpoint.images,
+        )
+        counted.cumulative.update((asked_block, checkpoint.counts[asked_block]) for asked_block in earlier - dropped)
+        self.keep(request, counted)
+        return PromptCounts(
+            cumulative=counted.cumulative,
+            total=counted.total(self._options.image_tokens),
+            dropped=dropped,
+            method="resumed",
+        )
 
 
 class CheckpointStore:

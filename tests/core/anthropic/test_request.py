@@ -21,8 +21,8 @@ from cachegate.core.anthropic.request import (
 )
 from cachegate.core.blocks import hashed_prompt, parse_prompt
 from cachegate.core.errors import MarkerError
-from cachegate.core.layout import marker_param, message_marker_param
 from cachegate.core.markers import strip_markers, validate_markers
+from cachegate.core.sites import marker_param, message_marker_param
 from cachegate.core.types import BlockKind, TtlTier
 
 from ..bodies import DEFAULT, PROPERTY

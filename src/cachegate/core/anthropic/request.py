@@ -28,7 +28,7 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
-from cachegate.core.layout import MARKER_KEY
+from cachegate.core.sites import MARKER_KEY
 
 # Each chat object built from a client block, with the client's JSON path of that block.
 _Sourced: TypeAlias = tuple[dict[str, Any], str]
@@ -105,7 +105,7 @@ class TranslatedRequest:
     stream: bool
     stop_sequences: tuple[str, ...]
     marker_params: dict[str, str] = field(default_factory=dict)
-    """Chat marker path (as ``core.layout`` spells it) → the client's path of that marker."""
+    """Chat marker path (as ``core.sites`` spells it) → the client's path of that marker."""
 
 
 def client_param(translated: TranslatedRequest, param: str) -> str:
