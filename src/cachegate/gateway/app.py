@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
+from cachegate.core.paths import DotSegment, normalised_path
 from cachegate.gateway import metrics
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
 from cachegate.gateway.catalog import CatalogCache
@@ -26,8 +26,10 @@ from cachegate.gateway.count_tokens import CountTokens
 from cachegate.gateway.health import Readiness, send_alive
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.messages import AnthropicRequests, Messages
-from cachegate.gateway.proxy import ModelList, Proxy
+from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
+from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
 from cachegate.gateway.routing import Dialect, Request, Route
+from cachegate.gateway.salting import CacheSalts
 from cachegate.index.base import CacheIndex
 from cachegate.index.sweeper import Sweeper
 from cachegate.store.base import ControlStore
@@ -35,8 +37,6 @@ from cachegate.tokens.base import TokenCounter
 from cachegate.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
-
-_API_PREFIX: Final = "/v1/"
 
 
 class Gateway:
@@ -62,6 +62,7 @@ class Gateway:
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
+        salts = CacheSalts.from_config(config)
         completions = Completions(
             self.catalog,
             ttl_policy,
@@ -70,10 +71,22 @@ class Gateway:
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
+            salts,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
+
+        def metered(api: OpenAiApi) -> Route:
+            return Route(
+                api.name,
+                MeteredRoute(api, self.catalog, counters, upstream, self.ledger, salts, config.body_limit_bytes),
+            )
+
+        # The allowlist (SPEC §2, other routes): every other method and path is a local 404.
         self._routes: dict[tuple[str, str], Route] = {
             ("POST", "/v1/chat/completions"): Route("chat", ChatCompletions(completions, config.body_limit_bytes)),
+            ("POST", "/v1/completions"): metered(COMPLETIONS),
+            ("POST", "/v1/responses"): metered(RESPONSES),
+            ("POST", "/v1/embeddings"): metered(EMBEDDINGS),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
             ("POST", "/v1/messages"): Route(
                 "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
@@ -82,7 +95,7 @@ class Gateway:
                 "count_tokens", CountTokens(anthropic, self.catalog, ttl_policy, self.classifier), Dialect.ANTHROPIC
             ),
         }
-        self._proxy = Route("proxy", Proxy(self.catalog, upstream, config.body_limit_bytes))
+        self._model_detail = Route("models", ModelDetail(self.catalog))
 
     async def startup(self) -> None:
         await self.catalog.load()
@@ -126,14 +139,20 @@ class Gateway:
                 return
 
     def _route(self, method: str, path: str) -> Route | None:
+        """The route of a normalised path, or None: only what the allowlist names is served."""
         route = self._routes.get((method, path))
-        if route is None and path.startswith(_API_PREFIX):
-            return self._proxy
+        if route is None and method == "GET" and path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
+            return self._model_detail
         return route
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
         method: str = scope["method"]
+        try:
+            path = normalised_path(scope["path"], scope.get("raw_path"))
+        except DotSegment as exc:
+            await Refusal(400, str(exc), "invalid_path").send(send)
+            return
+        scope["path"] = path
         if path == "/healthz":
             await send_alive(send)
             return
@@ -141,7 +160,7 @@ class Gateway:
             await self.readiness.send(send)
             return
         if path == "/metrics" and method == "GET":
-            await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
+            await self._metrics(scope, send)
             return
         route = self._route(method, path)
         if route is None:
@@ -164,6 +183,26 @@ class Gateway:
             status = 499  # nobody to answer
         metrics.labelled(metrics.REQUESTS, route.name, f"{status // 100}xx").inc()
         metrics.labelled(metrics.REQUEST_SECONDS, route.name).observe(time.perf_counter() - started)
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """GET /metrics: an admin key unless the operator opened it (SPEC §12); 401 without, 403 for a tenant's."""
+        if self.config.metrics.require_admin_key:
+            try:
+                key = await self.keys.resolve(
+                    bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key"))
+                )
+            except AuthError as exc:
+                await Refusal(401, str(exc), "invalid_api_key").send(send)
+                return
+            except AuthUnavailable as exc:
+                await Refusal(503, str(exc), "control_store_unavailable", type_="service_unavailable").send(send)
+                return
+            if not key.is_admin:
+                await Refusal(403, "/metrics needs an admin key", "admin_key_required", type_="permission_error").send(
+                    send
+                )
+                return
+        await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
 
 
 async def _refuse(route: Route, send: Send, refusal: Refusal) -> int:
