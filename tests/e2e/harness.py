@@ -10,6 +10,7 @@ import asyncio
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -171,7 +172,9 @@ class GatewayHarness:
                 # By name, not address: HTTP clients keep cookies of named hosts only.
                 {"name": "fake-with-key", "base_url": f"http://localhost:{fake_port}/v1", "api_key": "upstream-secret"},
                 {"name": "dead", "base_url": "http://127.0.0.1:9/v1"},
+                {"name": "fake-salted", "base_url": f"{self.fake_url}/v1", "cache_salt": True},
             ],
+            "cache_salt_secret": "the test suite's cache salt secret",
             **self._config,
         }
         self.config = Config.model_validate(raw)
@@ -207,8 +210,15 @@ class GatewayHarness:
         await self._fake_runner.cleanup()
 
     def ledger_rows(self, route: str) -> list[LedgerRow]:
-        """Every ledger row of ``route`` stored so far, after draining what the writer holds."""
-        self.call(self.gateway.ledger.flush())
+        """Every ledger row of ``route`` stored so far, once the writer's rounds have drained what it holds.
+
+        Waits for the background rounds rather than calling ``flush``: two drains of one journal
+        segment at once are not something the writer allows for.
+        """
+        deadline = time.monotonic() + 30
+        while self.gateway.ledger.buffered:
+            assert time.monotonic() < deadline, "the ledger writer never drained its rows"
+            time.sleep(0.02)
         return [row for row in self.store.stored if row.route == route]
 
     def reset_faults(self) -> None:

@@ -65,6 +65,9 @@ class OpenAiApi:
     salted: bool  # requests take the endpoint's cache_salt (vLLM reads it on this route)
     prompt_texts: Texts
     completion_texts: Texts
+    # A usage object whose schema requires cached_tokens (the Responses API's input_tokens_details):
+    # it gets cachegate's count, 0 on these routes, instead of losing the field.
+    required_cached_details: str | None = None
 
 
 def _plain_texts(value: Any) -> list[str] | None:
@@ -125,6 +128,7 @@ RESPONSES = OpenAiApi(
     salted=True,
     prompt_texts=_responses_input_texts,
     completion_texts=_output_texts,
+    required_cached_details="input_tokens_details",
 )
 EMBEDDINGS = OpenAiApi(
     "embeddings",
@@ -172,6 +176,11 @@ class Meter:
         if cached is not None:
             self.upstream_cached = cached
         scrub_usage(usage)
+        details_name = self.api.required_cached_details
+        if details_name is not None:
+            details = usage.get(details_name)
+            if isinstance(details, dict):
+                details["cached_tokens"] = 0
 
     async def bill(self) -> None:
         """Record the ledger row, once; awaited before the response's last byte, else when the route ends."""
@@ -329,28 +338,32 @@ async def _relay_json(meter: Meter, response: UpstreamResponse, send: Send) -> N
         meter.status = 502
         raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
     headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    ok = 200 <= response.status < 300
+    countable = ok and meter.counter is not None  # a body without usage is read for its completion's texts
     if media_type(response.headers) in (None, b"application/json") and (
-        b'"usage"' in data or may_carry_telemetry(data)
+        b'"usage"' in data or may_carry_telemetry(data) or countable
     ):
-        data = _scrubbed_json(meter, data, ok=200 <= response.status < 300)
+        data = _scrubbed_json(meter, data, ok=ok)
     await meter.bill()  # billed before the answer is released
     await send_bytes(send, response.status, headers, data)
 
 
 def _scrubbed_json(meter: Meter, data: bytes, *, ok: bool) -> bytes:
+    """The body with usage and telemetry scrubbed, its counts taken; the same bytes when nothing changed."""
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
         return data
     if not isinstance(payload, dict):
         return data
-    scrub_telemetry(payload)
+    changed = scrub_telemetry(payload)
     usage = _usage_in(payload)
     if usage is not None:
         meter.take_usage(usage)
+        changed = True
     elif ok:
         meter.completion_texts = meter.api.completion_texts(payload)
-    return orjson.dumps(payload)
+    return orjson.dumps(payload) if changed else data
 
 
 class _StreamRelay:
