@@ -347,3 +347,10 @@ def test_metrics_need_an_admin_key(gateway: GatewayHarness) -> None:
     assert status == 403 and json.loads(body)["error"]["code"] == "admin_key_required"
     status, body = scrape(gateway, gateway.keys.admin)
     assert status == 200 and b"cachegate_requests_total" in body
+
+
+def test_a_body_nested_past_what_can_be_forwarded_is_a_400(gateway: GatewayHarness) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    for path in ("/v1/completions", "/v1/responses", "/v1/embeddings"):
+        status, answer = request(gateway, "POST", path, b'{"model": "cached", "input": ' + deep + b', "prompt": "x"}')
+        assert status == 400 and answer["error"]["type"] == "invalid_request_error", path

@@ -22,13 +22,14 @@ def normalised_path(path: str, raw_path: bytes | None = None) -> str:
     ``raw_path`` (the path as sent, still encoded) is checked too: a server that decoded ``%2e``
     but resolved nothing, and one that did neither, are refused alike.
     """
-    candidates = [path]
-    if raw_path is not None:
-        raw = raw_path.decode("latin-1")
-        candidates.append(raw.replace("%2e", ".").replace("%2E", "."))
-    for candidate in candidates:
-        if any(segment in _DOT_SEGMENTS for segment in candidate.split("/")):
-            raise DotSegment(f"the path {path!r} has a dot segment")
+    encoded_dot = raw_path is not None and (b"%2e" in raw_path or b"%2E" in raw_path)
+    if "." in path or encoded_dot:  # most paths have no dot at all: nothing to split
+        candidates = [path]
+        if raw_path is not None:
+            candidates.append(raw_path.decode("latin-1").replace("%2e", ".").replace("%2E", "."))
+        for candidate in candidates:
+            if any(segment in _DOT_SEGMENTS for segment in candidate.split("/")):
+                raise DotSegment(f"the path {path!r} has a dot segment")
     if len(path) > 1 and path.endswith("/"):
         return path[:-1]
     return path

@@ -308,7 +308,12 @@ class MeteredRoute:
             else:
                 body["stream_options"] = {"include_usage": True}
             changed = True
-        return orjson.dumps(body) if changed else raw
+        if not changed:
+            return raw
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:  # past orjson's nesting limit: no engine takes such a body
+            raise Refusal(400, "the request body is nested too deeply", "invalid_request") from exc
 
 
 def _asks_for_usage(body: Mapping[str, Any]) -> bool:
@@ -363,7 +368,14 @@ def _scrubbed_json(meter: Meter, data: bytes, *, ok: bool) -> bytes:
         changed = True
     elif ok:
         meter.completion_texts = meter.api.completion_texts(payload)
-    return orjson.dumps(payload) if changed else data
+    if not changed:
+        return data
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:  # nested past orjson's limit: it cannot be scrubbed, so it is not sent
+        meter.status = 502
+        message = "the upstream response could not be relayed"
+        raise Refusal(502, message, "upstream_invalid", type_="upstream_error") from exc
 
 
 class _StreamRelay:
