@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
+from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
@@ -27,6 +25,7 @@ from cachegate.gateway.health import Readiness, send_alive
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
+from cachegate.gateway.metrics import metrics_page, send_metrics
 from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
 from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.gateway.salting import CacheSalts
@@ -88,6 +87,7 @@ class Gateway:
             ("POST", "/v1/responses"): metered(RESPONSES),
             ("POST", "/v1/embeddings"): metered(EMBEDDINGS),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
+            ("GET", "/metrics"): Route("metrics", metrics_page),
             ("POST", "/v1/messages"): Route(
                 "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
             ),
@@ -159,8 +159,8 @@ class Gateway:
         if path == "/readyz":
             await self.readiness.send(send)
             return
-        if path == "/metrics" and method == "GET":
-            await self._metrics(scope, send)
+        if path == "/metrics" and method == "GET" and not self.config.metrics.require_admin_key:
+            await send_metrics(send)  # opened by the operator: no key asked (SPEC §12)
             return
         route = self._route(method, path)
         if route is None:
@@ -183,26 +183,6 @@ class Gateway:
             status = 499  # nobody to answer
         metrics.labelled(metrics.REQUESTS, route.name, f"{status // 100}xx").inc()
         metrics.labelled(metrics.REQUEST_SECONDS, route.name).observe(time.perf_counter() - started)
-
-    async def _metrics(self, scope: Scope, send: Send) -> None:
-        """GET /metrics: an admin key unless the operator opened it (SPEC §12); 401 without, 403 for a tenant's."""
-        if self.config.metrics.require_admin_key:
-            try:
-                key = await self.keys.resolve(
-                    bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key"))
-                )
-            except AuthError as exc:
-                await Refusal(401, str(exc), "invalid_api_key").send(send)
-                return
-            except AuthUnavailable as exc:
-                await Refusal(503, str(exc), "control_store_unavailable", type_="service_unavailable").send(send)
-                return
-            if not key.is_admin:
-                await Refusal(403, "/metrics needs an admin key", "admin_key_required", type_="permission_error").send(
-                    send
-                )
-                return
-        await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
 
 
 async def _refuse(route: Route, send: Send, refusal: Refusal) -> int:
