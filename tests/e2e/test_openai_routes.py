@@ -148,6 +148,33 @@ def test_a_completion_without_usage_is_billed_from_our_own_count(gateway: Gatewa
     assert row.completion_tokens == qwen3.count_texts_blocking([completion.choices[0].text])[0]
 
 
+def test_a_crlf_framed_completion_stream_is_scrubbed_too(gateway: GatewayHarness) -> None:
+    chunks = list(
+        client(gateway, f"cached={CACHED},timings=every,crlf").completions.create(
+            model="cached", prompt="Hi", stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert [leaks(chunk.model_dump()) for chunk in chunks] == [[]] * len(chunks)
+    assert chunks[-1].usage is not None
+
+
+def test_upstream_failures_on_a_metered_route_reach_the_client_and_are_billed(gateway: GatewayHarness) -> None:
+    before = len(gateway.ledger_rows("completions"))
+    with pytest.raises(openai.InternalServerError) as failed:
+        client(gateway, "status=503").completions.create(model="cached", prompt="Hi")
+    assert failed.value.status_code == 503
+    with pytest.raises(openai.InternalServerError) as unreachable:
+        client(gateway).completions.create(model="unreachable", prompt="Hi")
+    assert unreachable.value.status_code == 502 and unreachable.value.code == "upstream_unreachable"
+    with pytest.raises(openai.APIError):  # the stream breaks off: the client's library sees it
+        list(client(gateway, "cut=3").completions.create(model="cached", prompt="Hi", stream=True))
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client(gateway).completions.create(model="no-such-model", prompt="Hi")
+    assert unknown.value.code == "model_not_found"
+    rows = new_rows(gateway, "completions", before, expected=3)  # the unknown model went nowhere: no row
+    assert sorted(row.status for row in rows) == [200, 502, 503]
+
+
 # -- embeddings -----------------------------------------------------------------------------
 
 
