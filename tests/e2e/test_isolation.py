@@ -30,6 +30,7 @@ KINDS = (
     "chat",
     "chat-stream",
     "messages",
+    "messages-stream",
     "completions",
     "completions-stream",
     "responses",
@@ -122,13 +123,14 @@ def test_principals_never_read_each_others_cache_nor_see_the_engines(gateway: Ga
             answer = send(gateway, "/v1/chat/completions", body, who.key)
             check_read(answer, (who.id, "chat", index), written, context)
             route = "chat"
-        elif kind == "messages":
+        elif kind.startswith("messages"):
             index = rng.randrange(len(messages_prompts))
             body = {
                 "model": "cached",
                 "max_tokens": 16,
                 "system": [{"type": "text", "text": messages_prompts[index], "cache_control": {"type": "ephemeral"}}],
                 "messages": [{"role": "user", "content": text}],
+                "stream": kind == "messages-stream",
             }
             answer = send(gateway, "/v1/messages", body, who.key)
             check_read(answer, (who.id, "messages", index), written, context)
