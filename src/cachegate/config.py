@@ -49,6 +49,9 @@ class EndpointConfig(_Strict):
     name: str
     base_url: str
     api_key: str | None = None
+    # vLLM's per-request prefix-cache isolation: chat, completions and Responses requests to this
+    # endpoint carry cache_salt = a secret-derived value per principal (needs cache_salt_secret).
+    cache_salt: bool = False
 
     def to_endpoint(self) -> Endpoint:
         return Endpoint(self.name, self.base_url, self.api_key)
@@ -121,6 +124,12 @@ class LedgerJournalConfig(_Strict):
     commit_interval_ms: float = Field(0.0, ge=0, le=1000)
 
 
+class MetricsConfig(_Strict):
+    # True: GET /metrics needs an admin key (Prometheus: authorization.credentials), 401 without a
+    # key, 403 for a tenant's. False: open, for a port no tenant can reach.
+    require_admin_key: bool = True
+
+
 class LedgerConfig(_Strict):
     flush_interval_seconds: float = Field(1.0, gt=0)  # how often the journal is drained to the control store
     batch_size: int = Field(1000, gt=0)  # rows per insert
@@ -145,6 +154,10 @@ class Config(_Strict):
     models: tuple[ModelConfig, ...] = ()
     demo: Demo = Demo()
     ledger: LedgerConfig = LedgerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    # The key of the per-principal cache salts (EndpointConfig.cache_salt): stable across replicas
+    # and restarts, never sent anywhere; changing it starts every principal's engine cache afresh.
+    cache_salt_secret: str | None = Field(None, min_length=16)
 
     @field_validator("accepted_ttls", mode="before")
     @classmethod
@@ -166,6 +179,9 @@ class Config(_Strict):
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
                 raise ValueError(f"{kind} names must be unique: {', '.join(duplicates)} appear more than once")
+        salted = [e.name for e in self.endpoints if e.cache_salt]
+        if salted and self.cache_salt_secret is None:
+            raise ValueError(f"endpoints {', '.join(salted)} set cache_salt: cache_salt_secret is required")
         endpoints = {e.name for e in self.endpoints}
         models = list(self.models)
         if self.demo.enabled:

@@ -22,6 +22,9 @@ counts), streams realistic chunks, and can be told to misbehave per request with
                     answer, as vLLM's reasoning parsers do (TEXT without commas)
 ``stop-sequence``   finish with ``stop`` and vLLM's ``stop_reason`` set to the request's first
                     ``stop`` string
+``timings[=every]`` add llama.cpp's ``timings`` object (with ``cache_n`` = the ``cached`` count) to
+                    the JSON body and the last stream chunk, and to every chunk when the request
+                    sets ``timings_per_token`` (``every``: to every chunk regardless)
 
 A client that cannot send headers (Claude Code behind the gateway) chooses the same way with a
 line ``[fake: <behaviors>]`` in its last user message's text; the header wins when both are
@@ -31,6 +34,13 @@ is honoured: the completion stops after that many chunks (reasoning, content and
 fragments alike) with finish_reason ``length``. Streamed tool calls are framed as vLLM frames
 them: a first delta with ``index``, ``id``, ``type``, the function's name and empty arguments,
 then argument fragments.
+
+Besides chat completions it serves ``/v1/completions`` (JSON and stream, usage frame on
+``include_usage``), ``/v1/responses`` (JSON, and a stream of typed events ending in
+``response.completed``) and ``/v1/embeddings``, with the same behaviors where they apply: every
+route reports ``cached`` as vLLM does (``prompt_tokens_details`` or, for Responses,
+``input_tokens_details``) and adds ``timings`` as llama.cpp does, so the gateway's scrubbing is
+tested against an engine's shapes. Their prompts are counted as plain text when the counter can.
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
@@ -51,7 +61,7 @@ import orjson
 from aiohttp import web
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.base import TextCounter, TokenCounter
 
 _NO_PROMPT = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
 _WORDS = ("The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ")
@@ -76,6 +86,7 @@ class Behavior:
     tool_call: str | None = None
     reasoning: str | None = None
     stop_sequence: bool = False
+    timings: Literal["off", "last", "every"] = "off"
 
     @classmethod
     def parse(cls, header: str | None) -> Behavior:
@@ -112,6 +123,8 @@ class Behavior:
                 fields["reasoning"] = value or _DEFAULT_REASONING
             elif name == "stop-sequence":
                 fields["stop_sequence"] = True
+            elif name == "timings":
+                fields["timings"] = "every" if value == "every" else "last"
             elif name:
                 raise ValueError(f"unknown fake behavior {name!r}")
         return cls(**fields)
@@ -317,8 +330,30 @@ class PromptCounter:
         return total
 
 
+def _timings(behavior: Behavior, prompt_tokens: int, predicted: int) -> dict[str, Any]:
+    """llama.cpp's ``timings`` object: ``cache_n`` is what its KV cache held of the prompt."""
+    cached = behavior.cached_tokens or 0
+    return {
+        "cache_n": cached,
+        "prompt_n": prompt_tokens - cached,
+        "prompt_ms": 1.5,
+        "prompt_per_token_ms": 0.1,
+        "prompt_per_second": 10000.0,
+        "predicted_n": predicted,
+        "predicted_ms": 2.5,
+        "predicted_per_token_ms": 0.1,
+        "predicted_per_second": 10000.0,
+    }
+
+
+def _chunk_timings(behavior: Behavior, body: dict[str, Any]) -> bool:
+    """Whether every streamed chunk carries ``timings``, as llama.cpp's ``timings_per_token`` asks."""
+    return behavior.timings == "every" or (behavior.timings == "last" and body.get("timings_per_token") is True)
+
+
 class FakeUpstream:
     def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
         self._prompt = PromptCounter(counter)
         self.last_request: bytes = b""
         self.last_headers: dict[str, str] = {}
@@ -326,6 +361,8 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/_fake/last-request", self._last_request)
@@ -335,17 +372,181 @@ class FakeUpstream:
     async def _models(self, request: web.Request) -> web.Response:
         return _json({"object": "list", "data": [{"id": "qwen3-fake", "object": "model", "owned_by": "cachegate"}]})
 
+    async def _received(self, request: web.Request) -> tuple[dict[str, Any], Behavior]:
+        """The request's JSON object and the behavior it asks for; remembered for ``/_fake/last-*``."""
+        raw = await request.read()
+        self.last_request = raw
+        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
+        body = orjson.loads(raw)
+        if not isinstance(body, dict):
+            raise FakeRequestError("the body is not a JSON object")
+        behavior = Behavior.parse(request.headers.get("x-fake-behavior"))
+        if behavior.stall:
+            await asyncio.sleep(behavior.stall)
+        return body, behavior
+
+    async def _text_tokens(self, value: Any) -> int:
+        """A plain-text prompt's tokens: the counter's own plain count when it has one, else words."""
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        strings = [text for text in texts if isinstance(text, str)]
+        ids = sum(1 for text in texts if isinstance(text, int))  # a prompt given as token ids
+        if isinstance(self._counter, TextCounter) and strings:
+            return sum(await self._counter.count_texts(strings)) + ids
+        return sum(len(text.split()) for text in strings) + ids
+
     async def _embeddings(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.last_request = body
-        return _json(
-            {
-                "object": "list",
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
-                "model": "fake-embedding",
-                "usage": {"prompt_tokens": 3, "total_tokens": 3},
-            }
-        )
+        try:
+            body, behavior = await self._received(request)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"fake upstream: bad request: {exc}")
+        if behavior.status >= 400:
+            return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
+        prompt_tokens = await self._text_tokens(body.get("input"))
+        payload: dict[str, Any] = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
+            "model": body.get("model", "fake-embedding"),
+        }
+        if behavior.usage:
+            usage = _usage(prompt_tokens, 0, behavior.cached_tokens)
+            del usage["completion_tokens"]
+            payload["usage"] = usage
+        if behavior.timings != "off":
+            payload["timings"] = _timings(behavior, prompt_tokens, 0)
+        return _json(payload)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions, as vLLM answers it: ``text_completion`` objects, JSON or streamed."""
+        try:
+            body, behavior = await self._received(request)
+            answer = plan_answer(body, behavior)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"fake upstream: bad request: {exc}")
+        if behavior.status >= 400:
+            return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
+        prompt_tokens = await self._text_tokens(body.get("prompt"))
+        usage = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "qwen3-fake"),
+        }
+        if not body.get("stream"):
+            text = answer.text_of("content") or ""
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": answer.finish_reason}
+            payload: dict[str, Any] = {**head, "choices": [choice]}
+            if behavior.usage:
+                payload["usage"] = usage
+            if behavior.timings != "off":
+                payload["timings"] = _timings(behavior, prompt_tokens, len(answer.pieces))
+            return _json(payload)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        every = _chunk_timings(behavior, body)
+        frames: list[dict[str, Any]] = []
+        for position, (_, text) in enumerate(answer.pieces):
+            last = position == len(answer.pieces) - 1
+            finish = answer.finish_reason if last else None
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            frame: dict[str, Any] = {**head, "choices": [choice]}
+            if include_usage:
+                frame["usage"] = None
+            if every or (last and behavior.timings != "off"):
+                frame["timings"] = _timings(behavior, prompt_tokens, position + 1)
+            frames.append(frame)
+        if include_usage and behavior.usage:
+            frames.append({**head, "choices": [], "usage": usage})
+        return await self._sse(request, behavior, [(None, frame) for frame in frames], done=True)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/responses, as vLLM answers it: a ``response`` object, or its typed event stream."""
+        try:
+            body, behavior = await self._received(request)
+            answer = plan_answer(body, behavior)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"fake upstream: bad request: {exc}")
+        if behavior.status >= 400:
+            return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
+        given = body.get("input")
+        instructions = body.get("instructions")
+        if isinstance(given, str):
+            prompt_tokens = await self._text_tokens([instructions, given] if isinstance(instructions, str) else given)
+        else:  # a list of input items: a rough count, as the gateway never counts these itself
+            prompt_tokens = len(orjson.dumps(given)) // 4
+        completion_tokens = len(answer.pieces)
+        usage: dict[str, Any] = {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": behavior.cached_tokens or 0},
+            "output_tokens": completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        text = answer.text_of("content") or ""
+        message = {
+            "type": "message",
+            "id": message_id,
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex[:24]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body.get("model", "qwen3-fake"),
+            "output": [message],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage if behavior.usage else None,
+        }
+        if behavior.timings != "off":
+            response["timings"] = _timings(behavior, prompt_tokens, completion_tokens)
+        if not body.get("stream"):
+            return _json(response)
+        every = _chunk_timings(behavior, body)
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        started.pop("timings", None)
+        events: list[tuple[str, dict[str, Any]]] = [("response.created", {"response": started})]
+        for _, piece in answer.pieces:
+            delta = {"item_id": message_id, "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []}
+            events.append(("response.output_text.delta", delta))
+        events.append(("response.completed", {"response": response}))
+        numbered = []
+        for number, (kind, event) in enumerate(events):
+            payload = {"type": kind, "sequence_number": number, **event}
+            if every:
+                payload["timings"] = _timings(behavior, prompt_tokens, number)
+            numbered.append((kind, payload))
+        return await self._sse(request, behavior, numbered, done=False)
+
+    async def _sse(
+        self,
+        request: web.Request,
+        behavior: Behavior,
+        events: list[tuple[str | None, dict[str, Any]]],
+        *,
+        done: bool,
+    ) -> web.StreamResponse:
+        """Stream ``events`` (an ``event:`` name, or None, and the data), cut or paced as told."""
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        newline = b"\r\n" if behavior.crlf else b"\n"
+        for position, (kind, payload) in enumerate(events):
+            if behavior.cut_after is not None and position == behavior.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if behavior.pace:
+                await asyncio.sleep(behavior.pace)
+            name = b"event: " + kind.encode() + newline if kind is not None else b""
+            await response.write(name + b"data: " + orjson.dumps(payload) + newline + newline)
+        if done:
+            await response.write(b"data: [DONE]" + newline + newline)
+        await response.write_eof()
+        return response
 
     async def _last_request(self, request: web.Request) -> web.Response:
         return web.Response(body=self.last_request, content_type="application/json")
@@ -382,6 +583,8 @@ class FakeUpstream:
         }
         if behavior.usage:
             payload["usage"] = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
+        if behavior.timings != "off":
+            payload["timings"] = _timings(behavior, prompt_tokens, len(answer.pieces))
         response = _json(payload, status=behavior.status)
         if behavior.set_cookie:
             response.set_cookie("upstream-session", uuid.uuid4().hex)
@@ -404,7 +607,11 @@ class FakeUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         usage = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
 
-        def frame(choices: list[dict[str, Any]], with_usage: dict[str, Any] | None = None) -> bytes:
+        every = _chunk_timings(behavior, body)
+
+        def frame(
+            choices: list[dict[str, Any]], with_usage: dict[str, Any] | None = None, *, last: bool = False
+        ) -> bytes:
             chunk: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -414,6 +621,8 @@ class FakeUpstream:
             }
             if include_usage or behavior.chunk_usage:
                 chunk["usage"] = with_usage
+            if every or (last and behavior.timings != "off"):
+                chunk["timings"] = _timings(behavior, prompt_tokens, len(answer.pieces))
             return b"data: " + orjson.dumps(chunk) + newline + newline
 
         per_chunk = usage if behavior.chunk_usage else None
@@ -437,7 +646,7 @@ class FakeUpstream:
             await response.write(b"data: " + orjson.dumps(error) + newline + newline)
             await response.write_eof()
             return response
-        await response.write(frame([{"index": 0, "delta": {}, **answer.finishing_choice()}], per_chunk))
+        await response.write(frame([{"index": 0, "delta": {}, **answer.finishing_choice()}], per_chunk, last=True))
         if include_usage and behavior.usage:
             await response.write(frame([], usage))
         await response.write(b"data: [DONE]" + newline + newline)

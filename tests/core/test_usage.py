@@ -186,3 +186,17 @@ class TestCap:
             assert 0 <= getattr(capped, tier) <= getattr(stats, tier)
         if capped.read < stats.read:
             assert capped.creation == 0
+
+
+def test_responses_usage_loses_the_upstreams_cached_tokens_and_keeps_it_for_the_ledger() -> None:
+    usage = {
+        "input_tokens": 50,
+        "input_tokens_details": {"cached_tokens": 32},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 54,
+    }
+    assert upstream_cached_tokens(usage) == 32
+    scrub_usage(usage)
+    assert usage["input_tokens_details"] == {}
+    assert usage["output_tokens_details"] == {"reasoning_tokens": 0}

@@ -12,9 +12,11 @@ from pg import pg_server  # noqa: F401 - a fixture
 
 # Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
 # has a floor no test prompt reaches; "automatic" caches requests without markers (5m); "plain"
-# has no cache tariff; "keyed" sends the endpoint's own key upstream; "unreachable" points nowhere.
+# has no cache tariff; "keyed" sends the endpoint's own key upstream; "unreachable" points nowhere;
+# "salted" goes to an endpoint that takes a per-principal cache_salt.
 TEST_CONFIG = {
     "deadlines": {"classify_seconds": 1.0},
+    "ledger": {"flush_interval_seconds": 0.05},  # rows reach the store soon after their request
     "models": [
         {
             "alias": "cached",
@@ -40,6 +42,12 @@ TEST_CONFIG = {
         {"alias": "plain", "endpoint": "fake", "upstream_model": "qwen3-fake"},
         {"alias": "keyed", "endpoint": "fake-with-key", "upstream_model": "qwen3-fake"},
         {"alias": "unreachable", "endpoint": "dead", "upstream_model": "qwen3-fake", "cache": {}},
+        {
+            "alias": "salted",
+            "endpoint": "fake-salted",
+            "upstream_model": "qwen3-fake",
+            "cache": {"min_prefix_tokens": 64},
+        },
     ],
 }
 

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.index.factory import open_index
 from cachegate.store.base import ApiKey, Catalog, ControlStore, LedgerRow, StoreUnavailable
 from cachegate.store.factory import open_store
-from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+from cachegate.tokens.base import PromptCounts, TextCounter, TokenCounter, TokenCountError
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 
 T = TypeVar("T")
@@ -86,6 +87,12 @@ class FaultyCounter:
             raise TokenCountError("counter switched off by the test")
         return await self.inner.count(body, prompt, blocks)
 
+    async def count_texts(self, texts: Sequence[str]) -> list[int]:
+        if self.failing:
+            raise TokenCountError("counter switched off by the test")
+        assert isinstance(self.inner, TextCounter)
+        return await self.inner.count_texts(texts)
+
     async def aclose(self) -> None:
         """The inner counter is shared by the whole test session; it is not closed here."""
 
@@ -96,6 +103,7 @@ class FaultyStore:
     def __init__(self, inner: ControlStore) -> None:
         self.inner = inner
         self.down = False
+        self.stored: list[LedgerRow] = []  # every ledger row the store took, in order
 
     def _check(self) -> None:
         if self.down:
@@ -112,6 +120,7 @@ class FaultyStore:
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
         self._check()
         await self.inner.append_ledger(rows)
+        self.stored.extend(rows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -123,6 +132,7 @@ class Keys:
     b: str
     principal_a: str
     principal_b: str
+    admin: str  # an admin key (of the operator's own principal)
 
 
 class GatewayHarness:
@@ -162,7 +172,9 @@ class GatewayHarness:
                 # By name, not address: HTTP clients keep cookies of named hosts only.
                 {"name": "fake-with-key", "base_url": f"http://localhost:{fake_port}/v1", "api_key": "upstream-secret"},
                 {"name": "dead", "base_url": "http://127.0.0.1:9/v1"},
+                {"name": "fake-salted", "base_url": f"{self.fake_url}/v1", "cache_salt": True},
             ],
+            "cache_salt_secret": "the test suite's cache salt secret",
             **self._config,
         }
         self.config = Config.model_validate(raw)
@@ -177,7 +189,9 @@ class GatewayHarness:
         b = await store.create_principal("tenant-b")
         _, secret_a = await store.create_api_key(a.id)
         _, secret_b = await store.create_api_key(b.id)
-        self.keys = Keys(secret_a, secret_b, a.id, b.id)
+        operator = await store.create_principal("operator")
+        _, secret_admin = await store.create_api_key(operator.id, admin=True)
+        self.keys = Keys(secret_a, secret_b, a.id, b.id, secret_admin)
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,6 +208,18 @@ class GatewayHarness:
         self._server.should_exit = True
         await self._serve_task
         await self._fake_runner.cleanup()
+
+    def ledger_rows(self, route: str) -> list[LedgerRow]:
+        """Every ledger row of ``route`` stored so far, once the writer's rounds have drained what it holds.
+
+        Waits for the background rounds rather than calling ``flush``: two drains of one journal
+        segment at once are not something the writer allows for.
+        """
+        deadline = time.monotonic() + 30
+        while self.gateway.ledger.buffered:
+            assert time.monotonic() < deadline, "the ledger writer never drained its rows"
+            time.sleep(0.02)
+        return [row for row in self.store.stored if row.route == route]
 
     def reset_faults(self) -> None:
         self.store.down = False

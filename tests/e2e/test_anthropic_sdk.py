@@ -295,7 +295,7 @@ def test_a_stream_whose_upstream_fails_ends_with_an_error_event_and_commits_noth
 
 def test_every_messages_request_is_billed_like_a_chat_request(gateway: GatewayHarness) -> None:
     def totals() -> tuple[int, int, int]:
-        gateway.call(gateway.gateway.ledger.flush())
+        gateway.ledger_rows("messages")  # waits until the writer's rounds have stored every row
         rows = [row for row in gateway.call(gateway.store.inner.usage_report()) if row.route == "messages"]
         return (
             sum(row.requests for row in rows),

@@ -16,7 +16,8 @@ DONE_EVENT: Final = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT_BYTES: Final = 1 << 20
 
 _LINE_END: Final = re.compile(rb"\r\n?|\n")
-_USAGE_OR_ERROR: Final = re.compile(rb'"usage"\s*:\s*\{|"error"\s*:')
+_USAGE_OR_ERROR: Final = re.compile(rb'"usage"\s*:\s*\{|"error"\s*:|"timings"\s*:|"prompt_progress"\s*:')
+"""What makes a frame worth parsing: usage, an error, or engine telemetry (core/telemetry.py)."""
 _DONE: Final = b"[DONE]"
 _CR: Final = 0x0D
 _LF: Final = 0x0A
@@ -137,7 +138,7 @@ def only_plain_events(chunk: bytes) -> bool:
 
 
 def may_carry_usage_or_error(event: bytes) -> bool:
-    """Whether the event may hold a usage object or an error: the only frames ever parsed.
+    """Whether the event may hold a usage object, an error or engine telemetry: the only frames ever parsed.
 
     Content frames, nearly all of a stream (with ``"usage": null`` on each when usage was asked
     for), are turned away by one scan. Inside a JSON string the quotes are escaped, so text

@@ -26,6 +26,7 @@ UPSTREAM_DETAIL_FIELDS: Final = ("cached_tokens", "cache_write_tokens")
 """The same, inside ``usage.prompt_tokens_details``."""
 
 _DETAILS: Final = "prompt_tokens_details"
+_RESPONSES_DETAILS: Final = "input_tokens_details"  # the Responses API's name for the same object
 
 _TRIM_ORDER: Final = (TtlTier.FIVE_MINUTES, TtlTier.ONE_HOUR, TtlTier.ONE_DAY)
 """Creation is trimmed from the end of the prompt backwards: by the TTL order rule (§3.3) the
@@ -54,22 +55,25 @@ def cap_stats(stats: CacheStats, prompt_tokens: int | None) -> CacheStats:
 
 
 def scrub_usage(usage: dict[str, Any]) -> None:
-    """Remove the upstream's cache fields (for models that are not cache-enabled, §8)."""
+    """Remove the upstream's cache fields (for models that are not cache-enabled, and on routes
+    where cachegate keeps no cache, §8), in the chat shape and in the Responses shape alike."""
     for name in UPSTREAM_CACHE_FIELDS:
         usage.pop(name, None)
-    details = usage.get(_DETAILS)
-    if isinstance(details, dict):
-        for name in UPSTREAM_DETAIL_FIELDS:
-            details.pop(name, None)
+    for details_name in (_DETAILS, _RESPONSES_DETAILS):
+        details = usage.get(details_name)
+        if isinstance(details, dict):
+            for name in UPSTREAM_DETAIL_FIELDS:
+                details.pop(name, None)
 
 
 def upstream_cached_tokens(usage: Mapping[str, Any]) -> int | None:
     """The cached-token count the upstream reported itself; the ledger keeps it to reconcile."""
-    details = usage.get(_DETAILS)
-    if isinstance(details, Mapping):
-        cached = details.get("cached_tokens")
-        if isinstance(cached, int) and not isinstance(cached, bool):
-            return cached
+    for details_name in (_DETAILS, _RESPONSES_DETAILS):
+        details = usage.get(details_name)
+        if isinstance(details, Mapping):
+            cached = details.get("cached_tokens")
+            if isinstance(cached, int) and not isinstance(cached, bool):
+                return cached
     return None
 
 

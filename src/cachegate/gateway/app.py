@@ -11,11 +11,10 @@ import logging
 import time
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
+from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
+from cachegate.core.paths import DotSegment, normalised_path
 from cachegate.gateway import metrics
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
 from cachegate.gateway.catalog import CatalogCache
@@ -26,8 +25,11 @@ from cachegate.gateway.count_tokens import CountTokens
 from cachegate.gateway.health import Readiness, send_alive
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.messages import AnthropicRequests, Messages
-from cachegate.gateway.proxy import ModelList, Proxy
+from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
+from cachegate.gateway.metrics import metrics_page, send_metrics
+from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
 from cachegate.gateway.routing import Dialect, Request, Route
+from cachegate.gateway.salting import CacheSalts
 from cachegate.index.base import CacheIndex
 from cachegate.index.sweeper import Sweeper
 from cachegate.store.base import ControlStore
@@ -36,7 +38,6 @@ from cachegate.upstream.base import Upstream
 
 log = logging.getLogger(__name__)
 
-_API_PREFIX: Final = "/v1/"
 _STARTING: Final = Refusal(
     503,
     "cachegate is starting: the control store has not been reached yet",
@@ -68,6 +69,7 @@ class Gateway:
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
+        salts = CacheSalts.from_config(config)
         completions = Completions(
             self.catalog,
             ttl_policy,
@@ -76,11 +78,24 @@ class Gateway:
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
+            salts,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
+
+        def metered(api: OpenAiApi) -> Route:
+            return Route(
+                api.name,
+                MeteredRoute(api, self.catalog, counters, upstream, self.ledger, salts, config.body_limit_bytes),
+            )
+
+        # The allowlist (SPEC §2, other routes): every other method and path is a local 404.
         self._routes: dict[tuple[str, str], Route] = {
             ("POST", "/v1/chat/completions"): Route("chat", ChatCompletions(completions, config.body_limit_bytes)),
+            ("POST", "/v1/completions"): metered(COMPLETIONS),
+            ("POST", "/v1/responses"): metered(RESPONSES),
+            ("POST", "/v1/embeddings"): metered(EMBEDDINGS),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
+            ("GET", "/metrics"): Route("metrics", metrics_page),
             ("POST", "/v1/messages"): Route(
                 "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
             ),
@@ -88,7 +103,7 @@ class Gateway:
                 "count_tokens", CountTokens(anthropic, self.catalog, ttl_policy, self.classifier), Dialect.ANTHROPIC
             ),
         }
-        self._proxy = Route("proxy", Proxy(self.catalog, upstream, config.body_limit_bytes))
+        self._model_detail = Route("models", ModelDetail(self.catalog))
 
     async def startup(self) -> None:
         """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
@@ -133,22 +148,28 @@ class Gateway:
                 return
 
     def _route(self, method: str, path: str) -> Route | None:
+        """The route of a normalised path, or None: only what the allowlist names is served."""
         route = self._routes.get((method, path))
-        if route is None and path.startswith(_API_PREFIX):
-            return self._proxy
+        if route is None and method == "GET" and path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
+            return self._model_detail
         return route
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
         method: str = scope["method"]
+        try:
+            path = normalised_path(scope["path"], scope.get("raw_path"))
+        except DotSegment as exc:
+            await Refusal(400, str(exc), "invalid_path").send(send)
+            return
+        scope["path"] = path
         if path == "/healthz":
             await send_alive(send)
             return
         if path == "/readyz":
             await self.readiness.send(send)
             return
-        if path == "/metrics" and method == "GET":
-            await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
+        if path == "/metrics" and method == "GET" and not self.config.metrics.require_admin_key:
+            await send_metrics(send)  # opened by the operator: no key asked (SPEC §12)
             return
         route = self._route(method, path)
         if route is None:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from cachegate.asgi import Refusal, Send, media_type, read_body, send_bytes
+from cachegate.core.telemetry import scrub_telemetry, without_telemetry
 from cachegate.gateway.completions import Arrival, Completions, json_request
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.routing import Request
@@ -60,8 +61,9 @@ async def _relay_json(exchange: Exchange, response: UpstreamResponse, send: Send
     if payload is None:
         exchange.vetoed("non_2xx" if not ok else "no_usage")
         await exchange.bill()  # billed before the answer is released
-        await send_bytes(send, response.status, headers, data)
+        await send_bytes(send, response.status, headers, without_telemetry(data))
         return
+    scrub_telemetry(payload)
     await exchange.apply_usage(payload["usage"])
     await exchange.succeeded()  # read-your-writes: entries land before the body is sent (§7.4)
     if exchange.degraded:

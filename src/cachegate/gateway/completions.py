@@ -26,6 +26,7 @@ from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
 from cachegate.core.errors import MarkerError
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
+from cachegate.core.telemetry import strip_telemetry_flags
 from cachegate.core.types import Breakpoint, CacheTariff, Classification
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
@@ -34,6 +35,7 @@ from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.forwarding import upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.routing import Request
+from cachegate.gateway.salting import CacheSalts
 from cachegate.tokens.base import TokenCounter
 from cachegate.upstream.base import Upstream, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
 
@@ -68,6 +70,7 @@ class Completions:
         upstream: Upstream,
         ledger: LedgerWriter,
         classify_deadline: float,
+        salts: CacheSalts | None = None,
     ) -> None:
         self._catalog = catalog
         self._ttl_policy = ttl_policy
@@ -76,6 +79,7 @@ class Completions:
         self._upstream = upstream
         self._ledger = ledger
         self._classify_deadline = classify_deadline
+        self._salts = salts
 
     @contextlib.asynccontextmanager
     async def call(
@@ -109,7 +113,8 @@ class Completions:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
         streaming = body.get("stream") is True
-        forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage)
+        salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._salts is not None else None
+        forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage, salt)
         exchange = Exchange(
             key=request.key,
             model=model,
@@ -187,12 +192,19 @@ def json_request(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _forwarded_body(body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool) -> bytes:
-    """What goes upstream (SPEC §2.4): markers stripped, ``model`` renamed, stream usage forced on.
+def _forwarded_body(
+    body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool, salt: str | None = None
+) -> bytes:
+    """What goes upstream (SPEC §2.4): markers and telemetry flags (§12) stripped, ``model`` renamed,
+    stream usage forced on, the principal's ``cache_salt`` set when the endpoint is salted.
 
     ``body`` is changed in place; an unchanged request is forwarded byte for byte.
     """
     changed = strip_markers(body)
+    changed = strip_telemetry_flags(body) or changed
+    if salt is not None:
+        body["cache_salt"] = salt
+        changed = True
     if body["model"] != upstream_model:
         body["model"] = upstream_model
         changed = True

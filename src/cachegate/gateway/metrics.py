@@ -6,7 +6,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from cachegate.asgi import Refusal, Send, send_bytes
+from cachegate.gateway.routing import Request
 
 REQUESTS = Counter(
     "cachegate_requests_total", "Requests answered, by route kind and status class.", ["route", "status"]
@@ -78,3 +81,16 @@ def labelled(metric: Counter | Histogram, *values: str) -> Any:
     here are bounded, so their children are kept.
     """
     return metric.labels(*values)
+
+
+async def send_metrics(send: Send) -> None:
+    """The exposition of every metric of this process."""
+    await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
+
+
+async def metrics_page(request: Request) -> int:
+    """GET /metrics for an admin key (SPEC §12): the series are the operator's, not a tenant's to probe."""
+    if not request.key.is_admin:
+        raise Refusal(403, "/metrics needs an admin key", "admin_key_required", type_="permission_error")
+    await send_metrics(request.send)
+    return 200

@@ -29,6 +29,7 @@ from cachegate.core.sse import (
     only_plain_events,
     replace_event_json,
 )
+from cachegate.core.telemetry import scrub_telemetry
 from cachegate.gateway.exchange import Exchange
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
@@ -102,6 +103,8 @@ class _Relay:
             await self.forward(event)
             return
         self.crlf = b"\r\n" in event
+        if scrub_telemetry(payload):  # engine telemetry never reaches a client (SPEC §12)
+            event = replace_event_json(event, payload)
         if is_error_frame(payload):
             self.saw_error = True
             await self.forward(event)

@@ -119,7 +119,7 @@ class LedgerRow:
     # Unique per request, given by the ledger writer: a row sent twice (a journal replayed after a
     # crash) is stored once. None only for rows written by hand; the store never dedupes those.
     row_id: str | None = None
-    route: str = "chat"  # the route that served it: chat or messages (SPEC §9)
+    route: str = "chat"  # the route that served it: chat, messages, completions, responses, embeddings (SPEC §2)
 
 
 @dataclass(frozen=True, slots=True)

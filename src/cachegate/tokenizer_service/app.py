@@ -168,7 +168,8 @@ class TokenizerService:
         if self._segments_executor is None:
             self._segments_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-segments")
         loop = asyncio.get_running_loop()
-        counts = await loop.run_in_executor(self._segments_executor, served.counter.count_texts, request.segments)
+        count_texts = served.counter.count_texts_blocking
+        counts = await loop.run_in_executor(self._segments_executor, count_texts, request.segments)
         cumulative: list[int] = []
         running = 0
         for count in counts:

@@ -66,3 +66,15 @@ class TokenCounter(Protocol):
         (each has a count, or is ``dropped``)."""
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class TextCounter(Protocol):
+    """A counter that can also count plain texts (no chat template, no special tokens).
+
+    Optional beside ``TokenCounter``: the routes that take raw text (``/v1/completions``,
+    ``/v1/embeddings``) use it to bill a prompt whose upstream answered without usage.
+    """
+
+    async def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """The token count of each text alone; raises ``TokenCountError`` when it cannot."""

@@ -162,10 +162,20 @@ class ChatTokenCounter:
             # failed because its tokens could not be counted (SPEC §11).
             raise TokenCountError(f"unexpected {type(exc).__name__} while counting") from exc
 
-    def count_texts(self, texts: Sequence[str]) -> list[int]:
+    def count_texts_blocking(self, texts: Sequence[str]) -> list[int]:
         """The token count of each text alone: no chat template, no special tokens (the raw
         segments of the tokenizer service's ``/v1/tokenize``). Blocking: call it off the event loop."""
         return self._pieces.tokenizer.count_texts(texts)
+
+    async def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """``count_texts_blocking`` on the counter's thread (``TextCounter``)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-tokens")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.count_texts_blocking, tuple(texts))
+        except Exception as exc:
+            raise TokenCountError(f"unexpected {type(exc).__name__} while counting texts") from exc
 
     def _count(self, body: Mapping[str, Any], prompt: ParsedPrompt, blocks: Sequence[int]) -> PromptCounts:
         request = CountRequest.of(body, prompt, blocks, resumable=self._resumer is not None)

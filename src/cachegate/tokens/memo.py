@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import PromptCounts, TokenCounter, TokenCountError
+from cachegate.tokens.base import PromptCounts, TextCounter, TokenCounter, TokenCountError
 from cachegate.tokens.template import rendering_key
 
 
@@ -63,6 +63,12 @@ class MemoizedCounter:
             if block in counts.cumulative:  # a dropped block is counted again: whether it is depends on the rest
                 self._remember(key, counts.cumulative[block])
         return counts
+
+    async def count_texts(self, texts: Sequence[str]) -> list[int]:
+        """The inner counter's plain-text counts (``TextCounter``), never memoized: texts have no prefix hash."""
+        if not isinstance(self._inner, TextCounter):
+            raise TokenCountError("this counter cannot count plain texts")
+        return await self._inner.count_texts(texts)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
