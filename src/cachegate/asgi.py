@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cachegate.core.errors import openai_error
+from cachegate.core.errors import CachegateError, openai_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,7 +17,7 @@ Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 
-class Refusal(Exception):
+class Refusal(CachegateError):
     """A request the gateway answers itself, before any upstream response, with an OpenAI-shaped error.
 
     Raised anywhere on a request's path; the application sends it and counts it in one place.
@@ -37,7 +37,7 @@ class Refusal(Exception):
         await send_error(send, self.status, self.message, self.type, self.code, self.param)
 
 
-class ClientGone(Exception):
+class ClientGone(CachegateError):
     """The client disconnected before its request body arrived."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import Endpoint, Model
 from cachegate.tokens.registry import TokenizerSpec
@@ -25,7 +26,7 @@ ENV_PREFIX = "CACHEGATE_"
 CONFIG_PATH_ENV = "CACHEGATE_CONFIG"  # names the file itself; not an override
 
 
-class ConfigError(Exception):
+class ConfigError(CachegateError):
     """The configuration is invalid; the message says where and why."""
 
 

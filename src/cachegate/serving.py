@@ -15,6 +15,7 @@ import socket
 import uvicorn
 
 from cachegate.asgi import ASGIApp
+from cachegate.core.errors import CachegateError
 
 log = logging.getLogger("cachegate")
 
@@ -39,7 +40,7 @@ def server(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str 
 BACKLOG = 2048  # uvicorn's own default
 
 
-class ListenError(Exception):
+class ListenError(CachegateError):
     """An address that cannot be listened on; the message names the setting, for one line on stderr."""
 
     @classmethod

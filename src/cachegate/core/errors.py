@@ -26,7 +26,18 @@ MarkerRejection = Literal[
 MARKER_REJECTIONS: Final[tuple[MarkerRejection, ...]] = get_args(MarkerRejection)
 
 
-class MarkerError(ValueError):
+class CachegateError(Exception):
+    r"""The base of every error cachegate raises on purpose: ``except CachegateError`` catches them
+    all and leaves genuine bugs (a ``KeyError``, a ``TypeError``) to surface as bugs.
+
+    By layer: ``ConfigError`` and ``ListenError`` stop the process at start; ``StoreError``,
+    ``CacheIndexError``, ``TokenizerLoadError``, ``TokenCountError`` and ``UpstreamError`` come from
+    the ports; ``Refusal`` and ``ClientGone`` end one request; the request errors below (also
+    ``ValueError``\ s) are the client's.
+    """
+
+
+class MarkerError(CachegateError, ValueError):
     """An invalid ``cache_control`` marker (SPEC §3): answered with 400 ``invalid_cache_control``.
 
     ``param`` is the JSON path of the offending marker (``messages[2].content[0].cache_control``,

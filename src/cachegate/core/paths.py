@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from cachegate.core.errors import CachegateError
+
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
 
 
-class DotSegment(ValueError):
+class DotSegment(CachegateError, ValueError):
     """The path has a ``.`` or ``..`` segment (plain or percent-encoded)."""
 
 

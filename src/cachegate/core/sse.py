@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import orjson
 
+from cachegate.core.errors import CachegateError
+
 DONE_EVENT: Final = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT_BYTES: Final = 1 << 20
 
@@ -23,7 +25,7 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 
 
-class SseFrameTooLarge(ValueError):
+class SseFrameTooLarge(CachegateError, ValueError):
     """An event grew past the framer's limit: the stream is not SSE, or is abusive."""
 
 

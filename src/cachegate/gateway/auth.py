@@ -12,15 +12,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from cachegate.core.errors import CachegateError
 from cachegate.store.base import ApiKey, ControlStore, StoreError
 from cachegate.store.keys import hash_secret
 
 
-class AuthError(Exception):
+class AuthError(CachegateError):
     """The request carries no usable key (401)."""
 
 
-class AuthUnavailable(Exception):
+class AuthUnavailable(CachegateError):
     """The key is unknown here and the control store cannot be asked (503)."""
 
 

@@ -11,8 +11,7 @@ import contextlib
 import logging
 
 from cachegate.asgi import Refusal
-from cachegate.gateway.periodic import Periodic
-from cachegate.reconnecting import backoff_delays
+from cachegate.background import Periodic, backoff_delays
 from cachegate.store.base import Catalog, ControlStore, Endpoint, Model, StoreError
 
 log = logging.getLogger(__name__)

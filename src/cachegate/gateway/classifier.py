@@ -14,10 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cachegate.background import Periodic
 from cachegate.core.classify import blocks_to_count, blocks_to_verify, decide, deepest_hit, lookup_candidates
 from cachegate.core.types import CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh, Scope
 from cachegate.gateway import metrics
-from cachegate.gateway.periodic import Periodic
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.tokens.base import TokenCounter, TokenCountError
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from cachegate.background import Periodic
 from cachegate.config import Config
 from cachegate.gateway import metrics
 from cachegate.gateway.journal import Journal, Segment
-from cachegate.gateway.periodic import Periodic
 from cachegate.store.base import ControlStore, LedgerRow, StoreError
 
 log = logging.getLogger(__name__)

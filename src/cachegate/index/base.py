@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from cachegate.core.errors import CachegateError
 from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
 
 
-class IndexError_(Exception):
+class CacheIndexError(CachegateError):
     """Base of the index errors."""
 
 
-class IndexUnavailable(IndexError_):
+class IndexUnavailable(CacheIndexError):
     """The backend could not be reached or answered with an error; callers degrade (§11)."""
 
 

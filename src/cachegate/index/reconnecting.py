@@ -2,16 +2,16 @@
 
 While the backend cannot be reached, every operation raises ``IndexUnavailable`` at once and the
 request is served uncached with the degraded flag (SPEC §11); the retrying is
-``cachegate.reconnecting.Reconnecting``. Once open, every call goes straight to the real index.
+``cachegate.background.Reconnecting``. Once open, every call goes straight to the real index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
+from cachegate.background import Reconnecting
 from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
 from cachegate.index.base import CacheIndex, IndexUnavailable
-from cachegate.reconnecting import Reconnecting
 
 Opener = Callable[[], Awaitable[CacheIndex]]
 

@@ -7,12 +7,11 @@ nothing waits for it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
+from cachegate.background import Periodic
 from cachegate.index.base import CacheIndex, IndexUnavailable
 
 logger = logging.getLogger(__name__)
@@ -22,31 +21,21 @@ class Sweeper:
     """Calls ``index.sweep(clock())`` every ``interval`` seconds, from ``start()`` until ``stop()``."""
 
     def __init__(self, index: CacheIndex, interval: float = 60.0, *, clock: Callable[[], float] = time.time) -> None:
-        if interval <= 0:
-            raise ValueError(f"the sweep interval must be positive, not {interval!r}")
         self._index = index
-        self._interval = interval
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("index sweep", interval, self.sweep_once)
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._periodic.running
 
     def start(self) -> None:
         """Start sweeping on the running event loop; the first sweep comes one interval later."""
-        if self._task is not None:
-            raise RuntimeError("the sweeper has been started already")
-        self._task = asyncio.create_task(self._run(), name="cachegate-index-sweeper")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        """Stop sweeping and wait until the task has ended (a sweep in flight is cancelled)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        """Stop sweeping, once a sweep in flight (if any) has finished."""
+        await self._periodic.stop()
 
     async def sweep_once(self) -> None:
         """One sweep; any failure is logged, never raised."""
@@ -58,8 +47,3 @@ class Sweeper:
             logger.exception("cache index sweep failed unexpectedly")
         else:
             logger.debug("cache index sweep removed %d expired entries", removed)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.sweep_once()

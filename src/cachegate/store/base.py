@@ -14,10 +14,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 
 
-class StoreError(Exception):
+class StoreError(CachegateError):
     """Base of the control-store errors."""
 
 

@@ -5,7 +5,7 @@ resolved and the catalog cannot load, so the gateway answers 503 (never an unaut
 and ``/readyz`` says it is not ready. ``prepare`` runs on each freshly opened store before it is
 used (``cachegate serve`` migrates the schema and seeds the configured endpoints and models); a
 store that opens but cannot be prepared yet is closed and tried again. The retrying is
-``cachegate.reconnecting.Reconnecting``.
+``cachegate.background.Reconnecting``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+from cachegate.background import Reconnecting
 from cachegate.core.types import CacheTariff
-from cachegate.reconnecting import Reconnecting
 from cachegate.store.base import (
     ApiKey,
     Catalog,

@@ -6,14 +6,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from cachegate.core.errors import CachegateError
 from cachegate.core.types import ParsedPrompt
 
 
-class TokenizerLoadError(Exception):
+class TokenizerLoadError(CachegateError):
     """A tokenizer or its chat template could not be loaded; the message says which file and why."""
 
 
-class TokenCountError(Exception):
+class TokenCountError(CachegateError):
     """The count could not be taken (template refused the request, service down, …); callers degrade."""
 
 

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from cachegate.core.errors import CachegateError
 
-class UpstreamError(Exception):
+
+class UpstreamError(CachegateError):
     """Base of the upstream errors."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
+from cachegate.core.errors import CachegateError
 from cachegate.core.sites import MARKER_KEY
 
 # Each chat object built from a client block, with the client's JSON path of that block.
@@ -50,7 +51,7 @@ _HIGH_BUDGET: Final = 16384
 _ERROR_PREFIX: Final = "Error:"
 
 
-class AnthropicRequestError(ValueError):
+class AnthropicRequestError(CachegateError, ValueError):
     """A request Anthropic's API would refuse, or this gateway cannot serve: a 400 naming ``param``.
 
     ``param`` is the JSON path in the client's request (``messages[1].content[0].source``).

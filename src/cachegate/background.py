@@ -1,13 +1,19 @@
-"""A backend that is no start-up dependency: opened in the background, with backoff, until it answers.
+"""Work beside the requests: periodic rounds, and backends opened in the background until they answer.
 
-A backend being down must never keep the gateway from starting (SPEC §11): the cache index is
-served around (requests go uncached), the control store is waited for (requests get 503 until it
-answers). ``Reconnecting`` holds what both need: ``open()`` tries once; if the backend cannot be
-reached, the caller starts anyway, ``get()`` raises the backend's own "unavailable" error at once,
-and one background task tries again after 0.25 s, 0.5 s, 1 s, … up to ``max_backoff`` seconds
-between attempts, until an attempt succeeds. Callers never wait for a connection attempt, and
-while the backend is missing nothing but that one task touches the network: no busy loop, no
-stampede of reconnects.
+``Periodic`` runs a round of work every few seconds (the ledger flush, cache refreshes, catalog
+reloads, index sweeps). A round that fails is logged and the next one goes on: a task that died
+on one unexpected error would silently stop billing, refreshing or reloading for the life of the
+process. Stopping lets a round in progress finish instead of cancelling it halfway, because a
+ledger write cut off mid-flight could be lost, or land and then be written again.
+
+``Reconnecting`` keeps a backend out of start-up: a backend being down must never keep the
+gateway from starting (SPEC §11). The cache index is served around (requests go uncached), the
+control store is waited for (requests get 503 until it answers). ``open()`` tries once; if the
+backend cannot be reached, the caller starts anyway, ``get()`` raises the backend's own
+"unavailable" error at once, and one background task tries again after 0.25 s, 0.5 s, 1 s, … up
+to ``max_backoff`` seconds between attempts, until an attempt succeeds. Callers never wait for a
+connection attempt, and while the backend is missing nothing but that one task touches the
+network: no busy loop, no stampede of reconnects.
 
 Once open, losing the backend again is the adapter's business: the PostgreSQL pools reconnect on
 their next acquire, SQLite reopens nothing (its errors are per statement).
@@ -23,6 +29,50 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Calls ``work()`` every ``interval`` seconds, from ``start()`` until ``stop()``; the first round
+    comes one interval after the start."""
+
+    def __init__(self, name: str, interval: float, work: Callable[[], Awaitable[object]]) -> None:
+        if interval <= 0:
+            raise ValueError(f"the {name} interval must be positive, not {interval!r}")
+        self._name = name
+        self._interval = interval
+        self._work = work
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"the {self._name} has been started already")
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"cachegate-{self._name}")
+
+    async def stop(self) -> None:
+        """Ask the loop to end and wait for the round in progress, if any, to finish."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._work()
+            except Exception:
+                log.exception("%s failed; the next round runs in %s s", self._name, self._interval)
 
 
 class Closable(Protocol):
