@@ -7,6 +7,7 @@ Routing and pricing never wait on the store: a failed reload keeps the last good
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from cachegate.asgi import Refusal
 from cachegate.gateway.periodic import Periodic
@@ -16,8 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class CatalogCache:
-    def __init__(self, store: ControlStore, refresh_seconds: float) -> None:
+    def __init__(
+        self, store: ControlStore, refresh_seconds: float, on_revocations: Callable[[int], None] | None = None
+    ) -> None:
         self._store = store
+        self._on_revocations = on_revocations
         self._periodic = Periodic("catalog reload", refresh_seconds, self._reload)
         self.current = Catalog(endpoints={}, models={}, tariffs={})
         self.loaded = False
@@ -34,6 +38,8 @@ class CatalogCache:
     async def load(self) -> None:
         self.current = await self._store.load_catalog()
         self.loaded = True
+        if self._on_revocations is not None:
+            self._on_revocations(self.current.revocations)
 
     def start(self) -> None:
         self._periodic.start()

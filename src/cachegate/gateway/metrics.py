@@ -40,7 +40,14 @@ TOKEN_COUNTS = Counter(
     "Prompts counted, by how: memory, resumed, layout, sentinel, remote (tokens/base.py CountMethod).",
     ["method"],
 )
-LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
+LEDGER_DROPPED = Counter(
+    "cachegate_ledger_rows_dropped_total",
+    "Ledger rows lost: the memory buffer (no journal, or a failing disk) was full, or held at exit.",
+)
+LEDGER_REFUSED = Counter(
+    "cachegate_ledger_rows_refused_total",
+    "Ledger rows the store refused while it took their neighbours; set aside in the journal's folder (*.refused).",
+)
 LEDGER_JOURNALED = Counter(
     "cachegate_ledger_rows_journaled_total", "Ledger rows written (and synced, if fsync is on) to the local journal."
 )

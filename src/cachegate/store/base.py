@@ -86,6 +86,7 @@ class Catalog:
     endpoints: dict[str, Endpoint]
     models: dict[str, Model]
     tariffs: dict[str, tuple[TariffVersion, ...]]  # model alias -> versions, oldest first
+    revocations: int = 0  # how many keys are revoked: a change tells every replica to look its keys up again
 
     def tariff_at(self, model: str, at: datetime) -> CacheTariff | None:
         for version in reversed(self.tariffs.get(model, ())):
