@@ -87,7 +87,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     if config.demo.enabled:
         access = await create_demo_key(gateway.store, f"http://{host}:{port}")
         print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
-    server = serving.server(gateway, host, port)
+    server = serving.server(gateway, host, port, limits=config.server)
     try:
         await server.serve()
     finally:

@@ -96,12 +96,15 @@ class FaultyStore:
     def __init__(self, inner: ControlStore) -> None:
         self.inner = inner
         self.down = False
+        self.key_lookups = 0
+        self.stored: list[LedgerRow] = []  # every ledger row the gateway wrote, in order
 
     def _check(self) -> None:
         if self.down:
             raise StoreUnavailable("control store switched off by the test")
 
     async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
+        self.key_lookups += 1
         self._check()
         return await self.inner.find_api_key(secret_hash)
 
@@ -112,6 +115,7 @@ class FaultyStore:
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
         self._check()
         await self.inner.append_ledger(rows)
+        self.stored.extend(rows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -183,7 +187,7 @@ class GatewayHarness:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = serving.server(self.gateway, log_level="warning")
+        self._server = serving.server(self.gateway, log_level="warning", limits=self.config.server)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._serve_task.done():

@@ -74,6 +74,7 @@ class Gateway:
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
+            config.deadlines.disconnect_drain_seconds,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
         self._routes: dict[tuple[str, str], Route] = {

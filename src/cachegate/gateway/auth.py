@@ -98,14 +98,19 @@ class KeyResolver:
         self._revocations: int | None = None
 
     async def resolve(self, secret: str, address: str = "") -> ApiKey:
-        """The key of ``secret``; ``AuthError`` (and a failure counted for ``address``) if it is not valid."""
-        self.failures.check(address)
+        """The key of ``secret``; ``AuthError`` (and a failure counted for ``address``) if it is not valid.
+
+        An address past its failure limit may still use a key known here (a tenant behind the same
+        NAT as a guesser keeps working); what it can no longer do is make the store look up keys.
+        """
+        digest = hash_secret(secret)
+        if digest not in self._known:
+            self.failures.check(address)
         try:
-            key = await self._lookup(hash_secret(secret))
+            return await self._lookup(digest)
         except AuthError:
             self.failures.failed(address)
             raise
-        return key
 
     async def _lookup(self, digest: bytes) -> ApiKey:
         if digest in self._unknown:

@@ -121,6 +121,9 @@ class LedgerRow:
     # crash) is stored once. None only for rows written by hand; the store never dedupes those.
     row_id: str | None = None
     route: str = "chat"  # the route that served it: chat or messages (SPEC §9)
+    # The client left before the end (SPEC §11): "drained" (billed from the upstream's final usage,
+    # read after it left) or "counted" (our count of the prompt, the completion tokens relayed).
+    disconnect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
