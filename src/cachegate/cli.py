@@ -122,6 +122,11 @@ async def _migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _admin(args: argparse.Namespace, config: Config) -> int:
+    check = getattr(args, "check", None)
+    problem = check(args, config) if check is not None else None
+    if problem is not None:
+        print(f"cachegate: {problem}", file=sys.stderr)
+        return 2
     if config.store_url.startswith("sqlite"):
         config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(config.store_url)
