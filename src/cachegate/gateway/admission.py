@@ -21,10 +21,6 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def total(self) -> int:
-        return sum(self._per_key.values())
-
     @contextlib.contextmanager
     def admit(self, key_id: str) -> Iterator[None]:
         """Count one request of ``key_id`` while it runs; 429 if the key has its limit in flight already."""
