@@ -151,8 +151,12 @@ class Exchange:
         ``usage`` is the upstream's final usage if it came within ``drain_seconds`` after the
         client left ("drained"): billed as any request. Without it ("counted"), the prompt is our
         own count and the completion the tokens relayed. The cache split keeps the reads (they
-        were served) and drops the writes: nothing was committed, so no write is charged.
+        were served) and drops the writes: nothing was committed, so no write is charged. An
+        upstream that refused the request (non-2xx) produced nothing: billed as it answered.
         """
+        if not 200 <= self.status < 300:
+            self.vetoed("client_disconnected")
+            return
         classification = await self.classification_result() if self.cache_enabled else None
         self.vetoed("client_disconnected")
         self.status = 499  # nginx's "client closed request": the answer reached nobody
