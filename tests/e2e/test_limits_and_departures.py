@@ -12,6 +12,7 @@ import json
 import select
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,18 @@ def bearer(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
 
 
+def streams_cut(gateway: GatewayHarness, more_than: int | None = None) -> int:
+    """How many streams the fake upstream stopped because the gateway closed the connection; with
+    ``more_than``, waits (a while) for more than that many (the fake notices at its next write)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"{gateway.fake_url}/_fake/streams-cut") as answer:
+            count = int(json.load(answer)["streams_cut"])
+        if more_than is None or count > more_than or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
+
+
 def user_messages() -> list[dict[str, Any]]:
     return [{"role": "user", "content": f"{system_text(60)} What is rule 3?"}]
 
@@ -170,10 +183,12 @@ def test_a_chat_client_that_leaves_a_long_stream_is_billed_our_counts_and_the_up
     key_id, secret = key
     messages = user_messages()
     expected_prompt = prompt_count(gateway, secret, messages)
+    cut_before = streams_cut(gateway)
 
     read = leave_a_chat_stream_after(gateway, secret, {"model": "plain", "messages": messages}, SLOW_STREAM)
 
     _, left = rows_of(gateway, key_id, 2)
+    assert streams_cut(gateway, more_than=cut_before) == cut_before + 1  # the upstream stream was closed
     assert (left.disconnect, left.status) == ("counted", 499)
     assert left.prompt_tokens == expected_prompt  # our own count: the upstream never said
     # Relayed content frames: at least those the client read (its first was the role frame), not all 20.

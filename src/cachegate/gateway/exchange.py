@@ -175,6 +175,7 @@ class Exchange:
             self.reported = CacheStats(read=min(classification.stats.read, self.prompt_tokens))
         else:
             self.reported = CacheStats()
+        metrics.labelled(metrics.CLIENTS_LEFT, self.disconnect).inc()
 
     def vetoed(self, reason: str) -> None:
         """The response did not succeed: whatever the classification planned is dropped."""

@@ -23,6 +23,11 @@ COMMITS = Counter("cachegate_cache_commits_total", "Index commits after a succes
 COMMITS_VETOED = Counter(
     "cachegate_cache_commits_vetoed_total", "Pending writes dropped because the response did not succeed.", ["reason"]
 )
+CLIENTS_LEFT = Counter(
+    "cachegate_clients_left_total",
+    "Requests whose client left before the end, by how they were billed: drained (the upstream's usage) or counted.",
+    ["billed"],
+)
 STALE_HITS = Counter(
     "cachegate_cache_stale_hits_total",
     "Deepest matches refused because the template now renders their prefix differently.",
