@@ -1,7 +1,10 @@
 """The ``cachegate`` admin commands: principals, API keys, endpoints, models, tariffs, usage.
 
 ``register`` adds them to the main parser. Each command sets ``func`` to an async callable
-that the CLI awaits with an open control store; its result is the exit code. A store error (a
+that the CLI awaits with an open control store; its result is the exit code. A command given
+names the configuration defines (a tokenizer, a TTL) also sets ``check``, which the CLI calls
+with the configuration first: a name the gateway could not serve is refused (exit 2) before the
+store is touched, instead of every request to it failing later. A store error (a
 name that does not exist or exists already, an out-of-order tariff, the store unreachable)
 prints one line on stderr and exits 1; malformed arguments, such as a price that is not a
 plain non-negative decimal, are argparse's business and exit 2.
@@ -17,11 +20,14 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
+from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import ControlStore, Endpoint, Model, NotFound, StoreError, TariffVersion
 from cachegate.store.values import decimal_text, parse_decimal, utcnow
 
 AdminCommand = Callable[[argparse.Namespace, ControlStore], Awaitable[int]]
+ConfigCheck = Callable[[argparse.Namespace, Config], str | None]
+"""Returns why the arguments do not fit the configuration, or None."""
 
 _DEFAULT_TARIFF = CacheTariff()
 _DEFAULT_TOKENIZER = "qwen3"
@@ -65,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="TTL",
         help="cache requests that carry no marker with this TTL (5m, 1h, 24h), as OpenAI caches automatically",
     )
+    add.set_defaults(check=_model_add_fits)
     _command(model, "list", "list the models", _model_list)
 
     tariff = _group(subparsers, "tariff", "cache tariffs: a tariff in force enables caching for a model")
@@ -183,6 +190,17 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
         ]
     )
     return 0
+
+
+def _model_add_fits(args: argparse.Namespace, config: Config) -> str | None:
+    if args.tokenizer not in config.tokenizers:
+        known = ", ".join(sorted(config.tokenizers))
+        return f"unknown tokenizer {args.tokenizer!r}: the configuration has {known}"
+    ttl = args.automatic_caching
+    if ttl is not None and ttl not in config.accepted_ttls:
+        accepted = ", ".join(str(tier) for tier in config.accepted_ttls)
+        return f"--automatic-caching {ttl} is not an accepted TTL: the configuration accepts {accepted}"
+    return None
 
 
 async def _model_list(args: argparse.Namespace, store: ControlStore) -> int:

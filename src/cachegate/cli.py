@@ -95,7 +95,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         if config.demo.enabled:
             access = await create_demo_key(gateway.store, f"http://{host}:{port}")
             print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
-        await serving.serve(gateway, listener, "cachegate")
+        await serving.serve(gateway, listener, "cachegate", config.server)
     return 0
 
 
@@ -138,6 +138,11 @@ async def _migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _admin(args: argparse.Namespace, config: Config) -> int:
+    check = getattr(args, "check", None)
+    problem = check(args, config) if check is not None else None
+    if problem is not None:
+        print(f"cachegate: {problem}", file=sys.stderr)
+        return 2
     store = await open_store(config.store_url)
     try:
         await store.migrate()

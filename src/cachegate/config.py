@@ -44,6 +44,35 @@ class Deadlines(_Strict):
     commit_seconds: float = Field(30.0, gt=0)
     upstream_connect_seconds: float = Field(10.0, gt=0)
     upstream_read_seconds: float = Field(600.0, gt=0)
+    # How long a response whose client left is still read, discarding, for the upstream's final usage;
+    # then the upstream connection is closed and the completion is billed from what was relayed.
+    disconnect_drain_seconds: float = Field(5.0, ge=0)
+
+
+class ServerLimits(_Strict):
+    """What one client may hold of the server: header bytes, time to send a request, connections, shutdown.
+
+    Where uvicorn has the option it is used (``serving.py``); the rest is cachegate's own (``http_limits.py``).
+    """
+
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; over it: 431
+    request_receive_seconds: float = Field(30.0, gt=0)  # a whole request (headers and body) must arrive in this
+    keep_alive_seconds: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_concurrency: int | None = Field(2048, gt=0)  # connections + requests in flight; over it: 503 (uvicorn)
+    per_key_concurrency: int | None = Field(64, gt=0)  # requests in flight per API key; over it: 429
+    shutdown_drain_seconds: float = Field(30.0, ge=0)  # open requests and streams may finish within this
+    shutdown_ledger_seconds: float = Field(10.0, gt=0)  # then the ledger is flushed to the store within this
+    shutdown_close_seconds: float = Field(5.0, gt=0)  # then each other part is stopped within this
+
+
+class AuthConfig(_Strict):
+    """How API keys are resolved (SPEC §12): the key caches and the limit on failed attempts."""
+
+    key_cache_seconds: float = Field(30.0, gt=0)  # a known key is looked up again after this
+    key_cache_size: int = Field(100_000, gt=0)
+    unknown_key_cache_seconds: float = Field(30.0, gt=0)  # an unknown key is refused from memory this long
+    unknown_key_cache_size: int = Field(100_000, gt=0)  # its own cache: a flood of random keys evicts no real key
+    failures_per_minute: int = Field(30, gt=0)  # 401s per client address; more: 429 without a lookup
 
 
 class EndpointConfig(_Strict):
@@ -147,7 +176,9 @@ class Config(_Strict):
     body_limit_bytes: int = Field(32 * 1024 * 1024, gt=0)
     deadlines: Deadlines = Deadlines()
     sweep_interval_seconds: float = Field(60.0, gt=0)
-    catalog_refresh_seconds: float = Field(10.0, gt=0)
+    catalog_refresh_seconds: float = Field(10.0, gt=0)  # also how soon another replica's revocation applies
+    server: ServerLimits = ServerLimits()
+    auth: AuthConfig = AuthConfig()
     tokenizers: dict[str, TokenizerSpec] = Field(
         default_factory=lambda: {"qwen3": TokenizerSpec.model_validate({"kind": "builtin", "name": "qwen3"})}
     )

@@ -44,6 +44,8 @@ tested against an engine's shapes. Their prompts are counted as plain text when 
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
+A stream whose reader closed the connection stops there, as an engine aborts the generation;
+``GET /_fake/streams-cut`` says how many have.
 """
 
 from __future__ import annotations
@@ -357,6 +359,7 @@ class FakeUpstream:
         self._prompt = PromptCounter(counter)
         self.last_request: bytes = b""
         self.last_headers: dict[str, str] = {}
+        self.streams_cut = 0  # streams stopped because the reader (the gateway) closed the connection
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -367,6 +370,7 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/_fake/last-request", self._last_request)
         app.router.add_get("/_fake/last-headers", self._last_headers)
+        app.router.add_get("/_fake/streams-cut", self._streams_cut)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -554,6 +558,9 @@ class FakeUpstream:
     async def _last_headers(self, request: web.Request) -> web.Response:
         return _json(self.last_headers)
 
+    async def _streams_cut(self, request: web.Request) -> web.Response:
+        return _json({"streams_cut": self.streams_cut})
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.last_request = raw
@@ -573,7 +580,13 @@ class FakeUpstream:
         prompt_tokens = await self._prompt.count(body)
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
-            return await self._stream(request, body, behavior, answer, model, prompt_tokens)
+            response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
+            await response.prepare(request)
+            try:
+                await self._stream(request, response, body, behavior, answer, model, prompt_tokens)
+            except ConnectionResetError:  # the reader left: stop generating, as an engine does
+                self.streams_cut += 1
+            return response
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -593,14 +606,13 @@ class FakeUpstream:
     async def _stream(
         self,
         request: web.Request,
+        response: web.StreamResponse,
         body: dict[str, Any],
         behavior: Behavior,
         answer: Answer,
         model: str,
         prompt_tokens: int,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
+    ) -> None:
         newline = b"\r\n" if behavior.crlf else b"\n"
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -634,7 +646,7 @@ class FakeUpstream:
             if behavior.cut_after is not None and i == behavior.cut_after:
                 assert request.transport is not None
                 request.transport.abort()  # the client sees a broken chunked body
-                return response
+                return
             if behavior.pace:
                 await asyncio.sleep(behavior.pace)
             if answer.pieces[i][0] == "arguments" and not call_opened:
@@ -645,13 +657,12 @@ class FakeUpstream:
             error = {"error": {"message": "fake upstream error frame", "type": "server_error", "code": None}}
             await response.write(b"data: " + orjson.dumps(error) + newline + newline)
             await response.write_eof()
-            return response
+            return
         await response.write(frame([{"index": 0, "delta": {}, **answer.finishing_choice()}], per_chunk, last=True))
         if include_usage and behavior.usage:
             await response.write(frame([], usage))
         await response.write(b"data: [DONE]" + newline + newline)
         await response.write_eof()
-        return response
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> dict[str, Any]:

@@ -97,6 +97,26 @@ def test_the_example_file_loads_and_validates() -> None:
     assert model.cache.to_tariff() == CacheTariff("1.25", "2.0", "2.5", "0.1", 1024)
 
 
+def test_the_server_limits_and_key_caches_have_defaults_and_take_overrides() -> None:
+    default = load_config(None, {})
+    tuned = load_config(
+        None,
+        {
+            "CACHEGATE_SERVER__PER_KEY_CONCURRENCY": "8",
+            "CACHEGATE_SERVER__SHUTDOWN_DRAIN_SECONDS": "0",
+            "CACHEGATE_AUTH__FAILURES_PER_MINUTE": "3",
+            "CACHEGATE_DEADLINES__DISCONNECT_DRAIN_SECONDS": "0",
+        },
+    )
+
+    assert (default.server.max_header_bytes, default.server.per_key_concurrency) == (65536, 64)
+    assert (default.auth.key_cache_seconds, default.deadlines.disconnect_drain_seconds) == (30.0, 5.0)
+    assert (tuned.server.per_key_concurrency, tuned.server.shutdown_drain_seconds) == (8, 0.0)
+    assert (tuned.auth.failures_per_minute, tuned.deadlines.disconnect_drain_seconds) == (3, 0.0)
+    with pytest.raises(ConfigError, match=r"server\.max_header_bytes"):
+        load_config(None, {"CACHEGATE_SERVER__MAX_HEADER_BYTES": "10"})
+
+
 def test_an_empty_file_means_every_default_without_the_demo(tmp_path: Path) -> None:
     config = load_yaml(tmp_path, "")
 

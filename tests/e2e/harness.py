@@ -103,6 +103,7 @@ class FaultyStore:
     def __init__(self, inner: ControlStore) -> None:
         self.inner = inner
         self.down = False
+        self.key_lookups = 0
         self.stored: list[LedgerRow] = []  # every ledger row the store took, in order
 
     def _check(self) -> None:
@@ -110,6 +111,7 @@ class FaultyStore:
             raise StoreUnavailable("control store switched off by the test")
 
     async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
+        self.key_lookups += 1
         self._check()
         return await self.inner.find_api_key(secret_hash)
 
@@ -197,7 +199,7 @@ class GatewayHarness:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = serving.server(self.gateway, log_level="warning")
+        self._server = serving.server(self.gateway, log_level="warning", limits=self.config.server)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._serve_task.done():

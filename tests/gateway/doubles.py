@@ -141,6 +141,11 @@ class KeyStore:
         digest = hash_secret(secret)
         self.keys[digest] = replace(self.keys[digest], revoked_at=ISSUED)
 
+    async def revoke_api_key(self, key_id: str) -> None:
+        for digest, key in self.keys.items():
+            if key.id == key_id:
+                self.keys[digest] = replace(key, revoked_at=ISSUED)
+
     async def find_api_key(self, secret_hash: bytes) -> ApiKey | None:
         self.calls += 1
         if self.down:
@@ -164,6 +169,7 @@ class LedgerStore:
         self.before_write: Callable[[], None] | None = None
         self.gate: asyncio.Event | None = None
         self.writing = asyncio.Event()  # set once a write has started
+        self.refuses: Callable[[LedgerRow], bool] | None = None  # a batch holding such a row fails unmapped
 
     @property
     def written(self) -> list[int]:
@@ -177,6 +183,8 @@ class LedgerStore:
             self.before_write()
         if self.failures:
             raise self.failures.pop(0)
+        if self.refuses is not None and any(self.refuses(row) for row in rows):
+            raise ValueError("numeric field overflow")  # what a driver raises; no adapter maps it
         if self.down:
             raise StoreUnavailable("control store: connection refused")
         if self.gate is not None:

@@ -7,14 +7,16 @@ from typing import cast
 
 import pytest
 
+from cachegate.config import AuthConfig
 from cachegate.gateway import auth
-from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
+from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, TooManyFailures, bearer_secret
 from cachegate.store.base import ControlStore
 
 from .doubles import KeyStore
 
 SECRET = "cg-a-secret-that-was-issued"
 TTL = 30.0
+FAILURES = 1000
 
 
 class Clock:
@@ -43,7 +45,10 @@ def store() -> KeyStore:
 
 
 def resolver_for(store: KeyStore, capacity: int = 100) -> KeyResolver:
-    return KeyResolver(cast(ControlStore, store), ttl_seconds=TTL, capacity=capacity)
+    config = AuthConfig(
+        key_cache_seconds=TTL, key_cache_size=capacity, unknown_key_cache_seconds=TTL, failures_per_minute=FAILURES
+    )
+    return KeyResolver(cast(ControlStore, store), config)
 
 
 # --- bearer_secret -----------------------------------------------------------------------------
@@ -162,9 +167,12 @@ async def test_a_key_known_to_be_bad_stays_refused_while_the_store_is_down(store
         await resolver.resolve(SECRET)
 
     store.down = True
-    clock.advance(TTL * 10)
+    clock.advance(TTL / 2)
 
     with pytest.raises(AuthError):
+        await resolver.resolve(SECRET)
+    clock.advance(TTL)  # no longer known to be bad: it may have been issued since
+    with pytest.raises(AuthUnavailable):
         await resolver.resolve(SECRET)
 
 
@@ -194,3 +202,80 @@ async def test_forget_drops_every_cached_answer(store: KeyStore, clock: Clock) -
     with pytest.raises(AuthError):
         await resolver.resolve(SECRET)
     assert store.calls == 2
+
+
+async def test_a_flood_of_unknown_keys_evicts_no_known_key_and_repeats_cost_no_query(
+    store: KeyStore, clock: Clock
+) -> None:
+    store.issue(SECRET)
+    resolver = resolver_for(store, capacity=2)
+    await resolver.resolve(SECRET)
+    flood = [f"cg-guess-{number}" for number in range(50)]
+    for secret in flood:
+        with pytest.raises(AuthError):
+            await resolver.resolve(secret, "198.51.100.7")
+    calls = store.calls
+    for secret in flood:
+        with pytest.raises(AuthError):
+            await resolver.resolve(secret, "198.51.100.7")
+
+    store.down = True
+
+    assert store.calls == calls
+    assert (await resolver.resolve(SECRET)).id == "key_a"  # still cached, though the cache holds 2
+
+
+async def test_an_address_that_keeps_failing_is_refused_without_a_lookup(store: KeyStore) -> None:
+    resolver = KeyResolver(cast(ControlStore, store), AuthConfig(failures_per_minute=3))
+    for number in range(3):
+        with pytest.raises(AuthError):
+            await resolver.resolve(f"cg-guess-{number}", "198.51.100.7")
+    calls = store.calls
+
+    with pytest.raises(TooManyFailures):
+        await resolver.resolve("cg-guess-next", "198.51.100.7")
+    assert store.calls == calls
+    store.issue(SECRET)
+    assert (await resolver.resolve(SECRET, "203.0.113.9")).id == "key_a"  # another address is not limited
+
+
+async def test_a_revocation_here_refuses_the_key_at_once(store: KeyStore, clock: Clock) -> None:
+    store.issue(SECRET)
+    resolver = resolver_for(store)
+    await resolver.resolve(SECRET)
+
+    await resolver.revoke("key_a")
+
+    with pytest.raises(AuthError):
+        await resolver.resolve(SECRET)
+
+
+async def test_a_revocation_elsewhere_refuses_the_key_once_the_count_changes(store: KeyStore, clock: Clock) -> None:
+    store.issue(SECRET)
+    resolver = resolver_for(store)
+    resolver.revocations_seen(0)
+    await resolver.resolve(SECRET)
+    store.revoke(SECRET)
+    resolver.revocations_seen(0)
+    await resolver.resolve(SECRET)  # nothing changed yet as far as this replica knows
+
+    resolver.revocations_seen(1)
+
+    with pytest.raises(AuthError):
+        await resolver.resolve(SECRET)
+
+
+async def test_an_unexpected_store_error_on_a_cached_key_keeps_serving_it(store: KeyStore, clock: Clock) -> None:
+    issued = store.issue(SECRET)
+    resolver = resolver_for(store)
+    await resolver.resolve(SECRET)
+
+    async def broken(secret_hash: bytes) -> None:
+        raise RuntimeError("a driver error no adapter maps")
+
+    store.find_api_key = broken  # type: ignore[method-assign]
+    clock.advance(TTL * 2)
+
+    assert await resolver.resolve(SECRET) == issued
+    with pytest.raises(AuthUnavailable):
+        await resolver.resolve("cg-never-seen")

@@ -237,3 +237,54 @@ async def test_a_degraded_classification_flags_the_usage_and_the_ledger_row() ->
     assert row.degraded
     assert (row.cache_read_tokens, row.cache_creation_5m_tokens) == (0, 0)
     assert row.cost == row.list_cost  # an outage never bills a surcharge
+
+
+# --- a client that left (SPEC §11) ---------------------------------------------------------------
+
+
+async def test_a_client_that_left_is_billed_the_drained_usage_with_its_reads_and_no_write() -> None:
+    split = CacheStats(read=600, creation_5m=300)
+    gone = exchange(task=classified(split, counted_total=1000))
+    gone.status = 200
+
+    await gone.client_left(usage(1002, 40))
+    row = gone.ledger_row()
+
+    assert (row.disconnect, row.status, row.prompt_tokens, row.completion_tokens) == ("drained", 499, 1002, 40)
+    assert (row.cache_read_tokens, row.cache_creation_5m_tokens) == (600, 0)
+
+
+async def test_without_the_upstreams_usage_the_prompt_is_our_count_and_the_completion_what_was_relayed() -> None:
+    gone = exchange(task=classified(CacheStats(), counted_total=1000))
+    gone.status = 200
+    gone.relayed_tokens = 7
+
+    await gone.client_left(None)
+    row = gone.ledger_row()
+
+    assert (row.disconnect, row.prompt_tokens, row.completion_tokens) == ("counted", 1000, 7)
+    assert row.cost == Decimal("0.000001") * 1000 + Decimal("0.000002") * 7
+
+
+async def test_without_a_classification_the_prompt_is_counted_on_demand() -> None:
+    gone = exchange(tariff=None)
+    gone.status = 200
+
+    async def count() -> int:
+        return 321
+
+    gone.count_prompt = count
+    await gone.client_left(None)
+
+    assert (gone.ledger_row().prompt_tokens, gone.ledger_row().disconnect) == (321, "counted")
+
+
+async def test_a_client_that_left_a_refused_request_is_billed_as_the_upstream_answered() -> None:
+    gone = exchange(tariff=None)
+    gone.status = 503
+    gone.relayed_tokens = 3
+
+    await gone.client_left(None)
+    row = gone.ledger_row()
+
+    assert (row.status, row.prompt_tokens, row.completion_tokens, row.disconnect) == (503, 0, 0, None)

@@ -4,8 +4,10 @@ bounded buffer while the control store is down, and are written in order when it
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import cast
 
+from cachegate.gateway import journal
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.store.base import ControlStore
 
@@ -188,3 +190,47 @@ async def test_the_background_task_survives_an_unexpected_store_error() -> None:
         await eventually(lambda: 1 in store.written, timeout=0.5)
     finally:
         await writer.stop()
+
+
+async def test_an_unmapped_error_of_every_row_keeps_the_whole_batch_in_the_journal(tmp_path: Path) -> None:
+    store = LedgerStore()
+    store.refuses = lambda row: True  # a driver error of a class no adapter maps, on every call
+    writer = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    await writer.start()
+    for number in range(3):
+        await writer.record(ledger_row(number))
+
+    assert await writer.flush() is False
+    assert writer.buffered == 3
+
+    store.refuses = None
+    await writer.stop()
+    assert store.written == [0, 1, 2]
+
+
+async def test_a_row_the_store_refuses_alone_is_set_aside_and_its_neighbours_written(tmp_path: Path) -> None:
+    store = LedgerStore()
+    store.refuses = lambda row: row.prompt_tokens == 1
+    writer = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    await writer.start()
+    for number in range(3):
+        await writer.record(ledger_row(number))
+
+    await writer.stop()
+
+    assert sorted(store.written) == [0, 2]
+    (refused,) = tmp_path.glob("*.refused")
+    assert [row.prompt_tokens for row in journal.records(refused.read_bytes())] == [1]
+
+
+async def test_stop_is_bounded_when_the_store_hangs_and_the_rows_stay_in_the_journal(tmp_path: Path) -> None:
+    store = LedgerStore()
+    store.gate = asyncio.Event()  # every write hangs
+    writer = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    await writer.start()
+    await writer.record(ledger_row(7))
+
+    await asyncio.wait_for(writer.stop(store_seconds=0.05), GIVE_UP_AFTER)
+
+    segments = list(tmp_path.glob("*.journal"))
+    assert [row.prompt_tokens for path in segments for row in journal.records(path.read_bytes())] == [7]

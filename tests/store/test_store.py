@@ -116,6 +116,21 @@ async def test_a_revoked_key_is_still_found_with_its_revocation_time(store: Cont
     assert await store.find_api_key(hash_secret(secret)) == revoked  # the first revocation time stays
 
 
+async def test_the_catalog_counts_revoked_keys_so_replicas_notice_a_revocation(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+    first, _ = await store.create_api_key(acme.id)
+    second, _ = await store.create_api_key(acme.id)
+    before = (await store.load_catalog()).revocations
+
+    await store.revoke_api_key(first.id)
+    once = (await store.load_catalog()).revocations
+    await store.revoke_api_key(first.id)  # again: no change
+    again = (await store.load_catalog()).revocations
+    await store.revoke_api_key(second.id)
+
+    assert (before, once, again, (await store.load_catalog()).revocations) == (0, 1, 1, 2)
+
+
 async def test_revoking_an_unknown_key_is_not_found(store: ControlStore) -> None:
     with pytest.raises(NotFound, match="key_ghost"):
         await store.revoke_api_key("key_ghost")
@@ -357,6 +372,16 @@ async def test_our_prompt_count_is_kept_beside_the_upstreams(store: ControlStore
     stored = await query(store_url, "SELECT key_id, prompt_tokens, counted_prompt_tokens FROM ledger ORDER BY key_id")
 
     assert stored == [("key_2", 100, None), ("key_test", 100, 98)]
+
+
+async def test_how_a_client_that_left_was_billed_is_kept(store: ControlStore, store_url: str) -> None:
+    await store.append_ledger(
+        [ledger_row(T0, "prn_a", "m", disconnect="counted", status=499), ledger_row(T0, "prn_a", "m", key_id="key_2")]
+    )
+
+    stored = await query(store_url, "SELECT key_id, status, disconnect FROM ledger ORDER BY key_id")
+
+    assert stored == [("key_2", 200, None), ("key_test", 499, "counted")]
 
 
 async def test_a_row_id_is_stored_once_however_often_it_is_sent(store: ControlStore, store_url: str) -> None:

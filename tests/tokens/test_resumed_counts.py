@@ -132,14 +132,16 @@ def parsed(body: dict[str, Any]) -> ParsedPrompt | None:
 def resumes(counter: ChatTokenCounter) -> list[bool]:
     """Spy on ``counter``: one entry per count, whether it resumed."""
     seen: list[bool] = []
-    inner = counter._resumed_count
+    resumer = counter._resumer
+    assert resumer is not None, "this counter does not resume"
+    inner = resumer.resume
 
     def spied(*args: Any) -> PromptCounts | None:
         result = inner(*args)
         seen.append(result is not None)
         return result
 
-    counter._resumed_count = spied  # type: ignore[method-assign]
+    resumer.resume = spied  # type: ignore[method-assign]
     return seen
 
 
@@ -257,7 +259,7 @@ def test_agent_turns_resume(
             asked = [*asked, len(prompt.blocks) - 1]  # the last breakpoint is checked, a new one counted
             assert resuming.count_blocking(body, prompt, asked) == from_the_start.count_blocking(body, prompt, asked)
     finally:
-        del resuming._resumed_count
+        del resuming._resumer.resume  # type: ignore[union-attr]
     assert all(resumed[1:])
 
 
@@ -281,7 +283,7 @@ def test_a_breakpoint_the_template_leaves_out_does_not_stop_resumption() -> None
             assert counts == from_the_start.count_blocking(body, prompt, asked)
             assert counts.dropped == {0}
     finally:
-        del resuming._resumed_count
+        del resuming._resumer.resume  # type: ignore[union-attr]
     assert resumed[1:] == [True, True]
 
 

@@ -7,8 +7,10 @@ Each route is built here with the parts it needs; no module below imports this o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Final
 
 from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header
@@ -16,7 +18,8 @@ from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
 from cachegate.gateway import metrics
-from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, bearer_secret
+from cachegate.gateway.admission import InFlight
+from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, TooManyFailures, bearer_secret
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import ChatCompletions
 from cachegate.gateway.classifier import CacheClassifier
@@ -62,8 +65,9 @@ class Gateway:
         self.index = index
         self.counters = counters
         self.upstream = upstream
-        self.keys = KeyResolver(store)
-        self.catalog = CatalogCache(store, config.catalog_refresh_seconds)
+        self.keys = KeyResolver(store, config.auth)
+        self.catalog = CatalogCache(store, config.catalog_refresh_seconds, self.keys.revocations_seen)
+        self.in_flight = InFlight(config.server.per_key_concurrency)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
         self.ledger = LedgerWriter.from_config(store, config)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds)
@@ -78,7 +82,8 @@ class Gateway:
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
-            salts,
+            salts=salts,
+            drain_seconds=config.deadlines.disconnect_drain_seconds,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
 
@@ -114,15 +119,27 @@ class Gateway:
         self.sweeper.start()
 
     async def shutdown(self) -> None:
-        await self.catalog.stop()
-        await self.sweeper.stop()
-        await self.classifier.refreshes.stop()
-        await self.ledger.stop()
-        await self.upstream.aclose()
-        for counter in self.counters.values():
-            await counter.aclose()
-        await self.index.aclose()
-        await self.store.aclose()
+        """Stop in the order that keeps the bill, each step bounded, so no hung part holds the rest.
+
+        By now uvicorn has stopped accepting and drained the open requests (``serving.py``); the
+        ones it cancelled at the drain deadline bill as they unwind, which is waited for first.
+        Then the ledger: its rows are on local disk before anything else can hang, and what the
+        store does not take in time stays in the journal for the next start. Then the rest.
+        """
+        limits = self.config.server
+        await _bounded("requests in flight", self.in_flight.idle(), limits.shutdown_close_seconds)
+        await self.ledger.stop(store_seconds=limits.shutdown_ledger_seconds)
+        steps: list[tuple[str, Awaitable[None]]] = [
+            ("catalog reload", self.catalog.stop()),
+            ("index sweeper", self.sweeper.stop()),
+            ("index refreshes", self.classifier.refreshes.stop()),
+            ("upstream client", self.upstream.aclose()),
+            *((f"token counter {name}", counter.aclose()) for name, counter in self.counters.items()),
+            ("cache index", self.index.aclose()),
+            ("control store", self.store.aclose()),
+        ]
+        for name, step in steps:
+            await _bounded(name, step, limits.shutdown_close_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -182,10 +199,16 @@ class Gateway:
             return
         started = time.perf_counter()
         try:
-            key = await self.keys.resolve(bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key")))
-            status = await route.handler(Request(scope, receive, send, key))
+            secret = bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key"))
+            key = await self.keys.resolve(secret, _client_address(scope))
+            with self.in_flight.admit(key.id):
+                status = await route.handler(Request(scope, receive, send, key))
         except AuthError as exc:
             status = await _refuse(route, send, Refusal(401, str(exc), "invalid_api_key"))
+        except TooManyFailures as exc:
+            status = await _refuse(
+                route, send, Refusal(429, str(exc), "too_many_failed_attempts", type_="rate_limit_error")
+            )
         except AuthUnavailable as exc:
             status = await _refuse(
                 route, send, Refusal(503, str(exc), "control_store_unavailable", type_="service_unavailable")
@@ -196,6 +219,21 @@ class Gateway:
             status = 499  # nobody to answer
         metrics.labelled(metrics.REQUESTS, route.name, f"{status // 100}xx").inc()
         metrics.labelled(metrics.REQUEST_SECONDS, route.name).observe(time.perf_counter() - started)
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+async def _bounded(name: str, step: Awaitable[None], seconds: float) -> None:
+    """Await one shutdown step for at most ``seconds``; a step that hangs or fails is logged and left."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("shutdown: %s did not stop within %s s; going on without it", name, seconds)
+    except Exception:
+        log.exception("shutdown: %s failed to stop", name)
 
 
 async def _refuse(route: Route, send: Send, refusal: Refusal) -> int:

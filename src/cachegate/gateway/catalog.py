@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from cachegate.asgi import Refusal
 from cachegate.background import Periodic, backoff_delays
@@ -18,8 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class CatalogCache:
-    def __init__(self, store: ControlStore, refresh_seconds: float) -> None:
+    def __init__(
+        self, store: ControlStore, refresh_seconds: float, on_revocations: Callable[[int], None] | None = None
+    ) -> None:
         self._store = store
+        self._on_revocations = on_revocations
         self._periodic = Periodic("catalog reload", refresh_seconds, self._reload)
         self.current = Catalog(endpoints={}, models={}, tariffs={})
         self._first_load: asyncio.Task[None] | None = None
@@ -37,6 +41,8 @@ class CatalogCache:
     async def load(self) -> None:
         self.current = await self._store.load_catalog()
         self.loaded = True
+        if self._on_revocations is not None:
+            self._on_revocations(self.current.revocations)
 
     async def start(self) -> None:
         """Load now if the store answers, else keep trying in the background with backoff; then

@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from cachegate.asgi import Refusal, Send, media_type, read_body, send_bytes
+from cachegate.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
 from cachegate.core.telemetry import scrub_telemetry, without_telemetry
 from cachegate.gateway.completions import Arrival, Completions, json_request
+from cachegate.gateway.departure import read_body_or_bill_departure
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.routing import Request
 from cachegate.gateway.streaming import relay_stream
@@ -38,7 +39,7 @@ class ChatCompletions:
             if media_type(call.response.headers) == b"text/event-stream":
                 await relay_stream(call.exchange, call.response, request.receive, request.send, client_wants_usage)
             else:
-                await _relay_json(call.exchange, call.response, request.send)
+                await _relay_json(call.exchange, call.response, request.receive, request.send)
         return call.exchange.status
 
 
@@ -47,13 +48,15 @@ def _asks_for_usage(body: dict[str, Any]) -> bool:
     return body.get("stream") is True and isinstance(options, dict) and options.get("include_usage") is True
 
 
-async def _relay_json(exchange: Exchange, response: UpstreamResponse, send: Send) -> None:
+async def _relay_json(exchange: Exchange, response: UpstreamResponse, receive: Receive, send: Send) -> None:
     try:
-        data: bytes = await response.read()
+        data = await read_body_or_bill_departure(exchange, response, receive)
     except UpstreamBroken as exc:
         exchange.vetoed("upstream_broken")
         exchange.status = 502
         raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
+    if data is None:
+        return  # the client left: nobody to answer
     headers = [(k, v) for k, v in response.headers if k != b"content-length"]
     ok = 200 <= response.status < 300
     kind = media_type(response.headers)

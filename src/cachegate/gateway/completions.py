@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from cachegate.gateway.forwarding import upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.routing import Request
 from cachegate.gateway.salting import CacheSalts
-from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.base import TokenCounter, TokenCountError
 from cachegate.upstream.base import Upstream, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
 
 
@@ -70,7 +71,9 @@ class Completions:
         upstream: Upstream,
         ledger: LedgerWriter,
         classify_deadline: float,
+        *,
         salts: CacheSalts | None = None,
+        drain_seconds: float = 0.0,
     ) -> None:
         self._catalog = catalog
         self._ttl_policy = ttl_policy
@@ -80,6 +83,7 @@ class Completions:
         self._ledger = ledger
         self._classify_deadline = classify_deadline
         self._salts = salts
+        self._drain_seconds = drain_seconds
 
     @contextlib.asynccontextmanager
     async def call(
@@ -126,7 +130,13 @@ class Completions:
             classifier=self._classifier,
             ledger=self._ledger,
             route=route,
+            drain_seconds=self._drain_seconds,
         )
+        prompt_counter = self._counters.get(model.tokenizer)
+        if prompt_counter is not None:
+            exchange.count_prompt = functools.partial(
+                _count_whole_prompt, prompt_counter, body, breakpoints, self._classify_deadline
+            )
         if tariff is not None and breakpoints:
             counter = self._counters[model.tokenizer]
             exchange.task = asyncio.create_task(
@@ -167,6 +177,17 @@ class Completions:
             return Classification.degraded_zeros()
         prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
         return await self._classifier.classify(scope, prompt, body, tariff, counter, arrival.at)
+
+
+async def _count_whole_prompt(
+    counter: TokenCounter, body: dict[str, Any], breakpoints: tuple[Breakpoint, ...], deadline: float
+) -> int | None:
+    """Our count of the whole prompt (for a client that left before the upstream's usage); None if it fails."""
+    try:
+        counts = await asyncio.wait_for(counter.count(body, hashed_prompt(body, breakpoints), ()), deadline)
+    except (TokenCountError, TimeoutError):
+        return None
+    return counts.total
 
 
 def checked_breakpoints(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -46,6 +47,10 @@ class Exchange:
     status: int = 0
     route: str = "chat"  # the route that serves it, for the ledger
     billed: bool = False
+    drain_seconds: float = 0.0  # how long a response whose client left is still read for its usage
+    count_prompt: Callable[[], Awaitable[int | None]] | None = None  # our count of the whole prompt, on demand
+    relayed_tokens: int = 0  # completion tokens relayed so far (core.relayed), for a client that leaves
+    disconnect: str | None = None  # how a client that left was billed: "drained" or "counted"
 
     @property
     def cache_enabled(self) -> bool:
@@ -140,6 +145,38 @@ class Exchange:
             await self.succeeded()
         await self.bill()  # before the stream's last event: a client that saw the end has been billed
 
+    async def client_left(self, usage: dict[str, Any] | None) -> None:
+        """The client left before the end (SPEC §11): commit nothing (§7.4), bill what it caused.
+
+        ``usage`` is the upstream's final usage if it came within ``drain_seconds`` after the
+        client left ("drained"): billed as any request. Without it ("counted"), the prompt is our
+        own count and the completion the tokens relayed. The cache split keeps the reads (they
+        were served) and drops the writes: nothing was committed, so no write is charged. An
+        upstream that refused the request (non-2xx) produced nothing: billed as it answered.
+        """
+        if not 200 <= self.status < 300:
+            self.vetoed("client_disconnected")
+            return
+        classification = await self.classification_result() if self.cache_enabled else None
+        self.vetoed("client_disconnected")
+        self.status = 499  # nginx's "client closed request": the answer reached nobody
+        if usage is not None:
+            self.disconnect = "drained"
+            self._record_counts(usage)
+        else:
+            self.disconnect = "counted"
+            counted = classification.counted_total if classification is not None else None
+            if counted is None and self.count_prompt is not None:
+                counted = await self.count_prompt()
+            if counted is not None:
+                self.prompt_tokens = counted
+            self.completion_tokens = max(self.completion_tokens, self.relayed_tokens)
+        if classification is not None and not classification.degraded:
+            self.reported = CacheStats(read=min(classification.stats.read, self.prompt_tokens))
+        else:
+            self.reported = CacheStats()
+        metrics.labelled(metrics.CLIENTS_LEFT, self.disconnect).inc()
+
     def vetoed(self, reason: str) -> None:
         """The response did not succeed: whatever the classification planned is dropped."""
         if self.task is not None and not self.task.done():
@@ -192,6 +229,7 @@ class Exchange:
             degraded=self.degraded,
             counted_prompt_tokens=self.classification.counted_total if self.classification is not None else None,
             route=self.route,
+            disconnect=self.disconnect,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:

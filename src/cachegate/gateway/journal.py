@@ -249,6 +249,15 @@ class Journal:
         self.sealed.remove(segment)
         return Path(await self._on_thread(_set_aside, segment))
 
+    async def set_aside(self, rows: list[LedgerRow]) -> Path:
+        """Write rows the store refuses to a file of their own (``*.refused``, the segment format),
+        never replayed by itself: for an operator to look at, mend and replay. Returns its path."""
+        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{next(self._names)}.refused"
+        path = self.directory / name
+        data = MAGIC + b"".join(encode_row(row) for row in rows)
+        await self._on_thread(_write_new_file, path, data, self._fsync)
+        return path
+
     async def settle(self) -> None:
         """Wait until every queued row has been written (or handed to ``on_failure``)."""
         while self._flusher is not None:
@@ -389,6 +398,16 @@ def _set_aside(segment: Segment) -> Path:
     segment.path.rename(target)
     os.close(segment.fd)
     return target
+
+
+def _write_new_file(path: Path, data: bytes, fsync: bool) -> None:
+    with path.open("xb") as file:
+        file.write(data)
+        if fsync:
+            file.flush()
+            os.fsync(file.fileno())
+    if fsync:
+        _sync_directory(path.parent)
 
 
 def _sync_directory(directory: Path) -> None:

@@ -14,6 +14,7 @@ failing disk); it is bounded, and past the bound the oldest rows are dropped and
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -124,15 +125,33 @@ class LedgerWriter:
                 log.warning("ledger journal: the store is unavailable; leftover rows are replayed in the background")
         self._periodic.start()
 
-    async def stop(self) -> None:
-        """Drain what the store will take; rows it cannot take now stay in the journal for the next start."""
-        await self._periodic.stop()
+    async def stop(self, store_seconds: float | None = None) -> None:
+        """Drain what the store will take; rows it cannot take now stay in the journal for the next start.
+
+        Every queued row is on local disk first; only the store's part is bounded by
+        ``store_seconds`` (None: unbounded), so a hung store cannot hold a shutdown, nor lose a row
+        that reached the journal. A round cut off by the bound may still land: the store skips the
+        row ids it has when the journal is replayed.
+        """
         if self.journal is not None:
             await self.journal.settle()
-            await self.journal.maintain(seal=True)
-        await self.flush()
+        try:
+            async with asyncio.timeout(store_seconds):
+                await self._periodic.stop()
+                if self.journal is not None:
+                    await self.journal.maintain(seal=True)
+                await self.flush()
+        except TimeoutError:
+            log.error(
+                "ledger: the store took no more rows within %s s; %d rows wait for the next start",
+                store_seconds,
+                self.buffered,
+            )
         if self.journal is not None:
             await self.journal.close()
+        if self._rows:
+            metrics.LEDGER_DROPPED.inc(len(self._rows))
+            log.error("ledger: %d rows held in memory (no journal) are lost at exit", len(self._rows))
 
     async def flush(self) -> bool:
         """One round: drain the journal, then the memory buffer; False if the store is unavailable."""
@@ -171,37 +190,63 @@ class LedgerWriter:
                 return True
 
     async def _store_batch(self, batch: list[LedgerRow]) -> bool:
-        """Write one batch; False if the store is unavailable (the caller keeps it), True otherwise."""
+        """Write one batch; False if the store cannot take it now (the caller keeps it), True once done.
+
+        No error drops a row. A failure that is not a mapped outage may still be one (a closed
+        pool, a driver error of another class), or a row the store refuses: the batch is tried
+        again row by row. If every row fails, the store is down and the batch is kept; rows that
+        fail while their neighbours are written are refused for what they are and set aside in
+        the journal's folder for an operator (never retried forever, never blocking later rows).
+        """
         try:
             await self._store.append_ledger(batch)
         except StoreError as exc:
             log.warning("ledger write failed, %d rows kept for later: %s", len(batch), exc)
             return False
         except Exception:
-            # Not an outage but rows the store refuses: retrying them would block every later row.
-            metrics.LEDGER_DROPPED.inc(len(batch))
-            log.exception("the store refused a ledger batch of %d rows; they are dropped", len(batch))
-            return True
+            log.exception("ledger write of %d rows failed unexpectedly; trying them one by one", len(batch))
+            return await self._store_one_by_one(batch)
         metrics.LEDGER_STORED.inc(len(batch))
         return True
+
+    async def _store_one_by_one(self, batch: list[LedgerRow]) -> bool:
+        refused: list[LedgerRow] = []
+        for row in batch:
+            try:
+                await self._store.append_ledger([row])
+            except Exception:
+                refused.append(row)
+            else:
+                metrics.LEDGER_STORED.inc()
+        if len(refused) == len(batch):
+            log.warning("ledger: the store takes none of %d rows; kept for later", len(batch))
+            return False
+        if refused:
+            await self._set_aside(refused)
+        return True
+
+    async def _set_aside(self, rows: list[LedgerRow]) -> None:
+        """Keep rows the store refuses, for an operator: in the journal's folder, or else in memory."""
+        metrics.LEDGER_REFUSED.inc(len(rows))
+        if self.journal is not None:
+            try:
+                where = await self.journal.set_aside(rows)
+            except OSError:
+                log.exception("cannot set aside %d refused ledger rows; kept in memory", len(rows))
+            else:
+                log.error("the store refused %d ledger rows; set aside in %s", len(rows), where)
+                return
+        for row in rows:
+            self.append(row)
 
     async def _flush_memory(self) -> bool:
         """Write everything buffered in memory; returns False (keeping the rows) if the store is unavailable."""
         while self._rows:
             batch = [self._rows.popleft() for _ in range(min(self._batch_size, len(self._rows)))]
-            try:
-                await self._store.append_ledger(batch)
-            except StoreError as exc:
+            if not await self._store_batch(batch):
                 room = self._max_buffered - len(self._rows)
                 kept = batch[len(batch) - room :] if room < len(batch) else batch
                 self._rows.extendleft(reversed(kept))
                 metrics.LEDGER_DROPPED.inc(len(batch) - len(kept))
-                log.warning("ledger write failed, %d rows kept for later: %s", len(self._rows), exc)
                 return False
-            except Exception:
-                # Not an outage but rows the store refuses: retrying them would block every later row.
-                metrics.LEDGER_DROPPED.inc(len(batch))
-                log.exception("the store refused a ledger batch of %d rows; they are dropped", len(batch))
-            else:
-                metrics.LEDGER_STORED.inc(len(batch))
         return True

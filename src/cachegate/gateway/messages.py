@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from cachegate.asgi import JSON_HEADERS, Refusal, Send, media_type, read_body, send_bytes
+from cachegate.asgi import JSON_HEADERS, Refusal, media_type, read_body, send_bytes
 from cachegate.core.anthropic.request import (
     AnthropicRequestError,
     ReasoningSwitch,
@@ -28,6 +28,7 @@ from cachegate.core.types import TtlTier
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import DEGRADED_HEADER, usage_payload
 from cachegate.gateway.completions import Arrival, Completions, json_request
+from cachegate.gateway.departure import read_body_or_bill_departure
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.messages_stream import final_usage, relay_messages_stream
 from cachegate.gateway.routing import Request
@@ -91,18 +92,26 @@ class Messages:
                     with_24h=self._with_24h,
                 )
             else:
-                await self._relay_json(call.exchange, call.response, request.send, alias, translated)
+                await self._relay_json(call.exchange, call.response, request, alias, translated)
         return call.exchange.status
 
     async def _relay_json(
-        self, exchange: Exchange, response: UpstreamResponse, send: Send, alias: str, translated: TranslatedRequest
+        self,
+        exchange: Exchange,
+        response: UpstreamResponse,
+        request: Request,
+        alias: str,
+        translated: TranslatedRequest,
     ) -> None:
         try:
-            data = await response.read()
+            data = await read_body_or_bill_departure(exchange, response, request.receive)
         except UpstreamBroken as exc:
             exchange.vetoed("upstream_broken")
             exchange.status = 502
             raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
+        if data is None:
+            return  # the client left: nobody to answer
+        send = request.send
         if not 200 <= response.status < 300:
             exchange.vetoed("non_2xx")
             raise Refusal(response.status, _upstream_error_message(data, response.status), "upstream_error")

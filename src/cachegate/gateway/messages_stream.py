@@ -10,7 +10,8 @@ read-your-writes order as a chat stream's usage frame and ``[DONE]`` — and onl
 succeeded and the client is still there.
 
 An upstream stream that breaks off, or reports an error, ends with an ``error`` event: the way
-an Anthropic client learns that a stream failed.
+an Anthropic client learns that a stream failed. A client that leaves mid-stream commits nothing
+and is billed for what the upstream produced, as on the chat route (``departure``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Final
 from cachegate.asgi import Receive, Send
 from cachegate.core.anthropic.response import anthropic_usage, message_id
 from cachegate.core.anthropic.stream import AnthropicStream
+from cachegate.core.relayed import delta_frames
 from cachegate.core.sse import (
     SseFramer,
     SseFrameTooLarge,
@@ -33,6 +35,7 @@ from cachegate.core.sse import (
     is_usage_frame,
 )
 from cachegate.core.types import CacheStats
+from cachegate.gateway.departure import drain_stream_usage
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.streaming import watch_disconnect
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
@@ -55,19 +58,25 @@ async def relay_messages_stream(
     relay = _MessagesRelay(exchange, send, AnthropicStream(stop_sequences=stop_sequences), model, with_24h)
     watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
+    chunks = response.chunks()
     try:
-        async for chunk in response.chunks():
+        async for chunk in chunks:
             for event in framer.feed(chunk):
                 if is_done(event):
                     break
                 await relay.on_event(event)
             if relay.disconnected.is_set() or relay.saw_error:
                 break  # stop reading: releasing the unread response drops the upstream connection
+    except asyncio.CancelledError:
+        # The server cut the stream (a shutdown past its drain deadline): billed as a client that left.
+        await exchange.client_left(relay.usage_if_seen())
+        raise
     except (UpstreamBroken, SseFrameTooLarge):
         await relay.fail("upstream_broken", "the upstream stream broke off")
     else:
-        if relay.disconnected.is_set():
-            exchange.vetoed("client_disconnected")
+        if relay.disconnected.is_set() and not relay.saw_error:
+            usage = relay.usage_if_seen() or await drain_stream_usage(chunks, framer, exchange.drain_seconds)
+            await exchange.client_left(usage)
             return
         if not relay.saw_error:  # an error frame already ended the stream with an error event
             await relay.finish()
@@ -124,7 +133,14 @@ class _MessagesRelay:
         if carries_usage(payload):
             self.last_usage = dict(payload["usage"])
             self.exchange.apply_usage_if_ready(payload["usage"])
+        self.exchange.relayed_tokens += delta_frames(event)
         await self.emit(*self.translator.on_chunk(payload))
+
+    def usage_if_seen(self) -> dict[str, Any] | None:
+        """The usage frame's counts if it came before the client left, else None."""
+        if not self.usage_seen:
+            return None
+        return {"prompt_tokens": self.exchange.prompt_tokens, "completion_tokens": self.exchange.completion_tokens}
 
     async def _start(self, upstream_id: object) -> None:
         if not self.started:

@@ -26,6 +26,11 @@ COMMITS = Counter("cachegate_cache_commits_total", "Index commits after a succes
 COMMITS_VETOED = Counter(
     "cachegate_cache_commits_vetoed_total", "Pending writes dropped because the response did not succeed.", ["reason"]
 )
+CLIENTS_LEFT = Counter(
+    "cachegate_clients_left_total",
+    "Requests whose client left before the end, by how they were billed: drained (the upstream's usage) or counted.",
+    ["billed"],
+)
 STALE_HITS = Counter(
     "cachegate_cache_stale_hits_total",
     "Deepest matches refused because the template now renders their prefix differently.",
@@ -43,7 +48,14 @@ TOKEN_COUNTS = Counter(
     "Prompts counted, by how: memory, resumed, layout, sentinel, remote (tokens/base.py CountMethod).",
     ["method"],
 )
-LEDGER_DROPPED = Counter("cachegate_ledger_rows_dropped_total", "Ledger rows lost because the buffer was full.")
+LEDGER_DROPPED = Counter(
+    "cachegate_ledger_rows_dropped_total",
+    "Ledger rows lost: the memory buffer (no journal, or a failing disk) was full, or held at exit.",
+)
+LEDGER_REFUSED = Counter(
+    "cachegate_ledger_rows_refused_total",
+    "Ledger rows the store refused while it took their neighbours; set aside in the journal's folder (*.refused).",
+)
 LEDGER_JOURNALED = Counter(
     "cachegate_ledger_rows_journaled_total", "Ledger rows written (and synced, if fsync is on) to the local journal."
 )

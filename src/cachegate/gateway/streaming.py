@@ -7,6 +7,9 @@ succeeded: 2xx, no error frame, no transport error, and the client still there.
 
 A broken upstream stream is passed on as a broken stream: the response ends without its final
 chunk, so the client's HTTP library reports the truncation instead of a clean end.
+
+A client that leaves mid-stream commits nothing and is billed for what the upstream produced
+(``departure``): the rest of the stream is read for its usage within the drain deadline.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 from typing import Any
 
 from cachegate.asgi import Receive, Send
+from cachegate.core.relayed import delta_frames
 from cachegate.core.sse import (
     SseFramer,
     SseFrameTooLarge,
@@ -30,6 +34,7 @@ from cachegate.core.sse import (
     replace_event_json,
 )
 from cachegate.core.telemetry import scrub_telemetry
+from cachegate.gateway.departure import drain_stream_usage
 from cachegate.gateway.exchange import Exchange
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
@@ -42,19 +47,24 @@ async def relay_stream(
     relay = _Relay(exchange, send, ok=200 <= response.status < 300, client_wants_usage=client_wants_usage)
     watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
+    chunks = response.chunks()
     try:
-        async for chunk in response.chunks():
+        async for chunk in chunks:
             if not framer.pending and only_plain_events(chunk):
                 await relay.forward(chunk)  # the hot path: content frames pass untouched, as they came
             else:
                 for event in framer.feed(chunk):
                     await relay.on_event(event)
             if relay.disconnected.is_set():
-                break  # stop reading: releasing the unread response drops the upstream connection
+                break  # to the drain below; the relay sends nothing more
         else:
             tail = framer.flush()
             if tail:
                 await relay.on_event(tail)
+    except asyncio.CancelledError:
+        # The server cut the stream (a shutdown past its drain deadline): billed as a client that left.
+        await exchange.client_left(relay.usage_if_seen())
+        raise
     except (UpstreamBroken, SseFrameTooLarge):
         # An event over the framer's limit cannot be relayed faithfully either: a broken stream.
         exchange.vetoed("upstream_broken")
@@ -65,8 +75,9 @@ async def relay_stream(
             await watcher
     if not relay.finished:
         if relay.disconnected.is_set():
-            exchange.vetoed("client_disconnected")
-            return
+            usage = relay.usage_if_seen() or await drain_stream_usage(chunks, framer, exchange.drain_seconds)
+            await exchange.client_left(usage)
+            return  # releasing the unread rest of the response drops the upstream connection
         await relay.finish()  # the upstream ended cleanly without [DONE]
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -88,6 +99,7 @@ class _Relay:
         self.finished = False
 
     async def forward(self, event: bytes) -> None:
+        self.exchange.relayed_tokens += delta_frames(event)
         await self.send({"type": "http.response.body", "body": event, "more_body": True})
 
     async def on_event(self, event: bytes) -> None:
@@ -120,6 +132,12 @@ class _Relay:
             await self.forward(replace_event_json(event, payload))
         else:
             await self.forward(event)
+
+    def usage_if_seen(self) -> dict[str, Any] | None:
+        """The usage the relay has seen already (its usage frame came before the client left), if any."""
+        if not self.usage_frame_seen:
+            return None
+        return {"prompt_tokens": self.exchange.prompt_tokens, "completion_tokens": self.exchange.completion_tokens}
 
     async def finish(self) -> None:
         """End-of-stream work, before ``[DONE]``: a usage frame if the upstream sent none, then the commit."""

@@ -87,6 +87,7 @@ class Catalog:
     endpoints: dict[str, Endpoint]
     models: dict[str, Model]
     tariffs: dict[str, tuple[TariffVersion, ...]]  # model alias -> versions, oldest first
+    revocations: int = 0  # how many keys are revoked: a change tells every replica to look its keys up again
 
     def tariff_at(self, model: str, at: datetime) -> CacheTariff | None:
         for version in reversed(self.tariffs.get(model, ())):
@@ -121,6 +122,9 @@ class LedgerRow:
     # crash) is stored once. None only for rows written by hand; the store never dedupes those.
     row_id: str | None = None
     route: str = "chat"  # the route that served it: chat, messages, completions, responses, embeddings (SPEC §2)
+    # The client left before the end (SPEC §11): "drained" (billed from the upstream's final usage,
+    # read after it left) or "counted" (our count of the prompt, the completion tokens relayed).
+    disconnect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 _KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
+_REVOCATIONS = "SELECT count(revoked_at) FROM api_keys"  # keys are never un-revoked: it only grows
 _TARIFF_COLUMNS = (
     "model, write_multiplier_5m, write_multiplier_1h, write_multiplier_24h, read_multiplier,"
     " min_prefix_tokens, valid_from, valid_until"
@@ -326,6 +327,7 @@ class SqliteStore:
                 tariffs = connection.execute(
                     f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
                 ).fetchall()
+                revocations = connection.execute(_REVOCATIONS).fetchone()[0]
             versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
             for row in tariffs:
                 versions[row["model"]].append(_tariff_version(row))
@@ -333,6 +335,7 @@ class SqliteStore:
                 endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
                 models={row["alias"]: model_from_row(row) for row in models},
                 tariffs={model: tuple(rows) for model, rows in versions.items()},
+                revocations=revocations,
             )
 
         return await self._run(select)
