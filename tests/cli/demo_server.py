@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import log_scan
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -69,4 +71,7 @@ def running_demo(folder: Path) -> Iterator[tuple[str, str]]:
         yield started.base_url, started.key
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 130  # a clean shutdown on Ctrl-C, with the conventional status
+        status = process.wait(30)
+        assert process.stdout is not None
+        log_scan.keep("cachegate serve (demo)", [*started.output.splitlines(), *process.stdout.read().splitlines()])
+        assert status == 130  # a clean shutdown on Ctrl-C, with the conventional status

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import log_scan
+
 
 def cachegate(*args: str) -> list[str]:
     return [sys.executable, "-m", "cachegate", *args]
@@ -27,6 +29,7 @@ class Running:
             cachegate(*args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
+        log_scan.keep(" ".join(args), self.lines)
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
