@@ -317,7 +317,8 @@ models:
                 gateway_cells += f" | {off.rps:>12.0f}{off.p50_ms:>8.2f}{off.p99_ms:>8.2f}{off.cpu_ms:>8.3f}"
                 costs.append(
                     f"{mode} c={connections}: {(1 - through.rps / off.rps) * 100:.1f}% fewer req/s,"
-                    f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms"
+                    f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms,"
+                    f" CPU per request {(through.cpu_ms / off.cpu_ms - 1) * 100:+.1f}%"
                 )
                 bare_cells = f"{reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f}"
                 upstream_cells = f"{direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
@@ -327,6 +328,8 @@ models:
                     f" | {added:>12.2f} | {errors:>6}"
                 )
         print("journal cost (gw with the journal, fsync per group, against no-jnl):", "; ".join(costs))
+        print("(CPU per request: what a core the gateway has to itself would lose in throughput; it moves")
+        print("less than req/s when other processes share the core)")
         print(f"gw and no-jnl: medians of {args.rounds} interleaved runs of {args.duration} s each;")
         print("gw = cachegate (ledger journal on, fsync per group), no-jnl = cachegate with the journal off,")
         print("bare = bare proxy (no cache work), up = the fake upstream directly;")
