@@ -328,7 +328,7 @@ models:
                     f" | {added:>12.2f} | {errors:>6}"
                 )
         print("journal cost (gw with the journal, fsync per group, against no-jnl):", "; ".join(costs))
-        print("(CPU per request: what a core the gateway has to itself would lose in throughput; it moves")
+        print("(CPU per request: the cost where the gateway has a core to itself and is bound by it; it moves")
         print("less than req/s when other processes share the core)")
         print(f"gw and no-jnl: medians of {args.rounds} interleaved runs of {args.duration} s each;")
         print("gw = cachegate (ledger journal on, fsync per group), no-jnl = cachegate with the journal off,")
