@@ -11,11 +11,13 @@ bare_proxy.py: the same server and upstream client, JSON parsing and nothing els
 what the machine costs can be told apart from what the cache layer costs.
 
 The gateway runs twice, side by side on the same data: as configured by default, with the ledger
-journal on (one write and one fdatasync per group commit, before each response's last byte), and
-with the journal off (``ledger.journal.enabled: false``: rows wait in memory, as before issue 15).
-The last lines give the journal's cost in throughput per mode and concurrency.
+journal on (one synced write per group commit, before each response's last byte), and with the
+journal off (``ledger.journal.enabled: false``: rows wait in memory, as before issue 15). The two
+are measured in interleaved rounds (on, off, off, on, on, off, ...) and their medians reported, so
+that load from other processes on the machine falls on both sides alike. The last lines give the
+journal's cost in throughput and latency per mode and concurrency.
 
-    make bench                       # or: .venv/bin/python bench/bench.py --duration 10
+    make bench                       # or: .venv/bin/python bench/bench.py --duration 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +74,27 @@ class Run:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+
+@dataclass(frozen=True)
+class Median:
+    """The medians of interleaved runs of one server, and its CPU milliseconds per request."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float
+    errors: int
+
+    @classmethod
+    def of(cls, runs: list[tuple[Run, float]]) -> Median:
+        return cls(
+            rps=statistics.median(run.rps for run, _ in runs),
+            p50_ms=statistics.median(run.p50_ms for run, _ in runs),
+            p99_ms=statistics.median(run.p99_ms for run, _ in runs),
+            cpu_ms=statistics.median(cpu for _, cpu in runs),
+            errors=sum(run.errors for run, _ in runs),
+        )
 
 
 def free_port() -> int:
@@ -186,7 +210,10 @@ def post(url: str, body: bytes, key: str) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="whole seconds per cell (default 10)")
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per run (default 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved runs of the journal on and off per cell, medians (default 3)"
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -263,7 +290,7 @@ models:
 
         header = (
             f"{'mode':<7}{'conc':>5} | {'gw req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms':>8}"
-            f" | {'no-jnl req/s':>12}{'p50 ms':>8}{'p99 ms':>8}"
+            f" | {'no-jnl req/s':>12}{'p50 ms':>8}{'p99 ms':>8}{'CPU ms':>8}"
             f" | {'bare req/s':>10}{'p50 ms':>8}{'CPU ms':>8} | {'up req/s':>9}{'p50 ms':>8}"
             f" | {'added p50 ms':>12} | {'errors':>6}"
         )
@@ -278,14 +305,20 @@ models:
             for connections in (1, 32):
                 direct = wrk(upstream_url, up_body, "", connections, args.duration, script)
                 reference, bare_cpu = measure(bare_url, up_body, "", connections, args.duration, script, bare.pid)
-                through, gw_cpu = measure(gateway_url, gw_body, key, connections, args.duration, script, gateway.pid)
-                off = wrk(unjournaled_url, gw_body, key, connections, args.duration, script)
+                on_runs: list[tuple[Run, float]] = []
+                off_runs: list[tuple[Run, float]] = []
+                for round_ in range(args.rounds):  # on, off, off, on, ...: drifts in the load fall on both
+                    pair = [(gateway, gateway_url, on_runs), (unjournaled, unjournaled_url, off_runs)]
+                    for process, url, runs in pair if round_ % 2 == 0 else reversed(pair):
+                        runs.append(measure(url, gw_body, key, connections, args.duration, script, process.pid))
+                through, off = Median.of(on_runs), Median.of(off_runs)
                 errors = through.errors + reference.errors + direct.errors + off.errors
-                gateway_cells = f"{through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{gw_cpu:>8.3f}"
-                gateway_cells += f" | {off.rps:>12.0f}{off.p50_ms:>8.2f}{off.p99_ms:>8.2f}"
+                gateway_cells = f"{through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{through.cpu_ms:>8.3f}"
+                gateway_cells += f" | {off.rps:>12.0f}{off.p50_ms:>8.2f}{off.p99_ms:>8.2f}{off.cpu_ms:>8.3f}"
                 costs.append(
                     f"{mode} c={connections}: {(1 - through.rps / off.rps) * 100:.1f}% fewer req/s,"
-                    f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms"
+                    f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms,"
+                    f" CPU per request {(through.cpu_ms / off.cpu_ms - 1) * 100:+.1f}%"
                 )
                 bare_cells = f"{reference.rps:>10.0f}{reference.p50_ms:>8.2f}{bare_cpu:>8.3f}"
                 upstream_cells = f"{direct.rps:>9.0f}{direct.p50_ms:>8.2f}"
@@ -295,6 +328,9 @@ models:
                     f" | {added:>12.2f} | {errors:>6}"
                 )
         print("journal cost (gw with the journal, fsync per group, against no-jnl):", "; ".join(costs))
+        print("(CPU per request: the cost where the gateway has a core to itself and is bound by it; it moves")
+        print("less than req/s when other processes share the core)")
+        print(f"gw and no-jnl: medians of {args.rounds} interleaved runs of {args.duration} s each;")
         print("gw = cachegate (ledger journal on, fsync per group), no-jnl = cachegate with the journal off,")
         print("bare = bare proxy (no cache work), up = the fake upstream directly;")
         print("CPU ms = process CPU time (user + system) per request; gateway and bare proxy on core 0,")

@@ -163,7 +163,9 @@ class MetricsConfig(_Strict):
 class LedgerConfig(_Strict):
     flush_interval_seconds: float = Field(1.0, gt=0)  # how often the journal is drained to the control store
     batch_size: int = Field(1000, gt=0)  # rows per insert
-    max_buffered_rows: int = Field(100_000, gt=0)  # the memory buffer, used only when the journal cannot be
+    # Rows held in memory: the buffer used only when the journal cannot be written, and, separately,
+    # the copy of journaled rows that the drain sends to the store (beyond it, rows are read back).
+    max_buffered_rows: int = Field(100_000, gt=0)
     journal: LedgerJournalConfig = LedgerJournalConfig()
 
 

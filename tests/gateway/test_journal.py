@@ -124,6 +124,27 @@ async def test_a_round_drains_the_journal_to_the_store_and_deletes_it(tmp_path: 
     await writer.stop()
 
 
+async def test_rows_beyond_the_memory_bound_are_drained_from_the_file(tmp_path: Path) -> None:
+    """Own rows are drained from their copy in memory; past ``max_buffered`` rows, from the segment file."""
+    store = LedgerStore()
+    store.down = True
+    writer = writer_for(store, tmp_path, batch_size=2, max_buffered=3)
+    await writer.start()
+    for n in range(3):
+        await writer.record(ledger_row(n))
+    assert await writer.flush() is False  # sealed with its copy; the store is down
+    for n in range(3, 8):
+        await writer.record(ledger_row(n))  # the next segment outgrows the bound: no copy of it
+
+    store.down = False
+    assert await writer.flush() is True  # the first segment; the second is sealed by the next round
+    assert await writer.flush() is True
+
+    assert store.written == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert segments(tmp_path) == [] and writer.buffered == 0
+    await writer.stop()
+
+
 async def test_rows_stay_in_the_journal_through_an_outage_and_a_restart(tmp_path: Path) -> None:
     store = LedgerStore()
     store.down = True

@@ -6,11 +6,18 @@ the next ``write``, synced by ``O_DSYNC`` (optionally after waiting ``commit_int
 more). The blocking file work runs on one thread of the journal's own, so it never blocks the
 event loop, and a request waits for nothing but its own group's commit.
 
+A group is handed to the thread from the event loop's own callbacks (the first row's ``append``,
+then the previous group's completion), never from a task of its own: such a task would be queued
+behind every request the last commit woke, so under load all requests ended up waiting for one
+commit together while the loop sat idle (a convoy). The thread wakes the loop once per group.
+
 The ledger writer seals the active segment (the next row starts a new one), drains sealed
 segments to the control store and deletes each once the store has all its rows. A process holds
 an exclusive ``flock`` on every segment it owns, so the segments of a process that died (the
 lock goes with it) are told apart from a live neighbour's and adopted: at start, before the
-gateway serves, and on every later round.
+gateway serves, and on every later round. The rows a process wrote are also kept in memory (up
+to ``max_copied_rows``), so draining its own segments costs no reading back and decoding; a file
+is read only when it was adopted, or when a long store outage has outgrown that bound.
 
 A record is framed as ``length (u32, big-endian) · crc32 (u32) · payload`` (payload: the row as
 JSON). A crash can tear only the last record of a segment; reading stops at the first record that
@@ -23,6 +30,7 @@ ledger's memory buffer) and the journal stays off until a later ``maintain()`` o
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import itertools
@@ -32,8 +40,8 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -108,6 +116,23 @@ _ROW_FIELDS = tuple(f.name for f in fields(LedgerRow))
 # -- segments ---------------------------------------------------------------------------------
 
 
+_Copy = list[tuple[LedgerRow, int]]  # rows in the order they were written, each with the file offset after it
+
+
+@dataclass(eq=False)
+class _Group:
+    """The rows of one group commit: their records, the rows themselves, and the requests waiting for them."""
+
+    records: list[bytes] = field(default_factory=list)
+    rows: list[LedgerRow] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def release(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():  # a request cancelled while it waited
+                waiter.set_result(None)
+
+
 @dataclass(eq=False)
 class Segment:
     """A sealed segment file this process holds the lock of, and how far it has been drained."""
@@ -116,6 +141,7 @@ class Segment:
     fd: int
     own: bool  # written by this process (False: adopted from a process that died)
     offset: int = len(MAGIC)  # the next record to send to the store
+    copy: _Copy | None = None  # its rows not yet sent, if kept in memory
 
 
 class Journal:
@@ -128,8 +154,10 @@ class Journal:
         *,
         fsync: bool = True,
         commit_interval: float = 0.0,
+        max_copied_rows: int = 100_000,
     ) -> None:
         self.directory = directory
+        self._max_copied = max_copied_rows
         self._on_failure = on_failure
         self._fsync = fsync
         self._interval = commit_interval
@@ -144,13 +172,17 @@ class Journal:
         self.sealed: list[Segment] = []
         self.healthy = False
         self.unstored = 0  # rows this process journaled that the store has not acknowledged yet
-        self._records: list[bytes] = []
-        self._rows: list[LedgerRow] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._queued = _Group()  # rows waiting for the next commit
+        self._committing = False  # a group is being written, or waits for commit_interval
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._copies: dict[Path, _Copy | None] = {}  # per segment written to; None: over the bound, read the file
+        self._copied = 0
 
     async def open(self) -> None:
         """Create the folder and adopt the segments of dead processes (``sealed``), ready to replay."""
+        self._loop = asyncio.get_running_loop()
         await self._on_thread(lambda: self.directory.mkdir(parents=True, exist_ok=True))
         self.healthy = True
         await self.adopt()
@@ -166,39 +198,79 @@ class Journal:
             return
         record = encode_row(row)
         waiter = asyncio.get_running_loop().create_future()
-        self._records.append(record)
-        self._rows.append(row)
-        self._waiters.append(waiter)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name="cachegate-journal-commit")
+        self._queued.records.append(record)
+        self._queued.rows.append(row)
+        self._queued.waiters.append(waiter)
+        if not self._committing:
+            self._schedule_commit()
         await waiter
 
-    async def _flush(self) -> None:
-        """Group commit: whatever queued while the previous write was in flight goes in the next one."""
-        try:
-            while self._records:
-                if self._interval:
-                    await asyncio.sleep(self._interval)
-                records, rows, waiters = self._records, self._rows, self._waiters
-                self._records, self._rows, self._waiters = [], [], []
-                try:
-                    if not self.healthy:
-                        raise OSError("the journal is off after an earlier failure")
-                    await self._on_thread(self._write, b"".join(records))
-                except Exception:
-                    self.healthy = False
-                    metrics.LEDGER_JOURNAL_FAILURES.inc()
-                    log.exception("ledger journal write failed; %d rows kept in memory instead", len(rows))
-                    self._on_failure(rows)
-                else:
-                    self.unstored += len(rows)
-                    metrics.LEDGER_JOURNALED.inc(len(rows))
-                    metrics.LEDGER_GROUP_ROWS.observe(len(rows))
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._flusher = None
+    def _schedule_commit(self) -> None:
+        """Commit the queued group now (or after ``commit_interval``), from the loop's own callback."""
+        self._committing = True
+        self._idle.clear()
+        if self._interval:
+            assert self._loop is not None
+            self._loop.call_later(self._interval, self._commit)
+        else:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Hand the queued group to the journal thread; ``_committed`` runs on the loop once it is written."""
+        group, self._queued = self._queued, _Group()
+        if not self.healthy:  # an earlier group failed: the journal is off until maintain() reopens it
+            self._on_failure(group.rows)
+            self._committed(group, None)
+            return
+        loop = self._loop
+        assert loop is not None
+        written = self._thread.submit(self._write, b"".join(group.records))
+        # One wake-up of the loop per group, straight from the journal thread.
+        written.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, group, done))
+
+    def _committed(self, group: _Group, written: Future[tuple[Path, int]] | None) -> None:
+        """A group's write is over: account for it, start the next group, then release the requests."""
+        error = written.exception() if written is not None else None
+        if error is not None:
+            self.healthy = False
+            metrics.LEDGER_JOURNAL_FAILURES.inc()
+            log.error("ledger journal write failed; %d rows kept in memory instead", len(group.rows), exc_info=error)
+            self._on_failure(group.rows)
+        elif written is not None:
+            self._keep_copy(*written.result(), group)
+            self.unstored += len(group.rows)
+            metrics.LEDGER_JOURNALED.inc(len(group.rows))
+            metrics.LEDGER_GROUP_ROWS.observe(len(group.rows))
+        if self._queued.rows:
+            self._schedule_commit()  # before the released requests run: the thread writes while they do
+        else:
+            self._committing = False
+            self._idle.set()
+        group.release()
+
+    def _keep_copy(self, path: Path, start: int, group: _Group) -> None:
+        copy = self._copies.setdefault(path, [])
+        if copy is None:
+            return
+        if self._copied + len(group.rows) > self._max_copied:  # a long outage: this segment is read back instead
+            self._copies[path] = None
+            self._copied -= len(copy)
+            return
+        ends = itertools.accumulate(map(len, group.records), initial=start)
+        copy.extend(zip(group.rows, itertools.islice(ends, 1, None), strict=True))
+        self._copied += len(group.rows)
+
+    def _sealed(self, segments: list[Segment]) -> None:
+        """Take in segments the journal thread sealed, each with the copy of its rows if one was kept."""
+        for segment in segments:
+            segment.copy = self._copies.pop(segment.path, None)
+        self.sealed.extend(segments)
+
+    def _forget(self, segment: Segment) -> None:
+        self.sealed.remove(segment)
+        if segment.copy is not None:
+            self._copied -= len(segment.copy)
+            segment.copy = None
 
     async def maintain(self, *, seal: bool = False) -> None:
         """One round of housekeeping: retry a failed disk, seal the active segment, adopt orphans.
@@ -206,7 +278,7 @@ class Journal:
         The active segment is sealed only when every sealed one has been drained (or ``seal``), so
         a store outage grows one segment instead of leaving a file (and a lock) per round.
         """
-        self.sealed.extend(await self._on_thread(self._take_failed))
+        self._sealed(await self._on_thread(self._take_failed))
         if not self.healthy:
             try:
                 await self._on_thread(self._ensure_segment)
@@ -218,7 +290,7 @@ class Journal:
         if seal or not any(segment.own for segment in self.sealed):
             segment = await self._on_thread(self._seal)
             if segment is not None:
-                self.sealed.append(segment)
+                self._sealed([segment])
         await self.adopt()
 
     async def adopt(self) -> None:
@@ -234,19 +306,27 @@ class Journal:
     async def read(self, segment: Segment, max_rows: int) -> tuple[list[LedgerRow], int, bool]:
         """Up to ``max_rows`` rows from ``segment.offset`` on, the offset after them, and whether that is all.
 
-        Read on a worker thread of its own: a long segment left by an outage does not hold up commits.
+        Taken from the segment's copy if it has one; else read on a worker thread of its own (a long
+        segment left by an outage does not hold up commits) and decoded.
         """
+        if segment.copy is not None:
+            stored = bisect.bisect_right(segment.copy, segment.offset, key=lambda item: item[1])
+            del segment.copy[:stored]  # the store has them: the caller moved the offset past them
+            self._copied -= stored
+            taken = segment.copy[:max_rows]
+            offset = taken[-1][1] if taken else segment.offset
+            return [row for row, _ in taken], offset, len(taken) == len(segment.copy)
         payloads, offset, finished = await asyncio.to_thread(_read_records, segment, max_rows)
         return [decode_row(payload) for payload in payloads], offset, finished
 
     async def discard(self, segment: Segment) -> None:
         """The store has every row of ``segment``: delete it."""
-        self.sealed.remove(segment)
+        self._forget(segment)
         await self._on_thread(_unlink, segment)
 
     async def quarantine(self, segment: Segment) -> Path:
         """Set aside a segment that cannot be read, for an operator to look at; returns its new name."""
-        self.sealed.remove(segment)
+        self._forget(segment)
         return Path(await self._on_thread(_set_aside, segment))
 
     async def set_aside(self, rows: list[LedgerRow]) -> Path:
@@ -260,8 +340,7 @@ class Journal:
 
     async def settle(self) -> None:
         """Wait until every queued row has been written (or handed to ``on_failure``)."""
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._idle.wait()
 
     async def close(self) -> None:
         """Wait for queued rows and let go of every segment and lock; undrained files stay for the next start."""
@@ -271,6 +350,8 @@ class Journal:
         for segment in [*self.sealed, *([active] if active else [])]:
             await self._on_thread(os.close, segment.fd)
         self.sealed.clear()
+        self._copies.clear()
+        self._copied = 0
         self._thread.shutdown(wait=True)
 
     async def _on_thread(self, work: Callable[..., Any], *args: Any) -> Any:
@@ -278,7 +359,8 @@ class Journal:
 
     # -- on the journal thread ------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> tuple[Path, int]:
+        """Append ``data`` to the active segment (opening one if need be); returns where: its path and offset."""
         self._ensure_segment()
         assert self._fd is not None
         try:
@@ -293,7 +375,9 @@ class Journal:
             if segment is not None:
                 self._failed.append(segment)  # its earlier rows are good: drained like any other
             raise
-        self._size += len(data)
+        start, self._size = self._size, self._size + len(data)
+        assert self._path is not None
+        return self._path, start
 
     def _ensure_segment(self) -> None:
         if self._fd is not None:

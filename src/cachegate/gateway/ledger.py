@@ -61,7 +61,13 @@ class LedgerWriter:
         self.journal = (
             None
             if journal_dir is None
-            else Journal(journal_dir, self._keep_in_memory, fsync=fsync, commit_interval=commit_interval)
+            else Journal(
+                journal_dir,
+                self._keep_in_memory,
+                fsync=fsync,
+                commit_interval=commit_interval,
+                max_copied_rows=max_buffered,
+            )
         )
 
     @classmethod
