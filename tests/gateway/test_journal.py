@@ -124,6 +124,25 @@ async def test_a_round_drains_the_journal_to_the_store_and_deletes_it(tmp_path: 
     await writer.stop()
 
 
+async def test_rounds_called_side_by_side_send_each_row_once(tmp_path: Path) -> None:
+    """An operator's or a test's flush beside the background round waits for it instead of racing it."""
+    store = LedgerStore()
+    store.gate = asyncio.Event()  # the first round's write waits, so the second comes while it runs
+    writer = writer_for(store, tmp_path, batch_size=2)
+    await writer.start()
+    for n in range(5):
+        await writer.record(ledger_row(n))
+
+    rounds = [asyncio.create_task(writer.flush()) for _ in range(3)]
+    await store.writing.wait()
+    store.gate.set()
+
+    assert await asyncio.gather(*rounds) == [True, True, True]
+    assert store.written == [0, 1, 2, 3, 4]
+    assert segments(tmp_path) == []
+    await writer.stop()
+
+
 async def test_rows_beyond_the_memory_bound_are_drained_from_the_file(tmp_path: Path) -> None:
     """Own rows are drained from their copy in memory; past ``max_buffered`` rows, from the segment file."""
     store = LedgerStore()

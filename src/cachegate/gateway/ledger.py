@@ -56,6 +56,10 @@ class LedgerWriter:
         self._rows: deque[LedgerRow] = deque()
         self._max_buffered = max_buffered
         self._periodic = Periodic("ledger flush", interval, self.flush)
+        # One round at a time: a round reads, sends and discards journal segments, and a second
+        # round over the same segments (an operator's or a test's flush beside the background one)
+        # would send them twice and discard them twice.
+        self._flushing = asyncio.Lock()
         self._new_id = row_ids()
         self.replayed = 0  # rows recovered from segments a dead process left
         self.journal = (
@@ -160,12 +164,16 @@ class LedgerWriter:
             log.error("ledger: %d rows held in memory (no journal) are lost at exit", len(self._rows))
 
     async def flush(self) -> bool:
-        """One round: drain the journal, then the memory buffer; False if the store is unavailable."""
-        drained = True
-        if self.journal is not None:
-            await self.journal.maintain()
-            drained = await self._drain_journal()
-        return await self._flush_memory() and drained
+        """One round: drain the journal, then the memory buffer; False if the store is unavailable.
+
+        Safe to call while a background round runs: it waits for that round, then runs its own.
+        """
+        async with self._flushing:
+            drained = True
+            if self.journal is not None:
+                await self.journal.maintain()
+                drained = await self._drain_journal()
+            return await self._flush_memory() and drained
 
     async def _drain_journal(self) -> bool:
         assert self.journal is not None
