@@ -50,8 +50,9 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from cachegate.core.chat_shape import DEFAULT_LIMITS, ShapeError, check_chat_shape
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import TokenCounter
+from cachegate.tokens.base import TokenCounter, TokenCountError
 
 _NO_PROMPT = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
 _WORDS = ("The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ")
@@ -361,15 +362,19 @@ class FakeUpstream:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
                 raise FakeRequestError("the body is not a JSON object")
+            check_chat_shape(body, DEFAULT_LIMITS)  # what vLLM's request model refuses, refused alike
             behavior = requested_behavior(request.headers.get("x-fake-behavior"), body)
             answer = plan_answer(body, behavior)
         except (ValueError, TypeError) as exc:
-            return _error(400, f"fake upstream: bad request: {exc}")
+            return _bad_request(exc)
         if behavior.stall:
             await asyncio.sleep(behavior.stall)
         if behavior.status >= 400:
             return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
-        prompt_tokens = await self._prompt.count(body)
+        try:
+            prompt_tokens = await self._prompt.count(body)
+        except TokenCountError as exc:  # vLLM answers a prompt its template cannot render with a 400
+            return _bad_request(exc)
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
             return await self._stream(request, body, behavior, answer, model, prompt_tokens)
@@ -462,6 +467,13 @@ def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": {"message": message, "type": "server_error", "param": None, "code": None}}, status)
+
+
+def _bad_request(error: Exception) -> web.Response:
+    """vLLM's 400: its error shape, the parameter named when the body's shape is at fault."""
+    param = error.param if isinstance(error, ShapeError) else None
+    message = f"fake upstream: bad request: {error}"
+    return _json({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}, 400)
 
 
 async def start_fake_upstream(counter: TokenCounter, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header, send_bytes
+from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, header, send_bytes
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.gateway import metrics
@@ -70,8 +71,9 @@ class Gateway:
             upstream,
             self.ledger,
             config.deadlines.classify_seconds,
+            config.request_limits.to_limits(),
         )
-        anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
+        anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes, config.request_limits.max_depth)
         self._routes: dict[tuple[str, str], Route] = {
             ("POST", "/v1/chat/completions"): Route("chat", ChatCompletions(completions, config.body_limit_bytes)),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
@@ -149,6 +151,8 @@ class Gateway:
             await refusal.send(send)
             return
         started = time.perf_counter()
+        tracked = _TrackedSend(send)
+        send = tracked
         try:
             key = await self.keys.resolve(bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key")))
             status = await route.handler(Request(scope, receive, send, key))
@@ -162,8 +166,44 @@ class Gateway:
             status = await _refuse(route, send, refusal)
         except ClientGone:
             status = 499  # nobody to answer
+        except Exception:
+            status = await _internal_error(route, tracked)
         metrics.labelled(metrics.REQUESTS, route.name, f"{status // 100}xx").inc()
         metrics.labelled(metrics.REQUEST_SECONDS, route.name).observe(time.perf_counter() - started)
+
+
+class _TrackedSend:
+    """The ASGI ``send`` of one request, remembering whether the response has started."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+async def _internal_error(route: Route, send: _TrackedSend) -> int:
+    """An unexpected error on a request's path (SPEC §11): logged with its traceback under a request
+    id, counted, and answered with a JSON 500 in the client's dialect naming that id (if nothing
+    was sent yet). The cache flow has billed the request if it got as far as its model."""
+    request_id = f"req_{uuid.uuid4().hex}"
+    log.exception("internal error on route %s, request id %s", route.name, request_id)
+    metrics.labelled(metrics.INTERNAL_ERRORS, route.name).inc()
+    if send.started:
+        return 500  # the client sees its response break off
+    refusal = Refusal(
+        500,
+        f"cachegate failed to serve this request (request id {request_id}); the error is logged under that id",
+        "internal_error",
+        type_="server_error",
+    )
+    await route.dialect.send_refusal(send, refusal, [(b"x-request-id", request_id.encode())])
+    return 500
 
 
 async def _refuse(route: Route, send: Send, refusal: Refusal) -> int:

@@ -24,7 +24,9 @@ import orjson
 
 from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
+from cachegate.core.chat_shape import DEFAULT_LIMITS, RequestLimits, ShapeError, check_chat_shape, check_depth
 from cachegate.core.errors import MarkerError
+from cachegate.core.json_splice import splice
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
 from cachegate.core.types import Breakpoint, CacheTariff, Classification
 from cachegate.gateway import metrics
@@ -68,7 +70,9 @@ class Completions:
         upstream: Upstream,
         ledger: LedgerWriter,
         classify_deadline: float,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
+        self.limits = limits  # what a chat body may hold (core.chat_shape); the chat route checks it
         self._catalog = catalog
         self._ttl_policy = ttl_policy
         self._counters = counters
@@ -102,14 +106,14 @@ class Completions:
         alias: str = body["model"]
         model, endpoint = self._catalog.route(alias)
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
+        added = 0
         if automatic_caching and model.automatic_cache_ttl is not None:
             try:
-                automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy)
+                added = int(automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy))
             except ValueError as exc:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
         streaming = body.get("stream") is True
-        forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage)
         exchange = Exchange(
             key=request.key,
             model=model,
@@ -122,16 +126,16 @@ class Completions:
             ledger=self._ledger,
             route=route,
         )
-        if tariff is not None and breakpoints:
-            counter = self._counters[model.tokenizer]
-            exchange.task = asyncio.create_task(
-                self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
-            )
-
-        upstream_request = UpstreamRequest(
-            "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
-        )
         try:
+            forward = _forwarded_body(body, raw, added, model.upstream_model, streaming and not client_wants_usage)
+            if tariff is not None and breakpoints:
+                counter = self._counters[model.tokenizer]
+                exchange.task = asyncio.create_task(
+                    self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
+                )
+            upstream_request = UpstreamRequest(
+                "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
+            )
             response = await self._upstream.send(upstream_request)
         except UpstreamUnavailable as exc:
             exchange.vetoed("upstream_unreachable")
@@ -140,9 +144,17 @@ class Completions:
             raise Refusal(
                 502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
             ) from exc
+        except Exception:
+            await _bill_failure(exchange)
+            raise
         exchange.status = response.status
         try:
             yield Call(exchange, response)
+        except Refusal:
+            raise  # the route set the status it answers with
+        except Exception:
+            await _bill_failure(exchange)
+            raise
         finally:
             response.release()
             await exchange.bill()  # unless the route billed it before the response's last byte
@@ -176,8 +188,16 @@ def checked_breakpoints(
         raise Refusal(400, exc.message, "invalid_cache_control", marker_param(exc.param)) from exc
 
 
-def json_request(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400."""
+def json_request(raw: bytes, max_depth: int) -> dict[str, Any]:
+    """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400.
+
+    The nesting is bounded first (``max_depth``), on every route: a body nested deeper than the
+    JSON libraries go (orjson parses 1024 levels and writes 254) gets a 400 saying so.
+    """
+    try:
+        check_depth(raw, max_depth)
+    except ShapeError as exc:
+        raise _shape_refusal(exc) from exc
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -187,20 +207,48 @@ def json_request(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _forwarded_body(body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool) -> bytes:
+def chat_request(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
+    """A chat-completions body, its shape checked (``core.chat_shape``) before anything else reads it."""
+    body = json_request(raw, limits.max_depth)
+    try:
+        check_chat_shape(body, limits)
+    except ShapeError as exc:
+        raise _shape_refusal(exc) from exc
+    return body
+
+
+def _shape_refusal(error: ShapeError) -> Refusal:
+    return Refusal(400, error.message, error.code, error.param)
+
+
+async def _bill_failure(exchange: Exchange) -> None:
+    """A request the gateway itself failed (an unexpected error): billed as a 500, nothing committed."""
+    exchange.vetoed("internal_error")
+    if not exchange.billed:
+        exchange.status = 500
+    await exchange.bill()
+
+
+def _forwarded_body(
+    body: dict[str, Any], raw: bytes | None, added_markers: int, upstream_model: str, force_usage: bool
+) -> bytes:
     """What goes upstream (SPEC §2.4): markers stripped, ``model`` renamed, stream usage forced on.
 
-    ``body`` is changed in place; an unchanged request is forwarded byte for byte.
+    ``body`` is changed in place the same way. ``raw`` (the client's bytes, whose markers are
+    those of ``body`` but the ``added_markers`` automatic caching put there) is forwarded as it
+    came but for those edits, spliced (``core.json_splice``): what a parse and a fresh
+    serialisation would lose — integers beyond 64 bits, key order, duplicate keys — survives.
+    Without ``raw`` (a translated body), ``body`` is serialised.
     """
-    changed = strip_markers(body)
-    if body["model"] != upstream_model:
-        body["model"] = upstream_model
-        changed = True
+    removed = strip_markers(body)
+    renamed = body["model"] != upstream_model
+    body["model"] = upstream_model
     if force_usage:
         options = body.get("stream_options")
         if isinstance(options, dict):
             options["include_usage"] = True
         else:
             body["stream_options"] = {"include_usage": True}
-        changed = True
-    return orjson.dumps(body) if changed or raw is None else raw
+    if raw is None:
+        return orjson.dumps(body)
+    return splice(raw, removed - added_markers, upstream_model if renamed else None, force_usage)
