@@ -249,3 +249,21 @@ async def test_the_header_wins_over_the_line(client: openai.AsyncOpenAI) -> None
 
     assert completion.finish_reason == "stop"
     assert completion.content == "The quick "
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ("hi", "messages"),
+        (None, "messages"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "assistant", "content": "", "tool_calls": {"id": "c"}}], "messages[0].tool_calls"),
+        (["hi"], "messages[0]"),
+    ],
+)
+async def test_a_type_confused_body_is_refused_with_the_field_named_as_vllm_does(
+    client: openai.AsyncOpenAI, messages: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model="qwen3-fake", messages=messages)
+    assert refused.value.param == param
