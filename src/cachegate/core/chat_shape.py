@@ -13,7 +13,6 @@ the number of messages, of parts or tool calls in a message, and of tools.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,152 +50,182 @@ class ShapeError(ValueError):
         self.code = code
 
 
-# A JSON string token, escapes included (the unrolled loop runs at the regex engine's speed).
-_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_INNERMOST: Final = re.compile(rb"\[\]|\{\}")
+def check_depth(body: object, max_depth: int) -> None:
+    """Refuse a parsed JSON value nested deeper than ``max_depth`` arrays and objects.
 
-
-def check_depth(raw: bytes, max_depth: int) -> None:
-    """Refuse a JSON text nested deeper than ``max_depth`` arrays and objects.
-
-    Runs on the raw bytes, at the speed of bytes methods: a body with fewer brackets than the
-    limit cannot be too deep (the usual case, one count); otherwise strings are cut out and each
-    round removes the innermost pairs, one round per level. ``raw`` must be valid JSON.
+    Level by level, containers only (a cheaper walk than any pass over the text: measured in
+    bench/forwarding.py); it stops at the first level past the limit.
     """
-    if raw.count(b"[") + raw.count(b"{") <= max_depth:
-        return
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    level = [body] if type(body) is dict or type(body) is list else []
     depth = 0
-    while brackets:
+    while level:
         depth += 1
         if depth > max_depth:
-            raise ShapeError(
-                f"the request body is nested more than {max_depth} levels deep", param=None, code="nesting_too_deep"
-            )
-        brackets = _INNERMOST.sub(b"", brackets)
+            raise nesting_error(max_depth)
+        below: list[Any] = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
+
+
+def nesting_error(max_depth: int) -> ShapeError:
+    return ShapeError(
+        f"the request body is nested more than {max_depth} levels deep", param=None, code="nesting_too_deep"
+    )
 
 
 def check_chat_shape(body: Mapping[str, Any], limits: RequestLimits) -> None:
-    """Raise ``ShapeError`` for the first field of ``body`` (a chat request) of the wrong type or size."""
-    messages = body.get("messages")
-    if messages is None:
-        raise _missing("messages")
-    _require(messages, "messages", _ARRAY)
-    _bounded(messages, "messages", limits.max_messages)
-    for m, message in enumerate(messages):
-        _check_message(message, f"messages[{m}]", limits)
-    tools = body.get("tools")
-    if tools is not None:
-        _require(tools, "tools", _ARRAY)
-        _bounded(tools, "tools", limits.max_tools)
-        for t, tool in enumerate(tools):
-            _check_tool(tool, f"tools[{t}]")
-    for name, kinds in _TOP_LEVEL_OPTIONAL:
-        value = body.get(name)
-        if value is not None:
-            _require(value, name, kinds)
+    """Raise ``ShapeError`` for the first field of ``body`` (a chat request) of the wrong type or size.
+
+    Runs on every chat request, so a valid body costs type checks only: a field's path is spelt
+    out when it is at fault, by the ``_Misshapen`` that each level's caller prefixes.
+    """
+    try:
+        _check_body(body, limits)
+    except _Misshapen as fault:
+        raise fault.error() from None
 
 
-def _check_message(message: object, param: str, limits: RequestLimits) -> None:
-    _require(message, param, _OBJECT)
-    assert isinstance(message, dict)
-    role = message.get("role")
-    if role is None:
-        raise _missing(f"{param}.role")
-    _require(role, f"{param}.role", _STRING_TYPE)
-    for name in ("name", "tool_call_id"):
-        value = message.get(name)
-        if value is not None:
-            _require(value, f"{param}.{name}", _STRING_TYPE)
-    content = message.get("content")
-    if content is not None and not isinstance(content, str):
-        _require(content, f"{param}.content", _CONTENT)
-        _bounded(content, f"{param}.content", limits.max_parts)
-        for p, part in enumerate(content):
-            _check_part(part, f"{param}.content[{p}]")
-    calls = message.get("tool_calls")
-    if calls is not None:
-        _require(calls, f"{param}.tool_calls", _ARRAY)
-        _bounded(calls, f"{param}.tool_calls", limits.max_parts)
-        for c, call in enumerate(calls):
-            _check_call(call, f"{param}.tool_calls[{c}]")
+class _Misshapen(Exception):
+    """A fault at ``path``, relative to the value being checked until the callers complete it."""
 
+    def __init__(self, path: str, value: object = None, expected: str = "", limit: int | None = None) -> None:
+        super().__init__(path)
+        self.path = path
+        self.value = value
+        self.expected = expected  # "": a missing field
+        self.limit = limit  # not None: an array over this length
 
-def _check_part(part: object, param: str) -> None:
-    _require(part, param, _OBJECT)
-    assert isinstance(part, dict)
-    kind = part.get("type")
-    if kind is not None:
-        _require(kind, f"{param}.type", _STRING_TYPE)
-    if kind == "text":
-        _require(part.get("text"), f"{param}.text", _STRING_TYPE)
+    def under(self, prefix: str) -> _Misshapen:
+        self.path = prefix + self.path
+        return self
 
-
-def _check_call(call: object, param: str) -> None:
-    _require(call, param, _OBJECT)
-    assert isinstance(call, dict)
-    function = call.get("function")
-    if function is not None:
-        _require(function, f"{param}.function", _OBJECT)
-        assert isinstance(function, dict)
-        name = function.get("name")
-        if name is not None:
-            _require(name, f"{param}.function.name", _STRING_TYPE)
-
-
-def _check_tool(tool: object, param: str) -> None:
-    _require(tool, param, _OBJECT)
-    assert isinstance(tool, dict)
-    kind = tool.get("type")
-    if kind is not None:
-        _require(kind, f"{param}.type", _STRING_TYPE)
-    function = tool.get("function")
-    if function is not None:
-        _require(function, f"{param}.function", _OBJECT)
-        assert isinstance(function, dict)
-        name = function.get("name")
-        if name is not None:
-            _require(name, f"{param}.function.name", _STRING_TYPE)
-
-
-@dataclass(frozen=True, slots=True)
-class _Kinds:
-    """The JSON types a field may have, and how OpenAI's errors name them."""
-
-    types: tuple[type, ...]
-    described: str
-
-
-_ARRAY: Final = _Kinds((list,), "an array")
-_OBJECT: Final = _Kinds((dict,), "an object")
-_STRING_TYPE: Final = _Kinds((str,), "a string")
-_CONTENT: Final = _Kinds((list,), "one of a string, an array of objects or null")
-_BOOLEAN: Final = _Kinds((bool,), "a boolean")
-_TOP_LEVEL_OPTIONAL: Final = (("stream", _BOOLEAN), ("stream_options", _OBJECT))
-
-
-def _missing(param: str) -> ShapeError:
-    return ShapeError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-
-
-def _require(value: object, param: str, kinds: _Kinds) -> None:
-    if not isinstance(value, kinds.types):
-        raise ShapeError(
-            f"Invalid type for '{param}': expected {kinds.described}, but got {_json_type(value)} instead.",
+    def error(self) -> ShapeError:
+        param = self.path
+        if self.limit is not None:
+            assert isinstance(self.value, list)
+            return ShapeError(
+                f"Invalid '{param}': array too long. Expected an array with maximum length {self.limit}, "
+                f"but got an array with length {len(self.value)} instead.",
+                param=param,
+                code="array_above_max_length",
+            )
+        if not self.expected:
+            return ShapeError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+        return ShapeError(
+            f"Invalid type for '{param}': expected {self.expected}, but got {_json_type(self.value)} instead.",
             param=param,
             code="invalid_type",
         )
 
 
-def _bounded(items: list[Any], param: str, limit: int) -> None:
+_ARRAY: Final = "an array"
+_OBJECT: Final = "an object"
+_STRING: Final = "a string"
+_CONTENT: Final = "one of a string, an array of objects or null"
+
+
+def _expect(value: object, kind: type, path: str, expected: str) -> None:
+    if not isinstance(value, kind):
+        raise _Misshapen(path, value, expected)
+
+
+def _bounded(items: list[Any], path: str, limit: int) -> None:
     if len(items) > limit:
-        raise ShapeError(
-            f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
-            f"but got an array with length {len(items)} instead.",
-            param=param,
-            code="array_above_max_length",
-        )
+        raise _Misshapen(path, items, limit=limit)
+
+
+def _check_body(body: Mapping[str, Any], limits: RequestLimits) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise _Misshapen("messages")
+    _expect(messages, list, "messages", _ARRAY)
+    _bounded(messages, "messages", limits.max_messages)
+    for m, message in enumerate(messages):
+        try:
+            _check_message(message, limits)
+        except _Misshapen as fault:
+            raise fault.under(f"messages[{m}]") from None
+    tools = body.get("tools")
+    if tools is not None:
+        _expect(tools, list, "tools", _ARRAY)
+        _bounded(tools, "tools", limits.max_tools)
+        for t, tool in enumerate(tools):
+            try:
+                _check_tool(tool)
+            except _Misshapen as fault:
+                raise fault.under(f"tools[{t}]") from None
+    stream = body.get("stream")
+    if stream is not None:
+        _expect(stream, bool, "stream", "a boolean")
+    options = body.get("stream_options")
+    if options is not None:
+        _expect(options, dict, "stream_options", _OBJECT)
+
+
+def _check_message(message: object, limits: RequestLimits) -> None:
+    _expect(message, dict, "", _OBJECT)
+    assert isinstance(message, dict)
+    role = message.get("role")
+    if role is None:
+        raise _Misshapen(".role")
+    _expect(role, str, ".role", _STRING)
+    name = message.get("name")
+    if name is not None:
+        _expect(name, str, ".name", _STRING)
+    call_id = message.get("tool_call_id")
+    if call_id is not None:
+        _expect(call_id, str, ".tool_call_id", _STRING)
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        _expect(content, list, ".content", _CONTENT)
+        _bounded(content, ".content", limits.max_parts)
+        for p, part in enumerate(content):
+            try:
+                _check_part(part)
+            except _Misshapen as fault:
+                raise fault.under(f".content[{p}]") from None
+    calls = message.get("tool_calls")
+    if calls is not None:
+        _expect(calls, list, ".tool_calls", _ARRAY)
+        _bounded(calls, ".tool_calls", limits.max_parts)
+        for c, call in enumerate(calls):
+            try:
+                _check_function_holder(call)
+            except _Misshapen as fault:
+                raise fault.under(f".tool_calls[{c}]") from None
+
+
+def _check_part(part: object) -> None:
+    _expect(part, dict, "", _OBJECT)
+    assert isinstance(part, dict)
+    kind = part.get("type")
+    if kind is not None:
+        _expect(kind, str, ".type", _STRING)
+    if kind == "text":
+        _expect(part.get("text"), str, ".text", _STRING)
+
+
+def _check_tool(tool: object) -> None:
+    _check_function_holder(tool)
+    assert isinstance(tool, dict)
+    kind = tool.get("type")
+    if kind is not None:
+        _expect(kind, str, ".type", _STRING)
+
+
+def _check_function_holder(holder: object) -> None:
+    """A tool call or a tool: an object whose ``function``, if any, is an object with a string ``name``."""
+    _expect(holder, dict, "", _OBJECT)
+    assert isinstance(holder, dict)
+    function = holder.get("function")
+    if function is not None:
+        _expect(function, dict, ".function", _OBJECT)
+        name = function.get("name")
+        if name is not None:
+            _expect(name, str, ".function.name", _STRING)
 
 
 def _json_type(value: object) -> str:

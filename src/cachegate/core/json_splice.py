@@ -44,75 +44,107 @@ Edit = tuple[int, int, str]
 """Replace ``text[start:end]`` with the string."""
 
 
-def _key_pattern(name: str) -> str:
-    """A JSON string equal to ``name`` however it is spelt, used as a key: a quote no backslash
-    precedes (a quote inside a string always has one), each character itself or its ``\\u`` escape."""
-    spelt = "".join(f"(?:{re.escape(char)}|\\\\u(?i:{ord(char):04x}))" for char in name)
-    return f'(?<!\\\\)"{spelt}"[ \\t\\n\\r]*:'
+def _spelt(name: str) -> str:
+    """``name``'s characters as a JSON string may spell them: each itself or its ``\\u`` escape."""
+    return "".join(f"(?:{re.escape(char)}|\\\\u{_hex(ord(char))})" for char in name)
 
 
-_KEYS: Final = re.compile(
-    "|".join(f"(?P<{group}>{_key_pattern(name)})" for group, name in (("marker", MARKER_KEY), ("model", _MODEL)))
-)
-_HAS_STREAM_OPTIONS: Final = re.compile(_key_pattern(_STREAM_OPTIONS))
+def _hex(code: int) -> str:
+    return "".join(f"[{digit}{digit.upper()}]" if digit.isalpha() else digit for digit in f"{code:04x}")
+
+
+# A key is a JSON string followed by a colon. The patterns start with the quote, so that the regex
+# engine skips from quote to quote; that no backslash precedes the quote (a quote inside a string
+# always has one) is checked by ``_keys``.
+_KEY_END: Final = '"[ \\t\\n\\r]*:'
+_PATTERNS: Final = {name: re.compile(f'"{_spelt(name)}{_KEY_END}') for name in (MARKER_KEY, _MODEL, _STREAM_OPTIONS)}
+# The \u spellings of "_" and of the lower-case letters, all that the names above are made of. A text
+# without any spells its keys literally, and they are found by plain search (several times faster).
+_LETTER_ESCAPES: Final = ("\\u005", "\\u006", "\\u007")
+
+
+def _keys(text: str, name: str, spelt_plainly: bool) -> list[tuple[int, int]]:
+    """Where the keys called ``name`` are: ``(quote, just after the colon)`` of each."""
+    if not spelt_plainly:
+        found = _PATTERNS[name].finditer(text)
+        return [(key.start(), key.end()) for key in found if text[key.start() - 1] != "\\"]
+    keys: list[tuple[int, int]] = []
+    quoted = f'"{name}"'
+    start = text.find(quoted)
+    while start >= 0:
+        after = _skip(text, start + len(quoted))
+        if text[after] == ":" and text[start - 1] != "\\":
+            keys.append((start, after + 1))
+        start = text.find(quoted, start + 1)
+    return keys
 
 
 def splice(raw: bytes, markers: int, model: str | None, include_usage: bool) -> bytes:
     """``raw`` (a JSON object that parsed, whose markers numbered ``markers``) with its markers removed,
     its top-level ``model`` set to ``model`` (None: kept), and, with ``include_usage``,
     ``stream_options.include_usage`` set to true."""
-    text = raw.decode()
-    edits = _fast_edits(text, markers, model, include_usage)
-    if edits is None:
-        edits = _walked_edits(text, model, include_usage)
-    return _apply(text, edits).encode() if edits else raw
-
-
-def _fast_edits(text: str, markers: int, model: str | None, include_usage: bool) -> list[Edit] | None:
-    """The edits found by searching for keys, or None when the search cannot tell which keys are meant."""
-    marker_keys: list[re.Match[str]] = []
-    model_keys: list[re.Match[str]] = []
-    for found in _KEYS.finditer(text):
-        (marker_keys if found.lastgroup == "marker" else model_keys).append(found)
-    if len(marker_keys) != markers or (model is not None and len(model_keys) != 1):
-        return None
-    if include_usage and _HAS_STREAM_OPTIONS.search(text):
-        return None
-    edits = [_cut(text, key.start(), _value_end(text, _skip(text, key.end()))) for key in marker_keys]
+    if not markers and model is None and not include_usage:
+        return raw  # not one marker key at a marker site: a marker, even a null or duplicate one, is counted
+    text = _Text(raw.decode())
+    edits = text.marker_edits(markers) if markers else []
     if model is not None:
-        value_start = _skip(text, model_keys[0].end())
-        edits.append((value_start, _value_end(text, value_start), _json(model)))
+        edits.extend(text.model_edits(model))
     if include_usage:
-        edits.append(_opening(text, _skip(text, 0), f'"{_STREAM_OPTIONS}":{{"{_INCLUDE_USAGE}":true}}'))
-    return edits
+        edits.extend(text.usage_edits())
+    return _apply(text.text, edits).encode()
 
 
-def _walked_edits(text: str, model: str | None, include_usage: bool) -> list[Edit]:
-    """The edits found by walking the request's layout (``layout.iter_sites``'s marker sites)."""
-    start = _skip(text, 0)
-    top = _members(text, start)
-    edits = _removals(text, top, MARKER_KEY)
-    for key, _, value_start, value_end in top:
-        if key == _MODEL and model is not None:
-            edits.append((value_start, value_end, _json(model)))
-        elif key == "tools":
-            edits.extend(_element_markers(text, value_start))
-        elif key == "messages":
-            for element_start, _ in _elements(text, value_start):
-                if text[element_start] != "{":
-                    continue
-                message = _members(text, element_start)
-                edits.extend(_removals(text, message, MARKER_KEY))
-                for name, _, inner_start, _ in message:
-                    if name in ("content", "tool_calls"):
-                        edits.extend(_element_markers(text, inner_start))
-    if include_usage:
-        edits.extend(_usage_edits(text, start, top))
-    return edits
+class _Text:
+    """The client's text, and where its keys are, found the cheapest way that is sure (module docstring)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.start = _skip(text, 0)
+        self._plainly = "\\u00" not in text or not any(escape in text for escape in _LETTER_ESCAPES)
+        self._top: list[Member] | None = None
+
+    @property
+    def top(self) -> list[Member]:
+        """The top-level object's members (one pass of the C scanner over the whole text)."""
+        if self._top is None:
+            self._top = _members(self.text, self.start)
+        return self._top
+
+    def marker_edits(self, markers: int) -> list[Edit]:
+        text = self.text
+        keys = _keys(text, MARKER_KEY, self._plainly)
+        if len(keys) == markers:  # every cache_control key is a marker: none elsewhere, no duplicate
+            return [_cut(text, start, _value_end(text, _skip(text, end))) for start, end in keys]
+        edits = _removals(text, self.top, MARKER_KEY)
+        for key, _, value_start, _ in self.top:
+            if key == "tools":
+                edits.extend(_element_markers(text, value_start))
+            elif key == "messages" and text[value_start] == "[":
+                for element_start, _ in _elements(text, value_start):
+                    if text[element_start] != "{":
+                        continue
+                    message = _members(text, element_start)
+                    edits.extend(_removals(text, message, MARKER_KEY))
+                    for name, _, inner_start, _ in message:
+                        if name in ("content", "tool_calls"):
+                            edits.extend(_element_markers(text, inner_start))
+        return edits
+
+    def model_edits(self, model: str) -> list[Edit]:
+        keys = _keys(self.text, _MODEL, self._plainly)
+        if len(keys) == 1:  # the top level has one: this is it
+            value_start = _skip(self.text, keys[0][1])
+            return [(value_start, _value_end(self.text, value_start), _json(model))]
+        return [(start, end, _json(model)) for key, _, start, end in self.top if key == _MODEL]
+
+    def usage_edits(self) -> list[Edit]:
+        """Set ``stream_options.include_usage`` to true: in each ``stream_options`` object, or a new one."""
+        if not _keys(self.text, _STREAM_OPTIONS, self._plainly):
+            return [_opening(self.text, self.start, f'"{_STREAM_OPTIONS}":{{"{_INCLUDE_USAGE}":true}}')]
+        return _usage_edits(self.text, self.start, self.top)
 
 
 def _usage_edits(text: str, start: int, top: list[Member]) -> list[Edit]:
-    """Set ``stream_options.include_usage`` to true: in each ``stream_options`` object, or a new one."""
     options = [member for member in top if member[0] == _STREAM_OPTIONS]
     if not options:
         return [_opening(text, start, f'"{_STREAM_OPTIONS}":{{"{_INCLUDE_USAGE}":true}}')]

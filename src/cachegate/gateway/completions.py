@@ -18,13 +18,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
-from cachegate.core.chat_shape import DEFAULT_LIMITS, RequestLimits, ShapeError, check_chat_shape, check_depth
+from cachegate.core.chat_shape import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    ShapeError,
+    check_chat_shape,
+    check_depth,
+    nesting_error,
+)
 from cachegate.core.errors import MarkerError
 from cachegate.core.json_splice import splice
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
@@ -191,20 +198,25 @@ def checked_breakpoints(
 def json_request(raw: bytes, max_depth: int) -> dict[str, Any]:
     """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400.
 
-    The nesting is bounded first (``max_depth``), on every route: a body nested deeper than the
-    JSON libraries go (orjson parses 1024 levels and writes 254) gets a 400 saying so.
+    The nesting is bounded (``max_depth``) on every route: a body nested deeper than the JSON
+    libraries go (orjson parses 1024 levels and writes 254) gets a 400 saying so.
     """
-    try:
-        check_depth(raw, max_depth)
-    except ShapeError as exc:
-        raise _shape_refusal(exc) from exc
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if _DEPTH_LIMIT in str(exc):
+            raise _shape_refusal(nesting_error(max_depth)) from exc
         raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
+    try:
+        check_depth(body, max_depth)
+    except ShapeError as exc:
+        raise _shape_refusal(exc) from exc
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise Refusal(400, "request body must be a JSON object with a string 'model'", "invalid_request", "model")
     return body
+
+
+_DEPTH_LIMIT: Final = "depth limit exceeded"  # orjson's message for a text nested past 1024 levels
 
 
 def chat_request(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
