@@ -3,8 +3,9 @@ became the client's text spliced (issue 10), on the same bodies in one run.
 
 - before: parse, strip the markers, rename ``model``, serialise again (orjson).
 - after: parse, bound the nesting, check the shape, strip the markers, rename,
-  splice the client's text (core/json_splice.py); ``walk`` is the same with a body whose tool
-  schema has a property named ``cache_control``, so the splice must walk the layout.
+  splice the client's text (core/json_splice.py). ``model``: a tool schema has a property named
+  ``model``, so the splice reads the top level to find the one to rename; ``walk``: a property
+  named ``cache_control``, so it walks the layout for the markers.
 
 Bodies: ``bench`` is bench.py's (~8.5 KB, one 1h marker); ``agent`` is an agent's (40 tools with
 nested JSON schemas, 30 turns, three markers, ~90 KB).
@@ -30,7 +31,7 @@ from cachegate.core.markers import strip_markers
 MARK = {"type": "ephemeral"}
 
 
-def agent_body(schema_property: bool) -> bytes:
+def agent_body(schema_property: str | None) -> bytes:
     def schema(i: int) -> dict[str, Any]:
         properties: dict[str, Any] = {
             "path": {"type": "string", "description": f"The file {i} reads."},
@@ -45,8 +46,8 @@ def agent_body(schema_property: bool) -> bytes:
                 },
             },
         }
-        if schema_property and i == 7:
-            properties["cache_control"] = {"type": "string"}
+        if schema_property is not None and i == 7:
+            properties[schema_property] = {"type": "string"}
         return {"type": "object", "properties": properties, "required": ["path"]}
 
     tools: list[dict[str, Any]] = [
@@ -97,13 +98,14 @@ def microseconds(function: Callable[[bytes], bytes], raw: bytes) -> float:
 def main() -> None:
     bodies = {
         "bench": chat_body("alias", stream=False, marked=True),
-        "agent": agent_body(schema_property=False),
-        "agent, walk": agent_body(schema_property=True),
+        "agent": agent_body(None),
+        "agent, model": agent_body("model"),
+        "agent, walk": agent_body("cache_control"),
     }
-    print(f"{'body':<12}{'bytes':>8} | {'before µs':>10}{'after µs':>10}{'added µs':>10}")
+    print(f"{'body':<14}{'bytes':>8} | {'before µs':>10}{'after µs':>10}{'added µs':>10}")
     for name, raw in bodies.items():
         old, new = microseconds(before, raw), microseconds(after, raw)
-        print(f"{name:<12}{len(raw):>8} | {old:>10.1f}{new:>10.1f}{new - old:>10.1f}")
+        print(f"{name:<14}{len(raw):>8} | {old:>10.1f}{new:>10.1f}{new - old:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -108,14 +108,14 @@ def test_depth_is_counted_in_arrays_and_objects(depth: int) -> None:
     value: Any = "[{[{ brackets in text }]}]"
     for level in range(depth - 1):
         value = [value] if level % 2 else {"k": value, "s": "]]]}}}"}
-    raw = json.loads(json.dumps({"model": "m", "v": value}))
+    body = json.loads(json.dumps({"model": "m", "v": value}))
     if depth <= 64:
-        check_depth(raw, 64)
-        check_depth(raw, depth)
+        check_depth(body, 64)
+        check_depth(body, depth)
     else:
         with pytest.raises(ShapeError) as caught:
-            check_depth(raw, 64)
+            check_depth(body, 64)
         assert caught.value.code == "nesting_too_deep"
     if depth > 1:
         with pytest.raises(ShapeError):
-            check_depth(raw, depth - 1)
+            check_depth(body, depth - 1)

@@ -6,16 +6,17 @@ client's text, spliced: every marker member cut out (with one neighbouring comma
 ``model``'s value replaced, and ``stream_options.include_usage`` set where a stream needs its
 usage. Everything else, key order and whitespace included, is the client's byte for byte.
 
-Two ways find where to cut, both on text that already parsed as JSON:
-- The fast one searches the text for keys (any spelling, ``\\u`` escapes included). A key found
-  there is a key, never string content (a quote inside a string is escaped). When the number of
-  ``cache_control`` keys in the whole text equals the number of markers the parsed body had, every
-  such key is a marker — none elsewhere, no duplicate — so all of them go; one ``model`` key is the
-  top-level one.
-- Otherwise (a ``cache_control`` property in a tool's schema, a duplicate key, a ``model`` property
-  somewhere below, a ``stream_options`` to edit) a walk of the layout (tools, messages, their parts
-  and calls) finds the members by position, skipping the values it does not enter with the
-  standard library's C scanner.
+Where to cut is found per key, the cheapest way that is sure, on text that already parsed as JSON:
+- A search of the text for the key, in any spelling (``\\u`` escapes included; a plain ``find``
+  when the text has no escape of a letter). A key found there is a key, never string content (a
+  quote inside a string is escaped). When the number of ``cache_control`` keys in the whole text
+  equals the number of markers the parsed body had, every such key is a marker — none elsewhere,
+  no duplicate — so all of them go; a single ``model`` key is the top-level one; no
+  ``stream_options`` key means one is added first.
+- Otherwise (a ``cache_control`` or ``model`` property in a tool's schema, a duplicate key, a
+  ``stream_options`` to edit) a walk by position: the top-level members for ``model`` and
+  ``stream_options``, the layout's marker sites (tools, messages, their parts and calls) for
+  markers, skipping the values it does not enter with the standard library's C scanner.
 Hand-written because no JSON library reports positions; both ways share one cutting rule.
 """
 
