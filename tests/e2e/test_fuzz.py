@@ -174,7 +174,7 @@ def nested(depth: int) -> Any:
 @st.composite
 def deep_chat(draw: st.DrawFn) -> dict[str, Any]:
     body = draw(valid_chat())
-    deep = nested(draw(st.sampled_from([10, 60, 63, 64, 100, 300, 1100])))
+    deep = nested(draw(st.sampled_from([10, 60, 63, 64, 100, 300])))
     where = draw(st.sampled_from(["extra", "content", "tool"]))
     if where == "extra":
         body["extra"] = deep
@@ -252,7 +252,8 @@ def test_no_chat_body_makes_a_5xx_and_the_upstream_gets_the_clients_body(gateway
 def test_a_body_nested_deeper_than_json_libraries_go_is_a_400_naming_the_limit(
     gateway: GatewayHarness, depth: int
 ) -> None:
-    raw = json.dumps({"model": "cached", "messages": [{"role": "user", "content": "hi"}], "x": nested(depth)})
+    deep = "[" * depth + "]" * depth  # as text: Python's own json stops at its recursion limit
+    raw = f'{{"model": "cached", "messages": [{{"role": "user", "content": "hi"}}], "x": {deep}}}'
     exchange = Exchange(gateway, "/v1/chat/completions", raw.encode())
     assert exchange.status == 400 and exchange.forwarded is None
     assert json.loads(exchange.answer)["error"]["code"] == "nesting_too_deep"
