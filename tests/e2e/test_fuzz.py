@@ -6,7 +6,9 @@ nested, large, with invalid UTF-8 or cut short, with markers where §3.1 puts th
 where it does not (a tool schema's property, a value, a string), with TTLs of the wrong type,
 with integers beyond 64 bits and escaped keys. They go over real HTTP to a running gateway in
 front of the fake upstream, which records what it received; a request is known to have been
-forwarded when the fake saw its ``x-fuzz-id``.
+forwarded when the fake saw its ``x-fuzz-id``. Headers are drawn too (keys in either header or
+none, any Latin-1 text in the headers cachegate reads). The examples are derandomized and few, so
+that the suite stays fast and a failure in CI replays on any machine.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Exchange:
 
 
 def request(
-    base_url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    base_url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     url = urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -387,6 +389,37 @@ def test_no_messages_body_makes_a_5xx(gateway: GatewayHarness, raw: bytes, count
     exchange.assert_no_server_error()
     if exchange.status >= 400 and exchange.forwarded is None:
         assert json.loads(exchange.answer)["type"] == "error"
+
+
+# -- headers ---------------------------------------------------------------------------------------
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=80)
+HEADER_NAMES = st.sampled_from(
+    ["authorization", "x-api-key", "content-type", "accept", "accept-encoding", "cookie", "x-request-id", "x-cachegate"]
+)
+
+
+@st.composite
+def header_sets(draw: st.DrawFn, key: str) -> dict[str, str]:
+    headers = draw(st.dictionaries(HEADER_NAMES, HEADER_TEXT, max_size=4))
+    choice = draw(st.sampled_from(["bearer", "x-api-key", "both", "garbage"]))
+    if choice in ("bearer", "both"):
+        headers["authorization"] = f"Bearer {key}"
+    if choice in ("x-api-key", "both"):
+        headers["x-api-key"] = key
+    return headers
+
+
+@FUZZ
+@given(data=st.data(), path=st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"]))
+def test_no_headers_make_a_5xx(gateway: GatewayHarness, data: st.DataObject, path: str) -> None:
+    headers = data.draw(header_sets(gateway.keys.a))
+    body = {"model": "cached", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    status, response_headers, answer = request(
+        gateway.base_url, "POST", path, json.dumps(body).encode(), {k: v.encode("latin-1") for k, v in headers.items()}
+    )
+    assert status < 500, (status, answer[:300])
+    assert response_headers.get("content-type", "").startswith(("application/json", "text/event-stream"))
 
 
 # -- a failure of cachegate's own ------------------------------------------------------------------
