@@ -357,7 +357,7 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.last_request = raw
-        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
+        self.last_headers = {name.lower(): _printable(value) for name, value in request.headers.items()}
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
@@ -463,6 +463,11 @@ def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None
 
 def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _printable(value: str) -> str:
+    """A header value as JSON can carry it: aiohttp keeps bytes that are not UTF-8 as surrogates."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _error(status: int, message: str) -> web.Response:
