@@ -32,6 +32,10 @@ fragments alike) with finish_reason ``length``. Streamed tool calls are framed a
 them: a first delta with ``index``, ``id``, ``type``, the function's name and empty arguments,
 then argument fragments.
 
+A body of the wrong shape (``messages`` not an array of objects, ``content`` a number, …) is
+refused as vLLM refuses it: 400 naming the field (the check is ``core/chat_shape.py``, the one
+cachegate itself applies), never a 500; so is a prompt the counter cannot render.
+
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
 """
