@@ -17,6 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cachegate.core.chat_shape import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_MAX_PARTS,
+    DEFAULT_MAX_TOOLS,
+    RequestLimits,
+)
 from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import Endpoint, Model
@@ -133,6 +140,18 @@ class ModelConfig(_Strict):
         )
 
 
+class RequestLimitsConfig(_Strict):
+    """How large a request body's structure may be (SPEC §11); past a limit, a 400 naming the field."""
+
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=2, le=200)  # JSON nesting; 200 stays clear of orjson's 254
+    max_messages: int = Field(DEFAULT_MAX_MESSAGES, gt=0)
+    max_parts: int = Field(DEFAULT_MAX_PARTS, gt=0)  # content parts, and tool calls, of one message
+    max_tools: int = Field(DEFAULT_MAX_TOOLS, gt=0)
+
+    def to_limits(self) -> RequestLimits:
+        return RequestLimits(self.max_depth, self.max_messages, self.max_parts, self.max_tools)
+
+
 class Demo(_Strict):
     """The built-in fake upstream, started in process for demos (the default with no config file)."""
 
@@ -176,6 +195,7 @@ class Config(_Strict):
     cache_index_url: str | None = None  # default: sqlite under data_dir
     accepted_ttls: tuple[TtlTier, ...] = (TtlTier.FIVE_MINUTES, TtlTier.ONE_HOUR)
     body_limit_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    request_limits: RequestLimitsConfig = RequestLimitsConfig()
     deadlines: Deadlines = Deadlines()
     sweep_interval_seconds: float = Field(60.0, gt=0)
     catalog_refresh_seconds: float = Field(10.0, gt=0)  # also how soon another replica's revocation applies

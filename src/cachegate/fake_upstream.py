@@ -41,6 +41,9 @@ Besides chat completions it serves ``/v1/completions`` (JSON and stream, usage f
 route reports ``cached`` as vLLM does (``prompt_tokens_details`` or, for Responses,
 ``input_tokens_details``) and adds ``timings`` as llama.cpp does, so the gateway's scrubbing is
 tested against an engine's shapes. Their prompts are counted as plain text when the counter can.
+A body of the wrong shape (``messages`` not an array of objects, ``content`` a number, …) is
+refused as vLLM refuses it: 400 naming the field (the check is ``core/chat_shape.py``, the one
+cachegate itself applies), never a 500; so is a prompt the counter cannot render.
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
@@ -62,8 +65,9 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from cachegate.core.chat_shape import DEFAULT_LIMITS, ShapeError, check_chat_shape
 from cachegate.core.types import ParsedPrompt
-from cachegate.tokens.base import TextCounter, TokenCounter
+from cachegate.tokens.base import TextCounter, TokenCounter, TokenCountError
 
 _NO_PROMPT = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
 _WORDS = ("The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ")
@@ -564,20 +568,24 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.last_request = raw
-        self.last_headers = {name.lower(): value for name, value in request.headers.items()}
+        self.last_headers = {name.lower(): _printable(value) for name, value in request.headers.items()}
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
                 raise FakeRequestError("the body is not a JSON object")
+            check_chat_shape(body, DEFAULT_LIMITS)  # what vLLM's request model refuses, refused alike
             behavior = requested_behavior(request.headers.get("x-fake-behavior"), body)
             answer = plan_answer(body, behavior)
         except (ValueError, TypeError) as exc:
-            return _error(400, f"fake upstream: bad request: {exc}")
+            return _bad_request(exc)
         if behavior.stall:
             await asyncio.sleep(behavior.stall)
         if behavior.status >= 400:
             return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
-        prompt_tokens = await self._prompt.count(body)
+        try:
+            prompt_tokens = await self._prompt.count(body)
+        except TokenCountError as exc:  # vLLM answers a prompt its template cannot render with a 400
+            return _bad_request(exc)
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
             response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
@@ -680,8 +688,20 @@ def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
+def _printable(value: str) -> str:
+    """A header value as JSON can carry it: aiohttp keeps bytes that are not UTF-8 as surrogates."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": {"message": message, "type": "server_error", "param": None, "code": None}}, status)
+
+
+def _bad_request(error: Exception) -> web.Response:
+    """vLLM's 400: its error shape, the parameter named when the body's shape is at fault."""
+    param = error.param if isinstance(error, ShapeError) else None
+    message = f"fake upstream: bad request: {error}"
+    return _json({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}, 400)
 
 
 async def start_fake_upstream(counter: TokenCounter, host: str, port: int) -> tuple[web.AppRunner, int]:

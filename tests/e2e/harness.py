@@ -1,7 +1,8 @@
 """A real gateway and a real fake upstream on loopback ports, in a background event loop.
 
-Tests talk to it over real HTTP with the official SDKs, exactly as users do. The index and the
-token counter are wrapped in switchable faults so that the degraded paths can be driven.
+Tests talk to it over real HTTP with the official SDKs, exactly as users do. The index, the
+token counter, the control store and the upstream client are wrapped in switchable faults so that
+the degraded and failing paths can be driven.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cachegate.index.factory import open_index
 from cachegate.store.base import ApiKey, Catalog, ControlStore, LedgerRow, StoreUnavailable
 from cachegate.store.factory import open_store
 from cachegate.tokens.base import PromptCounts, TextCounter, TokenCounter, TokenCountError
+from cachegate.upstream.base import Upstream, UpstreamRequest, UpstreamResponse
 from cachegate.upstream.httptools_client import HttptoolsUpstream
 
 T = TypeVar("T")
@@ -128,6 +130,22 @@ class FaultyStore:
         return getattr(self.inner, name)
 
 
+class BuggyUpstream:
+    """Delegates to a real upstream client unless told to fail as a bug would (not a mapped outage)."""
+
+    def __init__(self, inner: Upstream) -> None:
+        self.inner = inner
+        self.buggy = False
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.buggy:
+            raise RuntimeError("a bug in the upstream client, switched on by the test")
+        return await self.inner.send(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass
 class Keys:
     a: str
@@ -186,7 +204,8 @@ class GatewayHarness:
         self.store = FaultyStore(store)
         self.index = FaultyIndex(await open_index(self.config.index_url))
         self.counter = FaultyCounter(self._counter)
-        self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, HttptoolsUpstream())
+        self.upstream = BuggyUpstream(HttptoolsUpstream())
+        self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, self.upstream)
         a = await store.create_principal("tenant-a")
         b = await store.create_principal("tenant-b")
         _, secret_a = await store.create_api_key(a.id)
@@ -228,3 +247,4 @@ class GatewayHarness:
         self.index.down = False
         self.counter.failing = False
         self.counter.delay = 0.0
+        self.upstream.buggy = False

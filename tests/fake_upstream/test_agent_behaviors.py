@@ -3,7 +3,9 @@ and token limits, chosen by header or by a ``[fake: …]`` line, over real HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import http.client
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -249,3 +251,44 @@ async def test_the_header_wins_over_the_line(client: openai.AsyncOpenAI) -> None
 
     assert completion.finish_reason == "stop"
     assert completion.content == "The quick "
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ("hi", "messages"),
+        (None, "messages"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "assistant", "content": "", "tool_calls": {"id": "c"}}], "messages[0].tool_calls"),
+        (["hi"], "messages[0]"),
+    ],
+)
+async def test_a_type_confused_body_is_refused_with_the_field_named_as_vllm_does(
+    client: openai.AsyncOpenAI, messages: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model="qwen3-fake", messages=messages)
+    assert refused.value.param == param
+
+
+def exchange(port: int, method: str, path: str, body: bytes | None, headers: dict[str, Any]) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+async def test_the_last_headers_are_served_whatever_bytes_they_held() -> None:
+    runner, port = await start_fake_upstream(FixedCounter(), "127.0.0.1", 0)
+    try:
+        body = json.dumps({"model": "qwen3-fake", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        headers = {"content-type": "application/json", "x-note": "café".encode("latin-1")}  # not UTF-8
+        status, _ = await asyncio.to_thread(exchange, port, "POST", "/v1/chat/completions", body, headers)
+        assert status == 200
+        status, seen = await asyncio.to_thread(exchange, port, "GET", "/_fake/last-headers", None, {})
+        assert status == 200 and json.loads(seen)["x-note"] == "caf\ufffd"
+    finally:
+        await runner.cleanup()

@@ -225,20 +225,20 @@ def automatic_marker(body: dict[str, Any], model_ttl: TtlTier, policy: TtlPolicy
     return True
 
 
-def strip_markers(body: dict[str, Any]) -> bool:
+def strip_markers(body: dict[str, Any]) -> int:
     """Remove, in place, every marker of §3.1 (``null`` ones too) and nothing else.
 
     A ``cache_control`` anywhere else — a property of a tool's JSON schema, say — is user data
-    and survives. Returns whether anything was removed.
+    and survives. Returns how many were removed (0: none).
     """
-    removed = body.pop(MARKER_KEY, _ABSENT) is not _ABSENT
+    removed = int(body.pop(MARKER_KEY, _ABSENT) is not _ABSENT)
     for _, _, _, value, owner, _, last in iter_sites(body):
         if isinstance(value, dict) and MARKER_KEY in value:
             del value[MARKER_KEY]
-            removed = True
+            removed += 1
         if last and isinstance(owner, dict) and MARKER_KEY in owner:
             del owner[MARKER_KEY]
-            removed = True
+            removed += 1
     return removed
 
 

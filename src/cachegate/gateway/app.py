@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import Final
 
-from cachegate.asgi import ClientGone, Receive, Refusal, Scope, Send, header
+from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
@@ -84,8 +85,9 @@ class Gateway:
             config.deadlines.classify_seconds,
             salts=salts,
             drain_seconds=config.deadlines.disconnect_drain_seconds,
+            limits=config.request_limits.to_limits(),
         )
-        anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes)
+        anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes, config.request_limits.max_depth)
 
         def metered(api: OpenAiApi) -> Route:
             return Route(
@@ -198,6 +200,8 @@ class Gateway:
             metrics.labelled(metrics.REQUESTS, route.name, "5xx").inc()
             return
         started = time.perf_counter()
+        tracked = _TrackedSend(send)
+        send = tracked
         try:
             secret = bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key"))
             key = await self.keys.resolve(secret, _client_address(scope))
@@ -217,6 +221,8 @@ class Gateway:
             status = await _refuse(route, send, refusal)
         except ClientGone:
             status = 499  # nobody to answer
+        except Exception:
+            status = await _internal_error(route, tracked)
         metrics.labelled(metrics.REQUESTS, route.name, f"{status // 100}xx").inc()
         metrics.labelled(metrics.REQUEST_SECONDS, route.name).observe(time.perf_counter() - started)
 
@@ -234,6 +240,40 @@ async def _bounded(name: str, step: Awaitable[None], seconds: float) -> None:
         log.error("shutdown: %s did not stop within %s s; going on without it", name, seconds)
     except Exception:
         log.exception("shutdown: %s failed to stop", name)
+
+
+class _TrackedSend:
+    """The ASGI ``send`` of one request, remembering whether the response has started."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+async def _internal_error(route: Route, send: _TrackedSend) -> int:
+    """An unexpected error on a request's path (SPEC §11): logged with its traceback under a request
+    id, counted, and answered with a JSON 500 in the client's dialect naming that id (if nothing
+    was sent yet). The cache flow has billed the request if it got as far as its model."""
+    request_id = f"req_{uuid.uuid4().hex}"
+    log.exception("internal error on route %s, request id %s", route.name, request_id)
+    metrics.labelled(metrics.INTERNAL_ERRORS, route.name).inc()
+    if send.started:
+        return 500  # the client sees its response break off
+    refusal = Refusal(
+        500,
+        f"cachegate failed to serve this request (request id {request_id}); the error is logged under that id",
+        "internal_error",
+        type_="server_error",
+    )
+    await route.dialect.send_refusal(send, refusal, [(b"x-request-id", request_id.encode())])
+    return 500
 
 
 async def _refuse(route: Route, send: Send, refusal: Refusal) -> int:

@@ -13,7 +13,7 @@ import orjson
 
 from cachegate.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
 from cachegate.core.telemetry import scrub_telemetry, without_telemetry
-from cachegate.gateway.completions import Arrival, Completions, json_request
+from cachegate.gateway.completions import Arrival, Completions, chat_request
 from cachegate.gateway.departure import read_body_or_bill_departure
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.routing import Request
@@ -31,7 +31,7 @@ class ChatCompletions:
     async def __call__(self, request: Request) -> int:
         arrival = Arrival.now()
         raw = await read_body(request.receive, self._body_limit)
-        body = json_request(raw)
+        body = chat_request(raw, self._completions.limits)
         client_wants_usage = _asks_for_usage(body)
         async with self._completions.call(
             request, body, raw, arrival, client_wants_usage=client_wants_usage, automatic_caching=True

@@ -19,15 +19,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from cachegate.asgi import Refusal
 from cachegate.core.blocks import hashed_prompt
+from cachegate.core.chat_shape import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    ShapeError,
+    check_chat_shape,
+    check_depth,
+    nesting_error,
+)
 from cachegate.core.errors import MarkerError
+from cachegate.core.json_splice import splice
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
-from cachegate.core.telemetry import strip_telemetry_flags
+from cachegate.core.telemetry import TELEMETRY_REQUEST_FLAGS, strip_telemetry_flags
 from cachegate.core.types import Breakpoint, CacheTariff, Classification
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
@@ -74,7 +83,9 @@ class Completions:
         *,
         salts: CacheSalts | None = None,
         drain_seconds: float = 0.0,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
+        self.limits = limits  # what a chat body may hold (core.chat_shape); the chat route checks it
         self._catalog = catalog
         self._ttl_policy = ttl_policy
         self._counters = counters
@@ -110,15 +121,14 @@ class Completions:
         alias: str = body["model"]
         model, endpoint = self._catalog.route(alias)
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
+        added = 0
         if automatic_caching and model.automatic_cache_ttl is not None:
             try:
-                automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy)
+                added = int(automatic_marker(body, model.automatic_cache_ttl, self._ttl_policy))
             except ValueError as exc:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
         streaming = body.get("stream") is True
-        salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._salts is not None else None
-        forward = _forwarded_body(body, raw, model.upstream_model, streaming and not client_wants_usage, salt)
         exchange = Exchange(
             key=request.key,
             model=model,
@@ -132,21 +142,24 @@ class Completions:
             route=route,
             drain_seconds=self._drain_seconds,
         )
-        prompt_counter = self._counters.get(model.tokenizer)
-        if prompt_counter is not None:
-            exchange.count_prompt = functools.partial(
-                _count_whole_prompt, prompt_counter, body, breakpoints, self._classify_deadline
-            )
-        if tariff is not None and breakpoints:
-            counter = self._counters[model.tokenizer]
-            exchange.task = asyncio.create_task(
-                self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
-            )
-
-        upstream_request = UpstreamRequest(
-            "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
-        )
         try:
+            salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._salts is not None else None
+            forward = _forwarded_body(
+                body, raw, added, model.upstream_model, streaming and not client_wants_usage, salt
+            )
+            prompt_counter = self._counters.get(model.tokenizer)
+            if prompt_counter is not None:
+                exchange.count_prompt = functools.partial(
+                    _count_whole_prompt, prompt_counter, body, breakpoints, self._classify_deadline
+                )
+            if tariff is not None and breakpoints:
+                counter = self._counters[model.tokenizer]
+                exchange.task = asyncio.create_task(
+                    self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
+                )
+            upstream_request = UpstreamRequest(
+                "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
+            )
             response = await self._upstream.send(upstream_request)
         except UpstreamUnavailable as exc:
             exchange.vetoed("upstream_unreachable")
@@ -155,9 +168,17 @@ class Completions:
             raise Refusal(
                 502, f"the upstream for model '{alias}' is unreachable", "upstream_unreachable", type_="upstream_error"
             ) from exc
+        except Exception:
+            await _bill_failure(exchange)
+            raise
         exchange.status = response.status
         try:
             yield Call(exchange, response)
+        except Refusal:
+            raise  # the route set the status it answers with
+        except Exception:
+            await _bill_failure(exchange)
+            raise
         finally:
             response.release()
             await exchange.bill()  # unless the route billed it before the response's last byte
@@ -202,38 +223,89 @@ def checked_breakpoints(
         raise Refusal(400, exc.message, "invalid_cache_control", marker_param(exc.param)) from exc
 
 
-def json_request(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400."""
+def json_request(raw: bytes, max_depth: int) -> dict[str, Any]:
+    """A request body as a JSON object with a string ``model``, as every route of the flow needs it; else 400.
+
+    The nesting is bounded (``max_depth``) on every route: a body nested deeper than the JSON
+    libraries go (orjson parses 1024 levels and writes 254) gets a 400 saying so.
+    """
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if _DEPTH_LIMIT in str(exc):
+            raise _shape_refusal(nesting_error(max_depth)) from exc
         raise Refusal(400, "request body is not valid JSON", "invalid_json") from exc
+    try:
+        check_depth(body, max_depth)
+    except ShapeError as exc:
+        raise _shape_refusal(exc) from exc
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise Refusal(400, "request body must be a JSON object with a string 'model'", "invalid_request", "model")
     return body
 
 
+_DEPTH_LIMIT: Final = "depth limit exceeded"  # orjson's message for a text nested past 1024 levels
+
+
+def chat_request(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
+    """A chat-completions body, its shape checked (``core.chat_shape``) before anything else reads it."""
+    body = json_request(raw, limits.max_depth)
+    try:
+        check_chat_shape(body, limits)
+    except ShapeError as exc:
+        raise _shape_refusal(exc) from exc
+    return body
+
+
+def _shape_refusal(error: ShapeError) -> Refusal:
+    return Refusal(400, error.message, error.code, error.param)
+
+
+async def _bill_failure(exchange: Exchange) -> None:
+    """A request the gateway itself failed (an unexpected error): billed as a 500, nothing committed."""
+    exchange.vetoed("internal_error")
+    if not exchange.billed:
+        exchange.status = 500
+    await exchange.bill()
+
+
 def _forwarded_body(
-    body: dict[str, Any], raw: bytes | None, upstream_model: str, force_usage: bool, salt: str | None = None
+    body: dict[str, Any],
+    raw: bytes | None,
+    added_markers: int,
+    upstream_model: str,
+    force_usage: bool,
+    salt: str | None = None,
 ) -> bytes:
     """What goes upstream (SPEC §2.4): markers and telemetry flags (§12) stripped, ``model`` renamed,
     stream usage forced on, the principal's ``cache_salt`` set when the endpoint is salted.
 
-    ``body`` is changed in place; an unchanged request is forwarded byte for byte.
+    ``body`` is changed in place the same way. ``raw`` (the client's bytes, whose markers are
+    those of ``body`` but the ``added_markers`` automatic caching put there) is forwarded as it
+    came but for those edits, spliced (``core.json_splice``): what a parse and a fresh
+    serialisation would lose — integers beyond 64 bits, key order, duplicate keys — survives.
+    Without ``raw`` (a translated body), ``body`` is serialised.
     """
-    changed = strip_markers(body)
-    changed = strip_telemetry_flags(body) or changed
+    removed = strip_markers(body)
+    flags = [name for name in TELEMETRY_REQUEST_FLAGS if name in body]
+    strip_telemetry_flags(body)
+    renamed = body["model"] != upstream_model
+    body["model"] = upstream_model
     if salt is not None:
         body["cache_salt"] = salt
-        changed = True
-    if body["model"] != upstream_model:
-        body["model"] = upstream_model
-        changed = True
     if force_usage:
         options = body.get("stream_options")
         if isinstance(options, dict):
             options["include_usage"] = True
         else:
             body["stream_options"] = {"include_usage": True}
-        changed = True
-    return orjson.dumps(body) if changed or raw is None else raw
+    if raw is None:
+        return orjson.dumps(body)
+    return splice(
+        raw,
+        removed - added_markers,
+        upstream_model if renamed else None,
+        force_usage,
+        removed=flags,
+        set_strings={"cache_salt": salt} if salt is not None else None,
+    )

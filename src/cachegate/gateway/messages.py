@@ -24,6 +24,7 @@ from cachegate.core.anthropic.request import (
     translate_request,
 )
 from cachegate.core.anthropic.response import translate_response
+from cachegate.core.chat_shape import DEFAULT_MAX_DEPTH
 from cachegate.core.types import TtlTier
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import DEGRADED_HEADER, usage_payload
@@ -42,13 +43,20 @@ class AnthropicRequests:
     """Reads an Anthropic request and translates it for the model it names; shared by the Messages
     and count_tokens routes, so both see one request the same way."""
 
-    def __init__(self, catalog: CatalogCache, counters: Mapping[str, TokenCounter], body_limit: int) -> None:
+    def __init__(
+        self,
+        catalog: CatalogCache,
+        counters: Mapping[str, TokenCounter],
+        body_limit: int,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self._catalog = catalog
         self._counters = counters
         self._body_limit = body_limit
+        self._max_depth = max_depth
 
     async def read(self, request: Request, *, for_counting: bool = False) -> tuple[TranslatedRequest, TokenCounter]:
-        body = json_request(await read_body(request.receive, self._body_limit))
+        body = json_request(await read_body(request.receive, self._body_limit), self._max_depth)
         model, _ = self._catalog.route(body["model"])
         counter = self._counters[model.tokenizer]
         try:

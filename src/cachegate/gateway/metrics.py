@@ -77,6 +77,11 @@ LEDGER_GROUP_ROWS = Histogram(
     "Rows per journal group commit (one write, one fsync).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+INTERNAL_ERRORS = Counter(
+    "cachegate_internal_errors_total",
+    "Requests cachegate itself failed with an unexpected error (a 500 naming a request id; logged with it).",
+    ["route"],
+)
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",

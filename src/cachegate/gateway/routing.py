@@ -12,7 +12,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cachegate.asgi import JSON_HEADERS, Receive, Refusal, Scope, Send, send_bytes, send_error
+from cachegate.asgi import JSON_HEADERS, Headers, Receive, Refusal, Scope, Send, send_bytes, send_error
 from cachegate.core.anthropic.errors import anthropic_error, error_type_for_status
 from cachegate.store.base import ApiKey
 
@@ -21,14 +21,16 @@ class Dialect(enum.Enum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
 
-    async def send_refusal(self, send: Send, refusal: Refusal) -> None:
+    async def send_refusal(self, send: Send, refusal: Refusal, extra_headers: Headers | None = None) -> None:
         """Answer ``refusal`` in this dialect's error shape."""
         if self is Dialect.OPENAI:
-            await send_error(send, refusal.status, refusal.message, refusal.type, refusal.code, refusal.param)
+            await send_error(
+                send, refusal.status, refusal.message, refusal.type, refusal.code, refusal.param, extra_headers
+            )
             return
         message = f"{refusal.param}: {refusal.message}" if refusal.param else refusal.message
         body = anthropic_error(error_type_for_status(refusal.status), message)
-        await send_bytes(send, refusal.status, JSON_HEADERS, body)
+        await send_bytes(send, refusal.status, [*JSON_HEADERS, *(extra_headers or [])], body)
 
 
 @dataclass(slots=True)
