@@ -29,13 +29,11 @@ def may_carry_telemetry(data: bytes) -> bool:
     return _MAY_CARRY.search(data) is not None
 
 
-def strip_telemetry_flags(body: dict[str, Any]) -> bool:
-    """Remove the flags that ask for telemetry from a request body, in place; whether any was there."""
-    removed = False
-    for name in TELEMETRY_REQUEST_FLAGS:
-        if name in body:
-            del body[name]
-            removed = True
+def strip_telemetry_flags(body: dict[str, Any]) -> list[str]:
+    """Remove the flags that ask for telemetry from a request body, in place; the names removed."""
+    removed = [name for name in TELEMETRY_REQUEST_FLAGS if name in body]
+    for name in removed:
+        del body[name]
     return removed
 
 

@@ -92,7 +92,16 @@ class Gateway:
         def metered(api: OpenAiApi) -> Route:
             return Route(
                 api.name,
-                MeteredRoute(api, self.catalog, counters, upstream, self.ledger, salts, config.body_limit_bytes),
+                MeteredRoute(
+                    api,
+                    self.catalog,
+                    counters,
+                    upstream,
+                    self.ledger,
+                    salts,
+                    config.body_limit_bytes,
+                    config.request_limits.max_depth,
+                ),
             )
 
         # The allowlist (SPEC §2, other routes): every other method and path is a local 404.

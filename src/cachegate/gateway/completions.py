@@ -34,15 +34,13 @@ from cachegate.core.chat_shape import (
     nesting_error,
 )
 from cachegate.core.errors import MarkerError
-from cachegate.core.json_splice import splice
 from cachegate.core.markers import TtlPolicy, automatic_marker, strip_markers, validate_markers
-from cachegate.core.telemetry import TELEMETRY_REQUEST_FLAGS, strip_telemetry_flags
 from cachegate.core.types import Breakpoint, CacheTariff, Classification
 from cachegate.gateway import metrics
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.classifier import CacheClassifier, cache_scope
 from cachegate.gateway.exchange import Exchange
-from cachegate.gateway.forwarding import upstream_headers
+from cachegate.gateway.forwarding import forwarded_body, upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.routing import Request
 from cachegate.gateway.salting import CacheSalts
@@ -277,35 +275,9 @@ def _forwarded_body(
     force_usage: bool,
     salt: str | None = None,
 ) -> bytes:
-    """What goes upstream (SPEC §2.4): markers and telemetry flags (§12) stripped, ``model`` renamed,
-    stream usage forced on, the principal's ``cache_salt`` set when the endpoint is salted.
-
-    ``body`` is changed in place the same way. ``raw`` (the client's bytes, whose markers are
-    those of ``body`` but the ``added_markers`` automatic caching put there) is forwarded as it
-    came but for those edits, spliced (``core.json_splice``): what a parse and a fresh
-    serialisation would lose — integers beyond 64 bits, key order, duplicate keys — survives.
-    Without ``raw`` (a translated body), ``body`` is serialised.
-    """
+    """What goes upstream (SPEC §2.4): markers stripped, then ``forwarding.forwarded_body``. ``raw``'s
+    markers are those of ``body`` but the ``added_markers`` automatic caching put there."""
     removed = strip_markers(body)
-    flags = [name for name in TELEMETRY_REQUEST_FLAGS if name in body]
-    strip_telemetry_flags(body)
-    renamed = body["model"] != upstream_model
-    body["model"] = upstream_model
-    if salt is not None:
-        body["cache_salt"] = salt
-    if force_usage:
-        options = body.get("stream_options")
-        if isinstance(options, dict):
-            options["include_usage"] = True
-        else:
-            body["stream_options"] = {"include_usage": True}
-    if raw is None:
-        return orjson.dumps(body)
-    return splice(
-        raw,
-        removed - added_markers,
-        upstream_model if renamed else None,
-        force_usage,
-        removed=flags,
-        set_strings={"cache_salt": salt} if salt is not None else None,
+    return forwarded_body(
+        body, raw, upstream_model, force_usage=force_usage, salt=salt, markers=removed - added_markers
     )

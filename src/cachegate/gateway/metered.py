@@ -33,12 +33,12 @@ from cachegate.core.sse import (
     only_plain_events,
     replace_event_json,
 )
-from cachegate.core.telemetry import may_carry_telemetry, scrub_telemetry, strip_telemetry_flags
+from cachegate.core.telemetry import may_carry_telemetry, scrub_telemetry
 from cachegate.core.types import CacheStats
 from cachegate.core.usage import scrub_usage, upstream_cached_tokens
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.completions import json_request
-from cachegate.gateway.forwarding import upstream_headers
+from cachegate.gateway.forwarding import forwarded_body, upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.routing import Request
 from cachegate.gateway.salting import CacheSalts
@@ -238,6 +238,7 @@ class MeteredRoute:
         ledger: LedgerWriter,
         salts: CacheSalts,
         body_limit: int,
+        max_depth: int,
     ) -> None:
         self._api = api
         self._catalog = catalog
@@ -246,16 +247,19 @@ class MeteredRoute:
         self._ledger = ledger
         self._salts = salts
         self._body_limit = body_limit
+        self._max_depth = max_depth
 
     async def __call__(self, request: Request) -> int:
         started_at, started_perf = time.time(), time.perf_counter()
         raw = await read_body(request.receive, self._body_limit)
-        body = json_request(raw)
+        body = json_request(raw, self._max_depth)
         model, endpoint = self._catalog.route(body["model"])
         streaming = body.get("stream") is True
         client_wants_usage = not self._api.stream_usage_option or _asks_for_usage(body)
         salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._api.salted else None
-        forward = self._forwarded_body(body, raw, model.upstream_model, salt, streaming and not client_wants_usage)
+        forward = forwarded_body(
+            body, raw, model.upstream_model, force_usage=streaming and not client_wants_usage, salt=salt
+        )
         counter = self._counters.get(model.tokenizer)
         meter = Meter(
             self._api,
@@ -288,32 +292,6 @@ class MeteredRoute:
             response.release()
             await meter.bill()  # unless billed before the response's last byte
         return meter.status
-
-    def _forwarded_body(
-        self, body: dict[str, Any], raw: bytes, upstream_model: str, salt: str | None, force_usage: bool
-    ) -> bytes:
-        """The client's body with ``model`` renamed, telemetry flags removed, the salt set and stream usage
-        forced on, as needed; the client's own bytes when nothing changes."""
-        changed = strip_telemetry_flags(body)
-        if body["model"] != upstream_model:
-            body["model"] = upstream_model
-            changed = True
-        if salt is not None:
-            body["cache_salt"] = salt
-            changed = True
-        if force_usage:
-            options = body.get("stream_options")
-            if isinstance(options, dict):
-                options["include_usage"] = True
-            else:
-                body["stream_options"] = {"include_usage": True}
-            changed = True
-        if not changed:
-            return raw
-        try:
-            return orjson.dumps(body)
-        except orjson.JSONEncodeError as exc:  # past orjson's nesting limit: no engine takes such a body
-            raise Refusal(400, "the request body is nested too deeply", "invalid_request") from exc
 
 
 def _asks_for_usage(body: Mapping[str, Any]) -> bool:
