@@ -43,6 +43,19 @@ def test_telemetry_flags_are_cut_and_a_salt_set_with_big_integers_kept() -> None
     assert spliced == b'{"cache_salt":"s","model": "a", "seed": 123456789012345678901234567890}'
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "a", "prompt": "p", "timings_per_token": true, "return_progress": true}',
+        b'{"timings_per_token": true, "return_progress": true, "model": "a", "prompt": "p"}',
+        b'{"model": "a", "timings_per_token": true, "prompt": "p", "return_progress": true}',
+    ],
+)
+def test_neighbouring_flags_are_cut_together(raw: bytes) -> None:
+    spliced = splice(raw, 0, None, False, removed=["timings_per_token", "return_progress"])
+    assert orjson.loads(spliced) == {"model": "a", "prompt": "p"}
+
+
 def test_a_salt_the_client_sent_is_replaced_where_it_stands() -> None:
     raw = b'{"model": "a", "cache_salt": "mine", "messages": []}'
     assert splice(raw, 0, None, False, set_strings={"cache_salt": "ours"}) == (

@@ -444,7 +444,9 @@ def test_a_bug_is_a_json_500_with_a_request_id_a_metric_and_a_ledger_row(gateway
     assert messages.status == 500 and anthropic_error["type"] == "error"
     assert messages.headers["x-request-id"] in anthropic_error["error"]["message"]
 
-    _, _, metrics = request(gateway.base_url, "GET", "/metrics")
+    _, _, metrics = request(
+        gateway.base_url, "GET", "/metrics", headers={"authorization": f"Bearer {gateway.keys.admin}"}
+    )
     assert b'cachegate_internal_errors_total{route="chat"}' in metrics
     gateway.call(gateway.gateway.ledger.flush())
     failed = [row for row in gateway.store.stored if row.status == 500]

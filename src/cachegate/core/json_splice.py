@@ -36,6 +36,7 @@ from cachegate.core.sites import MARKER_KEY
 _MODEL: Final = "model"
 _STREAM_OPTIONS: Final = "stream_options"
 _INCLUDE_USAGE: Final = "include_usage"
+_MARKERS: Final = frozenset({MARKER_KEY})
 _WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 _SCAN: Final = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner: (value, end) of the value at idx
 
@@ -102,8 +103,8 @@ def splice(
         edits.extend(text.model_edits(model))
     if include_usage:
         edits.extend(text.usage_edits())
-    for name in removed:
-        edits.extend(_removals(text.text, text.top, name))
+    if removed:
+        edits.extend(_removals(text.text, text.top, frozenset(removed)))
     for name, value in (set_strings or {}).items():
         edits.extend(text.set_edits(name, _json(value)))
     return _apply(text.text, edits).encode()
@@ -130,7 +131,7 @@ class _Text:
         keys = _keys(text, MARKER_KEY, self._plainly)
         if len(keys) == markers:  # every cache_control key is a marker: none elsewhere, no duplicate
             return [_cut(text, start, _value_end(text, _skip(text, end))) for start, end in keys]
-        edits = _removals(text, self.top, MARKER_KEY)
+        edits = _removals(text, self.top, _MARKERS)
         for key, _, value_start, _ in self.top:
             if key == "tools":
                 edits.extend(_element_markers(text, value_start))
@@ -139,7 +140,7 @@ class _Text:
                     if text[element_start] != "{":
                         continue
                     message = _members(text, element_start)
-                    edits.extend(_removals(text, message, MARKER_KEY))
+                    edits.extend(_removals(text, message, _MARKERS))
                     for name, _, inner_start, _ in message:
                         if name in ("content", "tool_calls"):
                             edits.extend(_element_markers(text, inner_start))
@@ -186,20 +187,21 @@ def _element_markers(text: str, start: int) -> Iterable[Edit]:
         return
     for element_start, _ in _elements(text, start):
         if text[element_start] == "{":
-            yield from _removals(text, _members(text, element_start), MARKER_KEY)
+            yield from _removals(text, _members(text, element_start), _MARKERS)
 
 
-def _removals(text: str, members: list[Member], name: str) -> list[Edit]:
-    """Cut every member called ``name``; a run of them goes with the comma that joined it to the rest."""
+def _removals(text: str, members: list[Member], names: frozenset[str]) -> list[Edit]:
+    """Cut every member called one of ``names``; a run of them goes with the comma that joined it to
+    the rest (all names at once: runs of different names next to each other are one run)."""
     edits: list[Edit] = []
     count = len(members)
     index = 0
     while index < count:
-        if members[index][0] != name:
+        if members[index][0] not in names:
             index += 1
             continue
         last = index
-        while last + 1 < count and members[last + 1][0] == name:
+        while last + 1 < count and members[last + 1][0] in names:
             last += 1
         if last + 1 < count:  # up to the next kept member
             edits.append((members[index][1], members[last + 1][1], ""))
