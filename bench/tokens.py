@@ -43,7 +43,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
-from cachegate.core.types import CacheTariff, Scope
+from cachegate.core.types import CacheScope, CacheTariff
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.index.factory import open_index
 from cachegate.tokens.base import TokenCounter, TokenCountError
@@ -174,7 +174,7 @@ async def tail(
     counter: TokenCounter = MemoizedCounter(fresh_counter(spec))
     index = await open_index(f"sqlite:///{work / f'index-{messages}-{tail_lines}.db'}")
     classifier = CacheClassifier(index, commit_deadline=5.0)
-    scope = Scope("prn_bench", "bench", counter.tokenizer_version)
+    scope = CacheScope("prn_bench", "bench", counter.tokenizer_version)
     rng = random.Random(messages)
     seen = agent_conversation(messages)
     try:

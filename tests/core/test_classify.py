@@ -18,6 +18,7 @@ from cachegate.core.classify import (
     lookup_candidates,
 )
 from cachegate.core.types import (
+    CacheScope,
     CacheStats,
     CacheTariff,
     Classification,
@@ -25,13 +26,12 @@ from cachegate.core.types import (
     IndexMatch,
     ParsedPrompt,
     Refresh,
-    Scope,
     TtlTier,
 )
 
 from .bodies import ALL_TTLS, DEFAULT, PROPERTY, chat, marker, msg, text
 
-SCOPE = Scope("principal-1", "cache-model", "sha256:v1")
+SCOPE = CacheScope("principal-1", "cache-model", "sha256:v1")
 TARIFF = CacheTariff()  # floor 1024
 NOW = 1_000_000.0
 HOUR, FIVE_MINUTES = TtlTier.ONE_HOUR, TtlTier.FIVE_MINUTES

@@ -21,7 +21,7 @@ import uvloop
 from cachegate import serving
 from cachegate.bootstrap import seed_store
 from cachegate.config import Config
-from cachegate.core.types import IndexEntry, IndexMatch, ParsedPrompt, Refresh, Scope
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Refresh
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.gateway.app import Gateway
 from cachegate.index.base import CacheIndex, IndexUnavailable
@@ -46,7 +46,7 @@ class FaultyIndex:
         if self.down:
             raise IndexUnavailable("index switched off by the test")
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         self._check()
         return await self.inner.lookup(scope, hashes, now)
 

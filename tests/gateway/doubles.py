@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
-from cachegate.core.types import IndexEntry, IndexMatch, ParsedPrompt, Refresh, Scope
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Refresh
 from cachegate.index.base import IndexUnavailable
 from cachegate.index.memory import MemoryIndex
 from cachegate.store.base import ApiKey, Catalog, LedgerRow, StoreUnavailable
@@ -70,7 +70,7 @@ class ScriptedIndex(MemoryIndex):
         if operation in self.broken:
             raise RuntimeError(f"{operation}: unexpected driver error")
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         self.lookups += 1
         self._check("lookup")
         return await super().lookup(scope, hashes, now)

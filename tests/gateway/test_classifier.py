@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from cachegate.core.types import CacheTariff, Classification, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, CacheTariff, Classification, Refresh, TtlTier
 from cachegate.gateway.classifier import CacheClassifier, RefreshQueue
 from cachegate.tokens.base import PromptCounts
 
 from .doubles import BlockCounter, ScriptedIndex, eventually, metric, prompt_of
 
-SCOPE = Scope("prn_a", "cached-model", "blocks-v1")
-OTHER_SCOPE = Scope("prn_b", "cached-model", "blocks-v1")
+SCOPE = CacheScope("prn_a", "cached-model", "blocks-v1")
+OTHER_SCOPE = CacheScope("prn_b", "cached-model", "blocks-v1")
 TARIFF = CacheTariff(min_prefix_tokens=512)
 NOW = 1_750_000_000.0
 DEGRADED = "cachegate_cache_degraded_total"
@@ -51,7 +51,7 @@ def classifier(index: ScriptedIndex) -> CacheClassifier:
 
 
 async def classify(
-    classifier: CacheClassifier, body: dict[str, Any], counter: BlockCounter, scope: Scope = SCOPE
+    classifier: CacheClassifier, body: dict[str, Any], counter: BlockCounter, scope: CacheScope = SCOPE
 ) -> Classification:
     return await classifier.classify(scope, prompt_of(body), body, TARIFF, counter, NOW)
 
@@ -249,7 +249,7 @@ async def test_commit_gives_up_at_its_deadline(index: ScriptedIndex) -> None:
 # --- RefreshQueue ------------------------------------------------------------------------------
 
 
-def refresh(expires_at: float, prefix_hash: bytes = b"prefix-1", scope: Scope = SCOPE) -> Refresh:
+def refresh(expires_at: float, prefix_hash: bytes = b"prefix-1", scope: CacheScope = SCOPE) -> Refresh:
     return Refresh(scope, prefix_hash, expires_at)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachegate.core.types import CacheTariff, Scope
+from cachegate.core.types import CacheScope, CacheTariff
 from cachegate.gateway.classifier import CacheClassifier
 from cachegate.index.memory import MemoryIndex
 from cachegate.tokens.registry import load_qwen3
@@ -55,7 +55,7 @@ def after_a_new_query() -> dict[str, Any]:
 
 async def classify(classifier: CacheClassifier, body: dict[str, Any]) -> Any:
     counter = load_qwen3()
-    scope = Scope("prn_a", "qwen3", counter.tokenizer_version)
+    scope = CacheScope("prn_a", "qwen3", counter.tokenizer_version)
     return await classifier.classify(scope, prompt_of(body), body, TARIFF, counter, NOW)
 
 

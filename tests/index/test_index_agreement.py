@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
 from cachegate.index.base import CacheIndex
 from cachegate.index.memory import MemoryIndex
 
@@ -61,7 +61,7 @@ actions = st.one_of(
 operations = st.lists(st.builds(Operation, st.sampled_from([0.0, 0.5, 100.0, 300.0, 3600.0]), actions), max_size=12)
 
 
-async def apply(index: CacheIndex, action: Write | Slide | Sweep, scopes: list[Scope], now: float) -> None:
+async def apply(index: CacheIndex, action: Write | Slide | Sweep, scopes: list[CacheScope], now: float) -> None:
     if isinstance(action, Write):
         await index.write(
             [IndexEntry(scopes[s], HASHES[h], tokens, ttl, now + offset) for s, h, tokens, ttl, offset in action.items],
@@ -73,7 +73,7 @@ async def apply(index: CacheIndex, action: Write | Slide | Sweep, scopes: list[S
         await index.sweep(now)
 
 
-async def visible(index: CacheIndex, scopes: list[Scope], now: float) -> list[list[IndexMatch]]:
+async def visible(index: CacheIndex, scopes: list[CacheScope], now: float) -> list[list[IndexMatch]]:
     return [sorted(await index.lookup(scope, HASHES, now), key=lambda match: match.prefix_hash) for scope in scopes]
 
 
@@ -81,7 +81,7 @@ async def visible(index: CacheIndex, scopes: list[Scope], now: float) -> list[li
 @given(operations=operations)
 async def test_sql_backends_agree_with_the_memory_index(sql_index: CacheIndex, operations: list[Operation]) -> None:
     example = next(_example_ids)
-    scopes = [Scope(f"principal-{example}-{n}", "qwen", "sha256:v1") for n in range(2)]
+    scopes = [CacheScope(f"principal-{example}-{n}", "qwen", "sha256:v1") for n in range(2)]
     reference = MemoryIndex()
     now = 1_750_000_000.0
 

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
 from cachegate.index.base import CacheIndex
 
 NOW = 1_750_000_000.25
-ALICE = Scope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
+ALICE = CacheScope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
 
 
 def digest(name: str) -> bytes:
@@ -26,7 +26,7 @@ def entry(
     tokens: int = 1024,
     ttl: TtlTier = TtlTier.FIVE_MINUTES,
     expires_at: float = NOW + 300,
-    scope: Scope = ALICE,
+    scope: CacheScope = ALICE,
 ) -> IndexEntry:
     return IndexEntry(scope=scope, prefix_hash=digest(name), cumulative_tokens=tokens, ttl=ttl, expires_at=expires_at)
 
@@ -35,11 +35,11 @@ def match(name: str, tokens: int, ttl: TtlTier, expires_at: float) -> IndexMatch
     return IndexMatch(prefix_hash=digest(name), cumulative_tokens=tokens, ttl=ttl, expires_at=expires_at)
 
 
-def refresh(name: str, expires_at: float, scope: Scope = ALICE) -> Refresh:
+def refresh(name: str, expires_at: float, scope: CacheScope = ALICE) -> Refresh:
     return Refresh(scope=scope, prefix_hash=digest(name), expires_at=expires_at)
 
 
-async def found(index: CacheIndex, *names: str, now: float = NOW, scope: Scope = ALICE) -> list[IndexMatch]:
+async def found(index: CacheIndex, *names: str, now: float = NOW, scope: CacheScope = ALICE) -> list[IndexMatch]:
     matches = await index.lookup(scope, [digest(name) for name in names], now)
     return sorted(matches, key=lambda m: m.prefix_hash)
 
@@ -103,7 +103,7 @@ async def test_lookup_returns_each_live_hash_once(index: CacheIndex) -> None:
     )
 
 
-# Scope isolation: principal, model alias and tokenizer_version are all part of the key.
+# CacheScope isolation: principal, model alias and tokenizer_version are all part of the key.
 
 OTHER_SCOPES = [
     pytest.param(replace(ALICE, principal="mallory"), id="other-principal"),
@@ -113,14 +113,14 @@ OTHER_SCOPES = [
 
 
 @pytest.mark.parametrize("other", OTHER_SCOPES)
-async def test_other_scope_never_sees_an_entry(index: CacheIndex, other: Scope) -> None:
+async def test_other_scope_never_sees_an_entry(index: CacheIndex, other: CacheScope) -> None:
     await index.write([entry("shared-prefix")], NOW)
 
     assert await found(index, "shared-prefix", scope=other) == []
 
 
 @pytest.mark.parametrize("other", OTHER_SCOPES)
-async def test_other_scope_cannot_refresh_or_replace_an_entry(index: CacheIndex, other: Scope) -> None:
+async def test_other_scope_cannot_refresh_or_replace_an_entry(index: CacheIndex, other: CacheScope) -> None:
     await index.write([entry("shared-prefix", 1024, TtlTier.FIVE_MINUTES, NOW + 300)], NOW)
 
     await index.refresh([refresh("shared-prefix", NOW + 3600, scope=other)], NOW)

@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from cachegate.core.types import IndexEntry, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, Refresh, TtlTier
 from cachegate.index.base import IndexUnavailable
 from cachegate.index.postgres import TABLE, PostgresIndex
 
 from pg import PgServer
 
 NOW = 1_750_000_000.0
-SCOPE = Scope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
+SCOPE = CacheScope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
 PREFIX = hashlib.sha256(b"prefix").digest()
 ENTRY = IndexEntry(SCOPE, PREFIX, cumulative_tokens=1024, ttl=TtlTier.ONE_HOUR, expires_at=NOW + 3600)
 

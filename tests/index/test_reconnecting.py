@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cachegate.core.types import IndexEntry, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, TtlTier
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.index.factory import open_index
 from cachegate.index.memory import MemoryIndex
@@ -14,7 +14,7 @@ from cachegate.index.reconnecting import ReconnectingIndex
 
 from pg import PgServer
 
-SCOPE = Scope("p", "m", "v1")
+SCOPE = CacheScope("p", "m", "v1")
 ENTRY = IndexEntry(SCOPE, b"h" * 32, 10, TtlTier.FIVE_MINUTES, 1_000.0)
 GIVE_UP_AFTER = 10.0
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cachegate.core.types import IndexEntry, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, TtlTier
 from cachegate.index.base import IndexUnavailable
 from cachegate.index.sqlite import SCHEMA_VERSION, SqliteIndex, sqlite_path_from_url
 
 NOW = 1_750_000_000.0
-SCOPE = Scope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
+SCOPE = CacheScope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
 PREFIX = hashlib.sha256(b"prefix").digest()
 ENTRY = IndexEntry(SCOPE, PREFIX, cumulative_tokens=1024, ttl=TtlTier.ONE_HOUR, expires_at=NOW + 3600)
 

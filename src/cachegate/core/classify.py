@@ -23,6 +23,7 @@ from typing import Final
 
 from cachegate.core.types import (
     Breakpoint,
+    CacheScope,
     CacheStats,
     CacheTariff,
     Classification,
@@ -30,7 +31,6 @@ from cachegate.core.types import (
     IndexMatch,
     ParsedPrompt,
     Refresh,
-    Scope,
 )
 
 LOOKBACK: Final = 20
@@ -111,7 +111,7 @@ def _past(prompt: ParsedPrompt, hit: Hit | None) -> list[Breakpoint]:
 
 
 def decide(
-    scope: Scope,
+    scope: CacheScope,
     prompt: ParsedPrompt,
     hit: Hit | None,
     counts: Mapping[int, int],

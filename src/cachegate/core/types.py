@@ -85,7 +85,7 @@ class ParsedPrompt:
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
+class CacheScope:
     """Nothing is ever shared across scopes (§6.1)."""
 
     principal: str
@@ -97,7 +97,7 @@ class Scope:
 class IndexEntry:
     """One row of the cache index (§7.1). ``expires_at`` is a Unix timestamp in seconds."""
 
-    scope: Scope
+    scope: CacheScope
     prefix_hash: bytes
     cumulative_tokens: int
     ttl: TtlTier
@@ -118,7 +118,7 @@ class IndexMatch:
 class Refresh:
     """Slide a hit entry's expiry (§6.5)."""
 
-    scope: Scope
+    scope: CacheScope
     prefix_hash: bytes
     expires_at: float
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cachegate.background import Periodic
 from cachegate.core.classify import blocks_to_count, blocks_to_verify, decide, deepest_hit, lookup_candidates
-from cachegate.core.types import CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh, Scope
+from cachegate.core.types import CacheScope, CacheTariff, Classification, IndexEntry, ParsedPrompt, Refresh
 from cachegate.gateway import metrics
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.tokens.base import TokenCounter, TokenCountError
@@ -24,12 +24,12 @@ from cachegate.tokens.base import TokenCounter, TokenCountError
 log = logging.getLogger(__name__)
 
 
-def cache_scope(principal: str, alias: str, counter: TokenCounter) -> Scope | None:
+def cache_scope(principal: str, alias: str, counter: TokenCounter) -> CacheScope | None:
     """The request's cache scope (SPEC §7.1), built from the counter's version of this moment; None
     (the request degrades) while the counter does not know its version, e.g. a tokenizer service
     not reached since start."""
     try:
-        return Scope(principal, alias, counter.tokenizer_version)
+        return CacheScope(principal, alias, counter.tokenizer_version)
     except TokenCountError as exc:
         metrics.labelled(metrics.DEGRADED, "token_counter").inc()
         log.warning("no tokenizer version, serving uncached: %s", exc)
@@ -44,7 +44,7 @@ class CacheClassifier:
 
     async def classify(
         self,
-        scope: Scope,
+        scope: CacheScope,
         prompt: ParsedPrompt,
         body: Mapping[str, Any],
         tariff: CacheTariff,
@@ -104,7 +104,7 @@ class RefreshQueue:
     def __init__(self, index: CacheIndex, interval: float, max_pending: int = 50_000) -> None:
         self._index = index
         self._max_pending = max_pending
-        self._pending: dict[tuple[Scope, bytes], Refresh] = {}
+        self._pending: dict[tuple[CacheScope, bytes], Refresh] = {}
         self._periodic = Periodic("cache refresh", interval, self.flush)
 
     def add(self, refresh: Refresh) -> None:

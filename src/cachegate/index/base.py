@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cachegate.core.errors import CachegateError
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
 
 
 class CacheIndexError(CachegateError):
@@ -24,7 +24,7 @@ class IndexUnavailable(CacheIndexError):
 
 @runtime_checkable
 class CacheIndex(Protocol):
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         """Live entries (``expires_at > now``) of ``scope`` whose hash is in ``hashes``."""
 
     async def write(self, entries: Sequence[IndexEntry], now: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
 
 
 class MemoryIndex:
@@ -19,9 +19,9 @@ class MemoryIndex:
     """
 
     def __init__(self) -> None:
-        self._scopes: dict[Scope, dict[bytes, IndexMatch]] = {}
+        self._scopes: dict[CacheScope, dict[bytes, IndexMatch]] = {}
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         entries = self._scopes.get(scope)
         if not entries:
             return []

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
 from cachegate.index.base import IndexUnavailable
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class PostgresIndex:
             raise
         return index
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         if not hashes:
             return []
         arguments = (scope.principal, scope.model, scope.tokenizer_version, list(hashes), now)
@@ -230,7 +230,7 @@ class PostgresIndex:
                 raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
 
 
-def _lock_order(scope: Scope, prefix_hash: bytes) -> tuple[str, str, str, bytes]:
+def _lock_order(scope: CacheScope, prefix_hash: bytes) -> tuple[str, str, str, bytes]:
     return (scope.principal, scope.model, scope.tokenizer_version, prefix_hash)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from cachegate.background import Reconnecting
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
 from cachegate.index.base import CacheIndex, IndexUnavailable
 
 Opener = Callable[[], Awaitable[CacheIndex]]
@@ -47,7 +47,7 @@ class ReconnectingIndex:
     def last_error(self) -> str | None:
         return self._backend.last_error
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         return await self._backend.get().lookup(scope, hashes, now)
 
     async def write(self, entries: Sequence[IndexEntry], now: float) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
 from cachegate.index.base import IndexUnavailable
 
 _T = TypeVar("_T")
@@ -131,7 +131,7 @@ class SqliteIndex:
                 raise IndexUnavailable(f"cannot open the SQLite cache index {path!r}: {exc}") from exc
         return cls(executor, connection, reader)
 
-    async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
+    async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         if not hashes:
             return []
         unique = list(dict.fromkeys(hashes))
@@ -263,7 +263,7 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("COMMIT")
 
 
-def _lookup(connection: sqlite3.Connection, scope: Scope, hashes: list[bytes], now: float) -> list[IndexMatch]:
+def _lookup(connection: sqlite3.Connection, scope: CacheScope, hashes: list[bytes], now: float) -> list[IndexMatch]:
     matches: list[IndexMatch] = []
     for start in range(0, len(hashes), _LOOKUP_CHUNK):
         chunk = hashes[start : start + _LOOKUP_CHUNK]
