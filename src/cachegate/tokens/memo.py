@@ -10,9 +10,10 @@ give again.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from cachetools import LRUCache
 
 from cachegate.core.types import ParsedPrompt
 from cachegate.tokens.base import PromptCounts, TextCounter, TokenCounter, TokenCountError
@@ -32,8 +33,7 @@ class MemoizedCounter:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._inner = inner
-        self._max_entries = max_entries
-        self._memory: OrderedDict[tuple[str, bytes, bytes], int] = OrderedDict()
+        self._memory: LRUCache[tuple[str, bytes, bytes], int] = LRUCache(max_entries)
 
     @property
     def tokenizer_version(self) -> str:
@@ -51,17 +51,16 @@ class MemoizedCounter:
             return await self._inner.count(body, prompt, blocks)
         version = self._inner.tokenizer_version
         keys = {block: (version, unhashed, prompt.prefix_hashes[block]) for block in blocks}
-        known = {block: self._memory[key] for block, key in keys.items() if key in self._memory}
-        if keys and len(known) == len(keys):
-            for key in keys.values():
-                self._memory.move_to_end(key)
+        memory = self._memory
+        known = {block: count for block, key in keys.items() if (count := memory.get(key)) is not None}
+        if keys and len(known) == len(keys):  # every get above counted as a use
             return PromptCounts(cumulative=known, total=None, method="memory", tokenizer_version=version)
         counts = await self._inner.count(body, prompt, blocks)
         if counts.tokenizer_version not in (None, version):
             return counts  # the version changed while counting: remember nothing under the old one
         for block, key in keys.items():
             if block in counts.cumulative:  # a dropped block is counted again: whether it is depends on the rest
-                self._remember(key, counts.cumulative[block])
+                self._memory[key] = counts.cumulative[block]
         return counts
 
     async def count_texts(self, texts: Sequence[str]) -> list[int]:
@@ -72,9 +71,3 @@ class MemoizedCounter:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    def _remember(self, key: tuple[str, bytes, bytes], count: int) -> None:
-        self._memory[key] = count
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._max_entries:
-            self._memory.popitem(last=False)

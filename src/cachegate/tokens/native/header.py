@@ -10,13 +10,13 @@ sentinel method on the header alone; the conversation is written in Python.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 import orjson
+from cachetools import LRUCache
 
 from cachegate.core.types import BlockRef
 from cachegate.tokens.base import TokenCountError
@@ -54,7 +54,7 @@ class JinjaHeader:
         self._first_roles = first_roles
         self._probe_rendered = probe_rendered
         self._prose_only = prose_only
-        self._remembered: OrderedDict[bytes, HeaderLayout] = OrderedDict()
+        self._remembered: LRUCache[bytes, HeaderLayout] = LRUCache(_REMEMBERED)
         self._lock = threading.Lock()
 
     def render(
@@ -90,7 +90,6 @@ class JinjaHeader:
         with self._lock:
             known = self._remembered.get(key)
             if known is not None:
-                self._remembered.move_to_end(key)
                 return known
         header_blocks = [block for block, _ in tools or ()]
         if holds_first:
@@ -101,8 +100,6 @@ class JinjaHeader:
         layout = HeaderLayout(text, ends, frozenset(set(header_blocks) - written), holds_first)
         with self._lock:
             self._remembered[key] = layout
-            while len(self._remembered) > _REMEMBERED:
-                self._remembered.popitem(last=False)
         return layout
 
     def _marked(
