@@ -1,10 +1,11 @@
 """The ``cachegate`` admin commands: principals, API keys, endpoints, models, tariffs, usage.
 
-``register`` adds them to the main parser. Each command sets ``func`` to an async callable
-that the CLI awaits with an open control store; its result is the exit code. A command given
-names the configuration defines (a tokenizer, a TTL) also sets ``check``, which the CLI calls
-with the configuration first: a name the gateway could not serve is refused (exit 2) before the
-store is touched, instead of every request to it failing later. A store error (a
+``register`` adds them to the main parser. Each sets ``run``, as every ``cachegate`` command
+does: an async callable of the arguments and the configuration whose result is the exit code;
+for an admin command it opens the control store (migrated), runs the command with it and closes
+it. A command given names the configuration defines (a tokenizer, a TTL) also sets ``check``,
+called with the configuration first: a name the gateway could not serve is refused (exit 2)
+before the store is touched, instead of every request to it failing later. A store error (a
 name that does not exist or exists already, an out-of-order tariff, the store unreachable)
 prints one line on stderr and exits 1; malformed arguments, such as a price that is not a
 plain non-negative decimal, are argparse's business and exit 2.
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import ControlStore, Endpoint, Model, NotFound, StoreError, TariffVersion
+from cachegate.store.factory import open_store
 from cachegate.store.values import decimal_text, parse_decimal, utcnow
 
 AdminCommand = Callable[[argparse.Namespace, ControlStore], Awaitable[int]]
@@ -375,18 +377,31 @@ def _command(
     group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, command: AdminCommand
 ) -> argparse.ArgumentParser:
     parser = group.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(func=_reporting_store_errors(command))
+    parser.set_defaults(run=_with_store(command))
     return parser
 
 
-def _reporting_store_errors(command: AdminCommand) -> AdminCommand:
+def _with_store(command: AdminCommand) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
+    """``command`` as the CLI runs every command: checked against the configuration, then run with
+    the control store open; a store error is one line on stderr and exit 1."""
+
     @functools.wraps(command)
-    async def run(args: argparse.Namespace, store: ControlStore) -> int:
+    async def run(args: argparse.Namespace, config: Config) -> int:
+        check = getattr(args, "check", None)
+        problem = check(args, config) if check is not None else None
+        if problem is not None:
+            print(f"cachegate: {problem}", file=sys.stderr)
+            return 2
+        store = await open_store(config.store_url)  # unreachable: the CLI's own one line
         try:
-            return await command(args, store)
-        except StoreError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            await store.migrate()
+            try:
+                return await command(args, store)
+            except StoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        finally:
+            await store.aclose()
 
     return run
 

@@ -30,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Admin commands (admin.register) set ``func``; the gateway's own commands set ``run``.
-    run = _admin if hasattr(args, "func") else getattr(args, "run", None)
+    run = getattr(args, "run", None)  # every command sets it: (arguments, configuration) -> exit status
     if run is None:
         parser.print_help()
         return 2
@@ -135,20 +134,6 @@ async def _migrate(args: argparse.Namespace, config: Config) -> int:
         await store.aclose()
     print("control store is up to date")
     return 0
-
-
-async def _admin(args: argparse.Namespace, config: Config) -> int:
-    check = getattr(args, "check", None)
-    problem = check(args, config) if check is not None else None
-    if problem is not None:
-        print(f"cachegate: {problem}", file=sys.stderr)
-        return 2
-    store = await open_store(config.store_url)
-    try:
-        await store.migrate()
-        return int(await args.func(args, store))
-    finally:
-        await store.aclose()
 
 
 def _demo_banner(base_url: str, model: str, secret: str) -> str:

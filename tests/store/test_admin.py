@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cachegate import admin
+from cachegate.config import Config
 from cachegate.store.base import ControlStore, LedgerRow
 from cachegate.store.keys import hash_secret
 from cachegate.store.sqlite import SqliteStore
@@ -41,15 +42,17 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[ControlStore]:
 
 
 @pytest.fixture
-def cli(sqlite_store: ControlStore, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``cachegate ARGS…`` as the lead's cli.py does, returning the exit code and output."""
+def cli(sqlite_store: ControlStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run ``cachegate ARGS…`` as cli.py does (on the store ``sqlite_store`` holds), returning the
+    exit code and output."""
     parser = argparse.ArgumentParser(prog="cachegate")
     admin.register(parser.add_subparsers(dest="command", required=True))
+    config = Config(data_dir=tmp_path)  # its control store is tmp_path/control.db, sqlite_store's file
 
     async def run(*argv: str) -> Result:
         capsys.readouterr()
         args = parser.parse_args(argv)
-        code = await args.func(args, sqlite_store)
+        code = await args.run(args, config)
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
