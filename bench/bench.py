@@ -130,7 +130,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # TimeoutError: a busy machine
             time.sleep(0.1)
     raise SystemExit(f"bench: {url} did not come up in {timeout} s")
 

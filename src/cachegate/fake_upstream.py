@@ -13,6 +13,8 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 ``chunk-usage``     attach usage to every streamed chunk, as some engines do
 ``chunks=N``        stream N content chunks (default 20)
 ``pace=S``          wait S seconds between streamed chunks
+``big-event=N``     stream, first, one content chunk whose text is N bytes long: an SSE event past
+                    the gateway's 1 MiB limit, as an engine echoing a huge output would send
 ``crlf``            frame the stream with CRLF line endings
 ``set-cookie``      answer with a ``Set-Cookie`` header
 ``tool-call=NAME``  answer with one call of the request's tool NAME (``first``: its first tool),
@@ -87,6 +89,7 @@ class Behavior:
     chunk_usage: bool = False
     chunks: int = 20
     pace: float = 0.0
+    big_event: int = 0
     crlf: bool = False
     set_cookie: bool = False
     tool_call: str | None = None
@@ -119,6 +122,8 @@ class Behavior:
                 fields["chunks"] = int(value)
             elif name == "pace":
                 fields["pace"] = float(value)
+            elif name == "big-event":
+                fields["big_event"] = int(value)
             elif name == "crlf":
                 fields["crlf"] = True
             elif name == "set-cookie":
@@ -649,6 +654,9 @@ class FakeUpstream:
         await response.write(
             frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], per_chunk)
         )
+        if behavior.big_event:
+            big = {"content": "x" * behavior.big_event}
+            await response.write(frame([{"index": 0, "delta": big, "finish_reason": None}], per_chunk))
         call_opened = False
         for i in range(len(answer.pieces)):
             if behavior.cut_after is not None and i == behavior.cut_after:

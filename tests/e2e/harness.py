@@ -36,30 +36,33 @@ T = TypeVar("T")
 
 
 class FaultyIndex:
-    """Delegates to a real index unless told to fail."""
+    """Delegates to a real index unless told to fail or to be slow (``delay`` seconds before each call)."""
 
     def __init__(self, inner: CacheIndex) -> None:
         self.inner = inner
         self.down = False
+        self.delay = 0.0
 
-    def _check(self) -> None:
+    async def _check(self) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.down:
             raise IndexUnavailable("index switched off by the test")
 
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
-        self._check()
+        await self._check()
         return await self.inner.lookup(scope, hashes, now)
 
     async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
-        self._check()
+        await self._check()
         await self.inner.write(entries, now)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
-        self._check()
+        await self._check()
         await self.inner.refresh(refreshes, now)
 
     async def sweep(self, now: float) -> int:
-        self._check()
+        await self._check()
         return await self.inner.sweep(now)
 
     async def aclose(self) -> None:
@@ -204,7 +207,11 @@ class GatewayHarness:
         self.store = FaultyStore(store)
         self.index = FaultyIndex(await open_index(self.config.index_url))
         self.counter = FaultyCounter(self._counter)
-        self.upstream = BuggyUpstream(HttptoolsUpstream())
+        upstream = HttptoolsUpstream(  # as bootstrap.py builds it: the deadlines are the configuration's
+            connect_timeout=self.config.deadlines.upstream_connect_seconds,
+            read_timeout=self.config.deadlines.upstream_read_seconds,
+        )
+        self.upstream = BuggyUpstream(upstream)
         self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, self.upstream)
         a = await store.create_principal("tenant-a")
         b = await store.create_principal("tenant-b")
@@ -245,6 +252,7 @@ class GatewayHarness:
     def reset_faults(self) -> None:
         self.store.down = False
         self.index.down = False
+        self.index.delay = 0.0
         self.counter.failing = False
         self.counter.delay = 0.0
         self.upstream.buggy = False

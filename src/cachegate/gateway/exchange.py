@@ -157,9 +157,23 @@ class Exchange:
         if not 200 <= self.status < 300:
             self.vetoed("client_disconnected")
             return
+        await self._cut_short(usage, "client_disconnected", 499)  # nginx's "client closed request"
+        metrics.labelled(metrics.CLIENTS_LEFT, self.disconnect).inc()
+
+    async def stream_broke(self, usage: dict[str, Any] | None) -> None:
+        """The upstream's stream broke off after it began (reset, read timeout, an event over the
+        SSE limit; SPEC §11): commit nothing, and bill what it caused as a client that left is
+        billed (the upstream did the work), with status 502: the answer reached its client broken."""
+        if not 200 <= self.status < 300:
+            self.vetoed("upstream_broken")
+            return
+        await self._cut_short(usage, "upstream_broken", 502)
+
+    async def _cut_short(self, usage: dict[str, Any] | None, reason: str, status: int) -> None:
+        """Veto the commit for ``reason`` and set the counts of an answer that ended early."""
         classification = await self.classification_result() if self.cache_enabled else None
-        self.vetoed("client_disconnected")
-        self.status = 499  # nginx's "client closed request": the answer reached nobody
+        self.vetoed(reason)
+        self.status = status
         if usage is not None:
             self.disconnect = "drained"
             self._record_counts(usage)
@@ -175,7 +189,6 @@ class Exchange:
             self.reported = CacheStats(read=min(classification.stats.read, self.prompt_tokens))
         else:
             self.reported = CacheStats()
-        metrics.labelled(metrics.CLIENTS_LEFT, self.disconnect).inc()
 
     def vetoed(self, reason: str) -> None:
         """The response did not succeed: whatever the classification planned is dropped."""

@@ -72,7 +72,7 @@ async def relay_messages_stream(
         await exchange.client_left(relay.usage_if_seen())
         raise
     except (UpstreamBroken, SseFrameTooLarge):
-        await relay.fail("upstream_broken", "the upstream stream broke off")
+        await relay.broke()
     else:
         if relay.disconnected.is_set() and not relay.saw_error:
             usage = relay.usage_if_seen() or await drain_stream_usage(chunks, framer, exchange.drain_seconds)
@@ -169,6 +169,12 @@ class _MessagesRelay:
             ok=True, saw_error=False, usage_seen=self.usage_seen, client_gone=self.disconnected.is_set()
         )
         await self.emit(message_stop)
+
+    async def broke(self) -> None:
+        """The upstream's stream broke off: billed for what it caused, ended with an ``error`` event."""
+        await self._start(None)
+        await self.exchange.stream_broke(self.usage_if_seen())
+        await self.emit(self.translator.error_event("api_error", "the upstream stream broke off"))
 
     async def fail(self, reason: str, message: str) -> None:
         """End the stream with an ``error`` event; nothing is committed."""

@@ -67,7 +67,7 @@ async def relay_stream(
         raise
     except (UpstreamBroken, SseFrameTooLarge):
         # An event over the framer's limit cannot be relayed faithfully either: a broken stream.
-        exchange.vetoed("upstream_broken")
+        await exchange.stream_broke(relay.usage_if_seen())
         return  # leave the response incomplete: the server drops the connection mid-body
     finally:
         watcher.cancel()
