@@ -34,7 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from cachegate.core.types import IndexEntry, IndexMatch, Refresh, Scope, TtlTier
@@ -163,18 +163,18 @@ class RedisIndex:
             "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 1, supported_errors=(RedisConnectionError,)),
             "max_connections": max_connections,
         }
+        if scheme in CLUSTER_SCHEMES:
+            client: aioredis.Redis | RedisCluster = RedisCluster.from_url(client_url, **options)
+        else:
+            client = aioredis.Redis.from_url(client_url, **options)
+        index = cls(client, key_prefix=prefix, expiry_grace=expiry_grace)
         try:
-            if scheme in CLUSTER_SCHEMES:
-                client: aioredis.Redis | RedisCluster = RedisCluster.from_url(client_url, **options)
-                await client.initialize()
-            else:
-                client = aioredis.Redis.from_url(client_url, **options)
-                await client.ping()
-        except (RedisError, OSError) as exc:
-            if "client" in locals():
-                await client.aclose()
-            raise IndexUnavailable(f"cannot connect to the Redis cache index: {exc}") from exc
-        return cls(client, key_prefix=prefix, expiry_grace=expiry_grace)
+            # Loaded now (on every primary of a cluster), so no request pays for a NOSCRIPT round trip.
+            await index._call("connect", index._load_scripts)
+        except BaseException:
+            await index.aclose()
+            raise
+        return index
 
     async def lookup(self, scope: Scope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         if not hashes:
@@ -241,6 +241,12 @@ class RedisIndex:
         self._closed = True
         await self._client.aclose()
 
+    async def _load_scripts(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()
+        for script in (self._write_script, self._refresh_script, self._sweep_script):
+            await self._client.script_load(script.script)
+
     async def _sweep(self, now: float) -> int:
         removed = 0
         page: list[bytes] = []
@@ -269,7 +275,7 @@ class RedisIndex:
             raise IndexUnavailable("the Redis cache index is closed")
         try:
             return await run()
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
 
 
