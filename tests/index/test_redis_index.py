@@ -194,6 +194,17 @@ async def test_a_server_that_never_answers_is_unavailable_within_the_socket_time
             await open_index(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2, connect_timeout=0.2)
 
 
+async def test_more_calls_at_once_than_connections_wait_for_one_instead_of_failing(redis_url: str) -> None:
+    index = await open_index(redis_url, max_connections=2)
+    scopes = [Scope(f"tenant-{n}", "qwen", "v1") for n in range(40)]
+    try:
+        await index.write([entry("a", scope=scope) for scope in scopes], NOW)  # 40 script calls at once
+        found = await asyncio.gather(*(index.lookup(scope, [digest("a")], NOW) for scope in scopes))
+        assert all(len(matches) == 1 for matches in found)
+    finally:
+        await index.aclose()
+
+
 async def test_a_closed_index_refuses_every_call(index: RedisIndex) -> None:
     await index.aclose()
 

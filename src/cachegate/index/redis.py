@@ -23,6 +23,7 @@ shorten" is atomic in Redis, and several replicas writing one key cannot interle
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -161,12 +162,19 @@ class RedisIndex:
             # One more try on a fresh connection (a restarted server, an idle connection a proxy
             # closed); every operation here is safe to repeat. Timeouts are not retried.
             "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": max_connections,
         }
         if scheme in CLUSTER_SCHEMES:
+            # redis-py's cluster keeps a pool per node that fails, rather than waits, when full; so
+            # its pools are left unbounded (a connection per call in flight, per node).
             client: aioredis.Redis | RedisCluster = RedisCluster.from_url(client_url, **options)
         else:
-            client = aioredis.Redis.from_url(client_url, **options)
+            # A bounded pool whose callers wait (up to the socket timeout) for a free connection: the
+            # default pool raises "Too many connections" at once, which under a burst of requests
+            # would degrade them all instead of queueing them for a few microseconds.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                client_url, max_connections=max_connections, timeout=socket_timeout, **options
+            )
+            client = aioredis.Redis.from_pool(pool)
         index = cls(client, key_prefix=prefix, expiry_grace=expiry_grace)
         try:
             # Loaded now (on every primary of a cluster), so no request pays for a NOSCRIPT round trip.
@@ -181,7 +189,8 @@ class RedisIndex:
             return []
         unique = list(dict.fromkeys(hashes))
         # One MGET: every key carries the scope's hash tag, so they share a slot even on a cluster.
-        keys = [self._key(scope, prefix_hash) for prefix_hash in unique]
+        scoped = self._scope_prefix(scope)
+        keys = [scoped + prefix_hash.hex() for prefix_hash in unique]
         values = await self._call("lookup", lambda: self._client.mget(keys))
         matches = []
         for prefix_hash, value in zip(unique, values, strict=True):
@@ -266,8 +275,11 @@ class RedisIndex:
         return sum(int(count) for count in counts)
 
     def _key(self, scope: Scope, prefix_hash: bytes) -> str:
-        tag = "|".join(quote(part, safe="") for part in (scope.principal, scope.model, scope.tokenizer_version))
-        return f"{self._key_prefix}:{{{tag}}}:{prefix_hash.hex()}"
+        return self._scope_prefix(scope) + prefix_hash.hex()
+
+    def _scope_prefix(self, scope: Scope) -> str:
+        """What every key of ``scope`` begins with: ``<key_prefix>:{<scope>}:``."""
+        return f"{self._key_prefix}:{_hash_tag(scope)}:"
 
     async def _call(self, operation: str, run: Callable[[], Awaitable[_T]]) -> _T:
         """Run a Redis operation, its errors as ``IndexUnavailable``."""
@@ -277,6 +289,14 @@ class RedisIndex:
             return await run()
         except (RedisError, RedisClusterException, OSError) as exc:
             raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _hash_tag(scope: Scope) -> str:
+    """``{principal|model|tokenizer_version}``, each part percent-encoded (cached: on every key of every call)."""
+    return (
+        "{" + "|".join(quote(part, safe="") for part in (scope.principal, scope.model, scope.tokenizer_version)) + "}"
+    )
 
 
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
