@@ -187,6 +187,15 @@ async def test_a_key_of_another_type_in_the_way_fails_as_index_unavailable(
         await index.write([entry("a")], NOW)
 
 
+async def test_a_value_that_is_no_entry_is_a_miss(index: RedisIndex, raw: aioredis.Redis) -> None:
+    key = await _only_key(index, raw, entry("a"))
+    await raw.set(key, "not an entry")
+
+    assert await index.lookup(ALICE, [digest("a")], NOW) == []
+    await index.write([entry("a")], NOW)  # and a write replaces it
+    assert len(await index.lookup(ALICE, [digest("a")], NOW)) == 1
+
+
 async def test_a_server_that_never_answers_is_unavailable_within_the_socket_timeout() -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never replies
         port = silent.getsockname()[1]

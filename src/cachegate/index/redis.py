@@ -196,10 +196,13 @@ class RedisIndex:
         for prefix_hash, value in zip(unique, values, strict=True):
             if value is None:
                 continue
-            tokens, ttl, stored_expiry = value.split(b" ")
-            expires_at = float(stored_expiry)
-            if expires_at > now:
-                matches.append(IndexMatch(prefix_hash, int(tokens), TtlTier(ttl.decode()), expires_at))
+            try:
+                tokens, ttl, stored_expiry = value.split(b" ")
+                match = IndexMatch(prefix_hash, int(tokens), TtlTier(ttl.decode()), float(stored_expiry))
+            except ValueError:  # not an entry of ours (written by hand, or by another program): a miss
+                continue
+            if match.expires_at > now:
+                matches.append(match)
         return matches
 
     async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
