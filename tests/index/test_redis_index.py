@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+import trustme
 from redis.crc import key_slot
 
 from cachegate.core.types import IndexEntry, Refresh, Scope, TtlTier
@@ -225,3 +232,76 @@ async def _only_key(index: RedisIndex, raw: aioredis.Redis, written: IndexEntry)
     await index.write([written], NOW)
     (key,) = [key async for key in raw.scan_iter(match=f"*{written.prefix_hash.hex()}")]
     return key
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A Redis of this test's own that speaks only TLS (a certificate for 127.0.0.1 from a test CA);
+    yields its port and the CA's certificate file."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is needed to start a TLS Redis")
+        pytest.skip("redis-server is needed to start a TLS Redis")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(ca_file := tmp_path / "ca.pem")
+    cert.cert_chain_pems[0].write_to_path(cert_file := tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(key_file := tmp_path / "key.pem")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--tls-cert-file",
+            str(cert_file),
+            "--tls-key-file",
+            str(key_file),
+            "--tls-ca-cert-file",
+            str(ca_file),
+            "--tls-auth-clients",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca_file), socket_timeout=5)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield port, ca_file
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_a_rediss_url_speaks_tls(tls_redis: tuple[int, Path]) -> None:
+    port, ca_file = tls_redis
+    index = await open_index(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}")
+    try:
+        await index.write([entry("a")], NOW)
+        assert len(await index.lookup(ALICE, [digest("a")], NOW)) == 1
+    finally:
+        await index.aclose()
+
+    with pytest.raises(IndexUnavailable):  # the same server, without TLS
+        await open_index(f"redis://127.0.0.1:{port}/0")
