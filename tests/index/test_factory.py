@@ -57,7 +57,7 @@ async def test_a_redis_server_that_does_not_answer_is_unavailable_without_echoin
     assert "hunter2" not in str(refused.value)
 
 
-@pytest.mark.parametrize("prefix", ["", "{tenant}"])
+@pytest.mark.parametrize("prefix", ["", "{tenant}", "cache*"])
 async def test_a_redis_key_prefix_that_would_break_the_hash_tag_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="key_prefix"):
         await open_index(f"redis://127.0.0.1:1/0?key_prefix={prefix}")

@@ -111,6 +111,7 @@ return removed
 """
 
 _HASH_TAG = re.compile(rb"\{[^}]*\}")
+_NOT_IN_PREFIX = "{}*?[]\\"
 _SCAN_PAGE = 1000
 
 
@@ -153,8 +154,9 @@ class RedisIndex:
             raise ValueError(f"not a Redis URL (scheme {scheme!r})")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = query.pop("key_prefix", key_prefix or DEFAULT_KEY_PREFIX)
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError("the Redis key_prefix must be non-empty and hold no '{' or '}'")
+        if not prefix or any(character in prefix for character in _NOT_IN_PREFIX):
+            # Braces would move the hash tag; glob characters would widen the sweep's SCAN MATCH.
+            raise ValueError(f"the Redis key_prefix must be non-empty and hold none of {_NOT_IN_PREFIX!r}")
         client_url = parts._replace(scheme=CLUSTER_SCHEMES.get(scheme, scheme), query=urlencode(query)).geturl()
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
