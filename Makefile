@@ -1,6 +1,6 @@
 # The two commands of the README. Each does all set-up on a fresh machine.
 #   make serve   run the gateway on the embedded default (SQLite, shipped Qwen3 tokenizer, fake upstream)
-#   make test    lint, then run the whole test suite (starts PostgreSQL if it is not running)
+#   make test    lint, then run the whole test suite (starts PostgreSQL and Redis if they are not running)
 #   make bench   the gateway benchmark (fake upstream + gateway + wrk, numbers on stdout)
 #   make bench-tokens   the token-counting benchmark (cold, grown conversations, memory with three models)
 

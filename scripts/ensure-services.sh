@@ -12,3 +12,14 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_up; then
   for _ in $(seq 1 30); do pg_up && break; sleep 1; done
   pg_up || echo "ensure-services: PostgreSQL did not come up (PostgreSQL tests will skip, or fail under CI=true)" >&2
 fi
+
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
+
+if command -v redis-server >/dev/null 2>&1 && ! redis_up; then
+  echo "ensure-services: starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+  redis_up || echo "ensure-services: Redis did not come up (Redis tests will skip, or fail under CI=true)" >&2
+fi

@@ -1,7 +1,7 @@
 """``cachegate serve`` with a cache backend down: it starts, serves uncached and flagged, and caches again
 as soon as the backend answers, without a restart (SPEC §11; issue 14).
 
-The backends: a real PostgreSQL cache index, reached either through a relay the test switches off
+The backends: a real PostgreSQL or Redis cache index, reached either through a relay the test switches off
 and on (a stopped service: connection refused, connections cut) or under the name of a database that
 does not exist until the test creates it; and a ``cachegate tokenizer serve`` started after the gateway.
 """
@@ -28,6 +28,7 @@ from .demo_server import free_port
 from .gateway_process import Running, create_key
 from .test_serve_demo import MESSAGES
 from pg import PgServer
+from redis_server import RedisServer
 from tcp_relay import TcpRelay
 
 
@@ -106,15 +107,39 @@ class Gateway:
         self.upstream.stop()
 
 
-@pytest.fixture
-def relay(pg_server: PgServer) -> Iterator[tuple[TcpRelay, str]]:
-    """A relay to a fresh database, switched off; yields it and the index URL through it."""
+def postgres_relay(pg_server: PgServer) -> Iterator[tuple[TcpRelay, str]]:
+    """A relay to a fresh database, switched off; yields it and the database's URL through it."""
     url = urlsplit(pg_server.create_database())
     target = (url.hostname or "127.0.0.1", url.port or 5432)
     relay = TcpRelay(target, free_port())
     auth = f"{url.username}@" if url.username else ""
     yield relay, url._replace(netloc=f"{auth}127.0.0.1:{relay.port}").geturl()
     relay.stop()
+
+
+def redis_relay(redis_server: RedisServer) -> Iterator[tuple[TcpRelay, str]]:
+    """A relay to Redis, switched off; yields it and an index URL through it, under a fresh key prefix."""
+    prefix = redis_server.fresh_prefix()
+    relay = TcpRelay(redis_server.address, free_port())
+    yield relay, redis_server.index_url(prefix, f"redis://127.0.0.1:{relay.port}/0")
+    relay.stop()
+    redis_server.drop(prefix)
+
+
+@pytest.fixture
+def relay(pg_server: PgServer) -> Iterator[tuple[TcpRelay, str]]:
+    yield from postgres_relay(pg_server)
+
+
+@pytest.fixture(
+    params=[pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("redis", marks=pytest.mark.redis)]
+)
+def index_relay(request: pytest.FixtureRequest) -> Iterator[tuple[TcpRelay, str]]:
+    """A switched-off relay to a PostgreSQL or a Redis cache index, and the index URL through it."""
+    if request.param == "postgres":
+        yield from postgres_relay(request.getfixturevalue("pg_server"))
+    else:
+        yield from redis_relay(request.getfixturevalue("redis_server"))
 
 
 def assert_degraded(gateway: Gateway) -> None:
@@ -134,10 +159,11 @@ def assert_caches(gateway: Gateway) -> int:
     return int(written)
 
 
-@pytest.mark.postgres
-def test_an_index_down_at_start_and_midway_never_stops_the_gateway(tmp_path: Path, relay: tuple[TcpRelay, str]) -> None:
-    proxy, index_url = relay
-    gateway = Gateway(tmp_path, index_url)  # the port is closed: PostgreSQL is "stopped"
+def test_an_index_down_at_start_and_midway_never_stops_the_gateway(
+    tmp_path: Path, index_relay: tuple[TcpRelay, str]
+) -> None:
+    proxy, index_url = index_relay
+    gateway = Gateway(tmp_path, index_url)  # the port is closed: PostgreSQL or Redis is "stopped"
     try:
         assert gateway.probe("/healthz") == (200, {"status": "ok"})
         status, ready = gateway.probe("/readyz")

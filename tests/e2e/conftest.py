@@ -9,6 +9,7 @@ from cachegate.tokens.registry import load_qwen3
 
 from harness import GatewayHarness
 from pg import pg_server  # noqa: F401 - a fixture
+from redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
 
 # Models of the test catalog. "cached" has a low floor so short test prompts cache; "floored"
 # has a floor no test prompt reaches; "automatic" caches requests without markers (5m); "plain"
@@ -57,19 +58,28 @@ def qwen3() -> TokenCounter:
     return load_qwen3()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", pytest.param("redis", marks=pytest.mark.redis)])
 def gateway(
     request: pytest.FixtureRequest, qwen3: TokenCounter, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayHarness]:
+    """The gateway of a test module, once per cache index backend: SQLite (its store too), PostgreSQL
+    (its store too), and Redis (its store on SQLite: there is no Redis control store)."""
+    folder = tmp_path_factory.mktemp("gateway")
+    redis_prefix = None
     if request.param == "sqlite":
-        folder = tmp_path_factory.mktemp("gateway")
         store_url, index_url = f"sqlite:///{folder}/control.db", f"sqlite:///{folder}/index.db"
-    else:
+    elif request.param == "postgres":
         server = request.getfixturevalue("pg_server")
         store_url, index_url = server.create_database(), server.create_database()
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis_prefix = redis.fresh_prefix()
+        store_url, index_url = f"sqlite:///{folder}/control.db", redis.index_url(redis_prefix)
     harness = GatewayHarness(qwen3, store_url, index_url, TEST_CONFIG).start()
     yield harness
     harness.stop()
+    if redis_prefix is not None:
+        request.getfixturevalue("redis_server").drop(redis_prefix)
 
 
 @pytest.fixture(autouse=True)

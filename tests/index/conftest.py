@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from cachegate.index.factory import open_index
 from cachegate.index.postgres import TABLE
 
 from pg import pg_server, pg_url  # noqa: F401  (fixtures)
+from redis_server import LocalCluster, redis_cluster, redis_server, redis_url  # noqa: F401  (fixtures)
 
 POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
+REDIS_CLUSTER = pytest.param("redis-cluster", marks=pytest.mark.redis)
 
 
 def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -25,12 +29,21 @@ def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.db'}"
+    if request.param == "redis-cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        prefix = secrets.token_hex(6)
+        request.addfinalizer(lambda: cluster.drop(f"cachegate-test-{prefix}"))
+        return cluster.index_url(f"cachegate-test-{prefix}")
+    if request.param == "redis":
+        redis: str = request.getfixturevalue("redis_url")  # a key prefix of this test's own
+        return redis
     url: str = request.getfixturevalue("pg_url")
     return url
 
 
 async def _open_empty(url: str) -> CacheIndex:
-    """Open the index at ``url`` with no entries (and, for the SQL backends, no table yet)."""
+    """Open the index at ``url`` with no entries (for the SQL backends, no table yet; Redis starts
+    empty under its fresh key prefix)."""
     if url.startswith(("postgresql:", "postgres:")):
         connection = await asyncpg.connect(url)
         try:
@@ -40,12 +53,12 @@ async def _open_empty(url: str) -> CacheIndex:
     return await open_index(url)
 
 
-@pytest.fixture(params=["memory", "sqlite", POSTGRES])
+@pytest.fixture(params=["memory", "sqlite", POSTGRES, REDIS, REDIS_CLUSTER])
 def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _backend_url(request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", POSTGRES])
+@pytest.fixture(params=["sqlite", POSTGRES, REDIS, REDIS_CLUSTER])
 def sql_index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _backend_url(request, tmp_path)
 

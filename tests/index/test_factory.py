@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from cachegate.index.base import IndexUnavailable
 from cachegate.index.factory import open_index
 from cachegate.index.memory import MemoryIndex
 from cachegate.index.postgres import PostgresIndex
+from cachegate.index.redis import RedisIndex
 from cachegate.index.sqlite import SqliteIndex
 
 
@@ -40,9 +42,30 @@ async def test_postgres_urls_open_a_postgres_index(pg_url: str, scheme: str) -> 
     await index.aclose()
 
 
+@pytest.mark.redis
+async def test_a_redis_url_opens_a_redis_index_with_the_options_given(redis_url: str) -> None:
+    index = await open_index(redis_url, socket_timeout=0.25, expiry_grace=5.0)
+
+    assert isinstance(index, RedisIndex)
+    await index.aclose()
+
+
+async def test_a_redis_server_that_does_not_answer_is_unavailable_without_echoing_the_password() -> None:
+    with pytest.raises(IndexUnavailable) as refused:
+        await open_index("redis://:hunter2@127.0.0.1:1/0", connect_timeout=0.2)
+
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "{tenant}", "cache*"])
+async def test_a_redis_key_prefix_that_would_break_the_hash_tag_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="key_prefix"):
+        await open_index(f"redis://127.0.0.1:1/0?key_prefix={prefix}")
+
+
 async def test_an_unknown_scheme_is_refused_without_echoing_the_url() -> None:
-    with pytest.raises(ValueError, match="'redis'") as refused:
-        await open_index("redis://:hunter2@cache.internal:6379/0")
+    with pytest.raises(ValueError, match="'mysql'") as refused:
+        await open_index("mysql://root:hunter2@db.internal:3306/cache")
 
     assert "hunter2" not in str(refused.value)
 

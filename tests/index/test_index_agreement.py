@@ -1,6 +1,6 @@
-"""Property: on any sequence of operations, the SQL backends answer exactly as MemoryIndex does.
+"""Property: on any sequence of operations, SQLite, PostgreSQL and Redis answer exactly as MemoryIndex does.
 
-The examples share one SQL index (hypothesis reuses the fixture), so each example writes under
+The examples share one index (hypothesis reuses the fixture), so each example writes under
 principals of its own; a scope is never touched by another example.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -13,6 +14,8 @@ from cachegate.index.memory import MemoryIndex
 from cachegate.index.reconnecting import ReconnectingIndex
 
 from pg import PgServer
+from redis_server import RedisServer
+from tcp_relay import TcpRelay
 
 SCOPE = CacheScope("p", "m", "v1")
 ENTRY = IndexEntry(SCOPE, b"h" * 32, 10, TtlTier.FIVE_MINUTES, 1_000.0)
@@ -122,3 +125,38 @@ async def test_a_postgres_database_created_after_start_is_picked_up(pg_server: P
         assert len(await index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0)) == 1
     finally:
         await index.aclose()
+
+
+@pytest.mark.redis
+async def test_a_redis_down_at_start_and_midway_degrades_and_recovers(redis_server: RedisServer) -> None:
+    relay = TcpRelay(redis_server.address, _free_port())  # switched off: connection refused
+    prefix = redis_server.fresh_prefix()
+    url = redis_server.index_url(prefix, f"redis://127.0.0.1:{relay.port}/0")
+    index = await ReconnectingIndex.open(lambda: open_index(url), min_backoff=0.05, max_backoff=0.1)
+    try:
+        assert not index.connected
+        with pytest.raises(IndexUnavailable):
+            await index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0)
+        relay.start()
+        await until_connected(index)
+        await index.write([ENTRY], 0.0)
+
+        relay.stop()  # down mid-run: connections cut, port closed; every call fails, none hangs
+        for operation in (index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0), index.write([ENTRY], 0.0), index.sweep(0.0)):
+            with pytest.raises(IndexUnavailable):
+                await operation
+
+        relay.start()  # back: the next call reconnects, and what was written is still there
+        assert [match.prefix_hash for match in await index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0)] == [
+            ENTRY.prefix_hash
+        ]
+    finally:
+        await index.aclose()
+        relay.stop()
+        redis_server.drop(prefix)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -18,11 +18,13 @@ Every backend keeps the same rules, and ``tests/index`` runs one suite against a
 - **refresh** moves a live entry's expiry forward only; it never shortens one and never revives an
   expired one (a stale refresh must not resurrect a prefix the upstream has evicted long ago).
 - **Batches** apply in order, as if each item were written one after the other (so duplicates in one
-  batch are fine), in one round trip and one transaction per call.
+  batch are fine), in one round trip and one transaction per call (Redis: one atomic script per
+  scope of the batch, the scopes' scripts sent together).
 - **sweep** deletes expired entries (``expires_at <= now``) and returns how many it removed.
 - **Errors.** Anything a backend's I/O raises comes out as ``IndexUnavailable``; callers degrade.
 
-Modules: ``memory`` (in process), ``sqlite`` (embedded default), ``postgres`` (shared by replicas),
-``sweeper`` (background deletion of expired rows) and ``factory`` (``open_index(url)``). This package
+Modules: ``memory`` (in process), ``sqlite`` (embedded default), ``postgres`` and ``redis`` (shared by
+replicas; ``redis`` also on a Redis Cluster), ``sweeper`` (background deletion of expired rows) and
+``factory`` (``open_index(url)``). This package
 itself imports nothing: the pure core imports ``index.base``, and that must not load database drivers.
 """

@@ -8,16 +8,23 @@ from urllib.parse import urlsplit
 from cachegate.index.base import CacheIndex
 from cachegate.index.memory import MemoryIndex
 from cachegate.index.postgres import PostgresIndex
+from cachegate.index.redis import SCHEMES as REDIS_SCHEMES
+from cachegate.index.redis import RedisIndex
 from cachegate.index.sqlite import SqliteIndex, sqlite_path_from_url
 
-SUPPORTED_URLS = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://..."
+SUPPORTED_URLS = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, postgresql://...,"
+    " redis://..., rediss://..., redis+cluster://... or rediss+cluster://..."
+)
 
 
 async def open_index(url: str, **options: Any) -> CacheIndex:
     """Open the index at ``url``; ``options`` go to the backend's ``open``.
 
     ``sqlite`` takes ``busy_timeout``; ``postgresql``/``postgres`` take ``min_size``, ``max_size``,
-    ``connect_timeout`` and ``retries``; ``memory`` takes none. An unknown option is a TypeError
+    ``connect_timeout`` and ``retries``; ``redis``/``rediss`` and their ``+cluster`` forms take
+    ``key_prefix``, ``socket_timeout``, ``connect_timeout``, ``expiry_grace`` and ``max_connections``
+    (``key_prefix`` also as a URL query option); ``memory`` takes none. An unknown option is a TypeError
     and an unknown scheme a ValueError; a backend that cannot be reached raises IndexUnavailable.
     """
     # Only the scheme ever goes into a message: the rest of a URL may hold a password.
@@ -30,4 +37,6 @@ async def open_index(url: str, **options: Any) -> CacheIndex:
         return await SqliteIndex.open(sqlite_path_from_url(url), **options)
     if scheme in ("postgresql", "postgres"):
         return await PostgresIndex.open(url, **options)
+    if scheme in REDIS_SCHEMES:
+        return await RedisIndex.open(url, **options)
     raise ValueError(f"unsupported cache index URL scheme {scheme!r}: use {SUPPORTED_URLS}")

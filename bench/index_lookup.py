@@ -1,0 +1,142 @@
+"""Micro-benchmark: one cache index lookup (one scope, 20 candidate prefix hashes) on each backend.
+
+The lookup every cached request makes before it goes upstream. Each backend gets the same data:
+``--entries`` live entries spread over 100 scopes, of which the measured scope holds every other one
+of its 20 candidates (10 hits, 10 misses). Lookups run one after the other on one event loop, after a
+warm-up, and the table gives their latency percentiles in microseconds, measured from the caller's
+side (``await index.lookup(...)``), so it includes the client library and, for the servers, the round trip.
+
+    .venv/bin/python bench/index_lookup.py                  # sqlite, postgres and redis in one run
+    .venv/bin/python bench/index_lookup.py --iterations 20000 --entries 100000
+
+PostgreSQL gets a fresh database (dropped at the end); Redis a fresh key prefix (deleted at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from cachegate.core.types import CacheScope, IndexEntry, TtlTier
+from cachegate.index.base import CacheIndex
+from cachegate.index.factory import open_index
+
+CANDIDATES = 20
+SCOPES = 100
+BATCH = 1000
+MEASURED = CacheScope("principal-0", "qwen3", "sha256:bench")
+
+
+def prefix_hash(scope: CacheScope, n: int) -> bytes:
+    return hashlib.sha256(f"{scope.principal}/{n}".encode()).digest()
+
+
+async def fill(index: CacheIndex, entries: int, now: float) -> None:
+    """``entries`` live entries over ``SCOPES`` scopes; the measured scope holds its even candidates."""
+    scopes = [CacheScope(f"principal-{n}", "qwen3", "sha256:bench") for n in range(SCOPES)]
+    rows = [
+        IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.ONE_HOUR, now + 3600)
+        for n in range(0, CANDIDATES, 2)
+    ]
+    rows += [
+        IndexEntry(
+            scopes[n % SCOPES], prefix_hash(scopes[n % SCOPES], CANDIDATES + n), 2048, TtlTier.ONE_HOUR, now + 3600
+        )
+        for n in range(max(0, entries - len(rows)))
+    ]
+    for start in range(0, len(rows), BATCH):
+        await index.write(rows[start : start + BATCH], now)
+
+
+async def measure(index: CacheIndex, iterations: int, now: float) -> list[float]:
+    candidates = [prefix_hash(MEASURED, n) for n in range(CANDIDATES)]
+    for _ in range(min(1000, iterations)):  # warm-up: connections, caches, prepared statements
+        await index.lookup(MEASURED, candidates, now)
+    latencies = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        found = await index.lookup(MEASURED, candidates, now)
+        latencies.append((time.perf_counter() - started) * 1e6)
+        assert len(found) == CANDIDATES // 2
+    return latencies
+
+
+@asynccontextmanager
+async def sqlite_url() -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory(prefix="cachegate-bench-") as folder:
+        yield f"sqlite:///{Path(folder) / 'index.db'}"
+
+
+@asynccontextmanager
+async def postgres_url(admin_dsn: str) -> AsyncIterator[str]:
+    name = f"cachegate_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@asynccontextmanager
+async def redis_url(server_url: str) -> AsyncIterator[str]:
+    prefix = f"cachegate-bench-{secrets.token_hex(4)}"
+    try:
+        yield f"{server_url}?key_prefix={prefix}"
+    finally:
+        client = aioredis.Redis.from_url(server_url)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+        await client.aclose()
+
+
+async def run(arguments: argparse.Namespace) -> None:
+    now = time.time()
+    backends: dict[str, Callable[[], AsyncIterator[str]]] = {
+        "sqlite": sqlite_url,
+        "postgres": lambda: postgres_url(arguments.pg_dsn),
+        "redis": lambda: redis_url(arguments.redis_url),
+    }
+    print(
+        f"lookup of {CANDIDATES} candidates (10 hits) in one scope; {arguments.entries} entries; "
+        f"{arguments.iterations} lookups each; microseconds"
+    )
+    print(f"{'backend':<10}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    for name in arguments.backends:
+        async with backends[name]() as url:
+            index = await open_index(url)
+            try:
+                await fill(index, arguments.entries, now)
+                latencies = await measure(index, arguments.iterations, now)
+            finally:
+                await index.aclose()
+        cuts = statistics.quantiles(latencies, n=100)
+        print(f"{name:<10}{cuts[49]:>10.0f}{cuts[89]:>10.0f}{cuts[98]:>10.0f}{statistics.fmean(latencies):>10.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--entries", type=int, default=10_000, help="live entries in the index (all scopes)")
+    parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres", "redis"])
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
