@@ -208,22 +208,8 @@ def post(url: str, body: bytes, key: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="whole seconds per run (default 10)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved runs of the journal on and off per cell, medians (default 3)"
-    )
-    args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"bench: '{tool}' is needed (Debian: apt-get install {tool})")
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("bench: needs two cores (gateway on one, upstream and load on the other)")
-
-    cachegate = str(Path(sys.executable).with_name("cachegate"))
-    work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
-    upstream_port, gateway_port, bare_port, unjournaled_port = free_port(), free_port(), free_port(), free_port()
+def write_config(work: Path, upstream_port: int) -> Path:
+    """The gateway's configuration for a benchmark: one cached model on the fake upstream."""
     config = work / "config.yaml"
     config.write_text(
         f"""
@@ -240,6 +226,26 @@ models:
     cache: {{min_prefix_tokens: 1024}}
 """
     )
+    return config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per run (default 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved runs of the journal on and off per cell, medians (default 3)"
+    )
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: '{tool}' is needed (Debian: apt-get install {tool})")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("bench: needs two cores (gateway on one, upstream and load on the other)")
+
+    cachegate = str(Path(sys.executable).with_name("cachegate"))
+    work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
+    upstream_port, gateway_port, bare_port, unjournaled_port = free_port(), free_port(), free_port(), free_port()
+    config = write_config(work, upstream_port)
     key = asyncio.run(create_key(f"sqlite:///{work / 'control.db'}"))
     script = work / "bench.lua"
     script.write_text(WRK_SCRIPT)

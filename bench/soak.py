@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import Run, chat_body, create_key, free_port, post, wait_ready, wrk
+from bench import Run, chat_body, create_key, free_port, post, wait_ready, write_config, wrk
 
 CONNECTIONS = 32
 LOAD_FRACTION = 0.7
@@ -108,22 +108,7 @@ def main() -> int:
     cachegate = str(Path(sys.executable).with_name("cachegate"))
     work = Path(tempfile.mkdtemp(prefix="cachegate-soak-"))
     upstream_port, gateway_port = free_port(), free_port()
-    config = work / "config.yaml"
-    config.write_text(
-        f"""
-data_dir: {work}
-endpoints:
-  - name: fake
-    base_url: http://127.0.0.1:{upstream_port}/v1
-models:
-  - alias: bench
-    endpoint: fake
-    upstream_model: qwen3-fake
-    input_price: "0.000001"
-    output_price: "0.000002"
-    cache: {{min_prefix_tokens: 1024}}
-"""
-    )
+    config = write_config(work, upstream_port)
     key = asyncio.run(create_key(f"sqlite:///{work / 'control.db'}"))
     script = work / "soak.lua"
     script.write_text(SOAK_SCRIPT)
