@@ -208,6 +208,17 @@ def post(url: str, body: bytes, key: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    """Interrupt the processes together, then wait for each (killed after 10 s)."""
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def write_config(work: Path, upstream_port: int) -> Path:
     """The gateway's configuration for a benchmark: one cached model on the fake upstream."""
     config = work / "config.yaml"
@@ -342,13 +353,7 @@ def main() -> int:
         print("CPU ms = process CPU time (user + system) per request; gateway and bare proxy on core 0,")
         print("upstream and wrk on core 1; added p50 = gateway p50 - upstream p50.")
     finally:
-        for process in (gateway, unjournaled, bare, upstream):
-            process.send_signal(signal.SIGINT)
-        for process in (gateway, unjournaled, bare, upstream):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(gateway, unjournaled, bare, upstream)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

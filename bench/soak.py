@@ -21,13 +21,12 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import Run, chat_body, create_key, free_port, post, wait_ready, write_config, wrk
+from bench import Run, chat_body, create_key, free_port, post, stop, wait_ready, write_config, wrk
 
 CONNECTIONS = 32
 LOAD_FRACTION = 0.7
@@ -163,13 +162,7 @@ def main() -> int:
             f"({growth:+.1%}: {verdict} within {RSS_TOLERANCE:.0%}); errors: {errors}"
         )
     finally:
-        for process in (gateway, upstream):
-            process.send_signal(signal.SIGINT)
-        for process in (gateway, upstream):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(gateway, upstream)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

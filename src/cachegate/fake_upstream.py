@@ -428,8 +428,8 @@ class FakeUpstream:
             payload["timings"] = _timings(behavior, prompt_tokens, 0)
         return _json(payload)
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/completions, as vLLM answers it: ``text_completion`` objects, JSON or streamed."""
+    async def _planned(self, request: web.Request) -> tuple[dict[str, Any], Behavior, Answer] | web.Response:
+        """A text route's body, behavior and planned answer, or the error it is answered with instead."""
         try:
             body, behavior = await self._received(request)
             answer = plan_answer(body, behavior)
@@ -437,6 +437,14 @@ class FakeUpstream:
             return _error(400, f"fake upstream: bad request: {exc}")
         if behavior.status >= 400:
             return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
+        return body, behavior, answer
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions, as vLLM answers it: ``text_completion`` objects, JSON or streamed."""
+        planned = await self._planned(request)
+        if isinstance(planned, web.Response):
+            return planned
+        body, behavior, answer = planned
         prompt_tokens = await self._text_tokens(body.get("prompt"))
         usage = _usage(prompt_tokens, len(answer.pieces), behavior.cached_tokens)
         head = {
@@ -473,13 +481,10 @@ class FakeUpstream:
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/responses, as vLLM answers it: a ``response`` object, or its typed event stream."""
-        try:
-            body, behavior = await self._received(request)
-            answer = plan_answer(body, behavior)
-        except (ValueError, TypeError) as exc:
-            return _error(400, f"fake upstream: bad request: {exc}")
-        if behavior.status >= 400:
-            return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
+        planned = await self._planned(request)
+        if isinstance(planned, web.Response):
+            return planned
+        body, behavior, answer = planned
         given = body.get("input")
         instructions = body.get("instructions")
         if isinstance(given, str):

@@ -13,7 +13,7 @@ the number of messages, of parts or tool calls in a message, and of tools.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -141,22 +141,10 @@ def _check_body(body: Mapping[str, Any], limits: RequestLimits) -> None:
     messages = body.get("messages")
     if messages is None:
         raise _Misshapen("messages")
-    _expect(messages, list, "messages", _ARRAY)
-    _bounded(messages, "messages", limits.max_messages)
-    for m, message in enumerate(messages):
-        try:
-            _check_message(message, limits)
-        except _Misshapen as fault:
-            raise fault.under(f"messages[{m}]") from None
+    _check_each(messages, "messages", limits.max_messages, lambda message: _check_message(message, limits))
     tools = body.get("tools")
     if tools is not None:
-        _expect(tools, list, "tools", _ARRAY)
-        _bounded(tools, "tools", limits.max_tools)
-        for t, tool in enumerate(tools):
-            try:
-                _check_tool(tool)
-            except _Misshapen as fault:
-                raise fault.under(f"tools[{t}]") from None
+        _check_each(tools, "tools", limits.max_tools, _check_tool)
     stream = body.get("stream")
     if stream is not None:
         _expect(stream, bool, "stream", "a boolean")
@@ -180,22 +168,22 @@ def _check_message(message: object, limits: RequestLimits) -> None:
         _expect(call_id, str, ".tool_call_id", _STRING)
     content = message.get("content")
     if content is not None and not isinstance(content, str):
-        _expect(content, list, ".content", _CONTENT)
-        _bounded(content, ".content", limits.max_parts)
-        for p, part in enumerate(content):
-            try:
-                _check_part(part)
-            except _Misshapen as fault:
-                raise fault.under(f".content[{p}]") from None
+        _check_each(content, ".content", limits.max_parts, _check_part, _CONTENT)
     calls = message.get("tool_calls")
     if calls is not None:
-        _expect(calls, list, ".tool_calls", _ARRAY)
-        _bounded(calls, ".tool_calls", limits.max_parts)
-        for c, call in enumerate(calls):
-            try:
-                _check_function_holder(call)
-            except _Misshapen as fault:
-                raise fault.under(f".tool_calls[{c}]") from None
+        _check_each(calls, ".tool_calls", limits.max_parts, _check_function_holder)
+
+
+def _check_each(items: object, path: str, limit: int, check: Callable[[object], None], what: str = _ARRAY) -> None:
+    """``items`` an array of at most ``limit`` elements, each passing ``check`` (faults placed under ``path[i]``)."""
+    _expect(items, list, path, what)
+    assert isinstance(items, list)
+    _bounded(items, path, limit)
+    for index, item in enumerate(items):
+        try:
+            check(item)
+        except _Misshapen as fault:
+            raise fault.under(f"{path}[{index}]") from None
 
 
 def _check_part(part: object) -> None:
