@@ -14,12 +14,16 @@ import pytest
 
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
     Conflict,
     ControlStore,
     Endpoint,
     LedgerRow,
     Model,
     NotFound,
+    RateLimit,
     UsageReportRow,
 )
 from cachegate.store.keys import hash_secret
@@ -241,6 +245,63 @@ async def test_an_invalid_tariff_is_refused(store: ControlStore, tariff: CacheTa
     assert (await store.load_catalog()).tariffs == {}
 
 
+# budgets and rate limits
+
+
+async def test_budgets_are_set_replaced_listed_and_deleted(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+    key, _ = await store.create_api_key(acme.id)
+    monthly = Budget(BudgetSubject.PRINCIPAL, acme.id, BudgetPeriod.MONTH, Decimal("100"))
+    daily = Budget(BudgetSubject.KEY, key.id, BudgetPeriod.DAY, Decimal("2.5"))
+
+    await store.put_budget(monthly)
+    await store.put_budget(daily)
+    await store.put_budget(replace(daily, limit=Decimal("0.0000003")))  # replaces: one per subject and period
+
+    budgets = (await store.load_catalog()).budgets
+    assert budgets == (replace(daily, limit=Decimal("0.0000003")), monthly)
+    assert await store.delete_budget(BudgetSubject.KEY, key.id, BudgetPeriod.DAY)
+    assert not await store.delete_budget(BudgetSubject.KEY, key.id, BudgetPeriod.DAY)
+    assert (await store.load_catalog()).budgets == (monthly,)
+
+
+async def test_a_budget_needs_its_subject_and_a_valid_limit(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+
+    with pytest.raises(NotFound, match="key_ghost"):
+        await store.put_budget(Budget(BudgetSubject.KEY, "key_ghost", BudgetPeriod.TOTAL, Decimal("1")))
+    with pytest.raises(NotFound, match=acme.name):  # a principal is named by its id, not its name
+        await store.put_budget(Budget(BudgetSubject.PRINCIPAL, acme.name, BudgetPeriod.TOTAL, Decimal("1")))
+    with pytest.raises(ValueError):
+        await store.put_budget(Budget(BudgetSubject.PRINCIPAL, acme.id, BudgetPeriod.TOTAL, Decimal("-1")))
+    assert (await store.load_catalog()).budgets == ()
+
+
+async def test_rate_limits_are_set_replaced_and_deleted_per_key(store: ControlStore) -> None:
+    acme = await store.create_principal("acme")
+    key, _ = await store.create_api_key(acme.id)
+
+    await store.put_rate_limit(RateLimit(key.id, requests_per_minute=60))
+    await store.put_rate_limit(RateLimit(key.id, input_tokens_per_minute=40_000))
+
+    assert (await store.load_catalog()).rate_limits == {key.id: RateLimit(key.id, None, 40_000)}
+    assert await store.delete_rate_limit(key.id)
+    assert not await store.delete_rate_limit(key.id)
+    assert (await store.load_catalog()).rate_limits == {}
+
+
+@pytest.mark.parametrize("limit", [0, -5, True, 1.5])
+async def test_a_rate_limit_must_be_a_positive_whole_number(store: ControlStore, limit: object) -> None:
+    acme = await store.create_principal("acme")
+    key, _ = await store.create_api_key(acme.id)
+
+    with pytest.raises(ValueError):
+        await store.put_rate_limit(RateLimit(key.id, requests_per_minute=limit))  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        await store.put_rate_limit(RateLimit("key_ghost", requests_per_minute=1))
+    assert (await store.load_catalog()).rate_limits == {}
+
+
 async def test_a_version_cannot_start_before_the_open_one(store: ControlStore) -> None:
     await add_model(store)
     await store.set_cache_tariff("m", CacheTariff(), at=T0)
@@ -382,6 +443,16 @@ async def test_how_a_client_that_left_was_billed_is_kept(store: ControlStore, st
     stored = await query(store_url, "SELECT key_id, status, disconnect FROM ledger ORDER BY key_id")
 
     assert stored == [("key_2", 200, None), ("key_test", 499, "counted")]
+
+
+async def test_why_a_breakpoint_missed_is_kept(store: ControlStore, store_url: str) -> None:
+    await store.append_ledger(
+        [ledger_row(T0, "prn_a", "m", miss_reason="expired"), ledger_row(T0, "prn_a", "m", key_id="key_2")]
+    )
+
+    stored = await query(store_url, "SELECT key_id, miss_reason FROM ledger ORDER BY key_id")
+
+    assert stored == [("key_2", None), ("key_test", "expired")]
 
 
 async def test_a_row_id_is_stored_once_however_often_it_is_sent(store: ControlStore, store_url: str) -> None:

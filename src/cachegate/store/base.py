@@ -8,8 +8,9 @@ outage only affects keys it has never seen (SPEC §11).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -80,6 +81,39 @@ class TariffVersion:
         return self.valid_from <= at and (self.valid_until is None or at < self.valid_until)
 
 
+class BudgetSubject(enum.StrEnum):
+    KEY = "key"
+    PRINCIPAL = "principal"
+
+
+class BudgetPeriod(enum.StrEnum):
+    """The window a budget caps spend over: a calendar day or month in UTC, or all time."""
+
+    DAY = "day"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A spend cap: what one key or principal may be billed (``cost``, SPEC §10) in one period."""
+
+    subject: BudgetSubject
+    subject_id: str  # ApiKey.id or Principal.id
+    period: BudgetPeriod
+    limit: Decimal  # in the currency of the prices
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One key's rate limits; None leaves that limit off. Input tokens count as Anthropic's do:
+    uncached input and cache writes count, cache reads do not."""
+
+    key_id: str
+    requests_per_minute: int | None = None
+    input_tokens_per_minute: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     """Everything the gateway routes and prices by, loaded at once and refreshed periodically."""
@@ -88,6 +122,8 @@ class Catalog:
     models: dict[str, Model]
     tariffs: dict[str, tuple[TariffVersion, ...]]  # model alias -> versions, oldest first
     revocations: int = 0  # how many keys are revoked: a change tells every replica to look its keys up again
+    budgets: tuple[Budget, ...] = ()
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)  # key id -> its limits
 
     def tariff_at(self, model: str, at: datetime) -> CacheTariff | None:
         for version in reversed(self.tariffs.get(model, ())):
@@ -125,6 +161,9 @@ class LedgerRow:
     # The client left before the end (SPEC §11): "drained" (billed from the upstream's final usage,
     # read after it left) or "counted" (our count of the prompt, the completion tokens relayed).
     disconnect: str | None = None
+    # Why the deepest breakpoint did not read (SPEC §14): first_write, expired, prefix_changed,
+    # below_floor, degraded; None when it read, or caching was off for the request.
+    miss_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +209,19 @@ class ControlStore(Protocol):
         """Close the version in force; returns whether there was one."""
 
     async def load_catalog(self) -> Catalog: ...
+
+    # budgets and rate limits
+    async def put_budget(self, budget: Budget) -> None:
+        """Set (or replace) the budget of this subject and period; NotFound for an unknown subject."""
+
+    async def delete_budget(self, subject: BudgetSubject, subject_id: str, period: BudgetPeriod) -> bool:
+        """Remove the budget; returns whether there was one."""
+
+    async def put_rate_limit(self, limit: RateLimit) -> None:
+        """Set (or replace) a key's rate limits; NotFound for an unknown key."""
+
+    async def delete_rate_limit(self, key_id: str) -> bool:
+        """Remove a key's rate limits; returns whether it had any."""
 
     # usage ledger
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:

@@ -22,6 +22,9 @@ from asyncpg.pool import PoolConnectionProxy
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
     Catalog,
     Conflict,
     Endpoint,
@@ -29,6 +32,7 @@ from cachegate.store.base import (
     Model,
     NotFound,
     Principal,
+    RateLimit,
     StoreUnavailable,
     TariffVersion,
     UsageReportRow,
@@ -36,12 +40,20 @@ from cachegate.store.base import (
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
 from cachegate.store.values import (
+    BUDGET_COLUMNS,
+    BUDGET_REPLACES,
     MODEL_COLUMNS,
+    RATE_LIMIT_COLUMNS,
+    RATE_LIMIT_REPLACES,
+    budget_from_row,
     check_amount,
+    check_budget,
+    check_rate_limit,
     checked_tariff,
     decimal_text,
     model_from_row,
     model_ttl_text,
+    rate_limit_from_row,
     utc,
     utcnow,
 )
@@ -271,6 +283,10 @@ class PostgresStore:
                 f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
             )
             revocations = await connection.fetchval(_REVOCATIONS)
+            budgets = await connection.fetch(
+                f'SELECT {BUDGET_COLUMNS} FROM budgets ORDER BY subject_kind, subject_id COLLATE "C", period'
+            )
+            rate_limits = await connection.fetch(f"SELECT {RATE_LIMIT_COLUMNS} FROM rate_limits")
         versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
         for row in tariffs:
             versions[row["model"]].append(_tariff_version(row))
@@ -279,7 +295,53 @@ class PostgresStore:
             models={row["alias"]: model_from_row(row) for row in models},
             tariffs={model: tuple(rows) for model, rows in versions.items()},
             revocations=revocations,
+            budgets=tuple(budget_from_row(row) for row in budgets),
+            rate_limits={row["key_id"]: rate_limit_from_row(row) for row in rate_limits},
         )
+
+    # budgets and rate limits
+
+    async def put_budget(self, budget: Budget) -> None:
+        check_budget(budget)
+        table = "api_keys" if budget.subject is BudgetSubject.KEY else "principals"
+        async with self._connection() as connection, connection.transaction():
+            if await connection.fetchval(f"SELECT true FROM {table} WHERE id = $1", budget.subject_id) is None:
+                raise NotFound(f"{budget.subject.value} {budget.subject_id!r} does not exist")
+            await connection.execute(
+                f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ($1, $2, $3, $4)" + BUDGET_REPLACES,
+                budget.subject.value,
+                budget.subject_id,
+                budget.period.value,
+                budget.limit,
+            )
+
+    async def delete_budget(self, subject: BudgetSubject, subject_id: str, period: BudgetPeriod) -> bool:
+        async with self._connection() as connection:
+            deleted = await connection.fetchval(
+                "DELETE FROM budgets WHERE subject_kind = $1 AND subject_id = $2 AND period = $3 RETURNING true",
+                subject.value,
+                subject_id,
+                period.value,
+            )
+        return deleted is not None
+
+    async def put_rate_limit(self, limit: RateLimit) -> None:
+        check_rate_limit(limit)
+        async with self._connection() as connection:
+            try:
+                await connection.execute(
+                    f"INSERT INTO rate_limits ({RATE_LIMIT_COLUMNS}) VALUES ($1, $2, $3)" + RATE_LIMIT_REPLACES,
+                    limit.key_id,
+                    limit.requests_per_minute,
+                    limit.input_tokens_per_minute,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound(f"API key {limit.key_id!r} does not exist") from exc
+
+    async def delete_rate_limit(self, key_id: str) -> bool:
+        async with self._connection() as connection:
+            deleted = await connection.fetchval("DELETE FROM rate_limits WHERE key_id = $1 RETURNING true", key_id)
+        return deleted is not None
 
     # usage ledger
 

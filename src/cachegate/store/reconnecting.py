@@ -17,12 +17,16 @@ from cachegate.background import Reconnecting
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
     Catalog,
     ControlStore,
     Endpoint,
     LedgerRow,
     Model,
     Principal,
+    RateLimit,
     StoreUnavailable,
     TariffVersion,
     UsageReportRow,
@@ -112,6 +116,18 @@ class ReconnectingStore:
 
     async def load_catalog(self) -> Catalog:
         return await self._backend.get().load_catalog()
+
+    async def put_budget(self, budget: Budget) -> None:
+        await self._backend.get().put_budget(budget)
+
+    async def delete_budget(self, subject: BudgetSubject, subject_id: str, period: BudgetPeriod) -> bool:
+        return await self._backend.get().delete_budget(subject, subject_id, period)
+
+    async def put_rate_limit(self, limit: RateLimit) -> None:
+        await self._backend.get().put_rate_limit(limit)
+
+    async def delete_rate_limit(self, key_id: str) -> bool:
+        return await self._backend.get().delete_rate_limit(key_id)
 
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
         await self._backend.get().append_ledger(rows)

@@ -27,6 +27,9 @@ from typing import TypeVar
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
     Catalog,
     Conflict,
     Endpoint,
@@ -34,6 +37,7 @@ from cachegate.store.base import (
     Model,
     NotFound,
     Principal,
+    RateLimit,
     StoreUnavailable,
     TariffVersion,
     UsageReportRow,
@@ -41,12 +45,20 @@ from cachegate.store.base import (
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
 from cachegate.store.values import (
+    BUDGET_COLUMNS,
+    BUDGET_REPLACES,
     MODEL_COLUMNS,
+    RATE_LIMIT_COLUMNS,
+    RATE_LIMIT_REPLACES,
+    budget_from_row,
     check_amount,
+    check_budget,
+    check_rate_limit,
     checked_tariff,
     decimal_text,
     model_from_row,
     model_ttl_text,
+    rate_limit_from_row,
     utc,
     utcnow,
 )
@@ -328,6 +340,10 @@ class SqliteStore:
                     f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
                 ).fetchall()
                 revocations = connection.execute(_REVOCATIONS).fetchone()[0]
+                budgets = connection.execute(
+                    f"SELECT {BUDGET_COLUMNS} FROM budgets ORDER BY subject_kind, subject_id, period"
+                ).fetchall()
+                rate_limits = connection.execute(f"SELECT {RATE_LIMIT_COLUMNS} FROM rate_limits").fetchall()
             versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
             for row in tariffs:
                 versions[row["model"]].append(_tariff_version(row))
@@ -336,9 +352,55 @@ class SqliteStore:
                 models={row["alias"]: model_from_row(row) for row in models},
                 tariffs={model: tuple(rows) for model, rows in versions.items()},
                 revocations=revocations,
+                budgets=tuple(budget_from_row(row) for row in budgets),
+                rate_limits={row["key_id"]: rate_limit_from_row(row) for row in rate_limits},
             )
 
         return await self._run(select)
+
+    # budgets and rate limits
+
+    async def put_budget(self, budget: Budget) -> None:
+        check_budget(budget)
+        table = "api_keys" if budget.subject is BudgetSubject.KEY else "principals"
+
+        def upsert(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                _require(connection, f"SELECT 1 FROM {table} WHERE id = ?", budget.subject_id, budget.subject.value)
+                connection.execute(
+                    f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES (?, ?, ?, ?)" + BUDGET_REPLACES,
+                    (budget.subject.value, budget.subject_id, budget.period.value, decimal_text(budget.limit)),
+                )
+
+        await self._run(upsert)
+
+    async def delete_budget(self, subject: BudgetSubject, subject_id: str, period: BudgetPeriod) -> bool:
+        cursor = await self._run(
+            lambda connection: connection.execute(
+                "DELETE FROM budgets WHERE subject_kind = ? AND subject_id = ? AND period = ?",
+                (subject.value, subject_id, period.value),
+            )
+        )
+        return cursor.rowcount > 0
+
+    async def put_rate_limit(self, limit: RateLimit) -> None:
+        check_rate_limit(limit)
+
+        def upsert(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                _require(connection, "SELECT 1 FROM api_keys WHERE id = ?", limit.key_id, "API key")
+                connection.execute(
+                    f"INSERT INTO rate_limits ({RATE_LIMIT_COLUMNS}) VALUES (?, ?, ?)" + RATE_LIMIT_REPLACES,
+                    (limit.key_id, limit.requests_per_minute, limit.input_tokens_per_minute),
+                )
+
+        await self._run(upsert)
+
+    async def delete_rate_limit(self, key_id: str) -> bool:
+        cursor = await self._run(
+            lambda connection: connection.execute("DELETE FROM rate_limits WHERE key_id = ?", (key_id,))
+        )
+        return cursor.rowcount > 0
 
     # usage ledger
 

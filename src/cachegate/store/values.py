@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cachegate.core.types import CacheTariff, TtlTier
-from cachegate.store.base import Model
+from cachegate.store.base import Budget, BudgetPeriod, BudgetSubject, Model, RateLimit
 
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -95,3 +95,41 @@ def utc(at: datetime) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def check_budget(budget: Budget) -> Budget:
+    check_amount(budget.limit, "the budget's limit")
+    return budget
+
+
+def check_rate_limit(limit: RateLimit) -> RateLimit:
+    """Refuse a limit that is not a positive whole number (None is a limit left off)."""
+    for what, value in (
+        ("requests_per_minute", limit.requests_per_minute),
+        ("input_tokens_per_minute", limit.input_tokens_per_minute),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{what} must be a positive whole number, not {value!r}")
+    return limit
+
+
+BUDGET_COLUMNS = "subject_kind, subject_id, period, limit_amount"
+BUDGET_REPLACES = " ON CONFLICT (subject_kind, subject_id, period) DO UPDATE SET limit_amount = excluded.limit_amount"
+RATE_LIMIT_COLUMNS = "key_id, requests_per_minute, input_tokens_per_minute"
+RATE_LIMIT_REPLACES = (
+    " ON CONFLICT (key_id) DO UPDATE SET requests_per_minute = excluded.requests_per_minute,"
+    " input_tokens_per_minute = excluded.input_tokens_per_minute"
+)
+
+
+def budget_from_row(row: Mapping[str, Any]) -> Budget:
+    return Budget(
+        subject=BudgetSubject(row["subject_kind"]),
+        subject_id=row["subject_id"],
+        period=BudgetPeriod(row["period"]),
+        limit=Decimal(row["limit_amount"]),
+    )
+
+
+def rate_limit_from_row(row: Mapping[str, Any]) -> RateLimit:
+    return RateLimit(row["key_id"], row["requests_per_minute"], row["input_tokens_per_minute"])
