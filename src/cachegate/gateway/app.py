@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import Final
 
+from cachegate.admin_api.app import build_admin_app
 from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
@@ -120,6 +121,7 @@ class Gateway:
             ),
         }
         self._model_detail = Route("models", ModelDetail(self.catalog))
+        self.admin = build_admin_app(store, config, self.keys, self.catalog)  # every path under /admin (SPEC §13)
 
     async def startup(self) -> None:
         """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
@@ -190,6 +192,9 @@ class Gateway:
             await Refusal(400, str(exc), "invalid_path").send(send)
             return
         scope["path"] = path
+        if path == "/admin" or path.startswith("/admin/"):
+            await self.admin(scope, receive, send)
+            return
         if path == "/healthz":
             await send_alive(send)
             return
