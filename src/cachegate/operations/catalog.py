@@ -68,7 +68,7 @@ def model_fits(config: Config, tokenizer: str, automatic_caching: TtlTier | None
         accepted = ", ".join(str(tier) for tier in config.accepted_ttls)
         return InvalidArgument(
             "automatic_caching",
-            f"--automatic-caching {automatic_caching} is not an accepted TTL: the configuration accepts {accepted}",
+            f"automatic_caching {automatic_caching} is not an accepted TTL: the configuration accepts {accepted}",
         )
     return None
 

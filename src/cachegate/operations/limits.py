@@ -19,15 +19,15 @@ from cachegate.store.base import Budget, BudgetPeriod, BudgetSubject, ControlSto
 @dataclass(frozen=True, slots=True)
 class BudgetView:
     budget: Budget
-    subject_name: str  # the principal's name, or the key's id
+    principal_name: str | None  # the principal's name, for a principal's budget
 
 
-async def _subject_id(store: ControlStore, subject: BudgetSubject, who: str) -> tuple[str, str]:
-    """The stored id of the subject and the name it is shown by."""
+async def _subject_id(store: ControlStore, subject: BudgetSubject, who: str) -> tuple[str, str | None]:
+    """The stored id of the subject, and the principal's name for a principal."""
     if subject is BudgetSubject.PRINCIPAL:
         principal = await store.get_principal(who)
         return principal.id, principal.name
-    return who, who
+    return who, None
 
 
 async def set_budget(
@@ -58,7 +58,7 @@ async def list_budgets(
     catalog = await store.load_catalog()
     names = {p.id: p.name for p in await store.list_principals()}
     return [
-        BudgetView(b, names.get(b.subject_id, b.subject_id) if b.subject is BudgetSubject.PRINCIPAL else b.subject_id)
+        BudgetView(b, names.get(b.subject_id) if b.subject is BudgetSubject.PRINCIPAL else None)
         for b in catalog.budgets
         if (key is None or (b.subject is BudgetSubject.KEY and b.subject_id == key))
         and (principal_id is None or (b.subject is BudgetSubject.PRINCIPAL and b.subject_id == principal_id))
