@@ -7,11 +7,12 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from cachegate.operations.checks import (
     ALIAS_PATTERN,
     DECIMAL_PATTERN,
+    MAX_COUNT,
     MAX_NAME_LENGTH,
     NAME_PATTERN,
     TEXT_PATTERN,
@@ -24,6 +25,19 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH
 """Free text: an upstream model, a tokenizer, a principal named by name or id."""
 DecimalText = Annotated[str, StringConstraints(min_length=1, max_length=41, pattern=DECIMAL_PATTERN)]
 """A non-negative decimal as a string (``"0.25"``): money and multipliers are never floats (SPEC §10)."""
+
+
+def _whole(value: object) -> object:
+    """JSON Schema's integers include ``5.0``; a count takes it, as 5, and nothing but numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def count(minimum: int) -> Any:
+    """A whole number from ``minimum`` to ``MAX_COUNT`` as JSON writes it (``5`` or ``5.0``);
+    ``true`` or ``"5"`` is refused. (The bounds must precede the validator, or the schema loses them.)"""
+    return Annotated[int, Field(ge=minimum, le=MAX_COUNT, strict=True), BeforeValidator(_whole)]
 
 
 def path_name(description: str) -> Any:
@@ -46,6 +60,6 @@ def as_text(value: Decimal) -> str:
 
 class Body(BaseModel):
     """A request body: an unknown field is refused (400), so a misspelt option is never ignored.
-    Counts and flags are declared ``strict`` where they are: ``true`` is no count, ``"1"`` no flag."""
+    Counts (``Count``) and flags are strict: ``true`` is no count, ``"1"`` no flag."""
 
     model_config = ConfigDict(extra="forbid")

@@ -10,9 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cachegate import operations
 from cachegate.admin_api.context import Context
-from cachegate.admin_api.fields import Body, path_name
+from cachegate.admin_api.fields import Body, count, path_name
 from cachegate.asgi import Refusal
-from cachegate.operations.checks import MAX_COUNT
 from cachegate.store.base import RateLimit
 
 router = APIRouter(prefix="/admin/v1/rate-limits", tags=["rate limits"])
@@ -25,17 +24,17 @@ def _left_out_not_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+PerMinute = count(minimum=1)
+
+
 class RateLimitPut(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    requests_per_minute: int | None = Field(
-        None, ge=1, le=MAX_COUNT, strict=True, description="Off when left out", json_schema_extra=_left_out_not_null
+    requests_per_minute: PerMinute | None = Field(
+        None, description="Off when left out", json_schema_extra=_left_out_not_null
     )
-    input_tokens_per_minute: int | None = Field(
+    input_tokens_per_minute: PerMinute | None = Field(
         None,
-        ge=1,
-        le=MAX_COUNT,
-        strict=True,
         description="Uncached input and cache writes; off when left out",
         json_schema_extra=_left_out_not_null,
     )

@@ -16,10 +16,9 @@ from pydantic import BaseModel, Field
 
 from cachegate import operations
 from cachegate.admin_api.context import Context
-from cachegate.admin_api.fields import Body, DecimalText, path_alias
+from cachegate.admin_api.fields import Body, DecimalText, count, path_alias
 from cachegate.asgi import Refusal
 from cachegate.core.types import CacheTariff
-from cachegate.operations.checks import MAX_COUNT
 from cachegate.store.base import TariffVersion
 from cachegate.store.values import utcnow
 
@@ -33,8 +32,8 @@ class TariffSet(Body):
     write_1h: DecimalText = Field(_DEFAULT.write_multiplier_1h, description="Input price multiplier, 1-hour writes")
     write_24h: DecimalText = Field(_DEFAULT.write_multiplier_24h, description="Input price multiplier, 24-hour writes")
     read: DecimalText = Field(_DEFAULT.read_multiplier, description="Input price multiplier, cache reads")
-    min_prefix_tokens: int = Field(
-        _DEFAULT.min_prefix_tokens, ge=0, le=MAX_COUNT, strict=True, description="Shorter prompts are not cached"
+    min_prefix_tokens: count(minimum=0) = Field(  # type: ignore[valid-type]
+        _DEFAULT.min_prefix_tokens, description="Shorter prompts are not cached"
     )
 
 
