@@ -124,12 +124,32 @@ def test_a_body_that_is_not_json_is_400(admin: httpx.Client) -> None:
     assert response.status_code == 400 and error_of(response)["code"] == "invalid_json"
 
 
+def test_a_form_body_is_400_asking_for_json(admin: httpx.Client) -> None:
+    response = admin.post("/admin/v1/principals", data={"name": "acme"})
+
+    assert response.status_code == 400
+    assert error_of(response)["message"] == (
+        "the body must be JSON sent as content-type: application/json, not application/x-www-form-urlencoded"
+    )
+
+
+@pytest.mark.parametrize(
+    "body", [{"principal": "tenant-a", "admin": "yes"}, {"principal": "tenant-a", "admin": 1}, {"principal": 7}]
+)
+def test_a_key_body_of_the_wrong_types_is_400(admin: httpx.Client, body: dict[str, Any]) -> None:
+    response = admin.post("/admin/v1/keys", json=body)
+
+    assert response.status_code == 400
+    assert error_of(response)["param"] in ("admin", "principal")
+
+
 def test_unknown_routes_and_methods_answer_in_cachegate_s_shape(admin: httpx.Client) -> None:
     missing = admin.get("/admin/v1/nothing-here")
     wrong_method = admin.delete("/admin/v1/principals")
 
     assert (missing.status_code, error_of(missing)["code"]) == (404, "not_found")
     assert (wrong_method.status_code, error_of(wrong_method)["code"]) == (405, "method_not_allowed")
+    assert wrong_method.headers["allow"] == "GET, POST"
 
 
 # keys
