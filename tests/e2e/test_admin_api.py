@@ -143,6 +143,27 @@ def test_a_key_body_of_the_wrong_types_is_400(admin: httpx.Client, body: dict[st
     assert error_of(response)["param"] in ("admin", "principal")
 
 
+def test_a_body_over_the_bound_is_413_whether_declared_or_streamed(admin: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "'
+        yield from (b"x" * 65536 for _ in range(20))
+        yield b'"}'
+
+    declared = admin.post("/admin/v1/principals", content=b'{"name": "' + b"x" * (1 << 20) + b'"}')
+    streamed = admin.post("/admin/v1/principals", content=chunks(), headers={"content-type": "application/json"})
+
+    for refused in (declared, streamed):
+        assert (refused.status_code, error_of(refused)["code"]) == (413, "body_too_large")
+
+
+def test_the_control_store_down_is_503(gateway: GatewayHarness, admin: httpx.Client) -> None:
+    gateway.store.down = True  # the admin key stays known to the gateway; the catalog cannot be read
+
+    response = admin.get("/admin/v1/endpoints")
+
+    assert (response.status_code, error_of(response)["code"]) == (503, "control_store_unavailable")
+
+
 def test_unknown_routes_and_methods_answer_in_cachegate_s_shape(admin: httpx.Client) -> None:
     missing = admin.get("/admin/v1/nothing-here")
     wrong_method = admin.delete("/admin/v1/principals")

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from cachegate.admin_api import budgets, endpoints, keys, models, principals, rate_limits, tariffs
 from cachegate.admin_api.auth import require_admin
+from cachegate.admin_api.body_limit import BodyLimit
 from cachegate.admin_api.context import AdminContext
 from cachegate.admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from cachegate.config import Config
@@ -47,6 +48,7 @@ def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, cata
     )
     app.state.admin = AdminContext(store, config, keys, catalog)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router, dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 

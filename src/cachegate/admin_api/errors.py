@@ -45,6 +45,7 @@ _DESCRIPTIONS = {
     403: "A tenant's key: admin operations need an admin key",
     404: "No such object",
     409: "The object exists already, or the change conflicts with what is stored",
+    413: "The body is larger than 1 MiB",
     429: "Too many failed authentications from this address",
     503: "The control store is unavailable",
 }
@@ -109,6 +110,8 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         refusal = Refusal(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
         return _answer(refusal, {"allow": ", ".join(_allowed_methods(request))})
+    elif exc.status_code == 413:
+        refusal = Refusal(413, str(exc.detail), "body_too_large")
     else:
         refusal = Refusal(exc.status_code, str(exc.detail), "invalid_request")
     return _answer(refusal, exc.headers)
