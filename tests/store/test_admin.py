@@ -356,6 +356,25 @@ async def test_rate_limits_are_set_replaced_listed_and_lifted(cli: Cli, sqlite_s
     assert (none_left.code, none_left.err) == (1, f"error: API key {first.id!r} has no rate limits\n")
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("principal", "create", "a/b"), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("principal", "create", ".."), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("endpoint", "add", "e\tx", "http://h/v1"), "name must be 1 to 200 characters"),
+        (("tariff", "set", "m", "--min-prefix-tokens", str(2**31)), "min_prefix_tokens must be a whole number"),
+        (("budget", "set", "1" * 21, "--key", "k", "--period", "day"), "limit must be a non-negative decimal"),
+    ],
+)
+async def test_arguments_no_store_could_hold_are_refused_before_it(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    result = await cli(*argv)
+
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith(f"cachegate: {message}")
+
+
 async def test_a_limit_set_with_no_limit_is_refused(cli: Cli, sqlite_store: ControlStore) -> None:
     key, _ = await sqlite_store.create_api_key((await sqlite_store.create_principal("acme")).id)
 
