@@ -3,6 +3,7 @@ operation, and the error shapes (400 naming the field, 404, 409; never FastAPI's
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import schemathesis
 from openai import OpenAI
+from prometheus_client import REGISTRY
 
 from harness import GatewayHarness
 
@@ -58,6 +60,19 @@ def test_an_admin_key_is_taken_as_x_api_key_too(gateway: GatewayHarness) -> None
         response = client.get("/admin/v1/principals", headers={"x-api-key": gateway.keys.admin})
 
     assert response.status_code == 200
+
+
+def test_admin_requests_are_counted_by_status_class(gateway: GatewayHarness, admin: httpx.Client) -> None:
+    def count() -> float:
+        return REGISTRY.get_sample_value("cachegate_requests_total", {"route": "admin", "status": "4xx"}) or 0.0
+
+    before = count()
+    admin.get("/admin/v1/principals/nobody-at-all")
+
+    deadline = time.monotonic() + 10  # counted once the answer is sent: a moment after the client has it
+    while count() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert count() == before + 1
 
 
 # principals

@@ -193,7 +193,9 @@ class Gateway:
             return
         scope["path"] = path
         if path == "/admin" or path.startswith("/admin/"):
-            await self.admin(scope, receive, send)
+            answered = _TrackedSend(send)
+            await self.admin(scope, receive, answered)
+            metrics.labelled(metrics.REQUESTS, "admin", f"{answered.status // 100}xx").inc()
             return
         if path == "/healthz":
             await send_alive(send)
@@ -257,17 +259,19 @@ async def _bounded(name: str, step: Awaitable[None], seconds: float) -> None:
 
 
 class _TrackedSend:
-    """The ASGI ``send`` of one request, remembering whether the response has started."""
+    """The ASGI ``send`` of one request, remembering whether the response has started, and its status."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_send", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
+        self.status = 0
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
         await self._send(message)
 
 
