@@ -36,7 +36,10 @@ ROUTERS: tuple[APIRouter, ...] = (
 """Every resource group, in the order the schema lists them."""
 
 
-def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, catalog: CatalogCache) -> FastAPI:
+def build_admin_app(store: ControlStore, config: Config, key_resolver: KeyResolver, catalog: CatalogCache) -> FastAPI:
+    """The admin app over the gateway's own parts: its key resolver (so a revocation here applies
+    here at once) and its catalog (reloaded after every change). Routers are included from
+    ``ROUTERS``, each behind ``require_admin``."""
     app = FastAPI(
         title="cachegate admin API",
         version="1",
@@ -46,7 +49,7 @@ def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, cata
         redoc_url=None,
         redirect_slashes=False,  # the gateway has taken the trailing slash off already
     )
-    app.state.admin = AdminContext(store, config, keys, catalog)
+    app.state.admin = AdminContext(store, config, key_resolver, catalog)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     for router in ROUTERS:
