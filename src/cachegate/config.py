@@ -70,6 +70,7 @@ class ServerLimits(_Strict):
     shutdown_drain_seconds: float = Field(30.0, ge=0)  # open requests and streams may finish within this
     shutdown_ledger_seconds: float = Field(10.0, gt=0)  # then the ledger is flushed to the store within this
     shutdown_close_seconds: float = Field(5.0, gt=0)  # then each other part is stopped within this
+    workers: int = Field(1, ge=1)  # gateway processes sharing the listening socket (workers.py); serve --workers
 
 
 class AuthConfig(_Strict):
