@@ -30,7 +30,6 @@ from cachegate.core.sse import (
     is_done,
     is_usage_frame,
     may_carry_usage_or_error,
-    only_plain_events,
     replace_event_json,
 )
 from cachegate.core.telemetry import may_carry_telemetry, scrub_telemetry
@@ -372,11 +371,11 @@ class _StreamRelay:
         framer = SseFramer()
         try:
             async for chunk in response.chunks():
-                if not framer.pending and only_plain_events(chunk):
-                    await self._forward(chunk)  # content frames, nearly all of a stream, pass as they came
-                else:
-                    for event in framer.feed(chunk):
-                        await self._on_event(event)
+                plain, events = framer.split(chunk)
+                if plain:
+                    await self._forward(plain)  # content frames, nearly all of a stream, pass as they came
+                for event in events:
+                    await self._on_event(event)
                 if self._disconnected.is_set():
                     return  # releasing the unread response drops the upstream connection
             tail = framer.flush()
