@@ -22,36 +22,16 @@ import pytest
 from openai import OpenAI
 
 from .demo_server import free_port
-from .gateway_process import Running, create_key
+from .gateway_process import Running, cached_model_config, create_key
 
 FLOOR = 1024
 ROUNDS = 6
 
 
-def write_config(work: Path, upstream_port: int) -> Path:
-    config = work / "cachegate.yaml"
-    config.write_text(
-        f"""
-data_dir: {work / "data"}
-endpoints:
-  - {{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
-models:
-  - alias: qwen3
-    endpoint: fake
-    upstream_model: m
-    tokenizer: qwen3
-    cache: {{min_prefix_tokens: {FLOOR}}}
-metrics:
-  require_admin_key: false
-"""
-    )
-    return config
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Any:
     upstream_port, port = free_port(), free_port()
-    config = write_config(tmp_path, upstream_port)
+    config = cached_model_config(tmp_path, upstream_port, FLOOR, "metrics: {require_admin_key: false}")
     upstream = Running("-c", str(config), "fake-upstream", "--port", str(upstream_port))
     gateway = Running("-c", str(config), "serve", "--port", str(port), "--workers", "2")
     try:
