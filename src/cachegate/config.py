@@ -83,6 +83,16 @@ class AuthConfig(_Strict):
     failures_per_minute: int = Field(30, gt=0)  # 401s per client address; more: 429 without a lookup
 
 
+class RoutingConfig(_Strict):
+    """How a request picks one of its model's endpoints (SPEC §15): prefix affinity, with these fallbacks."""
+
+    # An endpoint with more requests in flight (from this process) passes new ones to the next in
+    # rendezvous order; None: never. Set it near the engine's batch size (vLLM's max_num_seqs).
+    max_in_flight: int | None = Field(128, gt=0)
+    # An endpoint that refused a connection is tried after every other for this long.
+    down_seconds: float = Field(5.0, ge=0)
+
+
 class EndpointConfig(_Strict):
     name: str
     base_url: str
@@ -223,6 +233,7 @@ class Config(_Strict):
     )
     endpoints: tuple[EndpointConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
     demo: Demo = Demo()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
