@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from anthropic import Anthropic
 from conftest import TEST_CONFIG
 from openai import AsyncOpenAI, OpenAI
 
@@ -101,6 +102,29 @@ def test_a_growing_conversation_stays_on_one_replica_whose_cache_it_reads(replic
     for row in rows[1:]:  # every later turn reads the turn before, and the replica holds it
         assert row.cache_read_tokens > 0
         assert row.cache_read_tokens - 16 < row.upstream_cached_tokens <= row.cache_read_tokens  # whole blocks
+
+
+def test_an_anthropic_conversation_stays_on_one_replica_too(replicated: GatewayHarness) -> None:
+    sdk = Anthropic(base_url=replicated.base_url, api_key=replicated.keys.b, max_retries=0, timeout=30)
+    system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    messages: list[dict[str, Any]] = []
+    chosen, reads = [], []
+    for turn in range(4):
+        text = "Summarise the incident report." if turn == 0 else f"Turn {turn}: and what follows from it?"
+        messages.append(
+            {"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}
+        )
+        before = served(replicated)
+        answer = sdk.messages.create(model="replicated", system=system, messages=messages, max_tokens=4)  # type: ignore[arg-type]
+        chosen.append(which_replica(replicated, before))
+        reads.append(answer.usage.cache_read_input_tokens)
+        messages[-1]["content"][0].pop("cache_control")
+        messages.append({"role": "assistant", "content": answer.content[0].text})  # type: ignore[union-attr]
+
+    assert len(set(chosen)) == 1
+    assert all(read for read in reads[1:])  # each later turn read the one before, on that replica
+    rows = [row for row in replicated.ledger_rows("messages") if row.model == "replicated"][-3:]
+    assert all(row.upstream_cached_tokens and row.upstream_cached_tokens > row.cache_read_tokens - 16 for row in rows)
 
 
 def test_two_tenants_with_equal_prompts_are_routed_each_by_its_own_scope(replicated: GatewayHarness) -> None:

@@ -123,10 +123,6 @@ class Completions:
         """
         alias: str = body["model"]
         model, endpoints = self._catalog.route(alias)
-        if len(endpoints) > 1:
-            # Prefix affinity (SPEC §15): the key is hashed before anything is forwarded, from
-            # the prompt's opening only (core/affinity.py); one endpoint needs no key.
-            endpoints = self._replicas.order(affinity_key(request.key.principal_id, alias, body), endpoints)
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
         added = 0
         if automatic_caching and model.automatic_cache_ttl is not None:
@@ -135,6 +131,10 @@ class Completions:
             except ValueError as exc:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
+        if len(endpoints) > 1:
+            # Prefix affinity (SPEC §15): the key is hashed before anything is forwarded, from
+            # the prompt's opening only (core/affinity.py); one endpoint needs no key.
+            endpoints = self._replicas.order(affinity_key(request.key.principal_id, alias, body), endpoints)
         streaming = body.get("stream") is True
         exchange = Exchange(
             key=request.key,
