@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import openai
+
 from cachegate.fake_prefix_cache import PrefixKvCache
+from cachegate.fake_upstream import start_fake_upstream
+from cachegate.tokens.registry import load_qwen3
 
 
 def prompt(*blocks: tuple[str, int]) -> list[tuple[bytes, int]]:
@@ -37,3 +43,30 @@ def test_the_least_recently_used_blocks_are_evicted_first() -> None:
     assert len(cache) == 4
     assert cache.serve(prompt(("a", 32))) == 32
     assert cache.serve(prompt(("b", 32))) == 0
+
+
+async def test_a_fake_upstream_with_a_kv_cache_reports_its_hits_as_vllm_does() -> None:
+    runner, port = await start_fake_upstream(load_qwen3(), "127.0.0.1", 0, kv_cache_blocks=256)
+    messages = [
+        {"role": "system", "content": "You answer questions about the build. " * 20},
+        {"role": "user", "content": "Why did it fail?"},
+    ]
+    try:
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0) as sdk:
+
+            async def cached(**options: Any) -> tuple[int, int]:
+                answer = await sdk.chat.completions.create(model="m", messages=messages, max_tokens=2, **options)  # type: ignore[arg-type]
+                assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
+                return answer.usage.prompt_tokens_details.cached_tokens or 0, answer.usage.prompt_tokens
+
+            first, prompt_tokens = await cached()
+            second, _ = await cached()
+            told, _ = await cached(extra_headers={"x-fake-behavior": "cached=7"})
+            salted, _ = await cached(extra_body={"cache_salt": "another tenant"})
+
+        assert first == 0
+        assert second % 16 == 0 and prompt_tokens - 32 < second < prompt_tokens  # all but the last part block
+        assert told == 7
+        assert salted == 0
+    finally:
+        await runner.cleanup()
