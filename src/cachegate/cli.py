@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8081)
     fake.add_argument("--tokenizer", default="qwen3", help="token counter (from the config) used for prompt_tokens")
+    fake.add_argument(
+        "--kv-cache-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simulate a prefix KV cache of N 16-token blocks and report its hits as cached_tokens (0: off)",
+    )
     fake.set_defaults(run=_fake_upstream)
 
     migrate = commands.add_parser("migrate", help="create or update the control-store schema")
@@ -163,7 +170,9 @@ async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
             print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
             return 2
         try:
-            runner, port = await start_fake_upstream(counters[args.tokenizer], args.host, args.port)
+            runner, port = await start_fake_upstream(
+                counters[args.tokenizer], args.host, args.port, kv_cache_blocks=args.kv_cache_blocks
+            )
         except OSError as exc:
             raise serving.ListenError.of("--host/--port", args.host, args.port, exc) from exc
         print(f"fake upstream listening on http://{args.host}:{port}/v1", flush=True)

@@ -86,6 +86,11 @@ INTERNAL_ERRORS = Counter(
     "Requests cachegate itself failed with an unexpected error (a 500 naming a request id; logged with it).",
     ["route"],
 )
+PASSED_ON = Counter(
+    "cachegate_endpoint_passed_on_total",
+    "Requests a model's endpoint passed to the next in rendezvous order (SPEC §15), by why.",
+    ["reason"],  # down, overloaded, refused
+)
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",
