@@ -250,7 +250,7 @@ def test_a_revoked_key_stops_working_at_once(gateway: GatewayHarness, admin: htt
         ("GET", "/admin/v1/keys?principal=nobody-at-all", None),
         ("GET", "/admin/v1/endpoints/nothing", None),
         ("GET", "/admin/v1/models/nothing", None),
-        ("PUT", "/admin/v1/models/m-x", {"endpoint": "no-such-endpoint", "upstream_model": "x"}),
+        ("PUT", "/admin/v1/models/m-x", {"endpoints": ["fake", "no-such-endpoint"], "upstream_model": "x"}),
         ("GET", "/admin/v1/tariffs/nothing", None),
         ("POST", "/admin/v1/tariffs/nothing", {}),
         ("DELETE", "/admin/v1/tariffs/plain", None),  # no tariff in force
@@ -289,7 +289,7 @@ def test_an_endpoint_upstream_key_is_never_returned(admin: httpx.Client) -> None
 def test_a_model_added_through_the_api_serves_at_once(gateway: GatewayHarness, admin: httpx.Client) -> None:
     alias = f"team/{unique('qwen')}"  # an alias may hold slashes
     body = {
-        "endpoint": "fake",
+        "endpoints": ["fake"],
         "upstream_model": "qwen3-fake",
         "input_price": "0.000001",
         "output_price": "0.000002",
@@ -317,14 +317,17 @@ def test_a_model_added_through_the_api_serves_at_once(gateway: GatewayHarness, a
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"endpoint": "fake", "upstream_model": "x", "tokenizer": "llama3"}, "tokenizer"),
-        ({"endpoint": "fake", "upstream_model": "x", "automatic_caching": "24h"}, "automatic_caching"),
-        ({"endpoint": "fake", "upstream_model": "x", "automatic_caching": "2h"}, "automatic_caching"),
-        ({"endpoint": "fake", "upstream_model": "x", "input_price": "-1"}, "input_price"),
-        ({"endpoint": "fake", "upstream_model": "x", "input_price": 0.1}, "input_price"),
-        ({"endpoint": "fake", "upstream_model": "x", "output_price": "1e-3"}, "output_price"),
-        ({"endpoint": "fake"}, "upstream_model"),
-        ({"endpoint": "a/b", "upstream_model": "x"}, "endpoint"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "tokenizer": "llama3"}, "tokenizer"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "automatic_caching": "24h"}, "automatic_caching"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "automatic_caching": "2h"}, "automatic_caching"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "input_price": "-1"}, "input_price"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "input_price": 0.1}, "input_price"),
+        ({"endpoints": ["fake"], "upstream_model": "x", "output_price": "1e-3"}, "output_price"),
+        ({"endpoints": ["fake"]}, "upstream_model"),
+        ({"endpoints": ["a/b"], "upstream_model": "x"}, "endpoints.0"),
+        ({"endpoints": ["fake", "fake"], "upstream_model": "x"}, "endpoints"),
+        ({"endpoints": [], "upstream_model": "x"}, "endpoints"),
+        ({"endpoint": "fake", "upstream_model": "x"}, "endpoints"),
     ],
 )
 def test_a_model_the_gateway_could_not_serve_is_400(admin: httpx.Client, body: dict[str, Any], param: str) -> None:
@@ -365,7 +368,7 @@ def test_invalid_values_are_400_naming_the_field(
 
 def test_tariff_versions_are_opened_listed_and_closed(gateway: GatewayHarness, admin: httpx.Client) -> None:
     alias = unique("tariffed")
-    admin.put(f"/admin/v1/models/{alias}", json={"endpoint": "fake", "upstream_model": "qwen3-fake"})
+    admin.put(f"/admin/v1/models/{alias}", json={"endpoints": ["fake"], "upstream_model": "qwen3-fake"})
 
     first = admin.post(f"/admin/v1/tariffs/{alias}", json={})
     second = admin.post(f"/admin/v1/tariffs/{alias}", json={"write_1h": "1.8", "min_prefix_tokens": 2048})
