@@ -14,6 +14,7 @@ import pytest
 
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
+    MISS_REASONS,
     Budget,
     BudgetPeriod,
     BudgetSubject,
@@ -24,6 +25,8 @@ from cachegate.store.base import (
     Model,
     NotFound,
     RateLimit,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import hash_secret
@@ -398,6 +401,98 @@ async def test_usage_is_reported_by_utc_day_principal_and_model(store: ControlSt
         ),
     ]
     assert all(isinstance(row.cost, Decimal) and isinstance(row.list_cost, Decimal) for row in report)
+
+
+def misses(**counts: int) -> tuple[tuple[str, int], ...]:
+    return tuple((reason, counts.get(reason, 0)) for reason in MISS_REASONS)
+
+
+async def test_usage_is_grouped_by_utc_day_key_and_model_with_every_figure(store: ControlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    await store.append_ledger(
+        [
+            ledger_row(T0, "prn_a", "m", counted_prompt_tokens=103),
+            ledger_row(
+                T0 + timedelta(hours=1),
+                "prn_a",
+                "m",
+                cost=Decimal("0.2"),
+                degraded=True,
+                miss_reason="degraded",
+                cache_read_tokens=0,
+                cache_creation_5m_tokens=0,
+                cache_creation_1h_tokens=0,
+                cache_creation_24h_tokens=0,
+                counted_prompt_tokens=98,
+            ),
+            ledger_row(T0, "prn_a", "m", cost=None, list_cost=None, status=502, miss_reason="first_write"),
+            ledger_row(T0, "prn_a", "m", key_id="key_two", miss_reason="expired", cost=Decimal("0.000000001")),
+            ledger_row(T0, "prn_b", "m", key_id="key_b", prompt_tokens=80, miss_reason="prefix_changed"),
+            ledger_row(T0, "prn_a", "other", cache_read_tokens=0, miss_reason="below_floor"),
+            # 20:00 on March 1st at UTC-5 is 01:00 on March 2nd in UTC
+            ledger_row(datetime(2025, 3, 1, 20, 0, tzinfo=eastern), "prn_a", "m", miss_reason="first_write"),
+        ]
+    )
+
+    usage = await store.usage(UsageQuery())
+
+    assert usage == [  # by day, key, model
+        UsageGroup(
+            "2025-03-01", "prn_b", "key_b", "m", 1, 80, 4, 50, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(prefix_changed=1), 0, 0,
+        ),
+        # three rows: 300 prompt, reads 50+0+50, writes 5m 20+0+20, 1h 5+0+5, 24h 1+0+1
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_test", "m", 3, 300, 148, 100, 40, 10, 2, 30,
+            Decimal("0.3"), Decimal("0.6"), 1, misses(degraded=1, first_write=1), 3 - 2, 2,
+        ),
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_test", "other", 1, 100, 74, 0, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(below_floor=1), 0, 0,
+        ),
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_two", "m", 1, 100, 24, 50, 20, 5, 1, 10,
+            Decimal("0.000000001"), Decimal("0.3"), 0, misses(expired=1), 0, 0,
+        ),
+        UsageGroup(
+            "2025-03-02", "prn_a", "key_test", "m", 1, 100, 24, 50, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(first_write=1), 0, 0,
+        ),
+    ]  # fmt: skip
+    first = usage[1]
+    assert first.saving == Decimal("0.3") and first.hit_rate == 100 / 300 and first.cache_write_tokens == 52
+    assert all(isinstance(group.cost, Decimal) and isinstance(group.list_cost, Decimal) for group in usage)
+
+
+async def test_usage_is_filtered_by_time_and_principal(store: ControlStore) -> None:
+    await store.append_ledger(
+        [ledger_row(T0 + timedelta(days=day), principal, "m") for day in range(3) for principal in ("prn_a", "prn_b")]
+    )
+
+    def days(usage: list[UsageGroup]) -> list[tuple[str, str]]:
+        return [(group.day, group.principal_id) for group in usage]
+
+    since_second_day = await store.usage(UsageQuery(since=T0 + timedelta(days=1)))
+    until_second_day = await store.usage(UsageQuery(until=T0 + timedelta(days=1)))
+    one_day_of_b = await store.usage(
+        UsageQuery(since=T0 + timedelta(days=1), until=T0 + timedelta(days=2), principal_id="prn_b")
+    )
+
+    assert days(since_second_day) == [(d, p) for d in ("2025-03-02", "2025-03-03") for p in ("prn_a", "prn_b")]
+    assert days(until_second_day) == [("2025-03-01", "prn_a"), ("2025-03-01", "prn_b")]  # until is exclusive
+    assert days(one_day_of_b) == [("2025-03-02", "prn_b")]
+    assert await store.usage(UsageQuery(principal_id="prn_ghost")) == []
+    assert await store.usage(UsageQuery(since=T0 + timedelta(days=3))) == []
+
+
+async def test_usage_sums_costs_exactly(store: ControlStore) -> None:
+    rows = [ledger_row(T0, "prn_a", "m", cost=Decimal("0.1"), list_cost=Decimal("0.0000001")) for _ in range(1000)]
+
+    await store.append_ledger(rows)
+    [group] = await store.usage(UsageQuery())
+
+    assert group.cost == Decimal("100") and group.list_cost == Decimal("0.0001") and group.requests == 1000
+    assert group.saving == Decimal("-99.9999")
 
 
 async def test_usage_since_a_time_leaves_earlier_rows_out(store: ControlStore) -> None:

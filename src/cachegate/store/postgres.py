@@ -35,6 +35,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
@@ -54,6 +56,8 @@ from cachegate.store.values import (
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    usage_group_from_row,
+    usage_sums,
     utc,
     utcnow,
 )
@@ -71,6 +75,7 @@ _UNREACHABLE = (
 
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what pool.acquire() yields
 
+_USAGE_SUMS = usage_sums("coalesce(sum({column}), 0)")
 _KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
 _REVOCATIONS = "SELECT count(revoked_at) FROM api_keys"  # keys are never un-revoked: it only grows
 _TARIFF_COLUMNS = (
@@ -373,6 +378,21 @@ class PostgresStore:
                 None if since is None else utc(since),
             )
         return [UsageReportRow(**row) for row in rows]
+
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, principal_id, key_id, model,"
+                f" {_USAGE_SUMS} FROM ledger"
+                " WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)"
+                " AND ($3::text IS NULL OR principal_id = $3)"
+                " GROUP BY day, principal_id, key_id, model"
+                ' ORDER BY day, key_id COLLATE "C", model COLLATE "C", principal_id COLLATE "C"',
+                None if query.since is None else utc(query.since),
+                None if query.until is None else utc(query.until),
+                query.principal_id,
+            )
+        return [usage_group_from_row(row) for row in rows]
 
 
 async def _lock_model(connection: _Connection, model: str) -> None:

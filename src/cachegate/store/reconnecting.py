@@ -29,6 +29,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 
@@ -134,6 +136,9 @@ class ReconnectingStore:
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         return await self._backend.get().usage_report(since)
+
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        return await self._backend.get().usage(query)
 
     async def aclose(self) -> None:
         await self._backend.aclose()

@@ -40,6 +40,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
@@ -59,6 +61,8 @@ from cachegate.store.values import (
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    usage_group_from_row,
+    usage_sums,
     utc,
     utcnow,
 )
@@ -83,6 +87,7 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 
+_USAGE_SUMS = usage_sums("decimal_sum({column})")
 _KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
 _REVOCATIONS = "SELECT count(revoked_at) FROM api_keys"  # keys are never un-revoked: it only grows
 _TARIFF_COLUMNS = (
@@ -451,6 +456,28 @@ class SqliteStore:
             )
             for row in rows
         ]
+
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        conditions: list[str] = []
+        parameters: list[str] = []
+        for condition, value in (
+            ("at >= ?", None if query.since is None else encode_timestamp(query.since)),
+            ("at < ?", None if query.until is None else encode_timestamp(query.until)),
+            ("principal_id = ?", query.principal_id),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                parameters.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._run(
+            lambda connection: connection.execute(
+                f"SELECT substr(at, 1, 10) AS day, principal_id, key_id, model, {_USAGE_SUMS}"
+                f" FROM ledger {where} GROUP BY day, principal_id, key_id, model"
+                " ORDER BY day, key_id, model, principal_id",
+                parameters,
+            ).fetchall()
+        )
+        return [usage_group_from_row(row) for row in rows]
 
 
 class _DecimalSum:

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cachegate.core.types import CacheTariff, TtlTier
-from cachegate.store.base import Budget, BudgetPeriod, BudgetSubject, Model, RateLimit
+from cachegate.store.base import MISS_REASONS, Budget, BudgetPeriod, BudgetSubject, Model, RateLimit, UsageGroup
 
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -133,3 +133,48 @@ def budget_from_row(row: Mapping[str, Any]) -> Budget:
 
 def rate_limit_from_row(row: Mapping[str, Any]) -> RateLimit:
     return RateLimit(row["key_id"], row["requests_per_minute"], row["input_tokens_per_minute"])
+
+
+def usage_sums(decimal_sum: str) -> str:
+    """The aggregates of one usage group (``UsageGroup``), written once for both stores: only the
+    exact sum of a decimal column differs (``decimal_sum`` is a format with ``{column}``)."""
+    misses = "".join(f" count(*) FILTER (WHERE miss_reason = '{reason}') AS miss_{reason}," for reason in MISS_REASONS)
+    return (
+        "count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
+        " sum(prompt_tokens - cache_read_tokens - cache_creation_5m_tokens - cache_creation_1h_tokens"
+        " - cache_creation_24h_tokens) AS uncached_tokens,"
+        " sum(cache_read_tokens) AS cache_read_tokens,"
+        " sum(cache_creation_5m_tokens) AS cache_write_5m_tokens,"
+        " sum(cache_creation_1h_tokens) AS cache_write_1h_tokens,"
+        " sum(cache_creation_24h_tokens) AS cache_write_24h_tokens,"
+        " sum(completion_tokens) AS completion_tokens,"
+        f" {decimal_sum.format(column='cost')} AS cost, {decimal_sum.format(column='list_cost')} AS list_cost,"
+        " count(*) FILTER (WHERE degraded) AS degraded,"
+        f"{misses}"
+        " coalesce(sum(counted_prompt_tokens - prompt_tokens), 0) AS drift_sum,"
+        " count(counted_prompt_tokens) AS drift_count"
+    )
+
+
+def usage_group_from_row(row: Mapping[str, Any]) -> UsageGroup:
+    """A row of ``usage_sums`` (SQLite's, decimals as text, or PostgreSQL's) as a UsageGroup."""
+    return UsageGroup(
+        day=row["day"],
+        principal_id=row["principal_id"],
+        key_id=row["key_id"],
+        model=row["model"],
+        requests=row["requests"],
+        prompt_tokens=row["prompt_tokens"],
+        uncached_tokens=row["uncached_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_5m_tokens=row["cache_write_5m_tokens"],
+        cache_write_1h_tokens=row["cache_write_1h_tokens"],
+        cache_write_24h_tokens=row["cache_write_24h_tokens"],
+        completion_tokens=row["completion_tokens"],
+        cost=Decimal(row["cost"]),
+        list_cost=Decimal(row["list_cost"]),
+        degraded=row["degraded"],
+        misses=tuple((reason, row[f"miss_{reason}"]) for reason in MISS_REASONS),
+        drift_sum=row["drift_sum"],
+        drift_count=row["drift_count"],
+    )
