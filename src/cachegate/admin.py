@@ -17,12 +17,14 @@ import argparse
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
+from cachegate import reporting
 from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
+from cachegate.reporting import UsageFormat
 from cachegate.store.base import ControlStore, Endpoint, Model, NotFound, StoreError, TariffVersion
 from cachegate.store.factory import open_store
 from cachegate.store.values import decimal_text, parse_decimal, utcnow
@@ -33,6 +35,7 @@ ConfigCheck = Callable[[argparse.Namespace, Config], str | None]
 
 _DEFAULT_TARIFF = CacheTariff()
 _DEFAULT_TOKENIZER = "qwen3"
+_USAGE_HELP = "the usage ledger by UTC day, key and model: tokens, cache reads and writes, cost, saving, misses"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,9 +107,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = _command(tariff, "list", "list tariff versions, oldest first", _tariff_list)
     listing.add_argument("model", nargs="?")
 
-    usage = _group(subparsers, "usage", "the usage ledger")
-    report = _command(usage, "report", "requests, tokens and cost by day (UTC), principal and model", _usage_report)
-    report.add_argument("--since", type=_day, help="first day to include, YYYY-MM-DD (UTC)")
+    usage = subparsers.add_parser("usage", help=_USAGE_HELP, description=_USAGE_HELP)
+    usage.set_defaults(run=_with_store(_usage))
+    usage.add_argument("--since", type=_time_bound("since"), help="from this day (YYYY-MM-DD, UTC) or timestamp")
+    usage.add_argument(
+        "--until", type=_time_bound("until"), help="through this day (YYYY-MM-DD, UTC), or before this timestamp"
+    )
+    usage.add_argument("--principal", help="only this principal's usage (name or id)")
+    usage.add_argument(
+        "--format", type=UsageFormat, choices=list(UsageFormat), default=UsageFormat.TABLE, help="default: table"
+    )
 
 
 # principals and keys
@@ -293,42 +303,21 @@ def _tariff_state(version: TariffVersion, now: datetime) -> str:
 # usage
 
 
-async def _usage_report(args: argparse.Namespace, store: ControlStore) -> int:
-    rows = await store.usage_report(args.since)
+async def _usage(args: argparse.Namespace, store: ControlStore) -> int:
+    try:
+        parameters = reporting.checked(reporting.UsageParameters(args.since, args.until, args.principal, args.format))
+    except reporting.UsageParameterError as exc:
+        print(f"cachegate: --{exc}", file=sys.stderr)
+        return 2
+    principal_id = None if parameters.principal is None else (await store.get_principal(parameters.principal)).id
+    groups = await store.usage(parameters.query(principal_id))
     names = {p.id: p.name for p in await store.list_principals()}
-    _print_table(
-        (
-            "DAY",
-            "PRINCIPAL",
-            "MODEL",
-            "ROUTE",
-            "REQUESTS",
-            "PROMPT",
-            "COMPLETION",
-            "CACHE READ",
-            "CACHE WRITE",
-            "COST",
-            "LIST COST",
-            "DEGRADED",
-        ),
-        [
-            (
-                r.day,
-                names.get(r.principal_id, r.principal_id),
-                r.model,
-                r.route,
-                r.requests,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cache_read_tokens,
-                r.cache_creation_tokens,
-                r.cost,
-                r.list_cost,
-                r.degraded,
-            )
-            for r in rows
-        ],
-    )
+    if parameters.format is UsageFormat.JSON:
+        print(reporting.usage_json(parameters, groups, names).decode())
+    elif parameters.format is UsageFormat.CSV:
+        print(reporting.usage_csv(groups, names), end="")
+    else:
+        _print_table([header for header, _ in reporting.TABLE_COLUMNS], reporting.table_rows(groups, names))
     return 0
 
 
@@ -348,12 +337,14 @@ def _token_count(text: str) -> int:
     return int(text)
 
 
-def _day(text: str) -> datetime:
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, not {text!r}") from None
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _time_bound(parameter: str) -> Callable[[str], datetime]:
+    def parse(text: str) -> datetime:
+        try:
+            return reporting.parse_time(text, parameter, until=parameter == "until")
+        except reporting.UsageParameterError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _http_url(text: str) -> str:
