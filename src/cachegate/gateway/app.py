@@ -34,6 +34,7 @@ from cachegate.gateway.metrics import metrics_page, send_metrics
 from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
 from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.gateway.salting import CacheSalts
+from cachegate.gateway.usage import TenantUsage
 from cachegate.index.base import CacheIndex
 from cachegate.index.sweeper import Sweeper
 from cachegate.store.base import ControlStore
@@ -112,6 +113,7 @@ class Gateway:
             ("POST", "/v1/embeddings"): metered(EMBEDDINGS),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
             ("GET", "/metrics"): Route("metrics", metrics_page),
+            ("GET", "/v1/usage"): Route("usage", TenantUsage(store)),
             ("POST", "/v1/messages"): Route(
                 "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
             ),
