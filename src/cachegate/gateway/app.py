@@ -18,6 +18,8 @@ from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, h
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
+from cachegate.dashboard import dashboard_app
+from cachegate.dashboard.pages import PREFIX as ADMIN_PREFIX
 from cachegate.gateway import metrics
 from cachegate.gateway.admission import InFlight
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, TooManyFailures, bearer_secret
@@ -122,6 +124,7 @@ class Gateway:
             ),
         }
         self._model_detail = Route("models", ModelDetail(self.catalog))
+        self._admin = dashboard_app(store, self.keys)  # /admin/…: the dashboard (SPEC §13)
 
     async def startup(self) -> None:
         """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
@@ -190,6 +193,9 @@ class Gateway:
             path = normalised_path(scope["path"], scope.get("raw_path"))
         except DotSegment as exc:
             await Refusal(400, str(exc), "invalid_path").send(send)
+            return
+        if path == ADMIN_PREFIX or path.startswith(f"{ADMIN_PREFIX}/"):
+            await self._admin(scope, receive, send)  # its own routes, trailing slashes as sent
             return
         scope["path"] = path
         if path == "/healthz":
