@@ -19,6 +19,8 @@ from conftest import TEST_CONFIG
 from openai import OpenAI
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 
 from cachegate.store.base import MISS_REASONS, Budget, BudgetPeriod, BudgetSubject, LedgerRow
 from cachegate.tokens.base import TokenCounter
@@ -112,6 +114,14 @@ def pick(figures: dict[str, str], names: Iterable[str]) -> dict[str, str]:
     return {name: figures[name] for name in names}
 
 
+def follow(driver: WebDriver, element: Any) -> None:
+    """Click a link or a submit button and wait until the next page has replaced this one."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(staleness_of(page))
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def shot(driver: WebDriver, folder: Path, name: str) -> None:
     driver.save_screenshot(str(folder / f"{name}.png"))
 
@@ -180,7 +190,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         assert driver.current_url == f"{admin}/login"
         for secret, message in ((keys.a, "not an admin key"), ("sk-not-a-key", "not a valid API key")):
             driver.find_element(By.ID, "key").send_keys(secret)
-            driver.find_element(By.ID, "login").click()
+            follow(driver, driver.find_element(By.ID, "login"))
             assert message in driver.find_element(By.ID, "message").text
             assert driver.get_cookie("cachegate_admin") is None
             driver.get(f"{admin}/")
@@ -188,7 +198,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         shot(driver, screenshots, "login-refused")
 
         driver.find_element(By.ID, "key").send_keys(keys.admin)
-        driver.find_element(By.ID, "login").click()
+        follow(driver, driver.find_element(By.ID, "login"))
         assert driver.current_url == f"{admin}/"
         cookie = driver.get_cookie("cachegate_admin")
         assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -220,7 +230,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         shot(driver, screenshots, "overview")
 
         # A principal's page, reached by its link: its own figures, per model and per key.
-        driver.find_element(By.CSS_SELECTOR, f'#per-principal tr[data-row="{keys.principal_a}"] a').click()
+        follow(driver, driver.find_element(By.CSS_SELECTOR, f'#per-principal tr[data-row="{keys.principal_a}"] a'))
         assert driver.find_element(By.ID, "title").text == "Principal tenant-a"
         assert figures_in(driver.find_element(By.ID, "totals")) == of_a.cards()
         assert table_rows(driver, "per-day") == {today: of_a.cells()}
@@ -233,7 +243,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
 
         # A model's page: its figures, per principal, and its count drift.
         driver.get(f"{admin}/")
-        driver.find_element(By.CSS_SELECTOR, '#per-model tr[data-row="cached"] a').click()
+        follow(driver, driver.find_element(By.CSS_SELECTOR, '#per-model tr[data-row="cached"] a'))
         cached = ledger.where(lambda row: row.model == "cached")
         assert driver.find_element(By.ID, "title").text == "Model cached"
         assert figures_in(driver.find_element(By.ID, "totals")) == cached.cards()
@@ -254,7 +264,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
 
         # Logging out forgets the key.
         driver.get(f"{admin}/")
-        driver.find_element(By.ID, "logout").click()
+        follow(driver, driver.find_element(By.ID, "logout"))
         assert driver.current_url == f"{admin}/login" and driver.get_cookie("cachegate_admin") is None
         driver.get(f"{admin}/models/cached")
         assert driver.current_url == f"{admin}/login"
