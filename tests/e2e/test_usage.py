@@ -144,3 +144,37 @@ def test_bad_parameters_are_400(gateway: GatewayHarness, query: str, param: str)
 def test_usage_needs_a_key(gateway: GatewayHarness) -> None:
     assert get(gateway, "/v1/usage", None)[0] == 401
     assert get(gateway, "/v1/usage", "sk-not-a-key")[0] == 401
+
+
+# the admin API's usage: any principal, for an admin key only
+
+
+def test_the_admin_api_sees_every_principal_or_the_one_asked_for(
+    gateway: GatewayHarness, traffic: dict[str, list[LedgerRow]]
+) -> None:
+    keys = gateway.keys
+    status, headers, body = get(gateway, "/admin/v1/usage", keys.admin)
+    by_name = get(gateway, "/admin/v1/usage?principal=tenant-b", keys.admin)
+    by_id_csv = get(gateway, f"/admin/v1/usage?principal={keys.principal_a}&format=csv", keys.admin)
+
+    assert status == 200 and headers["content-type"] == "application/json"
+    records = json.loads(body)["data"]
+    assert {keys.principal_a, keys.principal_b} <= {r["principal_id"] for r in records}
+    for principal in (keys.principal_a, keys.principal_b):
+        assert shown_totals([r for r in records if r["principal_id"] == principal]) == totals(traffic[principal])
+    assert by_name[0] == 200 and shown_totals(json.loads(by_name[2])["data"]) == totals(traffic[keys.principal_b])
+    assert by_id_csv[0] == 200 and by_id_csv[1]["content-type"] == "text/csv; charset=utf-8"
+    csv_records = list(csv.DictReader(io.StringIO(by_id_csv[2].decode())))
+    assert shown_totals(csv_records) == totals(traffic[keys.principal_a])
+
+
+def test_the_admin_api_usage_refuses_tenants_and_bad_parameters(gateway: GatewayHarness) -> None:
+    keys = gateway.keys
+    assert get(gateway, "/admin/v1/usage", None)[0] == 401
+    tenant = get(gateway, f"/admin/v1/usage?principal={keys.principal_a}", keys.a)
+    assert tenant[0] == 403 and json.loads(tenant[2])["error"]["code"] == "admin_key_required"
+    ghost = get(gateway, "/admin/v1/usage?principal=prn_ghost", keys.admin)
+    assert ghost[0] == 404 and json.loads(ghost[2])["error"]["code"] == "not_found"
+    for query, param in (("since=yesterday", "since"), ("format=xml", "format"), ("limit=1", "limit")):
+        status, _, body = get(gateway, f"/admin/v1/usage?{query}", keys.admin)
+        assert status == 400 and json.loads(body)["error"]["param"] == param, body

@@ -69,6 +69,11 @@ def table(result: Result) -> list[dict[str, str]]:
     return [dict(zip(names, re.split(r" {2,}", row.strip()), strict=True)) for row in rows]
 
 
+def fields(result: Result) -> dict[str, str]:
+    """The ``label  value`` lines of one printed object."""
+    return dict(re.split(r" {2,}", line.strip(), maxsplit=1) for line in result.lines)  # type: ignore[misc]
+
+
 async def test_principals_are_created_and_listed(cli: Cli) -> None:
     created = await cli("principal", "create", "zeta")
     await cli("principal", "create", "acme")
@@ -304,3 +309,109 @@ async def test_numbers_are_right_aligned_under_their_header(cli: Cli) -> None:
     header, row = listing.lines
     assert header.endswith("MIN PREFIX") and row.endswith(" " * len("MIN PREFIX") + "7")
     assert row.index("in force") == header.index("STATE")
+
+
+async def test_budgets_are_set_replaced_listed_and_deleted(cli: Cli, sqlite_store: ControlStore) -> None:
+    acme = await sqlite_store.create_principal("acme")
+    key, _ = await sqlite_store.create_api_key(acme.id)
+
+    by_name = await cli("budget", "set", "25.00", "--principal", "acme", "--period", "month")
+    await cli("budget", "set", "1.5", "--key", key.id, "--period", "day")
+    replaced = await cli("budget", "set", "30", "--principal", acme.id, "--period", "month")
+    listing = await cli("budget", "list")
+    of_key = await cli("budget", "list", "--key", key.id)
+    of_principal = await cli("budget", "list", "--principal", "acme")
+    deleted = await cli("budget", "delete", "--key", key.id, "--period", "day")
+    again = await cli("budget", "delete", "--key", key.id, "--period", "day")
+    after = await cli("budget", "list")
+
+    assert by_name.code == 0
+    assert fields(by_name) == {
+        "subject": "principal",
+        "id": acme.id,
+        "name": "acme",
+        "period": "month",
+        "limit": "25.00",
+    }
+    assert replaced.code == 0 and fields(replaced)["limit"] == "30"
+    assert table(listing) == [
+        {"SUBJECT": "key", "ID": key.id, "NAME": "-", "PERIOD": "day", "LIMIT": "1.5"},
+        {"SUBJECT": "principal", "ID": acme.id, "NAME": "acme", "PERIOD": "month", "LIMIT": "30"},
+    ]
+    assert table(of_key) == table(listing)[:1] and table(of_principal) == table(listing)[1:]
+    assert (deleted.code, deleted.out) == (0, f"deleted the day budget of key {key.id}\n")
+    assert (again.code, again.out) == (0, f"key {key.id} had no day budget: nothing changed\n")
+    assert [row["SUBJECT"] for row in table(after)] == ["principal"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("budget", "set", "5", "--principal", "ghost", "--period", "day"), "principal 'ghost' does not exist"),
+        (("budget", "set", "5", "--key", "key_ghost", "--period", "total"), "key 'key_ghost' does not exist"),
+        (("budget", "list", "--principal", "ghost"), "principal 'ghost' does not exist"),
+        (("limit", "set", "key_ghost", "--requests-per-minute", "5"), "API key 'key_ghost' does not exist"),
+        (("limit", "list", "key_ghost"), "API key 'key_ghost' does not exist"),
+    ],
+)
+async def test_budgets_and_limits_of_unknown_subjects_are_one_line_on_stderr(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    result = await cli(*argv)
+
+    assert (result.code, result.out, result.err) == (1, "", f"error: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("budget", "set", "5", "--period", "day"),  # no subject
+        ("budget", "set", "5", "--key", "k", "--principal", "p", "--period", "day"),  # two
+        ("budget", "set", "5", "--key", "k", "--period", "week"),
+        ("budget", "set", "-5", "--key", "k", "--period", "day"),
+        ("budget", "delete", "--key", "k"),  # no period
+        ("limit", "set", "k", "--requests-per-minute", "0"),
+        ("limit", "set", "k", "--input-tokens-per-minute", "lots"),
+    ],
+)
+async def test_malformed_budget_and_limit_arguments_are_usage_errors(cli: Cli, argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await cli(*argv)
+
+    assert exited.value.code == 2
+
+
+async def test_rate_limits_are_set_replaced_listed_and_lifted(cli: Cli, sqlite_store: ControlStore) -> None:
+    acme = await sqlite_store.create_principal("acme")
+    first, _ = await sqlite_store.create_api_key(acme.id)
+    second, _ = await sqlite_store.create_api_key(acme.id)
+
+    set_ = await cli("limit", "set", first.id, "--requests-per-minute", "60")
+    await cli("limit", "set", second.id, "--requests-per-minute", "10", "--input-tokens-per-minute", "50000")
+    replaced = await cli("limit", "set", first.id, "--input-tokens-per-minute", "2000")
+    listing = await cli("limit", "list")
+    one = await cli("limit", "list", second.id)
+    lifted = await cli("limit", "delete", first.id)
+    again = await cli("limit", "delete", first.id)
+    none_left = await cli("limit", "list", first.id)
+
+    assert set_.code == 0
+    assert fields(set_) == {"key id": first.id, "requests per minute": "60", "input tokens per minute": "off"}
+    assert fields(replaced)["requests per minute"] == "off"
+    rows = {row["KEY"]: row for row in table(listing)}
+    assert rows == {
+        first.id: {"KEY": first.id, "REQUESTS/MIN": "off", "INPUT TOKENS/MIN": "2000"},
+        second.id: {"KEY": second.id, "REQUESTS/MIN": "10", "INPUT TOKENS/MIN": "50000"},
+    }
+    assert table(one) == [rows[second.id]]
+    assert (lifted.code, lifted.out) == (0, f"lifted the rate limits of {first.id}\n")
+    assert (again.code, again.out) == (0, f"{first.id} had no rate limits: nothing changed\n")
+    assert (none_left.code, none_left.err) == (1, f"error: API key {first.id!r} has no rate limits\n")
+
+
+async def test_a_limit_set_with_no_limit_is_refused(cli: Cli, sqlite_store: ControlStore) -> None:
+    key, _ = await sqlite_store.create_api_key((await sqlite_store.create_principal("acme")).id)
+
+    refused = await cli("limit", "set", key.id)
+
+    assert refused.code == 2 and "give requests_per_minute, input_tokens_per_minute or both" in refused.err

@@ -4,7 +4,8 @@ Server-rendered HTML from the package's jinja templates, charts as inline SVG (`
 style inline: the pages load nothing from anywhere else and work offline, with scripts off. Each
 page reads the usage of its window (``?days=N``, the last 30 UTC days by default) from the store
 and turns it into figures with ``figures.py``; the routes here only fetch, check and render.
-They are relative routes, mounted under ``/admin``.
+The gateway hands the admin application every path under ``/admin`` without its trailing
+slash, so the overview is ``/admin`` (``/admin/`` arrives as that).
 """
 
 from __future__ import annotations
@@ -111,12 +112,12 @@ class Dashboard:
     @property
     def routes(self) -> list[Route]:
         return [
-            Route("/", self.overview, methods=["GET"], name="dashboard_overview"),
-            Route("/login", self.login_form, methods=["GET"], name="dashboard_login"),
-            Route("/login", self.login, methods=["POST"], name="dashboard_login_submit"),
-            Route("/logout", self.logout, methods=["POST"], name="dashboard_logout"),
-            Route("/principals/{principal}", self.principal, methods=["GET"], name="dashboard_principal"),
-            Route("/models/{model:path}", self.model, methods=["GET"], name="dashboard_model"),
+            Route(PREFIX, self.overview, methods=["GET"], name="dashboard_overview"),
+            Route(f"{PREFIX}/login", self.login_form, methods=["GET"], name="dashboard_login"),
+            Route(f"{PREFIX}/login", self.login, methods=["POST"], name="dashboard_login_submit"),
+            Route(f"{PREFIX}/logout", self.logout, methods=["POST"], name="dashboard_logout"),
+            Route(f"{PREFIX}/principals/{{principal}}", self.principal, methods=["GET"], name="dashboard_principal"),
+            Route(f"{PREFIX}/models/{{model:path}}", self.model, methods=["GET"], name="dashboard_model"),
         ]
 
     def _render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Awaitable
 from typing import Final
 
+from cachegate.admin_api.app import build_admin_app
 from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
-from cachegate.dashboard import dashboard_app
-from cachegate.dashboard.pages import PREFIX as ADMIN_PREFIX
 from cachegate.gateway import metrics
 from cachegate.gateway.admission import InFlight
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, TooManyFailures, bearer_secret
@@ -124,7 +123,7 @@ class Gateway:
             ),
         }
         self._model_detail = Route("models", ModelDetail(self.catalog))
-        self._admin = dashboard_app(store, self.keys)  # /admin/…: the dashboard (SPEC §13)
+        self.admin = build_admin_app(store, config, self.keys, self.catalog)  # every path under /admin (SPEC §13)
 
     async def startup(self) -> None:
         """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
@@ -194,10 +193,10 @@ class Gateway:
         except DotSegment as exc:
             await Refusal(400, str(exc), "invalid_path").send(send)
             return
-        if path == ADMIN_PREFIX or path.startswith(f"{ADMIN_PREFIX}/"):
-            await self._admin(scope, receive, send)  # its own routes, trailing slashes as sent
-            return
         scope["path"] = path
+        if path == "/admin" or path.startswith("/admin/"):
+            await self.admin(scope, receive, send)
+            return
         if path == "/healthz":
             await send_alive(send)
             return

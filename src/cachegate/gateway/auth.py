@@ -142,6 +142,10 @@ class KeyResolver:
     async def revoke(self, key_id: str) -> None:
         """Revoke ``key_id`` in the store and stop accepting it here at once."""
         await self._store.revoke_api_key(key_id)
+        self.forget_key(key_id)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop the cached answers for ``key_id``: its next use is looked up in the store again."""
         for digest in [d for d, known in self._known.items() if known.key.id == key_id]:
             del self._known[digest]
 

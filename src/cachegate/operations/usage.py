@@ -1,9 +1,11 @@
-"""The usage operation (SPEC §13): its parameters, and its renderings as JSON, CSV and a table.
+"""The usage operation (SPEC §13): its parameters, the report, and its renderings as JSON, CSV and
+a table.
 
 One implementation for the three surfaces that show usage: ``cachegate usage`` (the CLI),
 ``GET /v1/usage`` (a tenant's own usage, on the gateway) and ``GET /admin/v1/usage`` (any
-principal's, for an admin key). Each parses its parameters with ``parse_parameters``, asks the
-store (``ControlStore.usage``) and renders the groups with ``render``, so the three cannot drift.
+principal's, for an admin key). Each reads its parameters (``parse_parameters`` from a query
+string), runs ``usage`` (``ControlStore.usage``, the principal resolved by name or id) and renders
+the report with ``usage_json``, ``usage_csv`` or ``table_rows``, so the three cannot drift.
 
 A time bound is a UTC day (``2025-03-01``) or an ISO-8601 timestamp with its offset. ``since`` is
 inclusive; ``until`` is exclusive for a timestamp and, for a day, includes that whole day: the
@@ -22,8 +24,8 @@ from typing import Any, Final
 
 import orjson
 
-from cachegate.core.errors import CachegateError
-from cachegate.store.base import MISS_REASONS, UsageGroup, UsageQuery
+from cachegate.operations.checks import InvalidArgument
+from cachegate.store.base import MISS_REASONS, ControlStore, UsageGroup, UsageQuery
 from cachegate.store.values import decimal_text
 
 
@@ -31,14 +33,6 @@ class UsageFormat(enum.StrEnum):
     JSON = "json"
     CSV = "csv"
     TABLE = "table"  # the CLI's
-
-
-class UsageParameterError(CachegateError, ValueError):
-    """A usage parameter the caller got wrong (answered 400, or exit 2 on the CLI)."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(f"{parameter}: {message}")
-        self.parameter = parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +48,25 @@ class UsageParameters:
         return UsageQuery(since=self.since, until=self.until, principal_id=principal_id)
 
 
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    parameters: UsageParameters
+    groups: list[UsageGroup]
+    principal_names: dict[str, str]  # id -> name, of every principal in the groups
+
+
+async def usage(store: ControlStore, parameters: UsageParameters) -> UsageReport:
+    """The usage the parameters select; ``parameters.principal`` is a name or an id (NotFound if
+    neither). Refuses a backwards window (InvalidArgument)."""
+    checked(parameters)
+    principal_id = None
+    if parameters.principal is not None:
+        principal_id = (await store.get_principal(parameters.principal)).id
+    groups = await store.usage(parameters.query(principal_id))
+    names = {p.id: p.name for p in await store.list_principals()}
+    return UsageReport(parameters, groups, {pid: names.get(pid, pid) for pid in {g.principal_id for g in groups}})
+
+
 PARAMETERS: Final = ("since", "until", "principal", "format")
 
 
@@ -64,17 +77,17 @@ def parse_time(text: str, parameter: str, *, until: bool = False) -> datetime:
         try:
             day = date.fromisoformat(text)
         except ValueError:
-            raise UsageParameterError(parameter, f"expected a day as YYYY-MM-DD, not {text!r}") from None
+            raise InvalidArgument(parameter, f"{parameter}: expected a day as YYYY-MM-DD, not {text!r}") from None
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         return start + timedelta(days=1) if until else start
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise UsageParameterError(
-            parameter, f"expected YYYY-MM-DD or an ISO-8601 timestamp with its offset, not {text!r}"
+        raise InvalidArgument(
+            parameter, f"{parameter}: expected YYYY-MM-DD or an ISO-8601 timestamp with its offset, not {text!r}"
         ) from None
     if at.tzinfo is None:
-        raise UsageParameterError(parameter, f"the timestamp {text!r} needs an offset, such as Z or +00:00")
+        raise InvalidArgument(parameter, f"{parameter}: the timestamp {text!r} needs an offset, such as Z or +00:00")
     return at.astimezone(UTC)
 
 
@@ -84,9 +97,9 @@ def parse_parameters(pairs: Sequence[tuple[str, str]], formats: Sequence[UsageFo
     values: dict[str, str] = {}
     for name, value in pairs:
         if name not in PARAMETERS:
-            raise UsageParameterError(name, f"unknown parameter; the parameters are {', '.join(PARAMETERS)}")
+            raise InvalidArgument(name, f"{name}: unknown parameter; the parameters are {', '.join(PARAMETERS)}")
         if name in values:
-            raise UsageParameterError(name, "given more than once")
+            raise InvalidArgument(name, f"{name}: given more than once")
         values[name] = value
     return checked(
         UsageParameters(
@@ -100,13 +113,13 @@ def parse_parameters(pairs: Sequence[tuple[str, str]], formats: Sequence[UsageFo
 
 def checked(parameters: UsageParameters) -> UsageParameters:
     if parameters.since is not None and parameters.until is not None and parameters.until <= parameters.since:
-        raise UsageParameterError("until", "must come after since")
+        raise InvalidArgument("until", "until must come after since")
     return parameters
 
 
 def _format(text: str, formats: Sequence[UsageFormat]) -> UsageFormat:
     if text not in {f.value for f in formats}:
-        raise UsageParameterError("format", f"expected one of {', '.join(f.value for f in formats)}, not {text!r}")
+        raise InvalidArgument("format", f"format: expected one of {', '.join(f.value for f in formats)}, not {text!r}")
     return UsageFormat(text)
 
 
@@ -178,23 +191,24 @@ def flat_record(group: UsageGroup, principal_names: Mapping[str, str]) -> dict[s
     return fields
 
 
-def usage_json(parameters: UsageParameters, groups: Sequence[UsageGroup], principal_names: Mapping[str, str]) -> bytes:
+def usage_json(report: UsageReport) -> bytes:
+    parameters = report.parameters
     return orjson.dumps(
         {
             "object": "usage",
             "since": None if parameters.since is None else parameters.since.isoformat(),
             "until": None if parameters.until is None else parameters.until.isoformat(),
-            "data": [record(group, principal_names) for group in groups],
+            "data": [record(group, report.principal_names) for group in report.groups],
         }
     )
 
 
-def usage_csv(groups: Sequence[UsageGroup], principal_names: Mapping[str, str]) -> str:
+def usage_csv(report: UsageReport) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\r\n")  # RFC 4180's line ends
     writer.writeheader()
-    for group in groups:
-        writer.writerow(flat_record(group, principal_names))
+    for group in report.groups:
+        writer.writerow(flat_record(group, report.principal_names))
     return out.getvalue()
 
 
@@ -223,11 +237,11 @@ TABLE_COLUMNS: Final = (
 """The CLI's table: its headers and the record field under each."""
 
 
-def table_rows(groups: Sequence[UsageGroup], principal_names: Mapping[str, str]) -> list[list[object]]:
+def table_rows(report: UsageReport) -> list[list[object]]:
     """The table's cells; money as Decimal, so the table right-aligns it as a number."""
     rows = []
-    for group in groups:
-        fields = flat_record(group, principal_names)
+    for group in report.groups:
+        fields = flat_record(group, report.principal_names)
         fields.update(cost=group.cost, list_cost=group.list_cost, saving=group.saving)
         rows.append([fields[field] for _, field in TABLE_COLUMNS])
     return rows
