@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,9 @@ def follow(driver: WebDriver, element: Any) -> None:
 
 
 def shot(driver: WebDriver, folder: Path, name: str) -> None:
+    """A screenshot of the whole page (the window grown to its height)."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(800, int(height) + 120))
     driver.save_screenshot(str(folder / f"{name}.png"))
 
 
@@ -163,6 +166,31 @@ def scripted_run(gateway: GatewayHarness) -> list[LedgerRow]:
     return gateway.ledger_rows("chat")
 
 
+def history(gateway: GatewayHarness, now: datetime) -> list[LedgerRow]:
+    """Ledger rows of the six days before today (as a journal replay would bring them), with miss
+    reasons and count drift, so the charts have days to draw and the month's window is crossed."""
+    keys = gateway.keys
+    key_of = {p: gateway.call(gateway.store.list_api_keys(p))[0].id for p in (keys.principal_a, keys.principal_b)}
+    rows = []
+    for days_ago in range(1, 7):
+        at = now - timedelta(days=days_ago)
+        for principal in (keys.principal_a, keys.principal_b)[: 1 + days_ago % 2]:
+            read = 100 * days_ago
+            rows.append(
+                LedgerRow(
+                    at=at, principal_id=principal, key_id=key_of[principal], model="cached", status=200,
+                    streaming=False, prompt_tokens=1000 + days_ago, completion_tokens=20, cache_read_tokens=read,
+                    cache_creation_5m_tokens=50, cache_creation_1h_tokens=30, cache_creation_24h_tokens=0,
+                    upstream_cached_tokens=None, cost=Decimal(f"0.00{days_ago}5"), list_cost=Decimal("0.0101"),
+                    latency_ms=30.0, degraded=days_ago == 3, counted_prompt_tokens=1000 + 2 * days_ago,
+                    row_id=f"history-{principal}-{days_ago}",
+                    miss_reason=("first_write", "expired", "prefix_changed", "expired", None, "expired")[days_ago - 1],
+                )
+            )  # fmt: skip
+    gateway.call(gateway.store.append_ledger(rows))
+    return rows
+
+
 def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_path: Path) -> None:
     gateway = dashboard_gateway
     keys = gateway.keys
@@ -174,11 +202,17 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         Budget(BudgetSubject.PRINCIPAL, keys.principal_b, BudgetPeriod.TOTAL, Decimal("100")),
     ):
         gateway.call(store.put_budget(budget))
+    now = datetime.now(UTC)
+    today, month = now.date().isoformat(), now.date().isoformat()[:7]
+    past = history(gateway, now)
     ledger = Expected(scripted_run(gateway))
-    assert ledger.sum("cache_read_tokens") > 0 and ledger.written > 0 and any(r.degraded for r in ledger.rows)
+    assert len(ledger.rows) == len(past) + 9 and ledger.written > 0 and any(r.degraded for r in ledger.rows)
+    assert any(row.cache_read_tokens for row in ledger.rows if row not in past)  # the run read from the cache
     of_a = ledger.where(lambda row: row.principal_id == keys.principal_a)
     of_b = ledger.where(lambda row: row.principal_id == keys.principal_b)
-    today = datetime.now(UTC).date().isoformat()
+    by_day = {
+        day: ledger.where(lambda row, d=day: day_of(row) == d).cells() for day in {day_of(row) for row in ledger.rows}
+    }
     screenshots = tmp_path / "screenshots"
     screenshots.mkdir()
     print(f"dashboard screenshots: {screenshots}")
@@ -207,7 +241,7 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         # Overview: totals, the day, each principal, each model, misses, budgets.
         assert driver.find_element(By.ID, "title").text == "Overview"
         assert figures_in(driver.find_element(By.ID, "totals")) == ledger.cards()
-        assert table_rows(driver, "per-day") == {today: ledger.cells()}
+        assert table_rows(driver, "per-day") == by_day
         assert table_rows(driver, "per-principal") == {keys.principal_a: of_a.cells(), keys.principal_b: of_b.cells()}
         models = table_rows(driver, "per-model")
         assert sorted(models) == sorted({row.model for row in ledger.rows})
@@ -216,14 +250,18 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
             assert shown == {**of_model.cells(), "drift": of_model.drift()[0], "drift_count": of_model.drift()[1]}
         assert show_misses(driver) == ledger.misses()
         budgets = table_rows(driver, "budgets")
+        of_key_b = of_b.where(lambda row: row.key_id == key_b)
         assert budgets == {
-            f"principal:{keys.principal_a}:day": budget_cells("0.01", of_a.money("cost")),
-            f"key:{key_b}:month": budget_cells("5", of_b.where(lambda r: r.key_id == key_b).money("cost")),
-            f"principal:{keys.principal_b}:total": budget_cells("100", of_b.money("cost")),
+            f"principal:{keys.principal_a}:day": budget_cells("0.01", of_a.where(lambda r: day_of(r) == today)),
+            f"key:{key_b}:month": budget_cells("5", of_key_b.where(lambda r: day_of(r).startswith(month))),
+            f"principal:{keys.principal_b}:total": budget_cells("100", of_b),
         }
         hit_rate_points = driver.find_elements(By.CSS_SELECTOR, "#chart-hit-rate circle title")
         assert len(hit_rate_points) == 30
-        assert hit_rate_points[-1].get_attribute("textContent") == f"{today} hit rate: {ledger.cells()['hit_rate']}"
+        for point, days_ago in ((-1, 0), (-3, 2)):
+            day = (now - timedelta(days=days_ago)).date().isoformat()
+            tip = f"{day} hit rate: {by_day[day]['hit_rate']}"
+            assert hit_rate_points[point].get_attribute("textContent") == tip
         for chart in ("chart-tokens", "chart-spend"):
             assert driver.find_element(By.ID, chart).find_elements(By.TAG_NAME, "polyline")
         assert nothing_from_elsewhere(driver, gateway.base_url)
@@ -233,7 +271,9 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         follow(driver, driver.find_element(By.CSS_SELECTOR, f'#per-principal tr[data-row="{keys.principal_a}"] a'))
         assert driver.find_element(By.ID, "title").text == "Principal tenant-a"
         assert figures_in(driver.find_element(By.ID, "totals")) == of_a.cards()
-        assert table_rows(driver, "per-day") == {today: of_a.cells()}
+        assert table_rows(driver, "per-day") == {
+            day: of_a.where(lambda row, d=day: day_of(row) == d).cells() for day in {day_of(r) for r in of_a.rows}
+        }
         assert {k: pick(v, of_a.cells()) for k, v in table_rows(driver, "per-model").items()} == {
             model: of_a.where(lambda row, m=model: row.model == m).cells() for model in {r.model for r in of_a.rows}
         }
@@ -256,9 +296,10 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
         assert show_misses(driver) == cached.misses()
         shot(driver, screenshots, "model")
 
-        # A window of one day shows the same (everything happened today); a bad one is refused.
+        # A window of one day shows today's; a bad one is refused.
         driver.get(f"{admin}/?days=1")
-        assert figures_in(driver.find_element(By.ID, "totals")) == ledger.cards()
+        assert figures_in(driver.find_element(By.ID, "totals")) == ledger.where(lambda r: day_of(r) == today).cards()
+        assert list(table_rows(driver, "per-day")) == [today]
         driver.get(f"{admin}/?days=0")
         assert "days must be" in driver.find_element(By.ID, "message").text
 
@@ -276,7 +317,12 @@ def test_the_dashboard_shows_the_ledger(dashboard_gateway: GatewayHarness, tmp_p
     ]
 
 
-def budget_cells(limit: str, spent: Decimal) -> dict[str, str]:
+def day_of(row: LedgerRow) -> str:
+    return row.at.astimezone(UTC).date().isoformat()
+
+
+def budget_cells(limit: str, rows: Expected) -> dict[str, str]:
+    spent = rows.money("cost")
     return {"limit": limit, "spent": format(spent, "f"), "share": f"{float(spent / Decimal(limit)) * 100:.1f} %"}
 
 
