@@ -178,3 +178,15 @@ def test_the_admin_api_usage_refuses_tenants_and_bad_parameters(gateway: Gateway
     for query, param in (("since=yesterday", "since"), ("format=xml", "format"), ("limit=1", "limit")):
         status, _, body = get(gateway, f"/admin/v1/usage?{query}", keys.admin)
         assert status == 400 and json.loads(body)["error"]["param"] == param, body
+
+
+def test_the_dashboards_cookie_does_not_open_the_admin_api(gateway: GatewayHarness) -> None:
+    """The login cookie is the dashboard pages' only: sent alone to the API, it is no key (401)."""
+    url = urlsplit(gateway.base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        connection.request("GET", "/admin/v1/usage", headers={"Cookie": f"cachegate_admin={gateway.keys.admin}"})
+        response = connection.getresponse()
+        assert response.status == 401 and json.loads(response.read())["error"]["code"] == "invalid_api_key"
+    finally:
+        connection.close()
