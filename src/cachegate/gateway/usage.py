@@ -20,9 +20,7 @@ from cachegate.store.base import ControlStore, StoreUnavailable
 
 CSV_HEADERS: Final = [(b"content-type", b"text/csv; charset=utf-8")]
 _FORMATS: Final = (UsageFormat.JSON, UsageFormat.CSV)
-_NOT_YOURS: Final = Refusal(
-    403, "a key sees its own principal's usage only", "permission_denied", "principal", "permission_error"
-)
+_NOT_YOURS: Final = "a key sees its own principal's usage only"
 
 
 class TenantUsage:
