@@ -55,3 +55,15 @@ async def test_a_tenant_key_gets_no_cookie(store: ControlStore) -> None:
     assert refused.status_code == 403 and "not an admin key" in refused.text
     assert unknown.status_code == 401 and "not a valid API key" in unknown.text
     assert "set-cookie" not in refused.headers and "set-cookie" not in unknown.headers
+
+
+async def test_an_empty_form_asks_for_a_key_and_a_stale_cookie_is_cleared(store: ControlStore) -> None:
+    empty = await login(store, "", "https://gateway")
+    app = Starlette(routes=Dashboard(store, KeyResolver(store)).routes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://gateway") as client:
+        client.cookies.set("cachegate_admin", "cg-revoked-or-never-a-key", path="/admin")
+        stale = await client.get("/admin")
+
+    assert empty.status_code == 401 and "Log in with an admin key." in empty.text
+    assert stale.status_code == 401 and "not a valid API key" in stale.text
+    assert stale.headers["set-cookie"].startswith('cachegate_admin="";')  # cleared

@@ -10,7 +10,7 @@ slash, so the overview is ``/admin`` (``/admin/`` arrives as that).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -26,7 +26,7 @@ from cachegate.dashboard import figures, session
 from cachegate.dashboard.charts import Series, line_chart
 from cachegate.dashboard.figures import Totals
 from cachegate.gateway.auth import KeyResolver
-from cachegate.store.base import BudgetSubject, ControlStore, NotFound, StoreUnavailable, UsageGroup, UsageQuery
+from cachegate.store.base import Budget, BudgetSubject, ControlStore, NotFound, StoreUnavailable, UsageGroup, UsageQuery
 from cachegate.store.values import decimal_text
 
 PREFIX: Final = "/admin"
@@ -138,7 +138,7 @@ class Dashboard:
         secret = dict(parse_qsl(body.decode("utf-8", "replace"))).get("key", "").strip()
         checked = await session.check_key(self._keys, secret, session.client_address(request))
         if checked.refused is not None:
-            return self._render("login.html", checked.refused.value, message=checked.message)
+            return self._render("login.html", checked.refused.status, message=checked.message)
         response = RedirectResponse(f"{PREFIX}/", status_code=303)
         session.keep_key(response, secret, request)
         return response
@@ -159,12 +159,12 @@ class Dashboard:
     async def model(self, request: Request) -> Response:
         return await self._page(request, self._model)
 
-    async def _page(self, request: Request, build: Callable[[Request, Window], Any]) -> Response:
+    async def _page(self, request: Request, build: Callable[[Request, Window], Awaitable[Response]]) -> Response:
         checked = await session.logged_in(self._keys, request)
         if checked.refused is not None:
             if checked.refused is session.Refused.NO_KEY:
                 return RedirectResponse(f"{PREFIX}/login", status_code=303)
-            response = self._render("login.html", checked.refused.value, message=checked.message)
+            response = self._render("login.html", checked.refused.status, message=checked.message)
             session.forget_key(response, request)
             return response
         try:
@@ -233,7 +233,7 @@ class Dashboard:
         window: Window,
         groups: Sequence[UsageGroup],
         names: dict[str, str],
-        budgets: Sequence[Any],
+        budgets: Sequence[Budget],
         *,
         title: str,
         principal_id: str | None = None,

@@ -26,13 +26,17 @@ COOKIE_PATH: Final = "/admin"
 
 
 class Refused(enum.Enum):
-    """Why a key does not open the dashboard, with the status the page answers."""
+    """Why a key does not open the dashboard; ``status`` is what the page answers."""
 
-    NO_KEY = 401
-    INVALID = 401
-    NOT_ADMIN = 403
-    TOO_MANY_FAILURES = 429
-    STORE_UNAVAILABLE = 503
+    NO_KEY = "no_key"
+    INVALID = "invalid"
+    NOT_ADMIN = "not_admin"
+    TOO_MANY_FAILURES = "too_many_failures"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+    @property
+    def status(self) -> int:
+        return _STATUSES[self]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,13 @@ class Checked:
         return _MESSAGES[self.refused] if self.refused else ""
 
 
+_STATUSES: Final = {
+    Refused.NO_KEY: 401,
+    Refused.INVALID: 401,
+    Refused.NOT_ADMIN: 403,
+    Refused.TOO_MANY_FAILURES: 429,
+    Refused.STORE_UNAVAILABLE: 503,
+}
 _MESSAGES: Final = {
     Refused.NO_KEY: "Log in with an admin key.",
     Refused.INVALID: "That is not a valid API key.",
