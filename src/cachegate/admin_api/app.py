@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from cachegate.admin_api import principals, usage
+from cachegate.admin_api import budgets, endpoints, keys, models, principals, rate_limits, tariffs, usage
 from cachegate.admin_api.auth import require_admin
 from cachegate.admin_api.context import AdminContext
 from cachegate.admin_api.errors import ERROR_RESPONSES, install_error_handlers
@@ -24,7 +24,16 @@ from cachegate.store.base import ControlStore
 
 OPENAPI_PATH = "/admin/openapi.json"
 
-ROUTERS: tuple[APIRouter, ...] = (principals.router, usage.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    principals.router,
+    keys.router,
+    endpoints.router,
+    models.router,
+    tariffs.router,
+    budgets.router,
+    rate_limits.router,
+    usage.router,
+)
 """Every resource group, in the order the schema lists them."""
 
 
@@ -45,7 +54,7 @@ def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, cata
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _without_422(app.openapi())
+            app.openapi_schema = _fitted(_without_422(app.openapi()), config)
         return app.openapi_schema
 
     async def schema() -> JSONResponse:
@@ -64,4 +73,16 @@ def _without_422(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    return schema
+
+
+def _fitted(schema: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The schema told what this configuration has: the tokenizers a model may name and the TTLs
+    its automatic caching may use (anything else is refused with 400)."""
+    model_put = schema.get("components", {}).get("schemas", {}).get("ModelPut", {}).get("properties", {})
+    if "tokenizer" in model_put:
+        model_put["tokenizer"]["enum"] = sorted(config.tokenizers)
+    if "automatic_caching" in model_put:
+        accepted = {"type": "string", "enum": [str(tier) for tier in config.accepted_ttls]}
+        model_put["automatic_caching"]["anyOf"] = [accepted, {"type": "null"}]
     return schema

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from cachegate.asgi import ASGIApp, Message, Receive, Refusal, Scope, Send, send_error
 from cachegate.core.errors import openai_error
@@ -100,9 +101,20 @@ async def _on_http(request: Request, exc: Exception) -> Response:
         refusal = Refusal(404, f"no route for {request.method} {request.url.path}", "not_found")
     elif exc.status_code == 405:
         refusal = Refusal(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
+        return _answer(refusal, {"allow": ", ".join(_allowed_methods(request))})
     else:
         refusal = Refusal(exc.status_code, str(exc.detail), "invalid_request")
     return _answer(refusal, exc.headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's 405 names the first route's only."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:

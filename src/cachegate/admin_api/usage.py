@@ -7,12 +7,13 @@ everywhere in this API), the same renderings.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from cachegate.admin_api.context import Context
+from cachegate.operations.checks import MAX_NAME_LENGTH, NAME_PATTERN
 from cachegate.operations.usage import UsageFormat, parse_parameters, usage, usage_csv, usage_json
 
 router = APIRouter(prefix="/admin/v1/usage", tags=["usage"])
@@ -20,6 +21,9 @@ router = APIRouter(prefix="/admin/v1/usage", tags=["usage"])
 _FORMATS: Final = (UsageFormat.JSON, UsageFormat.CSV)
 _TIME = "A UTC day (YYYY-MM-DD) or an ISO-8601 timestamp with its offset"
 _UNTIL = f"{_TIME}; a day includes that day, a timestamp is exclusive"
+_DAY_OR_TIME: Final[dict[str, Any]] = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
 _EXAMPLE_JSON = {
     "object": "usage",
     "since": "2026-11-01T00:00:00+00:00",
@@ -66,12 +70,21 @@ _EXAMPLE_JSON = {
 async def get_usage(
     request: Request,
     context: Context,
-    since: Annotated[str | None, Query(description=f"{_TIME}; inclusive")] = None,
-    until: Annotated[str | None, Query(description=_UNTIL)] = None,
-    principal: Annotated[str | None, Query(description="Only this principal's usage (name or id)")] = None,
+    since: Annotated[str | None, Query(description=f"{_TIME}; inclusive", json_schema_extra=_DAY_OR_TIME)] = None,
+    until: Annotated[str | None, Query(description=_UNTIL, json_schema_extra=_DAY_OR_TIME)] = None,
+    principal: Annotated[
+        str | None,
+        Query(
+            description="Only this principal's usage (name or id)",
+            min_length=1,
+            max_length=MAX_NAME_LENGTH,
+            pattern=NAME_PATTERN,
+        ),
+    ] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
-    # The declared parameters document the schema; the shared parser reads them, and refuses the rest.
+    # The declared parameters give the schema; the shared parser reads and checks them, as the CLI's
+    # and /v1/usage's, so a bound means the same everywhere (a day as until: that whole day).
     parameters = parse_parameters(request.query_params.multi_items(), _FORMATS)
     report = await usage(context.store, parameters)
     if parameters.format is UsageFormat.CSV:

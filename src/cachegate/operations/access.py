@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.operations.checks import check_name
+from cachegate.operations.checks import NAME_PATTERN, check_name
 from cachegate.store.base import ApiKey, ControlStore, NotFound, Principal
 
 
@@ -27,7 +27,7 @@ class CreatedKey:
 
 
 async def create_principal(store: ControlStore, name: str) -> Principal:
-    return await store.create_principal(check_name(name, "name"))
+    return await store.create_principal(check_name(name, "name", NAME_PATTERN))
 
 
 async def list_principals(store: ControlStore) -> list[Principal]:

@@ -14,6 +14,8 @@ from decimal import Decimal
 from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.operations.checks import (
+    ALIAS_PATTERN,
+    NAME_PATTERN,
     InvalidArgument,
     check_count,
     check_decimal,
@@ -39,7 +41,7 @@ def upstream_key_state(endpoint: Endpoint) -> str:
 async def put_endpoint(store: ControlStore, name: str, base_url: str, api_key: str | None = None) -> Endpoint:
     """Add the endpoint, or replace the one of that name."""
     endpoint = Endpoint(
-        name=check_name(name, "name"),
+        name=check_name(name, "name", NAME_PATTERN),
         base_url=check_http_url(base_url, "base_url"),
         api_key=None if api_key is None else check_secret(api_key, "api_key"),
     )
@@ -75,8 +77,8 @@ def model_fits(config: Config, tokenizer: str, automatic_caching: TtlTier | None
 
 async def put_model(store: ControlStore, config: Config, model: Model) -> Model:
     """Add the model, or replace the one of that alias; its endpoint must exist."""
-    check_name(model.alias, "alias")
-    check_name(model.endpoint, "endpoint")
+    check_name(model.alias, "alias", ALIAS_PATTERN)
+    check_name(model.endpoint, "endpoint", NAME_PATTERN)
     check_name(model.upstream_model, "upstream_model")
     check_name(model.tokenizer, "tokenizer")
     check_decimal(model.input_price, "input_price")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from typing import Final
-from urllib.parse import urlsplit
 
 from cachegate.core.errors import CachegateError
 
@@ -19,16 +18,38 @@ MAX_COUNT: Final = 2**31 - 1  # the largest value of the stores' INTEGER columns
 MAX_URL_LENGTH: Final = 2048
 MAX_SECRET_LENGTH: Final = 4096
 
-NAME_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,200}$"
-"""A name (of a principal, endpoint, model, upstream model or tokenizer): 1 to 200 characters,
-no control characters. The same pattern is the API schema's."""
+_CHARACTER: Final = r"[^\x00-\x1f\x7f/]"  # not a control character, not a slash
+_SEGMENT: Final = rf"{_CHARACTER}*[^\x00-\x1f\x7f/.]{_CHARACTER}*"  # one at least is not a dot
+
+TEXT_PATTERN: Final = r"^[^\x00-\x1f\x7f]+$"
+"""Free text of 1 to 200 characters, none a control character: an upstream model's name, a
+tokenizer's, a reference to a principal by name or id."""
+
+NAME_PATTERN: Final = rf"^{_SEGMENT}$"
+"""The name of a principal or an endpoint: 1 to 200 characters, no control character and no
+slash, not only dots — so that it can stand in a URL path as one segment (the gateway refuses
+``.`` and ``..`` segments)."""
+
+ALIAS_PATTERN: Final = rf"^{_SEGMENT}(/{_SEGMENT})*$"
+"""A model's alias: names joined by slashes (``qwen/qwen3-32b``), each as ``NAME_PATTERN``."""
 
 DECIMAL_PATTERN: Final = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 """A non-negative decimal written positionally (``0.25``, ``2``, ``0.0000025``): as the CLI reads
 prices, with bounded digits so every store's NUMERIC holds it."""
 
-_NAME: Final = re.compile(NAME_PATTERN)
-_DECIMAL: Final = re.compile(DECIMAL_PATTERN)
+_PORT: Final = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+URL_PATTERN: Final = rf"^https?://([A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(:{_PORT})?(/[\x21-\x7e]*)?$"
+"""An endpoint's base URL: http or https, a host name or address (IPv6 in brackets), a port
+from 0 to 65535, a path of printable ASCII."""
+
+SECRET_PATTERN: Final = r"^[\x21-\x7e]+$"
+"""An upstream key: sent in a header, so printable ASCII only."""
+
+_PATTERNS: Final = {
+    pattern: re.compile(pattern) for pattern in (TEXT_PATTERN, NAME_PATTERN, ALIAS_PATTERN, DECIMAL_PATTERN)
+}
+_URL: Final = re.compile(URL_PATTERN)
+_SECRET: Final = re.compile(SECRET_PATTERN)
 
 
 class InvalidArgument(CachegateError, ValueError):
@@ -41,17 +62,22 @@ class InvalidArgument(CachegateError, ValueError):
         self.message = message
 
 
-def check_name(value: str, argument: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise InvalidArgument(
-            argument, f"{argument} must be 1 to {MAX_NAME_LENGTH} characters with no control characters"
-        )
+def check_name(value: str, argument: str, pattern: str = TEXT_PATTERN) -> str:
+    """``value`` if it matches ``pattern`` (``TEXT_PATTERN``, ``NAME_PATTERN`` or ``ALIAS_PATTERN``)
+    within ``MAX_NAME_LENGTH`` characters."""
+    if len(value) > MAX_NAME_LENGTH or not _PATTERNS[pattern].fullmatch(value):
+        rule = {
+            TEXT_PATTERN: "no control characters",
+            NAME_PATTERN: "no control characters or slashes, and not only dots",
+            ALIAS_PATTERN: "no control characters, and no empty or dot-only part between slashes",
+        }[pattern]
+        raise InvalidArgument(argument, f"{argument} must be 1 to {MAX_NAME_LENGTH} characters with {rule}")
     return value
 
 
 def check_decimal(value: Decimal, argument: str) -> Decimal:
     """A finite, non-negative decimal of bounded size (as ``DECIMAL_PATTERN`` writes it)."""
-    if not value.is_finite() or value < 0 or not _DECIMAL.fullmatch(format(value, "f")):
+    if not value.is_finite() or value < 0 or not _PATTERNS[DECIMAL_PATTERN].fullmatch(format(value, "f")):
         raise InvalidArgument(
             argument, f"{argument} must be a non-negative decimal of at most 20 digits before and after the point"
         )
@@ -65,21 +91,12 @@ def check_count(value: int, argument: str, *, minimum: int) -> int:
 
 
 def check_http_url(value: str, argument: str) -> str:
-    refused = InvalidArgument(argument, f"{argument} must be an http:// or https:// URL")
-    if len(value) > MAX_URL_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        raise refused
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises for a port that is no number or out of range
-    except ValueError:  # also a bracket left open
-        raise refused from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise refused
+    if len(value) > MAX_URL_LENGTH or not _URL.fullmatch(value):
+        raise InvalidArgument(argument, f"{argument} must be an http:// or https:// URL")
     return value
 
 
 def check_secret(value: str, argument: str) -> str:
-    """An upstream key: sent in a header, so printable ASCII only."""
-    if not 0 < len(value) <= MAX_SECRET_LENGTH or not all(0x21 <= ord(c) < 0x7F for c in value):
+    if len(value) > MAX_SECRET_LENGTH or not _SECRET.fullmatch(value):
         raise InvalidArgument(argument, f"{argument} must be 1 to {MAX_SECRET_LENGTH} printable ASCII characters")
     return value

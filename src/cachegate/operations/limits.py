@@ -50,18 +50,17 @@ async def delete_budget(store: ControlStore, subject: BudgetSubject, who: str, p
 async def list_budgets(
     store: ControlStore, *, key: str | None = None, principal: str | None = None
 ) -> list[BudgetView]:
-    """Every budget, or those of one key (by id) or one principal (by name or id; its keys' budgets
-    are theirs, not its own)."""
-    if key is not None and principal is not None:
-        raise InvalidArgument("principal", "name a key or a principal, not both")
+    """Every budget, or those of one key (by id), of one principal (by name or id: its own, not its
+    keys'), or of both."""
     principal_id = None if principal is None else (await store.get_principal(principal)).id
     catalog = await store.load_catalog()
     names = {p.id: p.name for p in await store.list_principals()}
     return [
         BudgetView(b, names.get(b.subject_id) if b.subject is BudgetSubject.PRINCIPAL else None)
         for b in catalog.budgets
-        if (key is None or (b.subject is BudgetSubject.KEY and b.subject_id == key))
-        and (principal_id is None or (b.subject is BudgetSubject.PRINCIPAL and b.subject_id == principal_id))
+        if (key is None and principal_id is None)
+        or (b.subject is BudgetSubject.KEY and b.subject_id == key)
+        or (b.subject is BudgetSubject.PRINCIPAL and b.subject_id == principal_id)
     ]
 
 

@@ -57,8 +57,7 @@ class UsageReport:
 
 async def usage(store: ControlStore, parameters: UsageParameters) -> UsageReport:
     """The usage the parameters select; ``parameters.principal`` is a name or an id (NotFound if
-    neither). Refuses a backwards window (InvalidArgument)."""
-    checked(parameters)
+    neither). A window that ends before it starts selects nothing."""
     principal_id = None
     if parameters.principal is not None:
         principal_id = (await store.get_principal(parameters.principal)).id
@@ -79,16 +78,25 @@ def parse_time(text: str, parameter: str, *, until: bool = False) -> datetime:
         except ValueError:
             raise InvalidArgument(parameter, f"{parameter}: expected a day as YYYY-MM-DD, not {text!r}") from None
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return start + timedelta(days=1) if until else start
+        if until:
+            return _LAST if day == date.max else start + timedelta(days=1)
+        return start
     try:
-        at = datetime.fromisoformat(text)
+        at = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case "t" and "z"
     except ValueError:
         raise InvalidArgument(
             parameter, f"{parameter}: expected YYYY-MM-DD or an ISO-8601 timestamp with its offset, not {text!r}"
         ) from None
     if at.tzinfo is None:
         raise InvalidArgument(parameter, f"{parameter}: the timestamp {text!r} needs an offset, such as Z or +00:00")
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # an offset past the first or the last day a datetime holds
+        return _FIRST if at.year == 1 else _LAST
+
+
+_FIRST: Final = datetime.min.replace(tzinfo=UTC)
+_LAST: Final = datetime.max.replace(tzinfo=UTC)
 
 
 def parse_parameters(pairs: Sequence[tuple[str, str]], formats: Sequence[UsageFormat]) -> UsageParameters:
@@ -101,20 +109,12 @@ def parse_parameters(pairs: Sequence[tuple[str, str]], formats: Sequence[UsageFo
         if name in values:
             raise InvalidArgument(name, f"{name}: given more than once")
         values[name] = value
-    return checked(
-        UsageParameters(
-            since=None if "since" not in values else parse_time(values["since"], "since"),
-            until=None if "until" not in values else parse_time(values["until"], "until", until=True),
-            principal=values.get("principal") or None,
-            format=_format(values.get("format", UsageFormat.JSON.value), formats),
-        )
+    return UsageParameters(
+        since=None if "since" not in values else parse_time(values["since"], "since"),
+        until=None if "until" not in values else parse_time(values["until"], "until", until=True),
+        principal=values.get("principal") or None,
+        format=_format(values.get("format", UsageFormat.JSON.value), formats),
     )
-
-
-def checked(parameters: UsageParameters) -> UsageParameters:
-    if parameters.since is not None and parameters.until is not None and parameters.until <= parameters.since:
-        raise InvalidArgument("until", "until must come after since")
-    return parameters
 
 
 def _format(text: str, formats: Sequence[UsageFormat]) -> UsageFormat:
