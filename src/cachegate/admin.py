@@ -86,7 +86,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     model = _group(subparsers, "model", "model aliases clients can ask for")
     add = _command(model, "add", "add or update a model", _model_add)
     add.add_argument("alias")
-    add.add_argument("--endpoint", required=True)
+    add.add_argument(
+        "--endpoint", required=True, action="append", help="repeat for several replicas, spread by prefix affinity"
+    )
     add.add_argument("--upstream-model", required=True, help="the model name the upstream is sent")
     add.add_argument("--tokenizer", default=_DEFAULT_TOKENIZER, help="token counter name (default: %(default)s)")
     for option, meaning in (("--input-price", "per prompt token"), ("--output-price", "per completion token")):
@@ -239,18 +241,18 @@ async def _endpoint_list(args: argparse.Namespace, store: ControlStore, config: 
 async def _model_add(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
     model = Model(
         alias=args.alias,
-        endpoint=args.endpoint,
+        endpoint=args.endpoint[0],
         upstream_model=args.upstream_model,
         tokenizer=args.tokenizer,
         input_price=args.input_price,
         output_price=args.output_price,
         automatic_cache_ttl=args.automatic_caching,
-    )
+    ).with_endpoints(args.endpoint)
     await operations.put_model(store, config, model)
     _print_fields(
         [
             ("alias", model.alias),
-            ("endpoint", model.endpoint),
+            ("endpoint", ", ".join(model.endpoints)),
             ("upstream model", model.upstream_model),
             ("tokenizer", model.tokenizer),
             ("input price", model.input_price),
@@ -263,7 +265,7 @@ async def _model_add(args: argparse.Namespace, store: ControlStore, config: Conf
 
 def _model_add_fits(args: argparse.Namespace, config: Config) -> str | None:
     """Refused before the store is opened; an option is named as it is spelt on the command line."""
-    problem = operations.model_fits(config, args.tokenizer, args.automatic_caching)
+    problem = operations.model_fits(config, args.endpoint, args.tokenizer, args.automatic_caching)
     if problem is None:
         return None
     option = "--" + problem.argument.replace("_", "-")
@@ -277,7 +279,7 @@ async def _model_list(args: argparse.Namespace, store: ControlStore, config: Con
         [
             (
                 v.model.alias,
-                v.model.endpoint,
+                ",".join(v.model.endpoints),
                 v.model.upstream_model,
                 v.model.tokenizer,
                 v.model.input_price,

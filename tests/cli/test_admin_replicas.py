@@ -106,7 +106,7 @@ def test_a_change_through_one_replica_reaches_the_other_within_the_refresh(repli
         assert chat(other, replicas.tenant_key, "missing") == 404  # the key is now cached by the other replica
 
         endpoint = admin.put("/admin/v1/endpoints/upstream", json={"base_url": replicas.upstream_url})
-        model = admin.put("/admin/v1/models/added", json={"endpoint": "upstream", "upstream_model": "m"})
+        model = admin.put("/admin/v1/models/added", json={"endpoints": ["upstream"], "upstream_model": "m"})
         assert (endpoint.status_code, model.status_code) == (200, 200)
         assert chat(writer, replicas.tenant_key, "added") == 200  # at once where it was written
         model_seconds = seconds_until(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import TEST_CONFIG
@@ -35,7 +36,7 @@ def fuzzed(qwen3: TokenCounter, pg_server: PgServer) -> Iterator[GatewayHarness]
 
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-def test_no_generated_input_gets_a_server_error(fuzzed: GatewayHarness) -> None:
+def test_no_generated_input_gets_a_server_error(fuzzed: GatewayHarness, tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
@@ -60,6 +61,7 @@ def test_no_generated_input_gets_a_server_error(fuzzed: GatewayHarness) -> None:
         capture_output=True,
         text=True,
         timeout=240,
+        cwd=tmp_path,  # schemathesis keeps a cache of what failed in the folder it runs in
     )
 
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]

@@ -175,6 +175,20 @@ async def test_models_show_their_prices_and_whether_caching_is_on(cli: Cli) -> N
     ]  # fmt: skip
 
 
+async def test_a_model_may_name_several_endpoints(cli: Cli) -> None:
+    for name in ("r1", "r2", "r3"):
+        await cli("endpoint", "add", name, f"http://{name}.example/v1")
+
+    added = await cli("model", "add", "m", "--endpoint", "r2", "--endpoint", "r1", "--endpoint", "r3",
+                      "--upstream-model", "x")  # fmt: skip
+    twice = await cli("model", "add", "m", "--endpoint", "r1", "--endpoint", "r1", "--upstream-model", "x")
+    listing = await cli("model", "list")
+
+    assert added.code == 0 and "endpoint           r2, r1, r3" in added.lines
+    assert twice.code == 2 and "names an endpoint twice" in twice.err
+    assert [row["ENDPOINT"] for row in table(listing)] == ["r2,r1,r3"]
+
+
 async def test_tariff_versions_are_set_listed_and_closed(cli: Cli) -> None:
     await cli("endpoint", "add", "vllm", "http://10.0.0.5:8000/v1")
     await cli("model", "add", "m", "--endpoint", "vllm", "--upstream-model", "x")
@@ -411,6 +425,25 @@ async def test_rate_limits_are_set_replaced_listed_and_lifted(cli: Cli, sqlite_s
     assert (lifted.code, lifted.out) == (0, f"lifted the rate limits of {first.id}\n")
     assert (again.code, again.out) == (0, f"{first.id} had no rate limits: nothing changed\n")
     assert (none_left.code, none_left.err) == (1, f"error: API key {first.id!r} has no rate limits\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("principal", "create", "a/b"), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("principal", "create", ".."), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("endpoint", "add", "e\tx", "http://h/v1"), "name must be 1 to 200 characters"),
+        (("tariff", "set", "m", "--min-prefix-tokens", str(2**31)), "min_prefix_tokens must be a whole number"),
+        (("budget", "set", "1" * 21, "--key", "k", "--period", "day"), "limit must be a non-negative decimal"),
+    ],
+)
+async def test_arguments_no_store_could_hold_are_refused_before_it(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    result = await cli(*argv)
+
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith(f"cachegate: {message}")
 
 
 async def test_a_limit_set_with_no_limit_is_refused(cli: Cli, sqlite_store: ControlStore) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from cachegate.admin_api import budgets, endpoints, keys, models, principals, rate_limits, tariffs, usage
 from cachegate.admin_api.auth import require_admin
+from cachegate.admin_api.body_limit import BodyLimit
 from cachegate.admin_api.context import AdminContext
 from cachegate.admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from cachegate.config import Config
@@ -37,7 +38,10 @@ ROUTERS: tuple[APIRouter, ...] = (
 """Every resource group, in the order the schema lists them."""
 
 
-def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, catalog: CatalogCache) -> FastAPI:
+def build_admin_app(store: ControlStore, config: Config, key_resolver: KeyResolver, catalog: CatalogCache) -> FastAPI:
+    """The admin app over the gateway's own parts: its key resolver (so a revocation here applies
+    here at once) and its catalog (reloaded after every change). Routers are included from
+    ``ROUTERS``, each behind ``require_admin``."""
     app = FastAPI(
         title="cachegate admin API",
         version="1",
@@ -47,8 +51,9 @@ def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, cata
         redoc_url=None,
         redirect_slashes=False,  # the gateway has taken the trailing slash off already
     )
-    app.state.admin = AdminContext(store, config, keys, catalog)
+    app.state.admin = AdminContext(store, config, key_resolver, catalog)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     for router in ROUTERS:
         app.include_router(router, dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 
@@ -61,7 +66,7 @@ def build_admin_app(store: ControlStore, config: Config, keys: KeyResolver, cata
         return JSONResponse(openapi())
 
     app.add_api_route(OPENAPI_PATH, schema, include_in_schema=False, dependencies=[Depends(require_admin)])
-    app.router.routes.extend(Dashboard(store, keys).routes)  # the pages, behind their own login cookie
+    app.router.routes.extend(Dashboard(store, key_resolver).routes)  # the pages, behind their own login cookie
     return app
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from cachegate.asgi import ASGIApp, Message, Receive, Refusal, Scope, Send, send_error
 from cachegate.core.errors import openai_error
@@ -44,6 +45,7 @@ _DESCRIPTIONS = {
     403: "A tenant's key: admin operations need an admin key",
     404: "No such object",
     409: "The object exists already, or the change conflicts with what is stored",
+    413: "The body is larger than 1 MiB",
     429: "Too many failed authentications from this address",
     503: "The control store is unavailable",
 }
@@ -82,7 +84,8 @@ def _validation_refusal(exc: RequestValidationError) -> Refusal:
     if first.get("type") == "json_invalid":
         return Refusal(400, f"the body is not valid JSON: {first.get('msg', '')}", "invalid_json", "body")
     field = ".".join(location[1:]) or (location[0] if location else "body")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    others = len(errors) - 1
+    more = "" if not others else f" (and {others} more problem{'s' if others > 1 else ''})"
     return Refusal(400, f"{field}: {first.get('msg', 'invalid')}{more}", "invalid_value", field)
 
 
@@ -92,6 +95,11 @@ async def _on_refusal(request: Request, exc: Exception) -> Response:
 
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    not_json = media_type and not (media_type == "application/json" or media_type.endswith("+json"))
+    if not_json and any(tuple(error.get("loc", ())) == ("body",) for error in exc.errors()):
+        message = f"the body must be JSON sent as content-type: application/json, not {media_type}"
+        return _answer(Refusal(400, message, "invalid_json", "body"))
     return _answer(_validation_refusal(exc))
 
 
@@ -102,6 +110,8 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         refusal = Refusal(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
         return _answer(refusal, {"allow": ", ".join(_allowed_methods(request))})
+    elif exc.status_code == 413:
+        refusal = Refusal(413, str(exc.detail), "body_too_large")
     else:
         refusal = Refusal(exc.status_code, str(exc.detail), "invalid_request")
     return _answer(refusal, exc.headers)
@@ -110,11 +120,21 @@ async def _on_http(request: Request, exc: Exception) -> Response:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path: Starlette's 405 names the first route's only."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _routes(request.app.router.routes):
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes themselves: FastAPI keeps an included router whole, as one entry."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
 
 
 def install_error_handlers(app: FastAPI) -> None:

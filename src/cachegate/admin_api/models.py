@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from cachegate import operations
 from cachegate.admin_api.context import Context
@@ -17,9 +17,16 @@ from cachegate.store.base import Model
 
 router = APIRouter(prefix="/admin/v1/models", tags=["models"])
 
+MAX_ENDPOINTS = 64
+
 
 class ModelPut(Body):
-    endpoint: Name = Field(description="The endpoint's name")
+    endpoints: list[Name] = Field(
+        min_length=1,
+        max_length=MAX_ENDPOINTS,
+        json_schema_extra={"uniqueItems": True},
+        description="The endpoints serving the model, the first one first: requests are spread by prefix affinity",
+    )
     upstream_model: Text = Field(description="The model name the upstream is sent")
     tokenizer: Text = Field("qwen3", description="A token counter the configuration defines")
     input_price: DecimalText = Field("0", description="Per prompt token")
@@ -28,10 +35,17 @@ class ModelPut(Body):
         None, description="Cache requests that carry no marker with this TTL, as OpenAI caches automatically"
     )
 
+    @field_validator("endpoints")
+    @classmethod
+    def _each_once(cls, endpoints: list[str]) -> list[str]:
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError("names an endpoint twice")
+        return endpoints
+
 
 class ModelOut(BaseModel):
     alias: str
-    endpoint: str
+    endpoints: list[str]
     upstream_model: str
     tokenizer: str
     input_price: DecimalText
@@ -44,7 +58,7 @@ class ModelOut(BaseModel):
         model = view.model
         return cls(
             alias=model.alias,
-            endpoint=model.endpoint,
+            endpoints=list(model.endpoints),
             upstream_model=model.upstream_model,
             tokenizer=model.tokenizer,
             input_price=as_text(model.input_price),
@@ -75,13 +89,13 @@ async def get_model(alias: Alias, context: Context) -> ModelOut:
 async def put_model(alias: Alias, body: ModelPut, context: Context) -> ModelOut:
     model = Model(
         alias=alias,
-        endpoint=body.endpoint,
+        endpoint=body.endpoints[0],
         upstream_model=body.upstream_model,
         tokenizer=body.tokenizer,
         input_price=Decimal(body.input_price),
         output_price=Decimal(body.output_price),
         automatic_cache_ttl=body.automatic_caching,
-    )
+    ).with_endpoints(body.endpoints)
     await operations.put_model(context.store, context.config, model)
     await context.changed()
     return ModelOut.of(await operations.get_model(context.store, alias))

@@ -33,6 +33,7 @@ from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
 from cachegate.gateway.metrics import metrics_page, send_metrics
 from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
+from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.gateway.salting import CacheSalts
 from cachegate.gateway.usage import TenantUsage
@@ -77,6 +78,7 @@ class Gateway:
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         salts = CacheSalts.from_config(config)
+        replicas = Replicas(config.routing.max_in_flight, config.routing.down_seconds)
         completions = Completions(
             self.catalog,
             ttl_policy,
@@ -88,6 +90,7 @@ class Gateway:
             salts=salts,
             drain_seconds=config.deadlines.disconnect_drain_seconds,
             limits=config.request_limits.to_limits(),
+            replicas=replicas,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes, config.request_limits.max_depth)
 
@@ -103,6 +106,7 @@ class Gateway:
                     salts,
                     config.body_limit_bytes,
                     config.request_limits.max_depth,
+                    replicas,
                 ),
             )
 
@@ -195,7 +199,9 @@ class Gateway:
             return
         scope["path"] = path
         if path == "/admin" or path.startswith("/admin/"):
-            await self.admin(scope, receive, send)
+            answered = _TrackedSend(send)
+            await self.admin(scope, receive, answered)
+            metrics.labelled(metrics.REQUESTS, "admin", f"{answered.status // 100}xx").inc()
             return
         if path == "/healthz":
             await send_alive(send)
@@ -259,17 +265,19 @@ async def _bounded(name: str, step: Awaitable[None], seconds: float) -> None:
 
 
 class _TrackedSend:
-    """The ASGI ``send`` of one request, remembering whether the response has started."""
+    """The ASGI ``send`` of one request, remembering whether the response has started, and its status."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_send", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
+        self.status = 0
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
         await self._send(message)
 
 

@@ -9,7 +9,8 @@ one store query per new key and none per repeat, and cannot evict a real key fro
 Failed attempts are counted per client address; past the limit an address gets 429 without a
 lookup, so a flood of ever-new keys cannot turn into as many store queries either.
 
-Revocation: the process that revokes (``revoke``) forgets the key at once; every other replica
+Revocation: the process that revokes (``revoke``, or the admin API's revocation through
+``forget_key``) forgets the key at once; every other replica
 forgets all its cached keys when the catalog refresh sees the store's revocation count change
 (``Catalog.revocations``), within ``catalog_refresh_seconds``.
 """

@@ -7,6 +7,7 @@ endpoint's upstream key is a secret: listings say only whether one is set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -61,8 +62,12 @@ async def get_endpoint(store: ControlStore, name: str) -> Endpoint:
     return endpoint
 
 
-def model_fits(config: Config, tokenizer: str, automatic_caching: TtlTier | None) -> InvalidArgument | None:
-    """Why a model with this tokenizer and automatic-caching TTL could not be served, or None."""
+def model_fits(
+    config: Config, endpoints: Sequence[str], tokenizer: str, automatic_caching: TtlTier | None
+) -> InvalidArgument | None:
+    """Why a model with these endpoints, tokenizer and automatic-caching TTL could not be served, or None."""
+    if len(set(endpoints)) != len(endpoints):
+        return InvalidArgument("endpoint", "endpoint names an endpoint twice")
     if tokenizer not in config.tokenizers:
         known = ", ".join(sorted(config.tokenizers))
         return InvalidArgument("tokenizer", f"unknown tokenizer {tokenizer!r}: the configuration has {known}")
@@ -76,14 +81,16 @@ def model_fits(config: Config, tokenizer: str, automatic_caching: TtlTier | None
 
 
 async def put_model(store: ControlStore, config: Config, model: Model) -> Model:
-    """Add the model, or replace the one of that alias; its endpoint must exist."""
+    """Add the model, or replace the one of that alias; its endpoints must exist (SPEC §15: requests
+    are spread over several by prefix affinity, the first one first)."""
     check_name(model.alias, "alias", ALIAS_PATTERN)
-    check_name(model.endpoint, "endpoint", NAME_PATTERN)
+    for endpoint in model.endpoints:
+        check_name(endpoint, "endpoint", NAME_PATTERN)
     check_name(model.upstream_model, "upstream_model")
     check_name(model.tokenizer, "tokenizer")
     check_decimal(model.input_price, "input_price")
     check_decimal(model.output_price, "output_price")
-    if (problem := model_fits(config, model.tokenizer, model.automatic_cache_ttl)) is not None:
+    if (problem := model_fits(config, model.endpoints, model.tokenizer, model.automatic_cache_ttl)) is not None:
         raise problem
     await store.put_model(model)
     return model
