@@ -24,6 +24,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -56,9 +57,11 @@ from cachegate.store.values import (
     check_rate_limit,
     checked_tariff,
     decimal_text,
+    key_totals,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    spend_increments,
     utc,
     utcnow,
 )
@@ -415,9 +418,22 @@ class SqliteStore:
 
         def insert(connection: sqlite3.Connection) -> None:
             with _transaction(connection):
-                connection.executemany(statement, records)
+                pairs = zip(rows, records, strict=True)
+                inserted = [row for row, record in pairs if _inserted(connection, statement, record)]
+                _add_spend(connection, inserted)
 
         await self._run(insert)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        windows = Windows.at(at)
+        found = await self._run(
+            lambda connection: connection.execute(
+                "SELECT key_id, principal_id, period, amount FROM spend"
+                " WHERE (period = 'day' AND label = ?) OR (period = 'month' AND label = ?) OR period = 'total'",
+                (windows.day, windows.month),
+            ).fetchall()
+        )
+        return key_totals((row["key_id"], row["principal_id"], row["period"], Decimal(row["amount"])) for row in found)
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         where, parameters = ("", ()) if since is None else ("WHERE at >= ?", (encode_timestamp(since),))
@@ -451,6 +467,25 @@ class SqliteStore:
             )
             for row in rows
         ]
+
+
+def _inserted(connection: sqlite3.Connection, statement: str, record: tuple[object, ...]) -> bool:
+    """Insert one ledger row; False when its row id is stored already (nothing was inserted)."""
+    return connection.execute(statement, record).rowcount > 0
+
+
+def _add_spend(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Add the rows' costs to the running totals of their keys' windows (under the write lock)."""
+    for (key_id, period, label), (principal_id, amount) in sorted(spend_increments(rows).items()):
+        stored = connection.execute(
+            "SELECT amount FROM spend WHERE key_id = ? AND period = ? AND label = ?", (key_id, period, label)
+        ).fetchone()
+        total = amount + (Decimal(stored["amount"]) if stored is not None else Decimal(0))
+        connection.execute(
+            "INSERT INTO spend (key_id, principal_id, period, label, amount) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (key_id, period, label) DO UPDATE SET amount = excluded.amount",
+            (key_id, principal_id, period, label, decimal_text(total)),
+        )
 
 
 class _DecimalSum:
