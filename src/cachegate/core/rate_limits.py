@@ -126,32 +126,34 @@ def admit(
     rpm, itpm = limits.requests_per_minute, limits.input_tokens_per_minute
     request_bucket = refilled(requests, rpm, now) if rpm is not None else None
     token_bucket = refilled(input_tokens, itpm, now) if itpm is not None else None
-    waits = [
-        seconds_until(bucket, capacity, 1.0)
-        for bucket, capacity in ((request_bucket, rpm), (token_bucket, itpm))
-        if bucket is not None and capacity is not None and bucket.level < 1.0
-    ]
-    admitted = not waits or not take
+    admitted = not take or _wait(limits, request_bucket, token_bucket) == 0.0
     if admitted and take and request_bucket is not None:
         request_bucket = Bucket(request_bucket.level - 1.0, request_bucket.at)
-    return Admission(
-        decided(limits, request_bucket, token_bucket, admitted, max(waits, default=0.0)),
-        request_bucket,
-        token_bucket,
-    )
+    return Admission(decided(limits, request_bucket, token_bucket, admitted), request_bucket, token_bucket)
 
 
-def decided(
-    limits: Limits, requests: Bucket | None, input_tokens: Bucket | None, admitted: bool, retry_after: float
-) -> Decision:
-    """The decision a check reports, from the buckets as the check left them."""
+def decided(limits: Limits, requests: Bucket | None, input_tokens: Bucket | None, admitted: bool) -> Decision:
+    """The decision a check reports, from the buckets as the check left them (refilled to its instant)."""
     rpm, itpm = limits.requests_per_minute, limits.input_tokens_per_minute
     return Decision(
         admitted,
         reading(requests, rpm) if requests is not None and rpm is not None else None,
         reading(input_tokens, itpm) if input_tokens is not None and itpm is not None else None,
-        0.0 if admitted else retry_after,
+        0.0 if admitted else _wait(limits, requests, input_tokens),
     )
+
+
+def _wait(limits: Limits, requests: Bucket | None, input_tokens: Bucket | None) -> float:
+    """Seconds until every bucket that is on holds a whole unit; 0 if each does now."""
+    waits = [
+        seconds_until(bucket, capacity, 1.0)
+        for bucket, capacity in (
+            (requests, limits.requests_per_minute),
+            (input_tokens, limits.input_tokens_per_minute),
+        )
+        if bucket is not None and capacity is not None and bucket.level < 1.0
+    ]
+    return max(waits, default=0.0)
 
 
 def input_tokens_of(prompt_tokens: int, cache_read_tokens: int) -> int:
