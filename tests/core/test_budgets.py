@@ -40,17 +40,16 @@ def test_spend_is_the_stores_totals_plus_what_this_process_billed_since() -> Non
     assert spend.spent(PRINCIPAL, "prn_a", TOTAL, windows) == Decimal("9.25")
 
 
-def test_a_settled_row_leaves_the_pending_part_and_a_reload_brings_it_back_in_the_base() -> None:
+def test_a_stored_row_is_counted_once_before_and_after_the_reload_that_finds_it_in_the_store() -> None:
     spend = Spend()
     windows = Windows.at(NOON)
     spend.billed("prn_a", "key_a", NOON, Decimal("0.5"))
 
     spend.settled("prn_a", "key_a", NOON, Decimal("0.5"))  # the store took it ...
-    assert spend.spent(KEY, "key_a", DAY, windows) == 0
-    spend.load(
-        [KeyTotals("prn_a", "key_a", Decimal("0.5"), Decimal("0.5"), Decimal("0.5"))], windows
-    )  # ... and says so
     assert spend.spent(KEY, "key_a", DAY, windows) == Decimal("0.5")
+    spend.load([KeyTotals("prn_a", "key_a", *(Decimal("0.75"),) * 3)], windows)  # ... a reload finds it, and more
+    assert spend.spent(KEY, "key_a", DAY, windows) == Decimal("0.75")
+    assert spend.spent(PRINCIPAL, "prn_a", TOTAL, windows) == Decimal("0.75")
 
 
 def test_a_new_day_starts_from_nothing_while_the_month_and_total_go_on() -> None:

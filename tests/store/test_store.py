@@ -529,9 +529,11 @@ async def test_the_spend_of_rows_billed_before_the_totals_existed_is_filled_in(
 
     await store.migrate()
 
-    assert await store.spend_totals(T0) == expected == [
-        KeyTotals("prn_a", "key_test", Decimal("0.25"), Decimal("0.25"), Decimal("0.35"))
-    ]
+    assert (
+        await store.spend_totals(T0)
+        == expected
+        == [KeyTotals("prn_a", "key_test", Decimal("0.25"), Decimal("0.25"), Decimal("0.35"))]
+    )
 
 
 async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:

@@ -9,9 +9,9 @@ and at the first of the month with nothing to reset.
 ``Spend`` is what the gateway knows of each subject's spend, kept in two parts:
 
 - ``base``: the store's totals, loaded at start and every few seconds (every replica's billed rows
-  that reached the store);
+  that reached the store), plus this process's rows stored since the last load;
 - ``pending``: this process's own billed rows the store has not taken yet (added as each request
-  is billed, removed once its row is stored).
+  is billed, moved to the base once its row is stored).
 
 Their sum is the spend a check compares with the limit. Reloading the base while no ledger batch
 lands keeps the two disjoint: a row is counted in one or the other, never both, never neither.
@@ -118,14 +118,17 @@ class Spend:
         self._add(self._pending, principal_id, key_id, Windows.at(at), cost)
 
     def settled(self, principal_id: str, key_id: str, at: datetime, cost: Decimal) -> None:
-        """A row of this process the store took (or that will never reach it): no longer pending."""
-        pending = self._pending
+        """A row of this process the store took: it moves from the pending part to the store's part,
+        where the next reload will find it (a row that will never reach the store moves too: it was
+        served, and the spend stays counted until the next reload)."""
+        pending, base = self._pending, self._base
         for slot in _slots(principal_id, key_id, Windows.at(at)):
             left = pending.get(slot, _ZERO) - cost
             if left > 0:
                 pending[slot] = left
             else:
                 pending.pop(slot, None)
+            base[slot] = base.get(slot, _ZERO) + cost
 
     def load(self, totals: Iterable[KeyTotals], windows: Windows) -> None:
         """Replace the store's part with its totals, read at an instant whose windows are ``windows``."""
