@@ -20,6 +20,7 @@ lands keeps the two disjoint: a row is counted in one or the other, never both, 
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -70,7 +71,8 @@ class Windows:
 
     @classmethod
     def at(cls, at: datetime) -> Windows:
-        return cls(window(BudgetPeriod.DAY, at), window(BudgetPeriod.MONTH, at))
+        utc = at.astimezone(UTC)
+        return _windows_of(utc.year, utc.month, utc.day)
 
     def label(self, period: str) -> str:
         if period == BudgetPeriod.DAY:
@@ -78,6 +80,12 @@ class Windows:
         if period == BudgetPeriod.MONTH:
             return self.month
         return ""
+
+
+@functools.lru_cache(maxsize=64)
+def _windows_of(year: int, month: int, day: int) -> Windows:
+    """Formatted once per day seen: every billed row asks for its windows."""
+    return Windows(f"{year:04d}-{month:02d}-{day:02d}", f"{year:04d}-{month:02d}")
 
 
 @dataclass(frozen=True, slots=True)
