@@ -80,6 +80,14 @@ def chat(client: OpenAI, content: str = "What is rule 3?", **kw: Any) -> Any:
     )
 
 
+def streamed(client: OpenAI) -> Any:
+    """A streamed chat answer, read to its end; its raw response (the headers came with the first byte)."""
+    response = chat(client, stream=True)
+    for _ in response.parse():
+        pass
+    return response
+
+
 def message(client: Anthropic, **kw: Any) -> Any:
     kw.setdefault("messages", [{"role": "user", "content": "What is rule 3?"}])
     return client.messages.with_raw_response.create(model="cached", max_tokens=16, **kw)
@@ -196,6 +204,7 @@ def test_every_route_of_a_limited_key_carries_its_dialects_headers(gateway: Gate
 
     responses = {
         "chat": chat(client),
+        "chat stream": streamed(client),
         "completions": client.completions.with_raw_response.create(model="cached", prompt="hello", max_tokens=4),
         "responses": client.responses.with_raw_response.create(model="cached", input="hello", max_output_tokens=16),
         "embeddings": client.embeddings.with_raw_response.create(model="cached", input="hello"),
