@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cachegate.core.rate_limits import (
     Bucket,
     Decision,
@@ -125,3 +128,35 @@ def test_durations_and_instants_are_written_as_the_apis_write_them() -> None:
         "1m30.25s",
     ]
     assert rfc3339(NOW + 0.2) == "2025-12-02T18:26:41Z"  # rounded up: never before the truth
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 120),
+    gaps=st.lists(st.floats(0.0, 5.0, allow_nan=False), min_size=1, max_size=300),
+)
+def test_no_stretch_of_time_admits_more_than_the_capacity_and_its_refill(capacity: int, gaps: list[float]) -> None:
+    limits = Limits(requests_per_minute=capacity)
+    state, now, admitted_at = None, 0.0, []
+    for gap in gaps:
+        now += gap
+        admission = admit(limits, state, None, now)
+        state = admission.requests
+        if admission.decision.admitted:
+            admitted_at.append(now)
+
+    for first in range(len(admitted_at)):
+        for last in range(first, len(admitted_at)):
+            span = admitted_at[last] - admitted_at[first]
+            assert last - first + 1 <= capacity + span * capacity / 60 + 1e-6
+
+
+@settings(max_examples=100, deadline=None)
+@given(capacity=st.integers(1, 600), requests=st.integers(1, 200))
+def test_a_key_that_keeps_to_its_rate_is_never_refused(capacity: int, requests: int) -> None:
+    limits = Limits(requests_per_minute=capacity)
+    state = None
+    for n in range(requests):
+        admission = admit(limits, state, None, n * 60 / capacity)
+        assert admission.decision.admitted
+        state = admission.requests
