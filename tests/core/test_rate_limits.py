@@ -113,6 +113,9 @@ def test_anthropic_headers_reset_at_an_rfc_3339_instant() -> None:
         (b"anthropic-ratelimit-input-tokens-limit", b"40000"),
         (b"anthropic-ratelimit-input-tokens-remaining", b"39000"),
         (b"anthropic-ratelimit-input-tokens-reset", b"2025-12-02T18:26:42Z"),
+        (b"anthropic-ratelimit-tokens-limit", b"40000"),
+        (b"anthropic-ratelimit-tokens-remaining", b"39000"),
+        (b"anthropic-ratelimit-tokens-reset", b"2025-12-02T18:26:42Z"),
     ]
 
 

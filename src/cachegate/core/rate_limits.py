@@ -182,12 +182,14 @@ def openai_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
 
 
 def anthropic_headers(decision: Decision, now: float) -> list[tuple[bytes, bytes]]:
-    """Anthropic's ``anthropic-ratelimit-{requests,input-tokens}-{limit,remaining,reset}``; the
-    reset is an RFC 3339 instant (UTC, whole seconds, rounded up)."""
+    """Anthropic's ``anthropic-ratelimit-{requests,input-tokens,tokens}-{limit,remaining,reset}``;
+    the reset is an RFC 3339 instant (UTC, whole seconds, rounded up). ``tokens`` is Anthropic's
+    most restrictive token limit in effect: here the input-token limit, the only one."""
     headers: list[tuple[bytes, bytes]] = []
     for prefix, limit in (
         (b"anthropic-ratelimit-requests-", decision.requests),
         (b"anthropic-ratelimit-input-tokens-", decision.input_tokens),
+        (b"anthropic-ratelimit-tokens-", decision.input_tokens),
     ):
         if limit is not None:
             headers += [
