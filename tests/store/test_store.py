@@ -12,6 +12,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from cachegate.core.budgets import KeyTotals
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     MISS_REASONS,
@@ -31,7 +32,7 @@ from cachegate.store.base import (
 )
 from cachegate.store.keys import hash_secret
 from cachegate.store.schema import migrations
-from store.rawdb import everything_stored, query
+from store.rawdb import everything_stored, execute, query
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -593,6 +594,73 @@ async def test_a_row_id_is_stored_once_however_often_it_is_sent(store: ControlSt
     assert sorted(row_id or "-" for (row_id,) in stored) == ["-", "-", "r1", "r2"]
     [report] = await store.usage_report()
     assert report.requests == 4
+
+
+# spend totals (budgets, SPEC §13)
+
+
+async def test_spend_is_totalled_per_key_for_the_utc_day_month_and_all_time(store: ControlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    await store.append_ledger(
+        [
+            ledger_row(T0, "prn_a", "m", cost=Decimal("0.1")),
+            ledger_row(T0 + timedelta(hours=11), "prn_a", "m", cost=Decimal("0.000000001")),
+            ledger_row(T0 - timedelta(days=1), "prn_a", "m", cost=Decimal("1")),  # February: the total only
+            ledger_row(T0 + timedelta(days=1), "prn_a", "m", cost=Decimal("10")),  # another day of March
+            ledger_row(T0, "prn_a", "m", cost=None, status=502),  # unpriced: nothing
+            ledger_row(T0, "prn_b", "m", key_id="key_b", cost=Decimal("0.5")),
+            # 20:00 on March 1st at UTC-5 is 01:00 on March 2nd in UTC: not March 1st's
+            ledger_row(datetime(2025, 3, 1, 20, 0, tzinfo=eastern), "prn_b", "m", key_id="key_b", cost=Decimal("7")),
+        ]
+    )
+
+    totals = await store.spend_totals(T0 + timedelta(hours=3))
+
+    assert totals == [
+        KeyTotals("prn_b", "key_b", Decimal("0.5"), Decimal("7.5"), Decimal("7.5")),
+        KeyTotals("prn_a", "key_test", Decimal("0.100000001"), Decimal("10.100000001"), Decimal("11.100000001")),
+    ]
+    next_month = await store.spend_totals(datetime(2025, 4, 1, tzinfo=UTC))
+    assert [(t.key_id, t.day, t.month, t.total) for t in next_month] == [
+        ("key_b", 0, 0, Decimal("7.5")),
+        ("key_test", 0, 0, Decimal("11.100000001")),
+    ]
+
+
+async def test_a_row_sent_twice_is_counted_in_the_spend_once(store: ControlStore) -> None:
+    first, second = ledger_row(T0, "prn_a", "m", row_id="r1"), ledger_row(T0, "prn_a", "m", row_id="r2")
+    await store.append_ledger([first])
+
+    await store.append_ledger([first, second, second])
+
+    [totals] = await store.spend_totals(T0)
+    assert (totals.day, totals.month, totals.total) == (Decimal("0.2"),) * 3
+
+
+async def test_a_refused_batch_adds_nothing_to_the_spend(store: ControlStore) -> None:
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.NotNullViolationError)):
+        await store.append_ledger([ledger_row(T0, "prn_a", "m"), ledger_row(T0, "prn_a", "m", principal_id=None)])
+
+    assert await store.spend_totals(T0) == []
+
+
+async def test_the_spend_of_rows_billed_before_the_totals_existed_is_filled_in(
+    store: ControlStore, store_url: str
+) -> None:
+    await store.append_ledger(
+        [ledger_row(T0, "prn_a", "m", cost=Decimal("0.25")), ledger_row(T0 - timedelta(days=1), "prn_a", "m")]
+    )
+    expected = await store.spend_totals(T0)
+    await execute(store_url, "DROP TABLE spend")  # as before the step that made it
+    await execute(store_url, "DELETE FROM schema_migrations WHERE version = 9")
+
+    await store.migrate()
+
+    assert (
+        await store.spend_totals(T0)
+        == expected
+        == [KeyTotals("prn_a", "key_test", Decimal("0.25"), Decimal("0.25"), Decimal("0.35"))]
+    )
 
 
 async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:

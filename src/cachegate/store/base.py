@@ -8,13 +8,13 @@ outage only affects keys it has never seen (SPEC §11).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from cachegate.core.budgets import BudgetPeriod, BudgetSubject, KeyTotals
 from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 
@@ -91,19 +91,6 @@ class TariffVersion:
 
     def in_force(self, at: datetime) -> bool:
         return self.valid_from <= at and (self.valid_until is None or at < self.valid_until)
-
-
-class BudgetSubject(enum.StrEnum):
-    KEY = "key"
-    PRINCIPAL = "principal"
-
-
-class BudgetPeriod(enum.StrEnum):
-    """The window a budget caps spend over: a calendar day or month in UTC, or all time."""
-
-    DAY = "day"
-    MONTH = "month"
-    TOTAL = "total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,5 +285,10 @@ class ControlStore(Protocol):
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]: ...
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         """The ledger summed by UTC day, key and model, in that order (then principal)."""
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        """Each key's billed cost (ledger ``cost``) in the UTC day and month of ``at`` and in all
+        time (SPEC §13). Read from running totals the ledger's writes keep, one row per key and
+        window, so it costs a few rows per key however long the ledger grows."""
 
     async def aclose(self) -> None: ...

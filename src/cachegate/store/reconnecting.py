@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from cachegate.background import Reconnecting
+from cachegate.core.budgets import KeyTotals
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -139,6 +140,9 @@ class ReconnectingStore:
 
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         return await self._backend.get().usage(query)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        return await self._backend.get().spend_totals(at)
 
     async def aclose(self) -> None:
         await self._backend.aclose()

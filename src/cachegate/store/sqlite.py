@@ -24,6 +24,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -61,9 +62,11 @@ from cachegate.store.values import (
     checked_tariff,
     decimal_text,
     grouped_endpoints,
+    key_totals,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    spend_increments,
     usage_group_from_row,
     usage_sums,
     utc,
@@ -430,10 +433,23 @@ class SqliteStore:
         )
 
         def insert(connection: sqlite3.Connection) -> None:
-            with _transaction(connection):
-                connection.executemany(statement, records)
+            with _transaction(connection):  # the write lock: no other writer between the check and the insert
+                new = _not_stored(connection, rows)
+                connection.executemany(statement, [record for record, keep in zip(records, new, strict=True) if keep])
+                _add_spend(connection, [row for row, keep in zip(rows, new, strict=True) if keep])
 
         await self._run(insert)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        windows = Windows.at(at)
+        found = await self._run(
+            lambda connection: connection.execute(
+                "SELECT key_id, principal_id, period, amount FROM spend"
+                " WHERE (period = 'day' AND label = ?) OR (period = 'month' AND label = ?) OR period = 'total'",
+                (windows.day, windows.month),
+            ).fetchall()
+        )
+        return key_totals((row["key_id"], row["principal_id"], row["period"], Decimal(row["amount"])) for row in found)
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         where, parameters = ("", ()) if since is None else ("WHERE at >= ?", (encode_timestamp(since),))
@@ -491,6 +507,44 @@ class SqliteStore:
         return [usage_group_from_row(row) for row in rows]
 
 
+_ID_CHUNK = 500  # row ids per lookup: well under SQLite's limit on a statement's parameters
+
+
+def _not_stored(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> list[bool]:
+    """Per row, whether it is new: its row id is neither stored already nor earlier in the batch
+    (a row without an id always is). Asked once per chunk of ids, under the write lock."""
+    ids = [row.row_id for row in rows if row.row_id is not None]
+    seen: set[str] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        query = f"SELECT row_id FROM ledger WHERE row_id IN ({', '.join('?' for _ in chunk)})"
+        seen.update(found for (found,) in connection.execute(query, chunk))
+    new = []
+    for row in rows:
+        fresh = row.row_id is None or row.row_id not in seen
+        if row.row_id is not None:
+            seen.add(row.row_id)
+        new.append(fresh)
+    return new
+
+
+def _add_spend(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Add the rows' costs to the running totals of their keys' windows, exactly (decimal_add)."""
+    connection.executemany(
+        "INSERT INTO spend (key_id, principal_id, period, label, amount) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (key_id, period, label) DO UPDATE SET amount = decimal_add(amount, excluded.amount)",
+        [
+            (key_id, principal_id, period, label, decimal_text(amount))
+            for (key_id, period, label), (principal_id, amount) in sorted(spend_increments(rows).items())
+        ],
+    )
+
+
+def _decimal_add(left: str, right: str) -> str:
+    """SQLite function ``decimal_add(text, text)``: the exact sum of two decimal TEXT values."""
+    return decimal_text(Decimal(left) + Decimal(right))
+
+
 class _DecimalSum:
     """SQLite aggregate ``decimal_sum(text)``: an exact sum of decimal TEXT values, NULLs skipped."""
 
@@ -517,6 +571,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA foreign_keys = ON")
         connection.create_aggregate("decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]  # typeshed: ints only
+        connection.create_function("decimal_add", 2, _decimal_add, deterministic=True)
     except BaseException:
         connection.close()
         raise

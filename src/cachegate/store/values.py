@@ -13,8 +13,18 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff, TtlTier
-from cachegate.store.base import MISS_REASONS, Budget, BudgetPeriod, BudgetSubject, Model, RateLimit, UsageGroup
+from cachegate.store.base import (
+    MISS_REASONS,
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
+    LedgerRow,
+    Model,
+    RateLimit,
+    UsageGroup,
+)
 
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -201,3 +211,40 @@ def usage_group_from_row(row: Mapping[str, Any]) -> UsageGroup:
         drift_sum=row["drift_sum"],
         drift_count=row["drift_count"],
     )
+
+
+SpendWindow = tuple[str, str, str]  # key id, period, window label
+
+
+def spend_increments(rows: Sequence[LedgerRow]) -> dict[SpendWindow, tuple[str, Decimal]]:
+    """What the rows add to the ``spend`` totals: per key and window, its principal and the cost."""
+    increments: dict[SpendWindow, tuple[str, Decimal]] = {}
+    for row in rows:
+        if row.cost is None:
+            continue
+        windows = Windows.at(row.at)
+        for period in (BudgetPeriod.DAY, BudgetPeriod.MONTH, BudgetPeriod.TOTAL):
+            slot = (row.key_id, period.value, windows.label(period))
+            _, amount = increments.get(slot, (row.principal_id, Decimal(0)))
+            increments[slot] = (row.principal_id, amount + row.cost)
+    return increments
+
+
+def key_totals(rows: Iterable[tuple[str, str, str, Decimal]]) -> list[KeyTotals]:
+    """``spend`` rows (key id, principal id, period, amount) of one instant's windows, per key."""
+    by_key: dict[str, dict[str, Decimal]] = {}
+    principals: dict[str, str] = {}
+    for key_id, principal_id, period, amount in rows:
+        principals[key_id] = principal_id
+        by_key.setdefault(key_id, {})[period] = amount
+    zero = Decimal(0)
+    return [
+        KeyTotals(
+            principal_id=principals[key_id],
+            key_id=key_id,
+            day=amounts.get(BudgetPeriod.DAY, zero),
+            month=amounts.get(BudgetPeriod.MONTH, zero),
+            total=amounts.get(BudgetPeriod.TOTAL, zero),
+        )
+        for key_id, amounts in sorted(by_key.items())
+    ]
