@@ -1,7 +1,9 @@
 """The control store on SQLite: the embedded default, one file, nothing to install.
 
-sqlite3 blocks, so one dedicated thread owns the only connection and runs every call: calls
-are serialised there (SQLite has one writer at a time anyway) and never block the event loop.
+sqlite3 blocks, so one dedicated thread owns the connection and runs every call: calls are
+serialised there (SQLite has one writer at a time anyway) and never block the event loop. The
+usage report, which reads much of the ledger, runs on a second read connection and thread of its
+own, so it never holds up the calls behind it.
 WAL lets another process, such as the admin CLI next to a running gateway, read while this
 one writes; writers wait for each other through the busy timeout.
 
@@ -137,6 +139,7 @@ class SqliteStore:
         self._path = path
         self._connection = connection
         self._executor = executor
+        self._reports = _ReportReader(path)
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
@@ -159,6 +162,7 @@ class SqliteStore:
         )
 
     async def aclose(self) -> None:
+        await self._reports.aclose()
         await self._run(lambda connection: connection.close())
         self._executor.shutdown(wait=True)
 
@@ -496,7 +500,7 @@ class SqliteStore:
                 conditions.append(condition)
                 parameters.append(value)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self._run(
+        rows = await self._reports.run(
             lambda connection: connection.execute(
                 f"SELECT substr(at, 1, 10) AS day, principal_id, key_id, model, {_USAGE_SUMS}"
                 f" FROM ledger {where} GROUP BY day, principal_id, key_id, model"
@@ -543,6 +547,39 @@ def _add_spend(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> Non
 def _decimal_add(left: str, right: str) -> str:
     """SQLite function ``decimal_add(text, text)``: the exact sum of two decimal TEXT values."""
     return decimal_text(Decimal(left) + Decimal(right))
+
+
+class _ReportReader:
+    """A second connection, on a thread of its own, for the reports that read much of the ledger
+    (``usage``): WAL lets it read while the main connection writes, so a dashboard's or a tenant's
+    usage query never holds up key lookups or the ledger's writes behind it. Opened on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-sqlite-reports")
+
+        def call() -> T:  # on the reports' one thread, so the connection is opened once
+            if self._connection is None:
+                self._connection = _connect(self._path)
+            return work(self._connection)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _guarded, self._path, call)
+
+    async def aclose(self) -> None:
+        if self._executor is None:
+            return
+
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
 
 
 class _DecimalSum:
