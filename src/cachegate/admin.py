@@ -20,7 +20,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -28,6 +28,15 @@ from cachegate import operations
 from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.operations import InvalidArgument
+from cachegate.operations.usage import (
+    TABLE_COLUMNS,
+    UsageFormat,
+    UsageParameters,
+    parse_time,
+    table_rows,
+    usage_csv,
+    usage_json,
+)
 from cachegate.store.base import (
     BudgetPeriod,
     BudgetSubject,
@@ -47,6 +56,7 @@ ConfigCheck = Callable[[argparse.Namespace, Config], str | None]
 
 _DEFAULT_TARIFF = CacheTariff()
 _DEFAULT_TOKENIZER = "qwen3"
+_USAGE_HELP = "the usage ledger by UTC day, key and model: tokens, cache reads and writes, cost, saving, misses"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -147,9 +157,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = _command(limit, "list", "list the keys' rate limits", _limit_list)
     listing.add_argument("key_id", nargs="?")
 
-    usage = _group(subparsers, "usage", "the usage ledger")
-    report = _command(usage, "report", "requests, tokens and cost by day (UTC), principal and model", _usage_report)
-    report.add_argument("--since", type=_day, help="first day to include, YYYY-MM-DD (UTC)")
+    usage = subparsers.add_parser("usage", help=_USAGE_HELP, description=_USAGE_HELP)
+    usage.set_defaults(run=_with_store(_usage))
+    usage.add_argument("--since", type=_time_bound("since"), help="from this day (YYYY-MM-DD, UTC) or timestamp")
+    usage.add_argument(
+        "--until", type=_time_bound("until"), help="through this day (YYYY-MM-DD, UTC), or before this timestamp"
+    )
+    usage.add_argument("--principal", help="only this principal's usage (name or id)")
+    usage.add_argument(
+        "--format", type=UsageFormat, choices=list(UsageFormat), default=UsageFormat.TABLE, help="default: table"
+    )
 
 
 # principals and keys
@@ -436,42 +453,14 @@ def _limit_cell(value: int | None) -> int | str:
 # usage
 
 
-async def _usage_report(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
-    rows = await store.usage_report(args.since)
-    names = {p.id: p.name for p in await store.list_principals()}
-    _print_table(
-        (
-            "DAY",
-            "PRINCIPAL",
-            "MODEL",
-            "ROUTE",
-            "REQUESTS",
-            "PROMPT",
-            "COMPLETION",
-            "CACHE READ",
-            "CACHE WRITE",
-            "COST",
-            "LIST COST",
-            "DEGRADED",
-        ),
-        [
-            (
-                r.day,
-                names.get(r.principal_id, r.principal_id),
-                r.model,
-                r.route,
-                r.requests,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cache_read_tokens,
-                r.cache_creation_tokens,
-                r.cost,
-                r.list_cost,
-                r.degraded,
-            )
-            for r in rows
-        ],
-    )
+async def _usage(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    report = await operations.usage(store, UsageParameters(args.since, args.until, args.principal, args.format))
+    if args.format is UsageFormat.JSON:
+        print(usage_json(report).decode())
+    elif args.format is UsageFormat.CSV:
+        print(usage_csv(report), end="")
+    else:
+        _print_table([header for header, _ in TABLE_COLUMNS], table_rows(report))
     return 0
 
 
@@ -497,12 +486,14 @@ def _positive_count(text: str) -> int:
     return int(text)
 
 
-def _day(text: str) -> datetime:
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, not {text!r}") from None
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _time_bound(parameter: str) -> Callable[[str], datetime]:
+    def parse(text: str) -> datetime:
+        try:
+            return parse_time(text, parameter, until=parameter == "until")
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
 
 
 def _http_url(text: str) -> str:

@@ -491,6 +491,7 @@ ROUTES = {
     ("GET", "/admin/v1/rate-limits/{key_id}"),
     ("PUT", "/admin/v1/rate-limits/{key_id}"),
     ("DELETE", "/admin/v1/rate-limits/{key_id}"),
+    ("GET", "/admin/v1/usage"),
 }
 
 

@@ -12,12 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from cachegate.admin_api import budgets, endpoints, keys, models, principals, rate_limits, tariffs
+from cachegate.admin_api import budgets, endpoints, keys, models, principals, rate_limits, tariffs, usage
 from cachegate.admin_api.auth import require_admin
 from cachegate.admin_api.body_limit import BodyLimit
 from cachegate.admin_api.context import AdminContext
 from cachegate.admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from cachegate.config import Config
+from cachegate.dashboard.pages import Dashboard
 from cachegate.gateway.auth import KeyResolver
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.store.base import ControlStore
@@ -32,6 +33,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     tariffs.router,
     budgets.router,
     rate_limits.router,
+    usage.router,
 )
 """Every resource group, in the order the schema lists them."""
 
@@ -64,6 +66,7 @@ def build_admin_app(store: ControlStore, config: Config, key_resolver: KeyResolv
         return JSONResponse(openapi())
 
     app.add_api_route(OPENAPI_PATH, schema, include_in_schema=False, dependencies=[Depends(require_admin)])
+    app.router.routes.extend(Dashboard(store, key_resolver).routes)  # the pages, behind their own login cookie
     return app
 
 

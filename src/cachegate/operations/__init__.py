@@ -46,6 +46,7 @@ from cachegate.operations.limits import (
     set_budget,
     set_rate_limit,
 )
+from cachegate.operations.usage import UsageFormat, UsageParameters, UsageReport, usage
 
 __all__ = [
     "BudgetView",
@@ -53,6 +54,9 @@ __all__ = [
     "InvalidArgument",
     "KeyView",
     "ModelView",
+    "UsageFormat",
+    "UsageParameters",
+    "UsageReport",
     "create_key",
     "create_principal",
     "delete_budget",
@@ -79,4 +83,5 @@ __all__ = [
     "set_tariff",
     "tariff_state",
     "upstream_key_state",
+    "usage",
 ]
