@@ -21,7 +21,7 @@ import uvloop
 from cachegate import serving
 from cachegate.bootstrap import seed_store
 from cachegate.config import Config
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Recall, Refresh, Trail
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.gateway.app import Gateway
 from cachegate.index.base import CacheIndex, IndexUnavailable
@@ -36,12 +36,17 @@ T = TypeVar("T")
 
 
 class FaultyIndex:
-    """Delegates to a real index unless told to fail or to be slow (``delay`` seconds before each call)."""
+    """Delegates to a real index unless told to fail or to be slow (``delay`` seconds before each call).
+
+    ``ahead`` moves the requests' clock forward for lookups and recalls (seconds): entries age
+    without the test waiting for them to expire.
+    """
 
     def __init__(self, inner: CacheIndex) -> None:
         self.inner = inner
         self.down = False
         self.delay = 0.0
+        self.ahead = 0.0
 
     async def _check(self) -> None:
         if self.delay:
@@ -51,11 +56,15 @@ class FaultyIndex:
 
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         await self._check()
-        return await self.inner.lookup(scope, hashes, now)
+        return await self.inner.lookup(scope, hashes, now + self.ahead)
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
         await self._check()
-        await self.inner.write(entries, now)
+        await self.inner.write(entries, now, trails)
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        await self._check()
+        return await self.inner.recall(scope, hashes, keys, now + self.ahead)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         await self._check()
@@ -253,6 +262,7 @@ class GatewayHarness:
         self.store.down = False
         self.index.down = False
         self.index.delay = 0.0
+        self.index.ahead = 0.0
         self.counter.failing = False
         self.counter.delay = 0.0
         self.upstream.buggy = False

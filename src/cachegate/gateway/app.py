@@ -71,7 +71,7 @@ class Gateway:
         self.in_flight = InFlight(config.server.per_key_concurrency)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
         self.ledger = LedgerWriter.from_config(store, config)
-        self.sweeper = Sweeper(index, config.sweep_interval_seconds)
+        self.sweeper = Sweeper(index, config.sweep_interval_seconds, retention=config.miss_retention_seconds)
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         salts = CacheSalts.from_config(config)
