@@ -36,6 +36,7 @@ from typing import Any, Final
 import orjson
 
 from cachegate.core.classify import Hit
+from cachegate.core.sites import MARKER_KEY
 from cachegate.core.types import BlockKind, CacheMiss, CacheScope, MissReason, ParsedPrompt, Section, Trail
 
 DIGEST_BYTES: Final = 8
@@ -58,7 +59,7 @@ class Outline:
     anchor: bytes  # digest of the first message after the system prompt; b"" when there is none
 
     def section_of(self, block: int) -> int:
-        """The index of the section holding ``block``."""
+        """The index of the section holding ``block`` (never an empty one: its end is its predecessor's)."""
         for i, end in enumerate(self.ends):
             if block <= end:
                 return i
@@ -75,13 +76,14 @@ def outline(
 ) -> Outline:
     """The sections of ``prompt``, whose chat ``messages`` it was parsed from.
 
-    Tools are one section, ``"tools"``; the leading run of system (and developer) messages is
-    ``"system"``; every other message is its index. ``client_messages`` maps each chat message to
-    the index of the client's message it came from (None: its system prompt), for a request that
-    was translated (Anthropic's, SPEC §9): the sections are then the client's messages.
+    The first two sections are always the tools and the system prompt (the leading run of system
+    and developer messages), empty or not, so that adding or removing either is named as such;
+    then every other message is a section, named by its index. ``client_messages`` maps each chat
+    message to the index of the client's message it came from (None: its system prompt), for a
+    request that was translated (Anthropic's, SPEC §9): the sections are then the client's messages.
     """
-    labels: list[Section] = []
-    ends: list[int] = []
+    labels: list[Section] = [TOOLS, SYSTEM]
+    ends: list[int] = [-1, -1]
     leading_system = True
     anchor_message: int | None = None
     for block, ref in enumerate(prompt.blocks):
@@ -92,16 +94,35 @@ def outline(
             label, leading_system = _message_label(ref.message, messages, client_messages, leading_system)
             if label != SYSTEM and anchor_message is None:
                 anchor_message = ref.message
-        if labels and labels[-1] == label:
+        if label == TOOLS:
+            ends[0] = ends[1] = block
+        elif label == SYSTEM:
+            ends[1] = block
+        elif labels[-1] == label:
             ends[-1] = block
         else:
             labels.append(label)
             ends.append(block)
     anchor = b""
     if anchor_message is not None and anchor_message < len(messages):
-        canonical = orjson.dumps(messages[anchor_message], option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(_unmarked(messages[anchor_message]), option=orjson.OPT_SORT_KEYS)
         anchor = hashlib.sha256(canonical).digest()[:DIGEST_BYTES]
     return Outline(tuple(labels), tuple(ends), anchor)
+
+
+def _unmarked(message: Any) -> Any:
+    """The message without its markers (SPEC §3.1), which never change what a prompt is (§4)."""
+    if not isinstance(message, Mapping):
+        return message
+    unmarked = {key: value for key, value in message.items() if key != MARKER_KEY}
+    for field in ("content", "tool_calls"):
+        items = unmarked.get(field)
+        if isinstance(items, list):
+            unmarked[field] = [
+                {k: v for k, v in item.items() if k != MARKER_KEY} if isinstance(item, Mapping) else item
+                for item in items
+            ]
+    return unmarked
 
 
 def _message_label(
@@ -117,12 +138,16 @@ def _message_label(
     return message, False
 
 
+_EMPTY: Final = bytes(DIGEST_BYTES)
+"""The digest of an empty prefix: no tools (and no system prompt either)."""
+
+
 def section_digests(prompt: ParsedPrompt, sections: Outline) -> list[bytes]:
     """The short digest of the prefix hash at each section's end, up to the deepest breakpoint's section."""
     if not prompt.breakpoints:
         return []
     last = min(sections.section_of(prompt.breakpoints[-1].block) + 1, MAX_SECTIONS)
-    return [prompt.prefix_hashes[end][:DIGEST_BYTES] for end in sections.ends[:last]]
+    return [prompt.prefix_hashes[end][:DIGEST_BYTES] if end >= 0 else _EMPTY for end in sections.ends[:last]]
 
 
 def trails_to_write(scope: CacheScope, prompt: ParsedPrompt, sections: Outline, expires_at: float) -> list[Trail]:
