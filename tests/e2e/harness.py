@@ -214,7 +214,7 @@ class GatewayHarness:
         await store.migrate()
         await seed_store(store, self.config)
         self.store = FaultyStore(store)
-        self.index = FaultyIndex(await open_index(self.config.index_url))
+        self.index = FaultyIndex(await open_index(self.config.index_url, retention=self.config.miss_retention_seconds))
         self.counter = FaultyCounter(self._counter)
         upstream = HttptoolsUpstream(  # as bootstrap.py builds it: the deadlines are the configuration's
             connect_timeout=self.config.deadlines.upstream_connect_seconds,
