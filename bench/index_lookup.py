@@ -92,7 +92,7 @@ async def measure_miss_path(index: CacheIndex, iterations: int, now: float) -> d
     unmatched = [prefix_hash(MEASURED, n) for n in range(1, CANDIDATES, 2)]
     keys = [trail.key for trail in trails(now)]
     recalled = await index.recall(MEASURED, unmatched, keys, now)
-    assert len(recalled.expired) == CANDIDATES // 4 and len(recalled.trails) == 2
+    assert len(recalled.expired) == CANDIDATES // 4 and len(recalled.trails) == 2, recalled
     written = [
         IndexEntry(MEASURED, prefix_hash(MEASURED, 1000 + n), 4096, TtlTier.FIVE_MINUTES, now + 300) for n in range(2)
     ]
@@ -161,7 +161,7 @@ async def run(arguments: argparse.Namespace) -> None:
     print(f"{'backend':<10}{'operation':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
     for name in arguments.backends:
         async with backends[name]() as url:
-            index = await open_index(url)
+            index = await open_index(url, retention=3600)  # as a default configuration opens it
             try:
                 await fill(index, arguments.entries, now)
                 results = {"lookup": await measure(index, arguments.iterations, now)}
