@@ -47,6 +47,7 @@ class FaultyIndex:
         self.down = False
         self.delay = 0.0
         self.ahead = 0.0
+        self.recall_down = False  # only the recall of a miss fails (SPEC §14)
 
     async def _check(self) -> None:
         if self.delay:
@@ -64,6 +65,8 @@ class FaultyIndex:
 
     async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
         await self._check()
+        if self.recall_down:
+            raise IndexUnavailable("recall switched off by the test")
         return await self.inner.recall(scope, hashes, keys, now + self.ahead)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
@@ -263,6 +266,7 @@ class GatewayHarness:
         self.index.down = False
         self.index.delay = 0.0
         self.index.ahead = 0.0
+        self.index.recall_down = False
         self.counter.failing = False
         self.counter.delay = 0.0
         self.upstream.buggy = False

@@ -168,6 +168,16 @@ def test_an_outage_is_degraded(gateway: GatewayHarness) -> None:
     assert reason(by_index) == "degraded" and by_index.usage["cache_degraded"] is True
 
 
+def test_a_miss_the_index_cannot_explain_says_so_and_is_still_cached(gateway: GatewayHarness) -> None:
+    gateway.index.recall_down = True
+
+    answer = chat(gateway, opening())
+
+    assert answer.miss is None and answer.body == {"cache_miss_reason": None}  # not known, not a read
+    assert answer.usage["cache_creation_input_tokens"] > 0 and not answer.usage.get("cache_degraded")
+    assert gateway.ledger_rows("chat")[-1].miss_reason is None
+
+
 def test_no_body_unless_asked_and_no_header_without_caching(gateway: GatewayHarness) -> None:
     messages = opening()
     raw = openai_client(gateway).chat.completions.with_raw_response.create(model="cached", messages=messages)

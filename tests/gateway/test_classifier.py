@@ -400,7 +400,7 @@ async def test_a_recall_that_fails_leaves_the_miss_undiagnosed_and_the_request_c
 
     result = await classify(classifier, FIRST_TURN, BlockCounter())
 
-    assert result.miss is None
+    assert result.miss is None and result.undiagnosed
     assert not result.degraded and result.stats.creation == 600
 
 

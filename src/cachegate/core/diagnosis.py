@@ -218,4 +218,5 @@ def diagnostics_body(miss: CacheMiss | None) -> dict[str, Any] | None:
 
 
 PENDING_DIAGNOSTICS: Final = {"cache_miss_reason": None}
-"""A stream's ``message_start`` before the diagnosis is known (Anthropic's "still pending")."""
+"""A reason not known: a stream's ``message_start`` before the diagnosis (Anthropic's "still pending"),
+or a miss the index could not explain."""

@@ -234,6 +234,7 @@ class Classification:
     degraded: bool = False  # zeros because of an outage, not because of the request (§11)
     counted_total: int | None = None  # our count of the whole prompt, when it was rendered
     miss: CacheMiss | None = None  # why the deepest breakpoint did not read; None when it read (§14)
+    undiagnosed: bool = False  # it did not read, and the index could not say why (its recall failed)
     trails: list[Trail] = field(default_factory=list)  # committed with ``writes``
 
     @classmethod

@@ -100,6 +100,7 @@ class CacheClassifier:
             if classification.miss is None and needs_recall(prompt, hit):
                 sections = sections or outline(prompt, body.get("messages") or (), client_messages)
                 classification.miss = await self._diagnose(prompt, sections, matches, hit, recall)
+                classification.undiagnosed = classification.miss is None
         finally:
             if recall is not None and not recall.done():
                 recall.cancel()

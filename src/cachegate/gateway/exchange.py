@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from cachegate.core.diagnosis import diagnostics_body
+from cachegate.core.diagnosis import PENDING_DIAGNOSTICS, diagnostics_body
 from cachegate.core.pricing import price
 from cachegate.core.types import CacheMiss, CacheStats, CacheTariff, Classification
 from cachegate.core.usage import scrub_usage, splice_usage, upstream_cached_tokens
@@ -77,7 +77,12 @@ class Exchange:
         return [] if miss is None else [(MISS_HEADER, str(miss).encode())]
 
     def diagnostics(self) -> dict[str, Any] | None:
-        """The body's ``diagnostics`` (Anthropic's shape), for a client that asked; the split must be decided."""
+        """The body's ``diagnostics`` (Anthropic's shape), for a client that asked; the split must be decided.
+
+        A miss the index could not explain is Anthropic's "reason unknown" (``cache_miss_reason: null``),
+        never the ``null`` of a read."""
+        if self.cache_enabled and self.classification is not None and self.classification.undiagnosed:
+            return dict(PENDING_DIAGNOSTICS)
         return diagnostics_body(self.miss)
 
     async def classification_result(self) -> Classification:
