@@ -218,6 +218,17 @@ def test_a_stream_carries_the_reason_in_its_usage_frame(gateway: GatewayHarness)
     assert frames[-1]["diagnostics"] == {"cache_miss_reason": {"type": "prefix_changed", "block": "system"}}
 
 
+def test_a_streams_headers_never_wait_for_the_reason(gateway: GatewayHarness) -> None:
+    gateway.index.delay = 0.3  # the classification is still running when the upstream's headers arrive
+    raw = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=opening(), stream=True, stream_options={"include_usage": True}, extra_headers=ASK
+    )
+    frames = [chunk.model_dump() for chunk in raw.parse() if chunk.usage is not None]
+
+    assert raw.headers.get(MISS_HEADER) is None
+    assert frames[-1]["diagnostics"] == {"cache_miss_reason": {"type": "first_write"}}
+
+
 # -- Anthropic clients: the diagnostics field --------------------------------------------------------
 
 
