@@ -8,11 +8,12 @@ deepest breakpoint misses makes, beside its counting. Each backend gets the same
 of its 20 candidates (10 hits, 10 misses). Lookups run one after the other on one event loop, after a
 warm-up, and the table gives their latency percentiles in microseconds, measured from the caller's
 side (``await index.lookup(...)``), so it includes the client library and, for the servers, the round trip.
-The recall asks for the 10 candidates that missed (5 of them expired) and the scope's 2 trail keys
-(64 sections each); a write is 2 entries, with or without those 2 trails.
+At the largest size, the recall asks for the 10 candidates that missed (5 of them expired) and the
+scope's 2 trail keys (64 sections each); a write is 2 entries, with or without those 2 trails.
 
     .venv/bin/python bench/index_lookup.py                  # sqlite, postgres and redis in one run
     .venv/bin/python bench/index_lookup.py --iterations 20000 --entries 100000
+    .venv/bin/python bench/index_lookup.py --entries 1000000 10000000   # each size on top of the last
 
 PostgreSQL gets a fresh database (dropped at the end); Redis a fresh key prefix (deleted at the end).
 """
@@ -41,7 +42,7 @@ from cachegate.index.factory import open_index
 
 CANDIDATES = 20
 SCOPES = 100
-BATCH = 1000
+BATCH = 5000
 MEASURED = CacheScope("principal-0", "qwen3", "sha256:bench")
 
 
@@ -49,26 +50,31 @@ def prefix_hash(scope: CacheScope, n: int) -> bytes:
     return hashlib.sha256(f"{scope.principal}/{n}".encode()).digest()
 
 
-async def fill(index: CacheIndex, entries: int, now: float) -> None:
-    """``entries`` live entries over ``SCOPES`` scopes; the measured scope holds its even candidates."""
+async def fill(index: CacheIndex, start: int, entries: int, now: float) -> None:
+    """Live entries ``start`` up to ``entries`` over ``SCOPES`` scopes, written in batches (never all
+    in memory: ten million entries are gigabytes as objects); the first batch gives the measured
+    scope its even candidates."""
+    if start == 0:
+        measured = [
+            IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.ONE_HOUR, now + 3600)
+            for n in range(0, CANDIDATES, 2)
+        ]
+        expired = [  # half of the measured scope's misses have expired
+            IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.FIVE_MINUTES, now - 60)
+            for n in range(1, CANDIDATES, 4)
+        ]
+        await index.write(measured + expired, now, trails(now))
+        start = len(measured)
     scopes = [CacheScope(f"principal-{n}", "qwen3", "sha256:bench") for n in range(SCOPES)]
-    rows = [
-        IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.ONE_HOUR, now + 3600)
-        for n in range(0, CANDIDATES, 2)
-    ]
-    rows += [
-        IndexEntry(
-            scopes[n % SCOPES], prefix_hash(scopes[n % SCOPES], CANDIDATES + n), 2048, TtlTier.ONE_HOUR, now + 3600
+    for first in range(start, entries, BATCH):
+        scope = scopes[(first // BATCH) % SCOPES]  # a batch per scope: one script call on Redis, as a request's
+        await index.write(
+            [
+                IndexEntry(scope, prefix_hash(scope, CANDIDATES + n), 2048, TtlTier.ONE_HOUR, now + 3600)
+                for n in range(first, min(first + BATCH, entries))
+            ],
+            now,
         )
-        for n in range(max(0, entries - len(rows)))
-    ]
-    rows += [  # half of the measured scope's misses have expired
-        IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.FIVE_MINUTES, now - 60)
-        for n in range(1, CANDIDATES, 4)
-    ]
-    for start in range(0, len(rows), BATCH):
-        await index.write(rows[start : start + BATCH], now)
-    await index.write([], now, trails(now))
 
 
 def trails(now: float) -> list[Trail]:
@@ -155,19 +161,33 @@ async def run(arguments: argparse.Namespace) -> None:
         "redis": lambda: redis_url(arguments.redis_url),
     }
     print(
-        f"lookup of {CANDIDATES} candidates (10 hits) in one scope; {arguments.entries} entries; "
-        f"{arguments.iterations} lookups each; microseconds"
+        f"lookup of {CANDIDATES} candidates (10 hits) in one scope; {arguments.iterations} lookups each; microseconds"
     )
-    print(f"{'backend':<10}{'operation':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    print(f"{'backend':<10}{'entries':>12}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}{'fill s':>9}")
+    miss_path: dict[str, dict[str, list[float]]] = {}
     for name in arguments.backends:
         async with backends[name]() as url:
             index = await open_index(url, retention=3600)  # as a default configuration opens it
+            filled = 0
             try:
-                await fill(index, arguments.entries, now)
-                results = {"lookup": await measure(index, arguments.iterations, now)}
-                results |= await measure_miss_path(index, arguments.iterations, now)
+                for entries in sorted(arguments.entries):  # each size on top of the last: one fill in all
+                    started = time.perf_counter()
+                    await fill(index, filled, entries, now)
+                    fill_seconds = time.perf_counter() - started
+                    filled = entries
+                    latencies = await measure(index, arguments.iterations, now)
+                    cuts = statistics.quantiles(latencies, n=100)
+                    print(
+                        f"{name:<10}{entries:>12,}{cuts[49]:>10.0f}{cuts[89]:>10.0f}{cuts[98]:>10.0f}"
+                        f"{statistics.fmean(latencies):>10.0f}{fill_seconds:>9.0f}",
+                        flush=True,
+                    )
+                miss_path[name] = await measure_miss_path(index, arguments.iterations, now)
             finally:
                 await index.aclose()
+    print(f"\nthe miss path at {max(arguments.entries):,} entries; microseconds")
+    print(f"{'backend':<10}{'operation':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    for name, results in miss_path.items():
         for operation, latencies in results.items():
             cuts = statistics.quantiles(latencies, n=100)
             print(
@@ -179,7 +199,9 @@ async def run(arguments: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=5000)
-    parser.add_argument("--entries", type=int, default=10_000, help="live entries in the index (all scopes)")
+    parser.add_argument(
+        "--entries", type=int, nargs="+", default=[10_000], help="live entries in the index (all scopes); several: each"
+    )
     parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres", "redis"])

@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     model = _group(subparsers, "model", "model aliases clients can ask for")
     add = _command(model, "add", "add or update a model", _model_add)
     add.add_argument("alias")
-    add.add_argument("--endpoint", required=True)
+    add.add_argument(
+        "--endpoint", required=True, action="append", help="repeat for several replicas, spread by prefix affinity"
+    )
     add.add_argument("--upstream-model", required=True, help="the model name the upstream is sent")
     add.add_argument("--tokenizer", default=_DEFAULT_TOKENIZER, help="token counter name (default: %(default)s)")
     for option, meaning in (("--input-price", "per prompt token"), ("--output-price", "per completion token")):
@@ -172,18 +174,18 @@ async def _endpoint_list(args: argparse.Namespace, store: ControlStore) -> int:
 async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
     model = Model(
         alias=args.alias,
-        endpoint=args.endpoint,
+        endpoint=args.endpoint[0],
         upstream_model=args.upstream_model,
         tokenizer=args.tokenizer,
         input_price=args.input_price,
         output_price=args.output_price,
         automatic_cache_ttl=args.automatic_caching,
-    )
+    ).with_endpoints(args.endpoint)
     await store.put_model(model)
     _print_fields(
         [
             ("alias", model.alias),
-            ("endpoint", model.endpoint),
+            ("endpoint", ", ".join(model.endpoints)),
             ("upstream model", model.upstream_model),
             ("tokenizer", model.tokenizer),
             ("input price", model.input_price),
@@ -195,6 +197,8 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
 
 
 def _model_add_fits(args: argparse.Namespace, config: Config) -> str | None:
+    if len(set(args.endpoint)) != len(args.endpoint):
+        return "--endpoint names an endpoint twice"
     if args.tokenizer not in config.tokenizers:
         known = ", ".join(sorted(config.tokenizers))
         return f"unknown tokenizer {args.tokenizer!r}: the configuration has {known}"
@@ -213,7 +217,7 @@ async def _model_list(args: argparse.Namespace, store: ControlStore) -> int:
         [
             (
                 m.alias,
-                m.endpoint,
+                ",".join(m.endpoints),
                 m.upstream_model,
                 m.tokenizer,
                 m.input_price,

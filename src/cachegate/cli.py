@@ -12,16 +12,16 @@ import sys
 from collections.abc import Sequence
 
 import uvloop
-from aiohttp import web
 
 from cachegate import admin, serving
-from cachegate.bootstrap import close_counters, create_demo_key, open_counters, open_gateway
+from cachegate.bootstrap import close_counters, create_demo_key, open_counters, open_gateway, prepare
 from cachegate.config import CONFIG_PATH_ENV, Config, ConfigError, load_config
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.store.base import StoreError
 from cachegate.store.factory import open_store
 from cachegate.tokenizer_service import cli as tokenizer_cli
 from cachegate.tokens.base import TokenCounter, TokenizerLoadError
+from cachegate.workers import Supervisor, inherited_listener
 
 log = logging.getLogger("cachegate")
 
@@ -64,12 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", help="listen address (overrides the config)")
     serve.add_argument("--port", type=int, help="listen port (overrides the config)")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="gateway processes sharing the listening socket, one per core (overrides the config; default 1)",
+    )
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket (workers.py)
     serve.set_defaults(run=_serve)
 
     fake = commands.add_parser("fake-upstream", help="run the built-in fake OpenAI-compatible upstream")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8081)
     fake.add_argument("--tokenizer", default="qwen3", help="token counter (from the config) used for prompt_tokens")
+    fake.add_argument(
+        "--kv-cache-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="simulate a prefix KV cache of N 16-token blocks and report its hits as cached_tokens (0: off)",
+    )
     fake.set_defaults(run=_fake_upstream)
 
     migrate = commands.add_parser("migrate", help="create or update the control-store schema")
@@ -81,15 +94,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
+    if args.listen_fd is not None:
+        return await _serve_worker(args.listen_fd, config)
     host = args.host or config.listen.host
     port = args.port if args.port is not None else config.listen.port
+    workers = args.workers or config.server.workers
     async with contextlib.AsyncExitStack() as opened:  # whatever fails at start, what was opened is closed
         listener = serving.listen(host, port, "listen (--host/--port)")  # first: a port in use opens nothing
         opened.callback(listener.close)
+        if workers > 1:  # this process supervises; each worker opens its own ports
+            if config.demo.enabled:
+                await _start_demo_upstream(config, opened)
+                await _print_demo_access(config, f"http://{host}:{port}")
+            worker_args = ["--config", args.config] if args.config else []
+            return await Supervisor(listener, workers, worker_args, config.server).run()
         counters = await open_counters(config)
         opened.push_async_callback(close_counters, counters)  # idempotent: the gateway's shutdown closes them too
         if config.demo.enabled:
-            opened.push_async_callback((await _start_demo_upstream(config, counters)).cleanup)
+            await _start_demo_upstream(config, opened, counters)
         gateway = await open_gateway(config, counters)
         if config.demo.enabled:
             access = await create_demo_key(gateway.store, f"http://{host}:{port}")
@@ -98,12 +120,47 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _start_demo_upstream(config: Config, counters: dict[str, TokenCounter]) -> web.AppRunner:
+async def _serve_worker(fd: int, config: Config) -> int:
+    """One worker of ``serve --workers N`` (``workers.py``): the gateway on the supervisor's socket. The
+    supervisor runs the demo upstream and prints the demo key; a worker serves."""
+    async with contextlib.AsyncExitStack() as opened:
+        listener = inherited_listener(fd)
+        opened.callback(listener.close)
+        gateway = await open_gateway(config)
+        await serving.serve(gateway, listener, f"cachegate worker {os.getpid()}", config.server)
+    return 0
+
+
+async def _print_demo_access(config: Config, gateway_url: str) -> None:
+    """The demo banner, printed once by the supervisor: the store is prepared here first, so its key exists
+    before any worker serves."""
+    store = await open_store(config.store_url)
+    try:
+        await prepare(store, config)
+        access = await create_demo_key(store, gateway_url)
+    finally:
+        await store.aclose()
+    print(_demo_banner(access.base_url, access.model, access.secret), flush=True)
+
+
+def _worker_count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes, at least 1, not {text!r}")
+    return int(text)
+
+
+async def _start_demo_upstream(
+    config: Config, opened: contextlib.AsyncExitStack, counters: dict[str, TokenCounter] | None = None
+) -> None:
+    """The demo's fake upstream, stopped (and its counters closed, if opened here) when ``opened`` closes."""
+    if counters is None:
+        counters = await open_counters(config)
+        opened.push_async_callback(close_counters, counters)
     try:
         runner, _ = await start_fake_upstream(counters["qwen3"], "127.0.0.1", config.demo.port)
     except OSError as exc:
         raise serving.ListenError.of("demo.port", "127.0.0.1", config.demo.port, exc) from exc
-    return runner
+    opened.push_async_callback(runner.cleanup)
 
 
 async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
@@ -113,7 +170,9 @@ async def _fake_upstream(args: argparse.Namespace, config: Config) -> int:
             print(f"cachegate: unknown tokenizer {args.tokenizer!r}", file=sys.stderr)
             return 2
         try:
-            runner, port = await start_fake_upstream(counters[args.tokenizer], args.host, args.port)
+            runner, port = await start_fake_upstream(
+                counters[args.tokenizer], args.host, args.port, kv_cache_blocks=args.kv_cache_blocks
+            )
         except OSError as exc:
             raise serving.ListenError.of("--host/--port", args.host, args.port, exc) from exc
         print(f"fake upstream listening on http://{args.host}:{port}/v1", flush=True)

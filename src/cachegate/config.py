@@ -70,6 +70,7 @@ class ServerLimits(_Strict):
     shutdown_drain_seconds: float = Field(30.0, ge=0)  # open requests and streams may finish within this
     shutdown_ledger_seconds: float = Field(10.0, gt=0)  # then the ledger is flushed to the store within this
     shutdown_close_seconds: float = Field(5.0, gt=0)  # then each other part is stopped within this
+    workers: int = Field(1, ge=1)  # gateway processes sharing the listening socket (workers.py); serve --workers
 
 
 class AuthConfig(_Strict):
@@ -80,6 +81,16 @@ class AuthConfig(_Strict):
     unknown_key_cache_seconds: float = Field(30.0, gt=0)  # an unknown key is refused from memory this long
     unknown_key_cache_size: int = Field(100_000, gt=0)  # its own cache: a flood of random keys evicts no real key
     failures_per_minute: int = Field(30, gt=0)  # 401s per client address; more: 429 without a lookup
+
+
+class RoutingConfig(_Strict):
+    """How a request picks one of its model's endpoints (SPEC §15): prefix affinity, with these fallbacks."""
+
+    # An endpoint with more requests in flight (from this process) passes new ones to the next in
+    # rendezvous order; None: never. Set it near the engine's batch size (vLLM's max_num_seqs).
+    max_in_flight: int | None = Field(128, gt=0)
+    # An endpoint that refused a connection is tried after every other for this long.
+    down_seconds: float = Field(5.0, ge=0)
 
 
 class EndpointConfig(_Strict):
@@ -120,7 +131,9 @@ class CacheTariffConfig(_Strict):
 
 class ModelConfig(_Strict):
     alias: str
-    endpoint: str
+    # One endpoint, or ``endpoints``: several replicas, spread by prefix affinity (SPEC §15).
+    endpoint: str | None = None
+    endpoints: tuple[str, ...] = ()
     upstream_model: str
     tokenizer: str = "qwen3"
     input_price: Decimal = Field(Decimal("0"), ge=0)
@@ -128,15 +141,29 @@ class ModelConfig(_Strict):
     cache: CacheTariffConfig | None = None  # seeded into the store when the model has no tariff yet
     automatic_caching: TtlTier | None = None  # a request without markers is cached with this TTL (SPEC §3.1)
 
+    @model_validator(mode="after")
+    def _one_endpoint_list(self) -> ModelConfig:
+        if (self.endpoint is None) == (not self.endpoints):
+            raise ValueError("give either endpoint or endpoints (a non-empty list)")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints must not name an endpoint twice")
+        return self
+
+    @property
+    def endpoint_names(self) -> tuple[str, ...]:
+        return self.endpoints or (self.endpoint or "",)
+
     def to_model(self) -> Model:
+        first, *more = self.endpoint_names
         return Model(
             self.alias,
-            self.endpoint,
+            first,
             self.upstream_model,
             self.tokenizer,
             self.input_price,
             self.output_price,
             self.automatic_caching,
+            tuple(more),
         )
 
 
@@ -209,6 +236,7 @@ class Config(_Strict):
     )
     endpoints: tuple[EndpointConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
     demo: Demo = Demo()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -244,9 +272,14 @@ class Config(_Strict):
         if self.demo.enabled:
             endpoints.add(DEMO_MODEL.endpoint)
             models.append(DEMO_MODEL)
+        salted_names = set(salted)
         for model in models:
-            if model.endpoint not in endpoints:
-                raise ValueError(f"model {model.alias!r} names unknown endpoint {model.endpoint!r}")
+            for name in model.endpoint_names:
+                if name not in endpoints:
+                    raise ValueError(f"model {model.alias!r} names unknown endpoint {name!r}")
+            if len({name in salted_names for name in model.endpoint_names}) > 1:
+                # One body goes to whichever replica answers (SPEC §15): they must agree on cache_salt.
+                raise ValueError(f"the endpoints of model {model.alias!r} must all set cache_salt, or none")
             if model.tokenizer not in self.tokenizers:
                 raise ValueError(f"model {model.alias!r} names unknown tokenizer {model.tokenizer!r}")
         return self

@@ -9,7 +9,8 @@ counts), streams realistic chunks, and can be told to misbehave per request with
 ``cut=N``           stream N chunks, then drop the connection
 ``error-frame``     stream an ``{"error": …}`` frame instead of finishing
 ``no-usage``        leave out usage (JSON) or the usage frame (stream)
-``cached=N``        report ``prompt_tokens_details.cached_tokens = N`` like vLLM does
+``cached=N``        report ``prompt_tokens_details.cached_tokens = N`` like vLLM does (started with a
+                    prefix KV cache, ``--kv-cache-blocks``, it reports what that cache held instead)
 ``chunk-usage``     attach usage to every streamed chunk, as some engines do
 ``chunks=N``        stream N content chunks (default 20)
 ``pace=S``          wait S seconds between streamed chunks
@@ -49,6 +50,8 @@ cachegate itself applies), never a 500; so is a prompt the counter cannot render
 
 The last request it received is served at ``GET /_fake/last-request`` (the body) and
 ``GET /_fake/last-headers`` (the headers): tests use them to check what the gateway forwarded.
+``GET /_fake/stats`` counts the chat requests served, their prompt tokens and the cached ones:
+several fakes, each with its own prefix KV cache, are the replicas of one model.
 A stream whose reader closed the connection stops there, as an engine aborts the generation;
 ``GET /_fake/streams-cut`` says how many have.
 """
@@ -61,14 +64,16 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
 
+from cachegate.core.blocks import hashed_prompt
 from cachegate.core.chat_shape import DEFAULT_LIMITS, ShapeError, check_chat_shape
 from cachegate.core.types import ParsedPrompt
+from cachegate.fake_prefix_cache import PrefixKvCache
 from cachegate.tokens.base import TextCounter, TokenCounter, TokenCountError
 
 _NO_PROMPT = ParsedPrompt(blocks=(), prefix_hashes=(), breakpoints=())
@@ -363,12 +368,18 @@ def _chunk_timings(behavior: Behavior, body: dict[str, Any]) -> bool:
 
 
 class FakeUpstream:
-    def __init__(self, counter: TokenCounter) -> None:
+    def __init__(self, counter: TokenCounter, kv_cache_blocks: int = 0) -> None:
         self._counter = counter
         self._prompt = PromptCounter(counter)
+        # A replica's prefix KV cache (fake_prefix_cache.py), when given a size: chat requests
+        # then report the tokens it held as cached_tokens, as vLLM does.
+        self._kv = PrefixKvCache(kv_cache_blocks) if kv_cache_blocks > 0 else None
         self.last_request: bytes = b""
         self.last_headers: dict[str, str] = {}
         self.streams_cut = 0  # streams stopped because the reader (the gateway) closed the connection
+        self.chat_requests = 0
+        self.prompt_tokens = 0  # of the chat requests answered
+        self.cached_tokens = 0  # of those, found in the prefix KV cache
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -380,6 +391,7 @@ class FakeUpstream:
         app.router.add_get("/_fake/last-request", self._last_request)
         app.router.add_get("/_fake/last-headers", self._last_headers)
         app.router.add_get("/_fake/streams-cut", self._streams_cut)
+        app.router.add_get("/_fake/stats", self._stats)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -575,6 +587,33 @@ class FakeUpstream:
     async def _streams_cut(self, request: web.Request) -> web.Response:
         return _json({"streams_cut": self.streams_cut})
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        """What this replica served: chat requests, their prompt tokens, those found in its KV cache."""
+        return _json(
+            {
+                "chat_requests": self.chat_requests,
+                "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens,
+                "kv_blocks": len(self._kv) if self._kv is not None else 0,
+            }
+        )
+
+    async def _counted(self, body: dict[str, Any]) -> tuple[int, int | None]:
+        """The prompt's tokens, and those the prefix KV cache held (None without one)."""
+        if self._kv is None:
+            return await self._prompt.count(body), None
+        prompt = hashed_prompt(body, ())
+        counts = await self._counter.count(body, prompt, range(len(prompt.blocks)))
+        boundaries = []
+        for block, prefix_hash in enumerate(prompt.prefix_hashes):
+            if block not in counts.cumulative:  # a block the template leaves out: nothing past it is shared
+                break
+            boundaries.append((prefix_hash, counts.cumulative[block]))
+        salt = body.get("cache_salt")
+        cached = self._kv.serve(boundaries, salt if isinstance(salt, str) else None)
+        total = counts.total if counts.total is not None else await self._prompt.count(body)
+        return total, cached
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.last_request = raw
@@ -593,9 +632,14 @@ class FakeUpstream:
         if behavior.status >= 400:
             return _error(behavior.status, f"fake upstream told to fail with {behavior.status}")
         try:
-            prompt_tokens = await self._prompt.count(body)
+            prompt_tokens, kv_cached = await self._counted(body)
         except TokenCountError as exc:  # vLLM answers a prompt its template cannot render with a 400
             return _bad_request(exc)
+        if behavior.cached_tokens is None and kv_cached is not None:
+            behavior = replace(behavior, cached_tokens=kv_cached)
+        self.chat_requests += 1
+        self.prompt_tokens += prompt_tokens
+        self.cached_tokens += kv_cached or 0
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
             response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
@@ -717,9 +761,13 @@ def _bad_request(error: Exception) -> web.Response:
     return _json({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}, 400)
 
 
-async def start_fake_upstream(counter: TokenCounter, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start the fake upstream on ``host:port`` (port 0 picks a free one); returns the runner and the port."""
-    runner = web.AppRunner(FakeUpstream(counter).app(), access_log=None)
+async def start_fake_upstream(
+    counter: TokenCounter, host: str, port: int, *, kv_cache_blocks: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Start the fake upstream on ``host:port`` (port 0 picks a free one); returns the runner and the port.
+
+    ``kv_cache_blocks`` > 0 gives it a prefix KV cache of that many 16-token blocks (one replica's)."""
+    runner = web.AppRunner(FakeUpstream(counter, kv_cache_blocks).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

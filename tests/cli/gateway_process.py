@@ -82,3 +82,24 @@ def create_key(config: Path) -> str:
     secret = re.search(r"secret\s+(\S+)", created)
     assert secret, created
     return secret.group(1)
+
+
+def cached_model_config(work: Path, upstream_port: int, floor: int, extra: str = "") -> Path:
+    """``work/cachegate.yaml``: model ``qwen3`` on the fake upstream at ``upstream_port``, cached above
+    ``floor`` tokens, its data under ``work/data``; ``extra`` is more YAML (store and index URLs, ...)."""
+    config = work / "cachegate.yaml"
+    config.write_text(
+        f"""
+data_dir: {work / "data"}
+endpoints:
+  - {{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
+models:
+  - alias: qwen3
+    endpoint: fake
+    upstream_model: m
+    tokenizer: qwen3
+    cache: {{min_prefix_tokens: {floor}}}
+{extra}
+"""
+    )
+    return config

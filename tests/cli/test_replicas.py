@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from .demo_server import free_port
-from .gateway_process import Running, create_key
+from .gateway_process import Running, cached_model_config, create_key
 from pg import PgServer
 from redis_server import RedisServer
 
@@ -26,26 +26,6 @@ FLOOR = 1024
 def policy(words: int = 2000) -> str:
     """A system prompt above the floor that no other round sends."""
     return f"[round {uuid.uuid4()}] " + " ".join(f"clause {i}: reply in full sentences." for i in range(words // 5))
-
-
-def write_config(work: Path, upstream_port: int, store_url: str, index_url: str) -> Path:
-    config = work / "cachegate.yaml"
-    config.write_text(
-        f"""
-data_dir: {work / "data"}
-control_store_url: "{store_url}"
-cache_index_url: "{index_url}"
-endpoints:
-  - {{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
-models:
-  - alias: qwen3
-    endpoint: fake
-    upstream_model: m
-    tokenizer: qwen3
-    cache: {{min_prefix_tokens: {FLOOR}}}
-"""
-    )
-    return config
 
 
 @pytest.fixture(params=["postgres", pytest.param("redis", marks=pytest.mark.redis)])
@@ -67,7 +47,12 @@ def test_what_one_replica_writes_another_reads_at_once(tmp_path: Path, pg_server
     store_url = pg_server.create_database()
     for folder in folders:
         folder.mkdir()
-    configs = [write_config(folder, upstream_port, store_url, index_url) for folder in folders]
+    configs = [
+        cached_model_config(
+            folder, upstream_port, FLOOR, f'control_store_url: "{store_url}"\ncache_index_url: "{index_url}"'
+        )
+        for folder in folders
+    ]
     upstream = Running("-c", str(configs[0]), "fake-upstream", "--port", str(upstream_port))
     replicas = [
         Running("-c", str(config), "serve", "--port", str(port)) for config, port in zip(configs, ports, strict=True)

@@ -321,3 +321,35 @@ models:
   - {alias: m, endpoint: demo, upstream_model: v}
 """
     assert "model names must be unique: m appear" in config_error(tmp_path, text)
+
+
+REPLICA_ENDPOINTS = """
+cache_salt_secret: "a secret of sixteen characters or more"
+endpoints:
+  - {name: r1, base_url: "http://r1/v1"}
+  - {name: r2, base_url: "http://r2/v1"}
+  - {name: salted, base_url: "http://r3/v1", cache_salt: true}
+"""
+
+
+def test_a_model_may_list_several_endpoints_in_order(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, REPLICA_ENDPOINTS + "models: [{alias: m, endpoints: [r2, r1], upstream_model: u}]")
+
+    model = config.models[0].to_model()
+    assert model.endpoints == ("r2", "r1") and model.endpoint == "r2"
+    assert (config.routing.max_in_flight, config.routing.down_seconds) == (128, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [
+        ("{alias: m, endpoint: r1, endpoints: [r2], upstream_model: u}", "either endpoint or endpoints"),
+        ("{alias: m, upstream_model: u}", "either endpoint or endpoints"),
+        ("{alias: m, endpoints: [], upstream_model: u}", "either endpoint or endpoints"),
+        ("{alias: m, endpoints: [r1, r1], upstream_model: u}", "endpoints must not name an endpoint twice"),
+        ("{alias: m, endpoints: [r1, ghost], upstream_model: u}", "model 'm' names unknown endpoint 'ghost'"),
+        ("{alias: m, endpoints: [r1, salted], upstream_model: u}", "must all set cache_salt, or none"),
+    ],
+)
+def test_a_model_s_endpoint_list_is_checked(tmp_path: Path, model: str, problem: str) -> None:
+    assert problem in config_error(tmp_path, REPLICA_ENDPOINTS + f"models: [{model}]")

@@ -20,7 +20,7 @@ from cachegate.core.sse import (
     is_error_frame,
     is_usage_frame,
     may_carry_usage_or_error,
-    only_plain_events,
+    plain_prefix,
     replace_event_json,
 )
 
@@ -28,6 +28,7 @@ from .bodies import PROPERTY
 
 DELTA = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":2000,"completion_tokens":2}}\n\n'
+NULL_USAGE = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
 
 
 def frame(stream: bytes, *chunks: int) -> tuple[list[bytes], bytes]:
@@ -280,22 +281,48 @@ def test_every_frame_that_carries_usage_or_error_is_inspected(frame: dict[str, A
 @pytest.mark.parametrize(
     ("chunk", "plain"),
     [
-        (DELTA, True),
-        (DELTA + DELTA, True),
-        (DELTA + USAGE, False),
-        (DELTA + DONE_EVENT, False),
-        (DELTA[:-1], False),  # an event still open
-        (DELTA.replace(b"\n", b"\r\n"), False),  # CRLF framing goes through the framer
-        (b'data: {"error":{"message":"boom"}}\n\n', False),
+        (DELTA, len(DELTA)),
+        (DELTA + DELTA, 2 * len(DELTA)),
+        (DELTA + USAGE, len(DELTA)),
+        (USAGE + DELTA, 0),
+        (DELTA + DONE_EVENT, len(DELTA)),
+        (DELTA + DELTA[:-1], len(DELTA)),  # an event still open stays for the framer
+        (DELTA[:-1], 0),
+        (DELTA.replace(b"\n", b"\r\n"), 0),  # CRLF framing goes through the framer
+        (b'data: {"error":{"message":"boom"}}\n\n', 0),
+        (NULL_USAGE + NULL_USAGE, 2 * len(NULL_USAGE)),  # each content frame's "usage":null needs no look
+        (NULL_USAGE.replace(b":null", b": null") + USAGE, len(NULL_USAGE) + 1),  # spaced out: the regex
+        (NULL_USAGE + USAGE.replace(b'"usage":', b'"usage" : '), len(NULL_USAGE)),
     ],
 )
-def test_only_chunks_of_plain_whole_events_pass_as_they_are(chunk: bytes, plain: bool) -> None:
-    assert only_plain_events(chunk) is plain
+def test_the_plain_prefix_is_whole_events_that_need_no_look(chunk: bytes, plain: int) -> None:
+    assert plain_prefix(chunk) == plain
 
 
 @PROPERTY
-@given(st.lists(st.sampled_from([DELTA, USAGE, DONE_EVENT, b": keep-alive\n\n"]), min_size=1, max_size=6))
-def test_a_plain_chunk_holds_no_event_that_needs_a_look(events: list[bytes]) -> None:
-    chunk = b"".join(events)
-    if only_plain_events(chunk):
-        assert all(not may_carry_usage_or_error(event) and not is_done(event) for event in events)
+@given(
+    st.lists(
+        st.sampled_from([DELTA, NULL_USAGE, USAGE, USAGE.replace(b":{", b": {"), DONE_EVENT, b": keep-alive\n\n"]),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=400),
+    st.integers(min_value=0, max_value=400),
+)
+def test_splitting_gives_back_the_stream_and_every_event_that_needs_a_look(
+    events: list[bytes], first_cut: int, second_cut: int
+) -> None:
+    stream = b"".join(events)
+    cuts = sorted({min(first_cut, len(stream)), min(second_cut, len(stream))})
+    framer = SseFramer()
+    relayed = b""
+    looked_at: list[bytes] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        plain, complete = framer.split(stream[start:end])
+        assert not may_carry_usage_or_error(plain) and b"[DONE]" not in plain
+        relayed += plain + b"".join(complete)
+        looked_at += complete
+    relayed += framer.flush()
+    assert relayed == stream
+    special = [event for event in events if may_carry_usage_or_error(event) or is_done(event)]
+    assert [event for event in looked_at if may_carry_usage_or_error(event) or is_done(event)] == special

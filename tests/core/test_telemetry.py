@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from cachegate.core.sse import may_carry_usage_or_error, only_plain_events
+from cachegate.core.sse import may_carry_usage_or_error, plain_prefix
 from cachegate.core.telemetry import (
     may_carry_telemetry,
     scrub_telemetry,
@@ -45,7 +45,7 @@ def test_a_body_without_telemetry_is_returned_byte_for_byte() -> None:
 
 def test_stream_frames_with_telemetry_leave_the_fast_path() -> None:
     frame = b"data: " + orjson.dumps({"choices": [], "timings": TIMINGS}) + b"\n\n"
-    assert not only_plain_events(frame)
+    assert plain_prefix(frame) == 0
     assert may_carry_usage_or_error(frame)
     plain = b'data: {"choices": [{"delta": {"content": "timings"}}]}\n\n'
-    assert only_plain_events(plain)
+    assert plain_prefix(plain) == len(plain)

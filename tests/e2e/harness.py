@@ -171,7 +171,14 @@ class Keys:
 
 
 class GatewayHarness:
-    def __init__(self, counter: TokenCounter, store_url: str, index_url: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self, counter: TokenCounter, store_url: str, index_url: str, config: dict[str, Any], *, replicas: int = 0
+    ) -> None:
+        """``replicas`` more fake upstreams, each with its own prefix KV cache, are the endpoints
+        ``replica-0``, ``replica-1``, … (their URLs in ``replica_urls``)."""
+        self._replicas = replicas
+        self._replica_runners: list[Any] = []
+        self.replica_urls: list[str] = []
         self._counter = counter
         self._store_url = store_url
         self._index_url = index_url
@@ -198,6 +205,11 @@ class GatewayHarness:
     async def _start(self) -> None:
         self._fake_runner, fake_port = await start_fake_upstream(self._counter, "127.0.0.1", 0)
         self.fake_url = f"http://127.0.0.1:{fake_port}"
+        for _ in range(self._replicas):
+            runner, port = await start_fake_upstream(self._counter, "127.0.0.1", 0, kv_cache_blocks=4096)
+            self._replica_runners.append(runner)
+            self.replica_urls.append(f"http://127.0.0.1:{port}")
+        replicas = [{"name": f"replica-{i}", "base_url": f"{url}/v1"} for i, url in enumerate(self.replica_urls)]
         raw = {
             "control_store_url": self._store_url,
             "cache_index_url": self._index_url,
@@ -208,6 +220,7 @@ class GatewayHarness:
                 {"name": "fake-with-key", "base_url": f"http://localhost:{fake_port}/v1", "api_key": "upstream-secret"},
                 {"name": "dead", "base_url": "http://127.0.0.1:9/v1"},
                 {"name": "fake-salted", "base_url": f"{self.fake_url}/v1", "cache_salt": True},
+                *replicas,
             ],
             "cache_salt_secret": "the test suite's cache salt secret",
             **self._config,
@@ -248,6 +261,15 @@ class GatewayHarness:
         self._server.should_exit = True
         await self._serve_task
         await self._fake_runner.cleanup()
+        for runner in self._replica_runners:
+            if runner is not None:
+                await runner.cleanup()
+
+    def stop_replica(self, position: int) -> None:
+        """Stop the fake upstream ``replica-<position>``: its port then refuses connections."""
+        runner, self._replica_runners[position] = self._replica_runners[position], None
+        if runner is not None:
+            self.call(runner.cleanup())
 
     def ledger_rows(self, route: str) -> list[LedgerRow]:
         """Every ledger row of ``route`` stored so far, once the writer's rounds have drained what it holds.

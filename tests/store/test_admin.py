@@ -167,6 +167,20 @@ async def test_models_show_their_prices_and_whether_caching_is_on(cli: Cli) -> N
     ]  # fmt: skip
 
 
+async def test_a_model_may_name_several_endpoints(cli: Cli) -> None:
+    for name in ("r1", "r2", "r3"):
+        await cli("endpoint", "add", name, f"http://{name}.example/v1")
+
+    added = await cli("model", "add", "m", "--endpoint", "r2", "--endpoint", "r1", "--endpoint", "r3",
+                      "--upstream-model", "x")  # fmt: skip
+    twice = await cli("model", "add", "m", "--endpoint", "r1", "--endpoint", "r1", "--upstream-model", "x")
+    listing = await cli("model", "list")
+
+    assert added.code == 0 and "endpoint           r2, r1, r3" in added.lines
+    assert twice.code == 2 and "names an endpoint twice" in twice.err
+    assert [row["ENDPOINT"] for row in table(listing)] == ["r2,r1,r3"]
+
+
 async def test_tariff_versions_are_set_listed_and_closed(cli: Cli) -> None:
     await cli("endpoint", "add", "vllm", "http://10.0.0.5:8000/v1")
     await cli("model", "add", "m", "--endpoint", "vllm", "--upstream-model", "x")

@@ -168,6 +168,38 @@ async def test_a_model_needs_an_existing_endpoint(store: ControlStore) -> None:
     assert (await store.load_catalog()).models == {}
 
 
+async def test_a_model_lists_several_endpoints_in_order_and_can_drop_them_again(
+    store: ControlStore, store_url: str
+) -> None:
+    model = await add_model(store)
+    for name in ("r1", "r2", "r3"):
+        await store.put_endpoint(Endpoint(name, f"http://{name}.example/v1", None))
+    replicas = model.with_endpoints(["r3", "local", "r1"])
+
+    await store.put_model(replicas)
+    loaded = (await store.load_catalog()).models["m"]
+    assert loaded == replicas and loaded.endpoints == ("r3", "local", "r1")
+    assert (await query(store_url, "SELECT endpoint FROM models"))[0][0] == "r3"  # the first stays in models
+
+    await store.put_model(replicas.with_endpoints(["r2", "r1"]))
+    assert (await store.load_catalog()).models["m"].endpoints == ("r2", "r1")
+    await store.put_model(replicas.with_endpoints(["local"]))
+    assert (await store.load_catalog()).models["m"] == model
+    assert await query(store_url, "SELECT model FROM model_endpoints") == []
+
+
+async def test_every_endpoint_of_a_model_must_exist_and_be_named_once(store: ControlStore) -> None:
+    model = await add_model(store)
+
+    with pytest.raises(NotFound, match="nowhere"):
+        await store.put_model(model.with_endpoints(["local", "nowhere"]))
+    with pytest.raises(ValueError, match="more than once"):
+        await store.put_model(model.with_endpoints(["local", "local"]))
+    with pytest.raises(ValueError, match="at least one"):
+        model.with_endpoints([])
+    assert (await store.load_catalog()).models == {"m": model}
+
+
 async def test_a_negative_price_is_refused(store: ControlStore) -> None:
     model = await add_model(store)
 

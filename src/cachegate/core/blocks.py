@@ -53,19 +53,42 @@ def hashed_prompt(
         sites = list(iter_sites(body))
     hasher = hashlib.sha256()
     hashes: list[bytes] = []
-    for kind, _, _, value, owner, first, _ in sites:
-        if first:
-            hasher.update(_HEADER_PREFIX)
-            hasher.update(_canonical(message_header(owner)))
-        if kind is not BlockKind.HEADER:
-            hasher.update(_KIND_PREFIX[kind])
-            hasher.update(_canonical(_without_marker(value)))
+    for site in sites:
+        _feed(hasher, site)
         hashes.append(hasher.digest())  # digest() does not finalize: the hasher runs on
     return ParsedPrompt(
         blocks=tuple(BlockRef(kind, message, index) for kind, message, index, *_ in sites),
         prefix_hashes=tuple(hashes),
         breakpoints=breakpoints,
     )
+
+
+def prefix_hash_through(body: Mapping[str, Any], message: int) -> bytes | None:
+    """``prefix_hash`` at the last block of ``messages[message]`` (the tools and every earlier
+    message included), hashing no further; None when the prompt has no block up to there.
+
+    Equal to ``hashed_prompt(body, ()).prefix_hashes`` at that block, for a fraction of the work
+    when the message is early in a long prompt.
+    """
+    hasher = hashlib.sha256()
+    digest = None
+    for site in iter_sites(body):
+        owner_message = site[1]
+        if owner_message is not None and owner_message > message:
+            break
+        _feed(hasher, site)
+        digest = hasher.digest()
+    return digest
+
+
+def _feed(hasher: Any, site: Site) -> None:
+    kind, _, _, value, owner, first, _ = site
+    if first:
+        hasher.update(_HEADER_PREFIX)
+        hasher.update(_canonical(message_header(owner)))
+    if kind is not BlockKind.HEADER:
+        hasher.update(_KIND_PREFIX[kind])
+        hasher.update(_canonical(_without_marker(value)))
 
 
 def _canonical(value: Any) -> bytes:

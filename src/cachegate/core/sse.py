@@ -75,6 +75,15 @@ class SseFramer:
         self._line_start = line_start - event_start
         return events
 
+    def split(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
+        """``feed``, with the chunk's leading plain events (``plain_prefix``) given back whole, as
+        one bytes object, instead of one by one: the relay's hot path, a stream's content frames
+        passed on as they came. Then the complete events that need a look, in order."""
+        plain = 0 if self.pending else plain_prefix(chunk)
+        if plain == len(chunk):
+            return chunk, []
+        return chunk[:plain], self.feed(chunk[plain:] if plain else chunk)
+
     def _feed_lf(self, chunk: bytes) -> list[bytes]:
         """``feed`` for an empty buffer and a chunk without CR: events end at ``\\n\\n``.
 
@@ -129,14 +138,38 @@ def event_json(event: bytes) -> Any | None:
         return None
 
 
-def only_plain_events(chunk: bytes) -> bool:
-    """Whether ``chunk`` is whole LF-framed events, none ``[DONE]`` and none that may carry usage or an error.
+_RARE_KEYS: Final = (b'"error"', b'"timings"', b'"prompt_progress"')
+_USAGE_KEY: Final = b'"usage"'
+_USAGE_NULL: Final = (b'"usage":null', b'"usage": null')
+_USAGE_OBJECT: Final = (b'"usage":{', b'"usage": {')
 
-    Such a chunk (most of a stream) can be passed on as it is, without splitting it into events.
+
+def plain_prefix(chunk: bytes) -> int:
+    """How many leading bytes of ``chunk`` (which starts at an event boundary) are whole LF-framed
+    events none of which is ``[DONE]`` or may carry usage or an error: they can be passed on as
+    they are, unsplit. 0 when the chunk has a CR (its framing is the framer's business).
+
+    Found with substring scans (C speed, where the regex alternation costs a few microseconds per
+    kilobyte on every chunk of every stream): ``[DONE]``, then the first usage object, told from
+    the ``"usage":null`` of each content frame. The regex runs only when a rarer key (an error,
+    telemetry) is mentioned or a usage key is written in another form.
     """
-    return (
-        chunk.endswith(b"\n\n") and b"\r" not in chunk and _DONE not in chunk and _USAGE_OR_ERROR.search(chunk) is None
-    )
+    if b"\r" in chunk:
+        return 0
+    end = chunk.find(_DONE)
+    if end < 0:
+        end = len(chunk)
+    usages = chunk.count(_USAGE_KEY, 0, end)
+    objects = sum(chunk.count(form, 0, end) for form in _USAGE_OBJECT) if usages else 0
+    nulls = sum(chunk.count(form, 0, end) for form in _USAGE_NULL) if usages > objects else 0
+    if usages == objects + nulls and not any(key in chunk for key in _RARE_KEYS):
+        if objects:
+            end = min(at for form in _USAGE_OBJECT if (at := chunk.find(form, 0, end)) >= 0)
+    else:  # a rarer key is mentioned, or a usage key is written in another form: the regex decides
+        match = _USAGE_OR_ERROR.search(chunk, 0, end)
+        end = end if match is None else match.start()
+    boundary = chunk.rfind(b"\n\n", 0, end)
+    return 0 if boundary < 0 else boundary + 2
 
 
 def may_carry_usage_or_error(event: bytes) -> bool:

@@ -32,6 +32,7 @@ from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
 from cachegate.gateway.metrics import metrics_page, send_metrics
 from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
+from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.gateway.salting import CacheSalts
 from cachegate.index.base import CacheIndex
@@ -75,6 +76,7 @@ class Gateway:
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         salts = CacheSalts.from_config(config)
+        replicas = Replicas(config.routing.max_in_flight, config.routing.down_seconds)
         completions = Completions(
             self.catalog,
             ttl_policy,
@@ -86,6 +88,7 @@ class Gateway:
             salts=salts,
             drain_seconds=config.deadlines.disconnect_drain_seconds,
             limits=config.request_limits.to_limits(),
+            replicas=replicas,
         )
         anthropic = AnthropicRequests(self.catalog, counters, config.body_limit_bytes, config.request_limits.max_depth)
 
@@ -101,6 +104,7 @@ class Gateway:
                     salts,
                     config.body_limit_bytes,
                     config.request_limits.max_depth,
+                    replicas,
                 ),
             )
 

@@ -30,13 +30,21 @@ class CatalogCache:
         self.loaded = False
         """Whether a catalog has been loaded from the store yet (``/readyz``)."""
 
-    def route(self, alias: str) -> tuple[Model, Endpoint]:
-        """The model a client named and the endpoint serving it; 404 ``model_not_found`` otherwise."""
-        model = self.current.models.get(alias)
-        endpoint = self.current.endpoints.get(model.endpoint) if model is not None else None
-        if model is None or endpoint is None:
+    def route(self, alias: str) -> tuple[Model, list[Endpoint]]:
+        """The model a client named and the endpoints serving it, in the model's order (at least
+        one); 404 ``model_not_found`` otherwise."""
+        catalog = self.current
+        model = catalog.models.get(alias)
+        if model is None:
             raise Refusal(404, f"The model '{alias}' does not exist", "model_not_found", "model")
-        return model, endpoint
+        if not model.more_endpoints:  # the usual case, kept short
+            endpoint = catalog.endpoints.get(model.endpoint)
+            endpoints = [endpoint] if endpoint is not None else []
+        else:
+            endpoints = [catalog.endpoints[name] for name in model.endpoints if name in catalog.endpoints]
+        if not endpoints:
+            raise Refusal(404, f"The model '{alias}' does not exist", "model_not_found", "model")
+        return model, endpoints
 
     async def load(self) -> None:
         self.current = await self._store.load_catalog()

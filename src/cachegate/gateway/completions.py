@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from cachegate.asgi import Refusal
+from cachegate.core.affinity import affinity_key
 from cachegate.core.blocks import hashed_prompt
 from cachegate.core.chat_shape import (
     DEFAULT_LIMITS,
@@ -42,8 +43,10 @@ from cachegate.gateway.classifier import CacheClassifier, cache_scope
 from cachegate.gateway.exchange import Exchange
 from cachegate.gateway.forwarding import forwarded_body, upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
+from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Request
 from cachegate.gateway.salting import CacheSalts
+from cachegate.store.base import Endpoint
 from cachegate.tokens.base import TokenCounter, TokenCountError
 from cachegate.upstream.base import Upstream, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
 
@@ -82,7 +85,9 @@ class Completions:
         salts: CacheSalts | None = None,
         drain_seconds: float = 0.0,
         limits: RequestLimits = DEFAULT_LIMITS,
+        replicas: Replicas | None = None,
     ) -> None:
+        self._replicas = replicas or Replicas()
         self.limits = limits  # what a chat body may hold (core.chat_shape); the chat route checks it
         self._catalog = catalog
         self._ttl_policy = ttl_policy
@@ -121,7 +126,7 @@ class Completions:
         On leaving, the response is released and the ledger row written.
         """
         alias: str = body["model"]
-        model, endpoint = self._catalog.route(alias)
+        model, endpoints = self._catalog.route(alias)
         tariff = self._catalog.current.tariff_at(alias, datetime.fromtimestamp(arrival.at, UTC))
         added = 0
         if automatic_caching and model.automatic_cache_ttl is not None:
@@ -130,6 +135,10 @@ class Completions:
             except ValueError as exc:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
+        if len(endpoints) > 1:
+            # Prefix affinity (SPEC §15): the key is hashed before anything is forwarded, from
+            # the prompt's opening only (core/affinity.py); one endpoint needs no key.
+            endpoints = self._replicas.order(affinity_key(request.key.principal_id, alias, body), endpoints)
         streaming = body.get("stream") is True
         exchange = Exchange(
             key=request.key,
@@ -146,7 +155,8 @@ class Completions:
             wants_diagnostics=diagnostics,
         )
         try:
-            salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._salts is not None else None
+            # A model's endpoints are salted alike (config.py), so the body suits any of them.
+            salt = self._salts.salt(endpoints[0].name, request.key.principal_id) if self._salts is not None else None
             forward = _forwarded_body(
                 body, raw, added, model.upstream_model, streaming and not client_wants_usage, salt
             )
@@ -162,10 +172,12 @@ class Completions:
                         request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival, client_messages
                     )
                 )
-            upstream_request = UpstreamRequest(
-                "POST", f"{endpoint.base_url}/chat/completions", upstream_headers(request.scope, endpoint), forward
-            )
-            response = await self._upstream.send(upstream_request)
+
+            def upstream_request(endpoint: Endpoint) -> UpstreamRequest:
+                headers = upstream_headers(request.scope, endpoint)
+                return UpstreamRequest("POST", f"{endpoint.base_url}/chat/completions", headers, forward)
+
+            endpoint, response = await self._replicas.send(self._upstream, endpoints, upstream_request)
         except UpstreamUnavailable as exc:
             exchange.vetoed("upstream_unreachable")
             exchange.status = 502
@@ -186,6 +198,7 @@ class Completions:
             raise
         finally:
             response.release()
+            self._replicas.finished(endpoint)
             await exchange.bill()  # unless the route billed it before the response's last byte
 
     async def _classify(

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from cachegate.asgi import Receive, Refusal, Send, media_type, read_body, send_bytes
+from cachegate.core.affinity import tenant_key
 from cachegate.core.pricing import price
 from cachegate.core.sse import (
     SseFramer,
@@ -30,7 +31,6 @@ from cachegate.core.sse import (
     is_done,
     is_usage_frame,
     may_carry_usage_or_error,
-    only_plain_events,
     replace_event_json,
 )
 from cachegate.core.telemetry import may_carry_telemetry, scrub_telemetry
@@ -40,10 +40,11 @@ from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.completions import json_request
 from cachegate.gateway.forwarding import forwarded_body, upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
+from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Request
 from cachegate.gateway.salting import CacheSalts
 from cachegate.gateway.streaming import watch_disconnect
-from cachegate.store.base import ApiKey, LedgerRow, Model
+from cachegate.store.base import ApiKey, Endpoint, LedgerRow, Model
 from cachegate.tokens.base import TextCounter, TokenCounter, TokenCountError
 from cachegate.upstream.base import Upstream, UpstreamBroken, UpstreamRequest, UpstreamResponse, UpstreamUnavailable
 
@@ -239,7 +240,9 @@ class MeteredRoute:
         salts: CacheSalts,
         body_limit: int,
         max_depth: int,
+        replicas: Replicas | None = None,
     ) -> None:
+        self._replicas = replicas or Replicas()
         self._api = api
         self._catalog = catalog
         self._counters = counters
@@ -253,10 +256,13 @@ class MeteredRoute:
         started_at, started_perf = time.time(), time.perf_counter()
         raw = await read_body(request.receive, self._body_limit)
         body = json_request(raw, self._max_depth)
-        model, endpoint = self._catalog.route(body["model"])
+        model, endpoints = self._catalog.route(body["model"])
+        if len(endpoints) > 1:
+            # These routes have no prompt blocks to be keyed by: a tenant keeps to its own endpoint (SPEC §15).
+            endpoints = self._replicas.order(tenant_key(request.key.principal_id, model.alias), endpoints)
         streaming = body.get("stream") is True
         client_wants_usage = not self._api.stream_usage_option or _asks_for_usage(body)
-        salt = self._salts.salt(endpoint.name, request.key.principal_id) if self._api.salted else None
+        salt = self._salts.salt(endpoints[0].name, request.key.principal_id) if self._api.salted else None
         forward = forwarded_body(
             body, raw, model.upstream_model, force_usage=streaming and not client_wants_usage, salt=salt
         )
@@ -272,11 +278,13 @@ class MeteredRoute:
             counter if isinstance(counter, TextCounter) else None,
             self._api.prompt_texts(body),
         )
-        upstream_request = UpstreamRequest(
-            "POST", f"{endpoint.base_url}{self._api.upstream_path}", upstream_headers(request.scope, endpoint), forward
-        )
+
+        def upstream_request(endpoint: Endpoint) -> UpstreamRequest:
+            headers = upstream_headers(request.scope, endpoint)
+            return UpstreamRequest("POST", f"{endpoint.base_url}{self._api.upstream_path}", headers, forward)
+
         try:
-            response = await self._upstream.send(upstream_request)
+            endpoint, response = await self._replicas.send(self._upstream, endpoints, upstream_request)
         except UpstreamUnavailable as exc:
             meter.status = 502
             await meter.bill()
@@ -290,6 +298,7 @@ class MeteredRoute:
                 await _relay_json(meter, response, request.send)
         finally:
             response.release()
+            self._replicas.finished(endpoint)
             await meter.bill()  # unless billed before the response's last byte
         return meter.status
 
@@ -372,11 +381,11 @@ class _StreamRelay:
         framer = SseFramer()
         try:
             async for chunk in response.chunks():
-                if not framer.pending and only_plain_events(chunk):
-                    await self._forward(chunk)  # content frames, nearly all of a stream, pass as they came
-                else:
-                    for event in framer.feed(chunk):
-                        await self._on_event(event)
+                plain, events = framer.split(chunk)
+                if plain:
+                    await self._forward(plain)  # content frames, nearly all of a stream, pass as they came
+                for event in events:
+                    await self._on_event(event)
                 if self._disconnected.is_set():
                     return  # releasing the unread response drops the upstream connection
             tail = framer.flush()

@@ -4,12 +4,16 @@ client strings, and nothing here ever holds prompt text or secrets (SPEC §12)."
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from cachegate.asgi import Refusal, Send, send_bytes
 from cachegate.gateway.routing import Request
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name: the folder workers share
 
 REQUESTS = Counter(
     "cachegate_requests_total", "Requests answered, by route kind and status class.", ["route", "status"]
@@ -87,6 +91,11 @@ INTERNAL_ERRORS = Counter(
     "Requests cachegate itself failed with an unexpected error (a 500 naming a request id; logged with it).",
     ["route"],
 )
+PASSED_ON = Counter(
+    "cachegate_endpoint_passed_on_total",
+    "Requests a model's endpoint passed to the next in rendezvous order (SPEC §15), by why.",
+    ["reason"],  # down, overloaded, refused
+)
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",
@@ -106,8 +115,15 @@ def labelled(metric: Counter | Histogram, *values: str) -> Any:
 
 
 async def send_metrics(send: Send) -> None:
-    """The exposition of every metric of this process."""
-    await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], generate_latest())
+    """The exposition of every metric of this process, or of every worker's under ``serve --workers N``
+    (prometheus-client's multiprocess mode: each worker's series in files of the supervisor's folder)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        page = generate_latest(registry)
+    else:
+        page = generate_latest()
+    await send_bytes(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], page)
 
 
 async def metrics_page(request: Request) -> int:

@@ -1,7 +1,9 @@
 """Relaying an SSE chat stream (SPEC §7.4, §8).
 
 Headers and every frame before the usage frame go to the client as they arrive, byte for byte;
-only the usage frame waits for the classification and is rewritten. New index entries are
+only the usage frame waits for the classification and is rewritten. What one upstream read
+brought goes out in one ``send`` (a busy upstream's reads hold many frames; a send per frame
+would cost the server a write each), flushed before anything that may wait. New index entries are
 committed after the usage frame and before ``[DONE]`` (read-your-writes), and only if the stream
 succeeded: 2xx, no error frame, no transport error, and the client still there.
 
@@ -30,7 +32,6 @@ from cachegate.core.sse import (
     is_error_frame,
     is_usage_frame,
     may_carry_usage_or_error,
-    only_plain_events,
     replace_event_json,
 )
 from cachegate.core.telemetry import scrub_telemetry
@@ -51,23 +52,26 @@ async def relay_stream(
     chunks = response.chunks()
     try:
         async for chunk in chunks:
-            if not framer.pending and only_plain_events(chunk):
-                await relay.forward(chunk)  # the hot path: content frames pass untouched, as they came
-            else:
-                for event in framer.feed(chunk):
-                    await relay.on_event(event)
+            plain, events = framer.split(chunk)
+            if plain:  # the hot path: content frames pass untouched, as they came
+                relay.forward(plain)
+            for event in events:
+                await relay.on_event(event)
+            await relay.flush()
             if relay.disconnected.is_set():
                 break  # to the drain below; the relay sends nothing more
         else:
             tail = framer.flush()
             if tail:
                 await relay.on_event(tail)
+                await relay.flush()
     except asyncio.CancelledError:
         # The server cut the stream (a shutdown past its drain deadline): billed as a client that left.
         await exchange.client_left(relay.usage_if_seen())
         raise
     except (UpstreamBroken, SseFrameTooLarge):
         # An event over the framer's limit cannot be relayed faithfully either: a broken stream.
+        await relay.flush()  # what came whole before the break is the client's
         await exchange.stream_broke(relay.usage_if_seen())
         return  # leave the response incomplete: the server drops the connection mid-body
     finally:
@@ -80,6 +84,7 @@ async def relay_stream(
             await exchange.client_left(usage)
             return  # releasing the unread rest of the response drops the upstream connection
         await relay.finish()  # the upstream ended cleanly without [DONE]
+        await relay.flush()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -98,42 +103,52 @@ class _Relay:
         self.last_chunk: dict[str, Any] | None = None  # its id/model/created, to dress that frame
         self.crlf = False
         self.finished = False
+        self._out: list[bytes] = []  # frames to send, in order, at the next flush
 
-    async def forward(self, event: bytes) -> None:
+    def forward(self, event: bytes) -> None:
         self.exchange.relayed_tokens += delta_frames(event)
-        await self.send({"type": "http.response.body", "body": event, "more_body": True})
+        self._out.append(event)
+
+    async def flush(self) -> None:
+        """Send what was forwarded since the last flush, in one body message."""
+        if self._out:
+            body = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def on_event(self, event: bytes) -> None:
         if is_done(event):
             await self.finish()
-            await self.forward(event)
+            self.forward(event)
             return
         if not may_carry_usage_or_error(event):
-            await self.forward(event)
+            self.forward(event)
             return
         payload = event_json(event)
         if not isinstance(payload, dict):
-            await self.forward(event)
+            self.forward(event)
             return
         self.crlf = b"\r\n" in event
         if scrub_telemetry(payload):  # engine telemetry never reaches a client (SPEC §12)
             event = replace_event_json(event, payload)
         if is_error_frame(payload):
             self.saw_error = True
-            await self.forward(event)
+            self.forward(event)
         elif is_usage_frame(payload):
             self.usage_frame_seen = True
+            if self.exchange.cache_enabled and self.exchange.ready_classification() is None:
+                await self.flush()  # the frames before it are not held while the classification finishes
             await self.exchange.apply_usage(payload["usage"])
             self._add_diagnostics(payload)
             if self.client_wants_usage:
-                await self.forward(replace_event_json(event, payload))
+                self.forward(replace_event_json(event, payload))
         elif carries_usage(payload):
             self.last_usage = dict(payload["usage"])
             self.last_chunk = {k: v for k, v in payload.items() if k not in ("choices", "usage")}
             self.exchange.apply_usage_if_ready(payload["usage"])
-            await self.forward(replace_event_json(event, payload))
+            self.forward(replace_event_json(event, payload))
         else:
-            await self.forward(event)
+            self.forward(event)
 
     def _add_diagnostics(self, frame: dict[str, Any]) -> None:
         """The usage frame carries the miss diagnosis to a client that asked (SPEC §14)."""
@@ -155,7 +170,7 @@ class _Relay:
             self._add_diagnostics(frame)
             self.usage_frame_seen = True
             if self.client_wants_usage:
-                await self.forward(data_event(frame, crlf=self.crlf))
+                self.forward(data_event(frame, crlf=self.crlf))
         await self.exchange.stream_ended(
             ok=self.ok,
             saw_error=self.saw_error,

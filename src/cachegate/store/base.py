@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -68,6 +68,18 @@ class Model:
     input_price: Decimal  # per token
     output_price: Decimal  # per token
     automatic_cache_ttl: TtlTier | None = None  # markerless requests cached with this TTL (§3.1); None: not
+    more_endpoints: tuple[str, ...] = ()  # further replicas after ``endpoint``, in order (SPEC §15)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint serving the model, the first one first; requests are spread by prefix affinity."""
+        return (self.endpoint, *self.more_endpoints)
+
+    def with_endpoints(self, endpoints: Sequence[str]) -> Model:
+        """This model served by ``endpoints`` (at least one), in that order."""
+        if not endpoints:
+            raise ValueError("a model needs at least one endpoint")
+        return replace(self, endpoint=endpoints[0], more_endpoints=tuple(endpoints[1:]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,14 +43,17 @@ from cachegate.store.values import (
     BUDGET_COLUMNS,
     BUDGET_REPLACES,
     MODEL_COLUMNS,
+    MODEL_ENDPOINTS_QUERY,
     RATE_LIMIT_COLUMNS,
     RATE_LIMIT_REPLACES,
     budget_from_row,
     check_amount,
     check_budget,
+    check_model_endpoints,
     check_rate_limit,
     checked_tariff,
     decimal_text,
+    grouped_endpoints,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
@@ -233,7 +236,15 @@ class PostgresStore:
     async def put_model(self, model: Model) -> None:
         check_amount(model.input_price, "input_price")
         check_amount(model.output_price, "output_price")
-        async with self._connection() as connection:
+        more_endpoints = check_model_endpoints(model)
+        async with self._connection() as connection, connection.transaction():
+            missing = await connection.fetchval(
+                "SELECT name FROM unnest($1::text[]) AS named (name)"
+                " WHERE NOT EXISTS (SELECT 1 FROM endpoints WHERE endpoints.name = named.name) LIMIT 1",
+                list(model.endpoints),
+            )
+            if missing is not None:
+                raise NotFound(f"endpoint {missing!r} does not exist")
             try:
                 await connection.execute(
                     f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -249,8 +260,12 @@ class PostgresStore:
                     model.output_price,
                     model_ttl_text(model),
                 )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise NotFound(f"endpoint {model.endpoint!r} does not exist") from exc
+                await connection.execute("DELETE FROM model_endpoints WHERE model = $1", model.alias)
+                await connection.executemany(
+                    "INSERT INTO model_endpoints (model, endpoint, position) VALUES ($1, $2, $3)", more_endpoints
+                )
+            except asyncpg.ForeignKeyViolationError as exc:  # an endpoint deleted meanwhile
+                raise NotFound(f"an endpoint of model {model.alias!r} does not exist") from exc
 
     async def set_cache_tariff(self, model: str, tariff: CacheTariff, at: datetime | None = None) -> TariffVersion:
         tariff = checked_tariff(tariff)
@@ -279,6 +294,7 @@ class PostgresStore:
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
             endpoints = await connection.fetch("SELECT name, base_url, api_key FROM endpoints")
             models = await connection.fetch(f"SELECT {MODEL_COLUMNS} FROM models")
+            more_endpoints = grouped_endpoints(await connection.fetch(MODEL_ENDPOINTS_QUERY))
             tariffs = await connection.fetch(
                 f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
             )
@@ -292,7 +308,7 @@ class PostgresStore:
             versions[row["model"]].append(_tariff_version(row))
         return Catalog(
             endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-            models={row["alias"]: model_from_row(row) for row in models},
+            models={row["alias"]: model_from_row(row, more_endpoints.get(row["alias"], ())) for row in models},
             tariffs={model: tuple(rows) for model, rows in versions.items()},
             revocations=revocations,
             budgets=tuple(budget_from_row(row) for row in budgets),

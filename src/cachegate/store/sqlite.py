@@ -48,14 +48,17 @@ from cachegate.store.values import (
     BUDGET_COLUMNS,
     BUDGET_REPLACES,
     MODEL_COLUMNS,
+    MODEL_ENDPOINTS_QUERY,
     RATE_LIMIT_COLUMNS,
     RATE_LIMIT_REPLACES,
     budget_from_row,
     check_amount,
     check_budget,
+    check_model_endpoints,
     check_rate_limit,
     checked_tariff,
     decimal_text,
+    grouped_endpoints,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
@@ -273,9 +276,12 @@ class SqliteStore:
         input_price = decimal_text(check_amount(model.input_price, "input_price"))
         output_price = decimal_text(check_amount(model.output_price, "output_price"))
 
+        more_endpoints = check_model_endpoints(model)
+
         def upsert(connection: sqlite3.Connection) -> None:
             with _transaction(connection):
-                _require(connection, "SELECT 1 FROM endpoints WHERE name = ?", model.endpoint, "endpoint")
+                for name in model.endpoints:
+                    _require(connection, "SELECT 1 FROM endpoints WHERE name = ?", name, "endpoint")
                 connection.execute(
                     f"INSERT INTO models ({MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (alias) DO UPDATE SET endpoint = excluded.endpoint,"
@@ -291,6 +297,10 @@ class SqliteStore:
                         output_price,
                         model_ttl_text(model),
                     ),
+                )
+                connection.execute("DELETE FROM model_endpoints WHERE model = ?", (model.alias,))
+                connection.executemany(
+                    "INSERT INTO model_endpoints (model, endpoint, position) VALUES (?, ?, ?)", more_endpoints
                 )
 
         await self._run(upsert)
@@ -336,6 +346,7 @@ class SqliteStore:
             with _transaction(connection, "DEFERRED"):  # one snapshot for the three reads
                 endpoints = connection.execute("SELECT name, base_url, api_key FROM endpoints").fetchall()
                 models = connection.execute(f"SELECT {MODEL_COLUMNS} FROM models").fetchall()
+                more_endpoints = grouped_endpoints(connection.execute(MODEL_ENDPOINTS_QUERY).fetchall())
                 tariffs = connection.execute(
                     f"SELECT {_TARIFF_COLUMNS} FROM cache_tariffs ORDER BY model, valid_from, id"
                 ).fetchall()
@@ -349,7 +360,7 @@ class SqliteStore:
                 versions[row["model"]].append(_tariff_version(row))
             return Catalog(
                 endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-                models={row["alias"]: model_from_row(row) for row in models},
+                models={row["alias"]: model_from_row(row, more_endpoints.get(row["alias"], ())) for row in models},
                 tariffs={model: tuple(rows) for model, rows in versions.items()},
                 revocations=revocations,
                 budgets=tuple(budget_from_row(row) for row in budgets),

@@ -8,7 +8,7 @@ billing ledger is ambiguous, so it is refused rather than guessed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -72,8 +72,8 @@ def model_ttl_text(model: Model) -> str | None:
     return None if model.automatic_cache_ttl is None else model.automatic_cache_ttl.value
 
 
-def model_from_row(row: Mapping[str, Any]) -> Model:
-    """A ``models`` row (SQLite's or PostgreSQL's) as a Model."""
+def model_from_row(row: Mapping[str, Any], more_endpoints: Sequence[str] = ()) -> Model:
+    """A ``models`` row (SQLite's or PostgreSQL's) and its ``model_endpoints`` (in order) as a Model."""
     ttl = row["automatic_cache_ttl"]
     return Model(
         alias=row["alias"],
@@ -83,7 +83,30 @@ def model_from_row(row: Mapping[str, Any]) -> Model:
         input_price=Decimal(row["input_price"]),
         output_price=Decimal(row["output_price"]),
         automatic_cache_ttl=None if ttl is None else TtlTier(ttl),
+        more_endpoints=tuple(more_endpoints),
     )
+
+
+MODEL_ENDPOINTS_QUERY = "SELECT model, endpoint FROM model_endpoints ORDER BY model, position"
+"""A model's further endpoints, in order (both stores)."""
+
+
+def check_model_endpoints(model: Model) -> tuple[tuple[str, str, int], ...]:
+    """The ``model_endpoints`` rows of ``model`` (model, endpoint, position); an endpoint named
+    twice is refused, for it would only skew the spread."""
+    named = model.endpoints
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise ValueError(f"model {model.alias!r} names endpoint {', '.join(repeated)} more than once")
+    return tuple((model.alias, name, position) for position, name in enumerate(model.more_endpoints, start=1))
+
+
+def grouped_endpoints(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``MODEL_ENDPOINTS_QUERY``'s rows as model alias -> its further endpoints, in order."""
+    grouped: dict[str, list[str]] = {}
+    for row in rows:
+        grouped.setdefault(row["model"], []).append(row["endpoint"])
+    return grouped
 
 
 def utc(at: datetime) -> datetime:

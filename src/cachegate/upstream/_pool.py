@@ -13,7 +13,7 @@ import ssl
 from collections import deque
 
 from cachegate.upstream._http1 import Http1Connection
-from cachegate.upstream.base import UpstreamUnavailable
+from cachegate.upstream.base import UpstreamRefused, UpstreamUnavailable
 
 _CONNECT_ERRORS = (OSError, TimeoutError, UnicodeError)  # refused, reset, DNS, TLS, timeout, bad host name
 
@@ -93,7 +93,7 @@ class OriginPool:
                 await self._loop.create_connection(lambda: connection, self._host, self._port, ssl=self._tls)
         except _CONNECT_ERRORS as exc:
             self._forget(connection)
-            raise UpstreamUnavailable(f"cannot connect to the upstream: {exc.__class__.__name__}") from exc
+            raise UpstreamRefused(f"cannot connect to the upstream: {exc.__class__.__name__}") from exc
         except BaseException:
             self._forget(connection)
             raise
@@ -101,7 +101,7 @@ class OriginPool:
             connection.close("the upstream client was closed")
             raise UpstreamUnavailable("the upstream client is closed")
         if connection.closing:  # the server closed it at once; connection_lost frees its slot
-            raise UpstreamUnavailable("the upstream closed the connection as it opened")
+            raise UpstreamRefused("the upstream closed the connection as it opened")
         return connection
 
     def _forget(self, connection: Http1Connection) -> None:

@@ -21,6 +21,11 @@ class UpstreamUnavailable(UpstreamError):
     """The upstream could not be reached (connection refused, DNS, connect timeout): the client gets 502."""
 
 
+class UpstreamRefused(UpstreamUnavailable):
+    """No connection could be opened (refused, DNS, connect timeout): the request never left, so
+    it may be sent to another replica of the model (SPEC §15)."""
+
+
 class UpstreamBroken(UpstreamError):
     """The upstream's response broke off mid-body (reset, truncated chunk, read timeout)."""
 
