@@ -336,3 +336,16 @@ async def test_recall_of_nothing_is_empty(index: CacheIndex) -> None:
     recalled = await index.recall(ALICE, [], [], NOW)
     assert recalled.expired == frozenset()
     assert recalled.trails == ()
+
+
+async def test_a_batch_naming_keys_twice_with_trails_applies_in_order(index: CacheIndex) -> None:
+    await index.write(
+        [entry("twice", 100, TtlTier.FIVE_MINUTES, NOW + 300), entry("twice", 200, TtlTier.ONE_HOUR, NOW + 3600)],
+        NOW,
+        [trail(b"latest", b"\x01" * 8), trail(b"latest", b"\x02" * 8, expires_at=NOW + 600)],
+    )
+
+    assert await found(index, "twice") == [match("twice", 200, TtlTier.ONE_HOUR, NOW + 3600)]
+    assert (await index.recall(ALICE, [], [b"latest"], NOW)).trails == (
+        trail(b"latest", b"\x02" * 8, expires_at=NOW + 600),
+    )

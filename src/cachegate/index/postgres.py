@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -87,6 +87,28 @@ _WRITE = f"""
 INSERT INTO {TABLE} AS stored
     (principal, model, tokenizer_version, prefix_hash, cumulative_tokens, ttl, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
+    cumulative_tokens = EXCLUDED.cumulative_tokens,
+    ttl = CASE WHEN stored.expires_at > EXCLUDED.expires_at THEN stored.ttl ELSE EXCLUDED.ttl END,
+    expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+"""
+
+# A commit's entries and its trails in one statement, so one round trip (the usual case: a commit's
+# entries are distinct breakpoints, its trails distinct keys; ON CONFLICT cannot take one key twice).
+# The trails' upsert is a WITH the main statement does not read: it runs after it, in every replica
+# alike, so the row locks are always taken in one order.
+_WRITE_WITH_TRAILS = f"""
+WITH trails AS (
+    INSERT INTO {TRAILS} AS stored (principal, model, tokenizer_version, key, anchor, sections, expires_at)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::bytea[], $14::float8[])
+    ON CONFLICT (principal, model, tokenizer_version, key) DO UPDATE SET
+        anchor = EXCLUDED.anchor,
+        sections = EXCLUDED.sections,
+        expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+)
+INSERT INTO {TABLE} AS stored
+    (principal, model, tokenizer_version, prefix_hash, cumulative_tokens, ttl, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[], $7::float8[])
 ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
     cumulative_tokens = EXCLUDED.cumulative_tokens,
     ttl = CASE WHEN stored.expires_at > EXCLUDED.expires_at THEN stored.ttl ELSE EXCLUDED.ttl END,
@@ -217,11 +239,37 @@ class PostgresIndex:
         ]
 
     async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
-        if trails:
-            # The trails' statement on a connection of its own, beside the entries': one round trip's wait.
-            await _gather(self._write_entries(entries), self._write_trails(trails))
-        else:
+        if not trails:
             await self._write_entries(entries)
+        elif _distinct(_lock_order(e.scope, e.prefix_hash) for e in entries) and _distinct(
+            _lock_order(t.scope, t.key) for t in trails
+        ):
+            await self._write_with_trails(entries, trails)
+        else:
+            # A batch that names a key twice applies in order: the entries' statement, and the
+            # trails' on a connection of its own beside it.
+            await _gather(self._write_entries(entries), self._write_trails(trails))
+
+    async def _write_with_trails(self, entries: Sequence[IndexEntry], trails: Sequence[Trail]) -> None:
+        ordered = sorted(entries, key=lambda entry: _lock_order(entry.scope, entry.prefix_hash))
+        ordered_trails = sorted(trails, key=lambda trail: _lock_order(trail.scope, trail.key))
+        columns = (
+            [entry.scope.principal for entry in ordered],
+            [entry.scope.model for entry in ordered],
+            [entry.scope.tokenizer_version for entry in ordered],
+            [entry.prefix_hash for entry in ordered],
+            [entry.cumulative_tokens for entry in ordered],
+            [entry.ttl.value for entry in ordered],
+            [entry.expires_at for entry in ordered],
+            [trail.scope.principal for trail in ordered_trails],
+            [trail.scope.model for trail in ordered_trails],
+            [trail.scope.tokenizer_version for trail in ordered_trails],
+            [trail.key for trail in ordered_trails],
+            [trail.anchor for trail in ordered_trails],
+            [trail.sections for trail in ordered_trails],
+            [trail.expires_at for trail in ordered_trails],
+        )
+        await self._call("write", lambda connection: connection.execute(_WRITE_WITH_TRAILS, *columns))
 
     async def _write_entries(self, entries: Sequence[IndexEntry]) -> None:
         if not entries:
@@ -325,6 +373,15 @@ class PostgresIndex:
                 attempt += 1
             except _QUERY_ERRORS as exc:
                 raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
+
+
+def _distinct(keys: Iterable[tuple[str, str, str, bytes]]) -> bool:
+    seen: set[tuple[str, str, str, bytes]] = set()
+    for key in keys:
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
 
 
 async def _gather(*operations: Awaitable[None]) -> None:
