@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import orjson
 from anthropic import Anthropic
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
@@ -227,6 +228,28 @@ def test_a_streams_headers_never_wait_for_the_reason(gateway: GatewayHarness) ->
 
     assert raw.headers.get(MISS_HEADER) is None
     assert frames[-1]["diagnostics"] == {"cache_miss_reason": {"type": "first_write"}}
+
+
+def test_an_upstream_cachegates_miss_header_never_reaches_the_client(gateway: GatewayHarness) -> None:
+    """A cachegate behind this one shares one scope among all of this one's tenants: its reasons are not theirs."""
+    messages = opening()
+    upstream = {**ASK, "x-fake-behavior": "miss-header"}
+    cached = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="cached", messages=messages, extra_headers=upstream
+    )
+    plain = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="plain", messages=messages, extra_headers=upstream
+    )
+    stream = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="plain", messages=messages, extra_headers=upstream, stream=True
+    )
+    list(stream.parse())
+    with urllib.request.urlopen(f"{gateway.fake_url}/_fake/last-headers", timeout=10) as response:
+        forwarded = orjson.loads(response.read())
+
+    assert cached.headers.get_list(MISS_HEADER) == ["first_write"]  # ours alone
+    assert plain.headers.get(MISS_HEADER) is None and stream.headers.get(MISS_HEADER) is None
+    assert "x-cachegate-diagnostics" not in forwarded  # the client's question is for this gateway
 
 
 # -- Anthropic clients: the diagnostics field --------------------------------------------------------

@@ -6,7 +6,8 @@ scope, asked only when the deepest breakpoint missed (``needs_recall``), in one 
 (``CacheIndex.recall``): the entries of this prompt's prefix that have expired (kept for a
 retention window past their expiry), and the *trails* of earlier requests (``Trail``), the
 compact outline every commit leaves: one short digest of the prefix hash at the end of each
-section — the tools, then each message — up to the deepest breakpoint's section.
+section — the tools, the system prompt, then each other message — up to the deepest
+breakpoint's section.
 
 ``diagnose`` then says, in this order:
 

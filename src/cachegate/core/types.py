@@ -202,7 +202,8 @@ class Trail:
     """A compact outline of a committed request, kept by its scope to diagnose later misses (SPEC §14).
 
     ``sections`` is the concatenation of short digests (``core.diagnosis.DIGEST_BYTES`` each) of
-    the prompt's prefix hashes at the end of each section (the tools, then each message), up to
+    the prompt's prefix hashes at the end of each section (the tools, the system prompt, then each
+    other message), up to
     the section of the deepest breakpoint; ``anchor`` is the digest of the first message after
     the system prompt (empty if there is none): what says two requests are one conversation.
     The trail is stored under ``key`` (its anchor's, or the scope-wide latest) until ``expires_at``

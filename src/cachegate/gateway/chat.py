@@ -16,6 +16,7 @@ from cachegate.core.telemetry import scrub_telemetry, without_telemetry
 from cachegate.gateway.completions import Arrival, Completions, chat_request
 from cachegate.gateway.departure import read_body_or_bill_departure
 from cachegate.gateway.exchange import Exchange
+from cachegate.gateway.forwarding import relayed_headers
 from cachegate.gateway.routing import Request
 from cachegate.gateway.streaming import relay_stream
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
@@ -69,7 +70,7 @@ async def _relay_json(exchange: Exchange, response: UpstreamResponse, receive: R
         raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
     if data is None:
         return  # the client left: nobody to answer
-    headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    headers = relayed_headers(response.headers)
     ok = 200 <= response.status < 300
     kind = media_type(response.headers)
     payload = usage_payload(data) if ok and kind in (None, b"application/json") else None

@@ -37,13 +37,14 @@ from cachegate.core.sse import (
 from cachegate.core.telemetry import scrub_telemetry
 from cachegate.gateway.departure import drain_stream_usage
 from cachegate.gateway.exchange import Exchange
+from cachegate.gateway.forwarding import relayed_headers
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
 
 async def relay_stream(
     exchange: Exchange, response: UpstreamResponse, receive: Receive, send: Send, client_wants_usage: bool
 ) -> None:
-    headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    headers = relayed_headers(response.headers)
     headers += exchange.miss_header()  # only when already known: the headers never wait (SPEC §14)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     relay = _Relay(exchange, send, ok=200 <= response.status < 300, client_wants_usage=client_wants_usage)
