@@ -23,3 +23,13 @@ if command -v redis-server >/dev/null 2>&1 && ! redis_up; then
   for _ in $(seq 1 30); do redis_up && break; sleep 1; done
   redis_up || echo "ensure-services: Redis did not come up (Redis tests will skip, or fail under CI=true)" >&2
 fi
+
+# The dashboard's browser tests drive Debian's Chromium through its ChromeDriver (nothing is
+# downloaded by the tests themselves).
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  echo "ensure-services: installing chromium and chromium-driver"
+  if command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+      || echo "ensure-services: chromium did not install (browser tests will skip, or fail under CI=true)" >&2
+  fi
+fi

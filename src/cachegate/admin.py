@@ -1,14 +1,17 @@
-"""The ``cachegate`` admin commands: principals, API keys, endpoints, models, tariffs, usage.
+"""The ``cachegate`` admin commands: principals, API keys, endpoints, models, tariffs, budgets,
+rate limits, usage.
 
-``register`` adds them to the main parser. Each sets ``run``, as every ``cachegate`` command
-does: an async callable of the arguments and the configuration whose result is the exit code;
-for an admin command it opens the control store (migrated), runs the command with it and closes
-it. A command given names the configuration defines (a tokenizer, a TTL) also sets ``check``,
-called with the configuration first: a name the gateway could not serve is refused (exit 2)
-before the store is touched, instead of every request to it failing later. A store error (a
-name that does not exist or exists already, an out-of-order tariff, the store unreachable)
-prints one line on stderr and exits 1; malformed arguments, such as a price that is not a
-plain non-negative decimal, are argparse's business and exit 2.
+Each command parses its arguments, calls the operation of ``cachegate.operations`` (the one the
+admin HTTP API calls too) and prints what it returns. ``register`` adds them to the main parser.
+Each sets ``run``, as every ``cachegate`` command does: an async callable of the arguments and
+the configuration whose result is the exit code; for an admin command it opens the control
+store (migrated), runs the command with it and closes it. A command given names the
+configuration defines (a tokenizer, a TTL) also sets ``check``, called with the configuration
+first: a name the gateway could not serve is refused (exit 2) before the store is touched,
+instead of every request to it failing later. A store error (a name that does not exist or
+exists already, an out-of-order tariff, the store unreachable) prints one line on stderr and
+exits 1; malformed arguments, such as a price that is not a plain non-negative decimal, are
+argparse's business and exit 2, as is an argument an operation refuses (``InvalidArgument``).
 """
 
 from __future__ import annotations
@@ -17,26 +20,48 @@ import argparse
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
+from cachegate import operations
 from cachegate.config import Config
 from cachegate.core.types import CacheTariff, TtlTier
-from cachegate.store.base import ControlStore, Endpoint, Model, NotFound, StoreError, TariffVersion
+from cachegate.operations import InvalidArgument
+from cachegate.operations.usage import (
+    TABLE_COLUMNS,
+    UsageFormat,
+    UsageParameters,
+    parse_time,
+    table_rows,
+    usage_csv,
+    usage_json,
+)
+from cachegate.store.base import (
+    BudgetPeriod,
+    BudgetSubject,
+    ControlStore,
+    Model,
+    RateLimit,
+    StoreError,
+    TariffVersion,
+)
 from cachegate.store.factory import open_store
 from cachegate.store.values import decimal_text, parse_decimal, utcnow
 
-AdminCommand = Callable[[argparse.Namespace, ControlStore], Awaitable[int]]
+AdminCommand = Callable[[argparse.Namespace, ControlStore, Config], Awaitable[int]]
+"""Runs one command with the store open; the configuration is there for the checks an operation makes."""
 ConfigCheck = Callable[[argparse.Namespace, Config], str | None]
 """Returns why the arguments do not fit the configuration, or None."""
 
 _DEFAULT_TARIFF = CacheTariff()
 _DEFAULT_TOKENIZER = "qwen3"
+_USAGE_HELP = "the usage ledger by UTC day, key and model: tokens, cache reads and writes, cost, saving, misses"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``principal``, ``key``, ``endpoint``, ``model``, ``tariff`` and ``usage`` commands."""
+    """Add the ``principal``, ``key``, ``endpoint``, ``model``, ``tariff``, ``budget``, ``limit`` and
+    ``usage`` commands."""
     principal = _group(subparsers, "principal", "tenants: whom keys, cache scopes and bills belong to")
     create = _command(principal, "create", "create a principal", _principal_create)
     create.add_argument("name")
@@ -106,48 +131,85 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = _command(tariff, "list", "list tariff versions, oldest first", _tariff_list)
     listing.add_argument("model", nargs="?")
 
-    usage = _group(subparsers, "usage", "the usage ledger")
-    report = _command(usage, "report", "requests, tokens and cost by day (UTC), principal and model", _usage_report)
-    report.add_argument("--since", type=_day, help="first day to include, YYYY-MM-DD (UTC)")
+    budget = _group(subparsers, "budget", "spend caps per key or principal over a UTC day, month, or in total")
+    set_ = _command(budget, "set", "set or replace a budget", _budget_set)
+    set_.add_argument("limit", type=_price, help="the most the subject may be billed in the period, e.g. 25.00")
+    _budget_subject(set_, required=True)
+    _budget_period(set_)
+    delete = _command(budget, "delete", "delete a budget", _budget_delete)
+    _budget_subject(delete, required=True)
+    _budget_period(delete)
+    listing = _command(budget, "list", "list the budgets", _budget_list)
+    _budget_subject(listing, required=False)
+
+    limit = _group(subparsers, "limit", "rate limits per API key: requests and input tokens per minute")
+    set_ = _command(limit, "set", "set or replace a key's rate limits (a limit not given is off)", _limit_set)
+    set_.add_argument("key_id")
+    set_.add_argument("--requests-per-minute", type=_positive_count, metavar="N")
+    set_.add_argument(
+        "--input-tokens-per-minute",
+        type=_positive_count,
+        metavar="N",
+        help="uncached input and cache writes; cache reads do not count",
+    )
+    delete = _command(limit, "delete", "lift a key's rate limits", _limit_delete)
+    delete.add_argument("key_id")
+    listing = _command(limit, "list", "list the keys' rate limits", _limit_list)
+    listing.add_argument("key_id", nargs="?")
+
+    usage = subparsers.add_parser("usage", help=_USAGE_HELP, description=_USAGE_HELP)
+    usage.set_defaults(run=_with_store(_usage))
+    usage.add_argument("--since", type=_time_bound("since"), help="from this day (YYYY-MM-DD, UTC) or timestamp")
+    usage.add_argument(
+        "--until", type=_time_bound("until"), help="through this day (YYYY-MM-DD, UTC), or before this timestamp"
+    )
+    usage.add_argument("--principal", help="only this principal's usage (name or id)")
+    usage.add_argument(
+        "--format", type=UsageFormat, choices=list(UsageFormat), default=UsageFormat.TABLE, help="default: table"
+    )
 
 
 # principals and keys
 
 
-async def _principal_create(args: argparse.Namespace, store: ControlStore) -> int:
-    principal = await store.create_principal(args.name)
+async def _principal_create(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    principal = await operations.create_principal(store, args.name)
     _print_fields([("id", principal.id), ("name", principal.name), ("created", principal.created_at)])
     return 0
 
 
-async def _principal_list(args: argparse.Namespace, store: ControlStore) -> int:
-    principals = await store.list_principals()
+async def _principal_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    principals = await operations.list_principals(store)
     _print_table(("ID", "NAME", "CREATED"), [(p.id, p.name, p.created_at) for p in principals])
     return 0
 
 
-async def _key_create(args: argparse.Namespace, store: ControlStore) -> int:
-    principal = await store.get_principal(args.principal)
-    key, secret = await store.create_api_key(principal.id, admin=args.admin)
-    _print_fields([("key id", key.id), ("principal", principal.name), ("admin", key.is_admin), ("secret", secret)])
+async def _key_create(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    created = await operations.create_key(store, args.principal, admin=args.admin)
+    _print_fields(
+        [
+            ("key id", created.key.id),
+            ("principal", created.principal.name),
+            ("admin", created.key.is_admin),
+            ("secret", created.secret),
+        ]
+    )
     print()
     print("This secret will not be shown again: only its hash is stored. Keep it somewhere safe now.")
     return 0
 
 
-async def _key_revoke(args: argparse.Namespace, store: ControlStore) -> int:
-    await store.revoke_api_key(args.key_id)
+async def _key_revoke(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    await operations.revoke_key(store, args.key_id)
     print(f"revoked {args.key_id}")
     return 0
 
 
-async def _key_list(args: argparse.Namespace, store: ControlStore) -> int:
-    principal_id = None if args.principal is None else (await store.get_principal(args.principal)).id
-    keys = await store.list_api_keys(principal_id)
-    names = {p.id: p.name for p in await store.list_principals()}
+async def _key_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    views = await operations.list_keys(store, args.principal)
     _print_table(
         ("ID", "PRINCIPAL", "ADMIN", "CREATED", "REVOKED"),
-        [(k.id, names.get(k.principal_id, k.principal_id), k.is_admin, k.created_at, k.revoked_at) for k in keys],
+        [(v.key.id, v.principal_name, v.key.is_admin, v.key.created_at, v.key.revoked_at) for v in views],
     )
     return 0
 
@@ -155,23 +217,28 @@ async def _key_list(args: argparse.Namespace, store: ControlStore) -> int:
 # endpoints and models
 
 
-async def _endpoint_add(args: argparse.Namespace, store: ControlStore) -> int:
-    endpoint = Endpoint(name=args.name, base_url=args.base_url, api_key=args.api_key)
-    await store.put_endpoint(endpoint)
-    _print_fields([("name", endpoint.name), ("base url", endpoint.base_url), ("api key", _key_state(endpoint))])
-    return 0
-
-
-async def _endpoint_list(args: argparse.Namespace, store: ControlStore) -> int:
-    catalog = await store.load_catalog()
-    _print_table(
-        ("NAME", "BASE URL", "API KEY"),
-        [(e.name, e.base_url, _key_state(e)) for e in sorted(catalog.endpoints.values(), key=lambda e: e.name)],
+async def _endpoint_add(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    endpoint = await operations.put_endpoint(store, args.name, args.base_url, args.api_key)
+    _print_fields(
+        [
+            ("name", endpoint.name),
+            ("base url", endpoint.base_url),
+            ("api key", operations.upstream_key_state(endpoint)),
+        ]
     )
     return 0
 
 
-async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
+async def _endpoint_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    endpoints = await operations.list_endpoints(store)
+    _print_table(
+        ("NAME", "BASE URL", "API KEY"),
+        [(e.name, e.base_url, operations.upstream_key_state(e)) for e in endpoints],
+    )
+    return 0
+
+
+async def _model_add(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
     model = Model(
         alias=args.alias,
         endpoint=args.endpoint[0],
@@ -181,7 +248,7 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
         output_price=args.output_price,
         automatic_cache_ttl=args.automatic_caching,
     ).with_endpoints(args.endpoint)
-    await store.put_model(model)
+    await operations.put_model(store, config, model)
     _print_fields(
         [
             ("alias", model.alias),
@@ -197,35 +264,30 @@ async def _model_add(args: argparse.Namespace, store: ControlStore) -> int:
 
 
 def _model_add_fits(args: argparse.Namespace, config: Config) -> str | None:
-    if len(set(args.endpoint)) != len(args.endpoint):
-        return "--endpoint names an endpoint twice"
-    if args.tokenizer not in config.tokenizers:
-        known = ", ".join(sorted(config.tokenizers))
-        return f"unknown tokenizer {args.tokenizer!r}: the configuration has {known}"
-    ttl = args.automatic_caching
-    if ttl is not None and ttl not in config.accepted_ttls:
-        accepted = ", ".join(str(tier) for tier in config.accepted_ttls)
-        return f"--automatic-caching {ttl} is not an accepted TTL: the configuration accepts {accepted}"
-    return None
+    """Refused before the store is opened; an option is named as it is spelt on the command line."""
+    problem = operations.model_fits(config, args.endpoint, args.tokenizer, args.automatic_caching)
+    if problem is None:
+        return None
+    option = "--" + problem.argument.replace("_", "-")
+    return option + problem.message.removeprefix(problem.argument)
 
 
-async def _model_list(args: argparse.Namespace, store: ControlStore) -> int:
-    catalog = await store.load_catalog()
-    now = utcnow()
+async def _model_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    views = await operations.list_models(store)
     _print_table(
         ("ALIAS", "ENDPOINT", "UPSTREAM MODEL", "TOKENIZER", "INPUT PRICE", "OUTPUT PRICE", "CACHE", "AUTOMATIC"),
         [
             (
-                m.alias,
-                ",".join(m.endpoints),
-                m.upstream_model,
-                m.tokenizer,
-                m.input_price,
-                m.output_price,
-                "on" if catalog.tariff_at(m.alias, now) else "off",
-                _automatic(m),
+                v.model.alias,
+                ",".join(v.model.endpoints),
+                v.model.upstream_model,
+                v.model.tokenizer,
+                v.model.input_price,
+                v.model.output_price,
+                "on" if v.caching else "off",
+                _automatic(v.model),
             )
-            for m in sorted(catalog.models.values(), key=lambda m: m.alias)
+            for v in views
         ],
     )
     return 0
@@ -238,33 +300,30 @@ def _automatic(model: Model) -> str:
 # tariffs
 
 
-async def _tariff_set(args: argparse.Namespace, store: ControlStore) -> int:
-    tariff = CacheTariff(
-        write_multiplier_5m=decimal_text(args.write_5m),
-        write_multiplier_1h=decimal_text(args.write_1h),
-        write_multiplier_24h=decimal_text(args.write_24h),
-        read_multiplier=decimal_text(args.read),
+async def _tariff_set(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    version = await operations.set_tariff(
+        store,
+        args.model,
+        write_5m=args.write_5m,
+        write_1h=args.write_1h,
+        write_24h=args.write_24h,
+        read=args.read,
         min_prefix_tokens=args.min_prefix_tokens,
     )
-    version = await store.set_cache_tariff(args.model, tariff)
     _print_tariff_table([version], utcnow())
     return 0
 
 
-async def _tariff_disable(args: argparse.Namespace, store: ControlStore) -> int:
-    if await store.disable_cache_tariff(args.model):
+async def _tariff_disable(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    if await operations.disable_tariff(store, args.model):
         print(f"closed the cache tariff of {args.model}: caching is off for it")
     else:
         print(f"{args.model} had no cache tariff in force: nothing changed")
     return 0
 
 
-async def _tariff_list(args: argparse.Namespace, store: ControlStore) -> int:
-    catalog = await store.load_catalog()
-    if args.model is not None and args.model not in catalog.models:
-        raise NotFound(f"model {args.model!r} does not exist")
-    aliases = sorted(catalog.tariffs) if args.model is None else [args.model]
-    _print_tariff_table([v for alias in aliases for v in catalog.tariffs.get(alias, ())], utcnow())
+async def _tariff_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    _print_tariff_table(await operations.list_tariffs(store, args.model), utcnow())
     return 0
 
 
@@ -274,7 +333,7 @@ def _print_tariff_table(versions: Sequence[TariffVersion], now: datetime) -> Non
         [
             (
                 v.model,
-                _tariff_state(v, now),
+                operations.tariff_state(v, now),
                 v.valid_from,
                 v.valid_until,
                 Decimal(v.tariff.write_multiplier_5m),
@@ -288,51 +347,120 @@ def _print_tariff_table(versions: Sequence[TariffVersion], now: datetime) -> Non
     )
 
 
-def _tariff_state(version: TariffVersion, now: datetime) -> str:
-    if version.in_force(now):
-        return "in force"
-    return "scheduled" if now < version.valid_from else "ended"
+# budgets and rate limits
+
+
+def _budget_subject(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    subject = parser.add_mutually_exclusive_group(required=required)
+    subject.add_argument("--key", metavar="KEY_ID", help="the budget of this API key")
+    subject.add_argument("--principal", metavar="NAME", help="the budget of this principal (name or id)")
+
+
+def _budget_period(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--period",
+        type=BudgetPeriod,
+        choices=list(BudgetPeriod),
+        required=True,
+        help="a calendar day or month in UTC, or all time",
+    )
+
+
+def _subject_of(args: argparse.Namespace) -> tuple[BudgetSubject, str]:
+    if args.key is not None:
+        return BudgetSubject.KEY, args.key
+    return BudgetSubject.PRINCIPAL, args.principal
+
+
+async def _budget_set(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    subject, who = _subject_of(args)
+    view = await operations.set_budget(store, subject, who, args.period, args.limit)
+    _print_fields(
+        [
+            ("subject", view.budget.subject.value),
+            ("id", view.budget.subject_id),
+            ("name", view.principal_name),
+            ("period", view.budget.period.value),
+            ("limit", view.budget.limit),
+        ]
+    )
+    return 0
+
+
+async def _budget_delete(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    subject, who = _subject_of(args)
+    if await operations.delete_budget(store, subject, who, args.period):
+        print(f"deleted the {args.period} budget of {subject} {who}")
+    else:
+        print(f"{subject} {who} had no {args.period} budget: nothing changed")
+    return 0
+
+
+async def _budget_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    views = await operations.list_budgets(store, key=args.key, principal=args.principal)
+    _print_table(
+        ("SUBJECT", "ID", "NAME", "PERIOD", "LIMIT"),
+        [
+            (v.budget.subject.value, v.budget.subject_id, v.principal_name, v.budget.period.value, v.budget.limit)
+            for v in views
+        ],
+    )
+    return 0
+
+
+async def _limit_set(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    limit = await operations.set_rate_limit(
+        store,
+        args.key_id,
+        requests_per_minute=args.requests_per_minute,
+        input_tokens_per_minute=args.input_tokens_per_minute,
+    )
+    _print_fields(
+        [
+            ("key id", limit.key_id),
+            ("requests per minute", _limit_cell(limit.requests_per_minute)),
+            ("input tokens per minute", _limit_cell(limit.input_tokens_per_minute)),
+        ]
+    )
+    return 0
+
+
+async def _limit_delete(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    if await operations.delete_rate_limit(store, args.key_id):
+        print(f"lifted the rate limits of {args.key_id}")
+    else:
+        print(f"{args.key_id} had no rate limits: nothing changed")
+    return 0
+
+
+async def _limit_list(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    limits: list[RateLimit] = (
+        await operations.list_rate_limits(store)
+        if args.key_id is None
+        else [await operations.get_rate_limit(store, args.key_id)]
+    )
+    _print_table(
+        ("KEY", "REQUESTS/MIN", "INPUT TOKENS/MIN"),
+        [(r.key_id, _limit_cell(r.requests_per_minute), _limit_cell(r.input_tokens_per_minute)) for r in limits],
+    )
+    return 0
+
+
+def _limit_cell(value: int | None) -> int | str:
+    return "off" if value is None else value
 
 
 # usage
 
 
-async def _usage_report(args: argparse.Namespace, store: ControlStore) -> int:
-    rows = await store.usage_report(args.since)
-    names = {p.id: p.name for p in await store.list_principals()}
-    _print_table(
-        (
-            "DAY",
-            "PRINCIPAL",
-            "MODEL",
-            "ROUTE",
-            "REQUESTS",
-            "PROMPT",
-            "COMPLETION",
-            "CACHE READ",
-            "CACHE WRITE",
-            "COST",
-            "LIST COST",
-            "DEGRADED",
-        ),
-        [
-            (
-                r.day,
-                names.get(r.principal_id, r.principal_id),
-                r.model,
-                r.route,
-                r.requests,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cache_read_tokens,
-                r.cache_creation_tokens,
-                r.cost,
-                r.list_cost,
-                r.degraded,
-            )
-            for r in rows
-        ],
-    )
+async def _usage(args: argparse.Namespace, store: ControlStore, config: Config) -> int:
+    report = await operations.usage(store, UsageParameters(args.since, args.until, args.principal, args.format))
+    if args.format is UsageFormat.JSON:
+        print(usage_json(report).decode())
+    elif args.format is UsageFormat.CSV:
+        print(usage_csv(report), end="")
+    else:
+        _print_table([header for header, _ in TABLE_COLUMNS], table_rows(report))
     return 0
 
 
@@ -352,12 +480,20 @@ def _token_count(text: str) -> int:
     return int(text)
 
 
-def _day(text: str) -> datetime:
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, not {text!r}") from None
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _positive_count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"the value must be a positive whole number, not {text!r}")
+    return int(text)
+
+
+def _time_bound(parameter: str) -> Callable[[str], datetime]:
+    def parse(text: str) -> datetime:
+        try:
+            return parse_time(text, parameter, until=parameter == "until")
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
 
 
 def _http_url(text: str) -> str:
@@ -387,7 +523,8 @@ def _command(
 
 def _with_store(command: AdminCommand) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
     """``command`` as the CLI runs every command: checked against the configuration, then run with
-    the control store open; a store error is one line on stderr and exit 1."""
+    the control store open; a store error is one line on stderr and exit 1, an argument the
+    operation refuses one line and exit 2."""
 
     @functools.wraps(command)
     async def run(args: argparse.Namespace, config: Config) -> int:
@@ -400,19 +537,17 @@ def _with_store(command: AdminCommand) -> Callable[[argparse.Namespace, Config],
         try:
             await store.migrate()
             try:
-                return await command(args, store)
+                return await command(args, store, config)
             except StoreError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
+            except InvalidArgument as exc:
+                print(f"cachegate: {exc.message}", file=sys.stderr)
+                return 2
         finally:
             await store.aclose()
 
     return run
-
-
-def _key_state(endpoint: Endpoint) -> str:
-    """Whether an upstream key is set; the key itself is a secret and is never printed."""
-    return "set" if endpoint.api_key else "none"
 
 
 def _cell(value: object) -> str:

@@ -215,6 +215,34 @@ class LedgerConfig(_Strict):
     journal: LedgerJournalConfig = LedgerJournalConfig()
 
 
+class BudgetsConfig(_Strict):
+    """Budgets (SPEC §13): how often each replica reloads every key's spend from the store. Another
+    replica's spend is seen here within this plus ``ledger.flush_interval_seconds`` (docs/spec.md §13)."""
+
+    refresh_seconds: float = Field(5.0, gt=0)
+
+
+class RateLimitsConfig(_Strict):
+    """Per-key rate limits (SPEC §13): in process, or shared by every replica through Redis."""
+
+    # redis://, rediss://, redis+cluster:// or rediss+cluster://, its query may set key_prefix
+    # (default cachegate:ratelimit); None: each replica limits on its own.
+    redis_url: str | None = None
+    # A check that takes longer goes through unchecked (fails open), as does every check for
+    # retry_seconds after a failure, so a Redis outage costs requests neither errors nor waiting.
+    redis_timeout_seconds: float = Field(0.25, gt=0)
+    retry_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(
+            ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ValueError("must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL")
+        return value
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     data_dir: Path = Path("data")
@@ -240,6 +268,8 @@ class Config(_Strict):
     demo: Demo = Demo()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
     # The key of the per-principal cache salts (EndpointConfig.cache_salt): stable across replicas
     # and restarts, never sent anywhere; changing it starts every principal's engine cache afresh.
     cache_salt_secret: str | None = Field(None, min_length=16)

@@ -117,6 +117,15 @@ def test_the_server_limits_and_key_caches_have_defaults_and_take_overrides() -> 
         load_config(None, {"CACHEGATE_SERVER__MAX_HEADER_BYTES": "10"})
 
 
+def test_budgets_reload_every_5_s_and_rate_limits_are_in_process_unless_redis_is_named() -> None:
+    config = load_config(None, {})
+    assert config.budgets.refresh_seconds == 5.0
+    assert config.rate_limits.redis_url is None
+
+    shared = load_config(None, {"CACHEGATE_RATE_LIMITS__REDIS_URL": "rediss://cache:6380/1?key_prefix=limits"})
+    assert shared.rate_limits.redis_url == "rediss://cache:6380/1?key_prefix=limits"
+
+
 def test_an_empty_file_means_every_default_without_the_demo(tmp_path: Path) -> None:
     config = load_yaml(tmp_path, "")
 
@@ -215,6 +224,12 @@ def test_listed_ttls_may_carry_spaces() -> None:
         pytest.param(
             "tokenizers: {mine: {kind: sentencepiece, path: /m}}", "tokenizers.mine", id="unknown-tokenizer-kind"
         ),
+        pytest.param(
+            "rate_limits: {redis_url: 'http://cache:6379'}",
+            "rate_limits.redis_url: Value error, must be a redis://, rediss://",
+            id="rate-limiter-not-redis",
+        ),
+        pytest.param("budgets: {refresh_seconds: 0}", "budgets.refresh_seconds", id="zero-budget-refresh"),
     ],
 )
 def test_an_invalid_file_is_refused_naming_the_key(tmp_path: Path, text: str, named: str) -> None:

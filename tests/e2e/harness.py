@@ -172,14 +172,23 @@ class Keys:
 
 class GatewayHarness:
     def __init__(
-        self, counter: TokenCounter, store_url: str, index_url: str, config: dict[str, Any], *, replicas: int = 0
+        self,
+        counter: TokenCounter,
+        store_url: str,
+        index_url: str,
+        config: dict[str, Any],
+        *,
+        keys: Keys | None = None,
+        replicas: int = 0,
     ) -> None:
-        """``replicas`` more fake upstreams, each with its own prefix KV cache, are the endpoints
+        """``keys``: those of another harness on the same store (a second replica); else new ones are made.
+        ``replicas`` more fake upstreams, each with its own prefix KV cache, are the endpoints
         ``replica-0``, ``replica-1``, … (their URLs in ``replica_urls``)."""
         self._replicas = replicas
         self._replica_runners: list[Any] = []
         self.replica_urls: list[str] = []
         self._counter = counter
+        self._shared_keys = keys
         self._store_url = store_url
         self._index_url = index_url
         self._config = config
@@ -238,13 +247,16 @@ class GatewayHarness:
         )
         self.upstream = BuggyUpstream(upstream)
         self.gateway = Gateway(self.config, self.store, self.index, {"qwen3": self.counter}, self.upstream)
-        a = await store.create_principal("tenant-a")
-        b = await store.create_principal("tenant-b")
-        _, secret_a = await store.create_api_key(a.id)
-        _, secret_b = await store.create_api_key(b.id)
-        operator = await store.create_principal("operator")
-        _, secret_admin = await store.create_api_key(operator.id, admin=True)
-        self.keys = Keys(secret_a, secret_b, a.id, b.id, secret_admin)
+        if self._shared_keys is not None:
+            self.keys = self._shared_keys
+        else:
+            a = await store.create_principal("tenant-a")
+            b = await store.create_principal("tenant-b")
+            _, secret_a = await store.create_api_key(a.id)
+            _, secret_b = await store.create_api_key(b.id)
+            operator = await store.create_principal("operator")
+            _, secret_admin = await store.create_api_key(operator.id, admin=True)
+            self.keys = Keys(secret_a, secret_b, a.id, b.id, secret_admin)
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -4,12 +4,14 @@ bounded buffer while the control store is down, and are written in order when it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 from cachegate.gateway import journal
-from cachegate.gateway.ledger import LedgerWriter
-from cachegate.store.base import ControlStore
+from cachegate.gateway.ledger import LedgerObserver, LedgerWriter
+from cachegate.store.base import ControlStore, LedgerRow
 
 from .doubles import GIVE_UP_AFTER, LedgerStore, eventually, ledger_row, metric
 
@@ -234,3 +236,74 @@ async def test_stop_is_bounded_when_the_store_hangs_and_the_rows_stay_in_the_jou
 
     segments = list(tmp_path.glob("*.journal"))
     assert [row.prompt_tokens for path in segments for row in journal.records(path.read_bytes())] == [7]
+
+
+class Observer:
+    """Records what the writer tells its observers (the budgets and rate limits listen so)."""
+
+    def __init__(self) -> None:
+        self.billed: list[int] = []
+        self.settled: list[int] = []
+
+    def billed_row(self, row: LedgerRow) -> None:
+        self.billed.append(row.prompt_tokens)
+
+    def settled_rows(self, rows: Sequence[LedgerRow]) -> None:
+        self.settled += [row.prompt_tokens for row in rows]
+
+
+def observed(writer: LedgerWriter) -> Observer:
+    observer = Observer()
+    writer.observe(cast(LedgerObserver, SimpleNamespace(billed=observer.billed_row, settled=observer.settled_rows)))
+    return observer
+
+
+async def test_observers_hear_of_each_row_as_it_is_billed_and_again_once_the_store_has_it(tmp_path: Path) -> None:
+    store = LedgerStore()
+    writer = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    observer = observed(writer)
+    await writer.start()
+    store.down = True
+    for number in range(3):
+        await writer.record(ledger_row(number))
+
+    assert observer.billed == [0, 1, 2]
+    assert await writer.flush() is False
+    assert observer.settled == []  # still waiting for the store
+
+    store.down = False
+    async with writer.between_rounds():  # a reader between two rounds: no row lands meanwhile
+        flushing = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.01)
+        assert observer.settled == [] and not flushing.done()
+    assert await flushing is True
+    assert observer.settled == [0, 1, 2]
+    await writer.stop()
+    assert observer.settled == [0, 1, 2]  # once each
+
+
+async def test_rows_another_process_left_are_not_settled_as_this_ones(tmp_path: Path) -> None:
+    store = LedgerStore()
+    store.down = True
+    dead = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    await dead.start()
+    await dead.record(ledger_row(5))
+    await dead.stop(store_seconds=0.05)  # its row stays in the journal
+    store.down = False
+
+    writer = LedgerWriter(cast(ControlStore, store), 60.0, journal_dir=tmp_path)
+    observer = observed(writer)
+    await writer.start()  # replays the dead process's row
+    await writer.stop()
+
+    assert store.written == [5] and observer.settled == [] and observer.billed == []
+
+
+async def test_a_row_dropped_from_the_full_memory_buffer_is_settled_it_will_never_be_stored() -> None:
+    store = LedgerStore()
+    writer = writer_for(store, max_buffered=2)
+    observer = observed(writer)
+
+    append(writer, 0, 1, 2)
+
+    assert observer.settled == [0]

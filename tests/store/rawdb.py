@@ -23,6 +23,19 @@ async def query(url: str, sql: str) -> list[tuple[object, ...]]:
         await connection.close()
 
 
+async def execute(url: str, sql: str) -> None:
+    """Run one statement that changes the database at ``url``, committed."""
+    if url.startswith(_SQLITE_PREFIX):
+        with contextlib.closing(sqlite3.connect(url.removeprefix(_SQLITE_PREFIX))) as connection, connection:
+            connection.execute(sql)
+        return
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
 async def everything_stored(url: str) -> bytes:
     """All the database holds: the SQLite files byte for byte (WAL included), or for
     PostgreSQL every row of every table in its text form."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -64,6 +67,11 @@ def table(result: Result) -> list[dict[str, str]]:
     header, *rows = result.lines
     names = re.split(r" {2,}", header.strip())
     return [dict(zip(names, re.split(r" {2,}", row.strip()), strict=True)) for row in rows]
+
+
+def fields(result: Result) -> dict[str, str]:
+    """The ``label  value`` lines of one printed object."""
+    return dict(re.split(r" {2,}", line.strip(), maxsplit=1) for line in result.lines)  # type: ignore[misc]
 
 
 async def test_principals_are_created_and_listed(cli: Cli) -> None:
@@ -220,7 +228,9 @@ async def test_a_malformed_price_is_a_usage_error(cli: Cli, price: str, capsys: 
         ("endpoint", "add", "e", "localhost:8000"),
         ("model", "add", "m", "--endpoint", "e", "--upstream-model", "x", "--input-price", "-0.1"),
         ("tariff", "set", "m", "--min-prefix-tokens", "-5"),
-        ("usage", "report", "--since", "yesterday"),
+        ("usage", "--since", "yesterday"),
+        ("usage", "--until", "2025-03-01T00:00:00"),  # a timestamp needs its offset
+        ("usage", "--format", "xml"),
     ],
 )
 async def test_other_malformed_arguments_are_usage_errors(cli: Cli, argv: tuple[str, ...]) -> None:
@@ -230,29 +240,81 @@ async def test_other_malformed_arguments_are_usage_errors(cli: Cli, argv: tuple[
     assert exited.value.code == 2
 
 
-async def test_usage_is_reported_per_day_principal_and_model(cli: Cli, sqlite_store: ControlStore) -> None:
-    acme = await sqlite_store.create_principal("acme")
+async def usage_ledger(store: ControlStore) -> tuple[str, str]:
+    """Four requests of acme's (three on March 1st, one on the 2nd) and one of zeta's; their ids."""
+    acme = await store.create_principal("acme")
+    zeta = await store.create_principal("zeta")
     day = datetime(2025, 3, 1, 12, tzinfo=UTC)
     row = LedgerRow(
         at=day, principal_id=acme.id, key_id="key_x", model="m", status=200, streaming=True,
         prompt_tokens=1000, completion_tokens=100, cache_read_tokens=600, cache_creation_5m_tokens=200,
         cache_creation_1h_tokens=0, cache_creation_24h_tokens=0, upstream_cached_tokens=600,
         cost=Decimal("0.1"), list_cost=Decimal("0.25"), latency_ms=40.0, degraded=False,
+        counted_prompt_tokens=1002, miss_reason=None,
     )  # fmt: skip
-    next_day = replace(row, at=day + timedelta(days=1), cost=Decimal("0.01"), degraded=True)
-    await sqlite_store.append_ledger([row, row, row, next_day])
+    next_day = replace(row, at=day + timedelta(days=1), cost=Decimal("0.01"), degraded=True, miss_reason="degraded")
+    zetas = replace(row, principal_id=zeta.id, key_id="key_z", miss_reason="first_write")
+    await store.append_ledger([row, row, row, next_day, zetas])
+    return acme.id, zeta.id
 
-    report = await cli("usage", "report")
-    since = await cli("usage", "report", "--since", "2025-03-02")
 
-    first, second = table(report)
+async def test_usage_is_a_table_by_day_key_and_model(cli: Cli, sqlite_store: ControlStore) -> None:
+    await usage_ledger(sqlite_store)
+
+    report = await cli("usage")
+    since = await cli("usage", "--since", "2025-03-02")
+    until = await cli("usage", "--until", "2025-03-01")
+    acme = await cli("usage", "--principal", "acme", "--until", "2025-03-02T00:00:00Z")
+
+    first, zeta, second = table(report)
     assert first == {
-        "DAY": "2025-03-01", "PRINCIPAL": "acme", "MODEL": "m", "ROUTE": "chat", "REQUESTS": "3", "PROMPT": "3000",
-        "COMPLETION": "300", "CACHE READ": "1800", "CACHE WRITE": "600", "COST": "0.3", "LIST COST": "0.75",
-        "DEGRADED": "0",
+        "DAY": "2025-03-01", "PRINCIPAL": "acme", "KEY": "key_x", "MODEL": "m", "REQUESTS": "3", "PROMPT": "3000",
+        "UNCACHED": "600", "READ": "1800", "WRITE 5M": "600", "WRITE 1H": "0", "WRITE 24H": "0",
+        "COMPLETION": "300", "COST": "0.3", "LIST COST": "0.75", "SAVING": "0.45", "HIT RATE": "0.6000",
+        "DEGRADED": "0", "MISS FIRST WRITE": "0", "MISS EXPIRED": "0", "MISS PREFIX CHANGED": "0",
+        "MISS BELOW FLOOR": "0", "MISS DEGRADED": "0", "DRIFT SUM": "6", "DRIFT N": "3",
     }  # fmt: skip
-    assert (second["DAY"], second["COST"], second["DEGRADED"]) == ("2025-03-02", "0.01", "1")
+    assert (zeta["PRINCIPAL"], zeta["KEY"], zeta["MISS FIRST WRITE"]) == ("zeta", "key_z", "1")
+    assert (second["DAY"], second["COST"], second["DEGRADED"], second["MISS DEGRADED"]) == (
+        "2025-03-02",
+        "0.01",
+        "1",
+        "1",
+    )
     assert table(since) == [second]
+    assert table(until) == [first, zeta]  # a day as --until includes that day
+    assert table(acme) == [first]
+
+
+async def test_usage_as_csv_and_json(cli: Cli, sqlite_store: ControlStore) -> None:
+    acme_id, _ = await usage_ledger(sqlite_store)
+
+    as_csv = await cli("usage", "--format", "csv", "--principal", acme_id)
+    as_json = await cli("usage", "--format", "json", "--principal", "acme", "--since", "2025-03-02")
+
+    rows = list(csv.DictReader(io.StringIO(as_csv.out)))
+    assert [(r["day"], r["principal"], r["requests"], r["cost"], r["saving"]) for r in rows] == [
+        ("2025-03-01", "acme", "3", "0.3", "0.45"),
+        ("2025-03-02", "acme", "1", "0.01", "0.24"),
+    ]
+    assert (rows[1]["miss_degraded"], rows[1]["hit_rate"], rows[0]["drift_sum"]) == ("1", "0.6000", "6")
+    document = json.loads(as_json.out)
+    assert document["since"] == "2025-03-02T00:00:00+00:00" and document["until"] is None
+    [group] = document["data"]
+    assert group["cost"] == "0.01" and group["list_cost"] == "0.25" and group["misses"]["degraded"] == 1
+    assert group["cache_write_5m_tokens"] == 200 and group["uncached_tokens"] == 200
+
+
+async def test_usage_of_an_unknown_principal_is_refused_and_a_backwards_window_is_empty(
+    cli: Cli, sqlite_store: ControlStore
+) -> None:
+    await usage_ledger(sqlite_store)
+
+    ghost = await cli("usage", "--principal", "ghost")
+    backwards = await cli("usage", "--since", "2025-03-02", "--until", "2025-03-01")
+
+    assert ghost.code == 1 and "ghost" in ghost.err
+    assert backwards.code == 0 and table(backwards) == []
 
 
 async def test_numbers_are_right_aligned_under_their_header(cli: Cli) -> None:
@@ -265,3 +327,128 @@ async def test_numbers_are_right_aligned_under_their_header(cli: Cli) -> None:
     header, row = listing.lines
     assert header.endswith("MIN PREFIX") and row.endswith(" " * len("MIN PREFIX") + "7")
     assert row.index("in force") == header.index("STATE")
+
+
+async def test_budgets_are_set_replaced_listed_and_deleted(cli: Cli, sqlite_store: ControlStore) -> None:
+    acme = await sqlite_store.create_principal("acme")
+    key, _ = await sqlite_store.create_api_key(acme.id)
+
+    by_name = await cli("budget", "set", "25.00", "--principal", "acme", "--period", "month")
+    await cli("budget", "set", "1.5", "--key", key.id, "--period", "day")
+    replaced = await cli("budget", "set", "30", "--principal", acme.id, "--period", "month")
+    listing = await cli("budget", "list")
+    of_key = await cli("budget", "list", "--key", key.id)
+    of_principal = await cli("budget", "list", "--principal", "acme")
+    deleted = await cli("budget", "delete", "--key", key.id, "--period", "day")
+    again = await cli("budget", "delete", "--key", key.id, "--period", "day")
+    after = await cli("budget", "list")
+
+    assert by_name.code == 0
+    assert fields(by_name) == {
+        "subject": "principal",
+        "id": acme.id,
+        "name": "acme",
+        "period": "month",
+        "limit": "25.00",
+    }
+    assert replaced.code == 0 and fields(replaced)["limit"] == "30"
+    assert table(listing) == [
+        {"SUBJECT": "key", "ID": key.id, "NAME": "-", "PERIOD": "day", "LIMIT": "1.5"},
+        {"SUBJECT": "principal", "ID": acme.id, "NAME": "acme", "PERIOD": "month", "LIMIT": "30"},
+    ]
+    assert table(of_key) == table(listing)[:1] and table(of_principal) == table(listing)[1:]
+    assert (deleted.code, deleted.out) == (0, f"deleted the day budget of key {key.id}\n")
+    assert (again.code, again.out) == (0, f"key {key.id} had no day budget: nothing changed\n")
+    assert [row["SUBJECT"] for row in table(after)] == ["principal"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("budget", "set", "5", "--principal", "ghost", "--period", "day"), "principal 'ghost' does not exist"),
+        (("budget", "set", "5", "--key", "key_ghost", "--period", "total"), "key 'key_ghost' does not exist"),
+        (("budget", "list", "--principal", "ghost"), "principal 'ghost' does not exist"),
+        (("limit", "set", "key_ghost", "--requests-per-minute", "5"), "API key 'key_ghost' does not exist"),
+        (("limit", "list", "key_ghost"), "API key 'key_ghost' does not exist"),
+    ],
+)
+async def test_budgets_and_limits_of_unknown_subjects_are_one_line_on_stderr(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    result = await cli(*argv)
+
+    assert (result.code, result.out, result.err) == (1, "", f"error: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("budget", "set", "5", "--period", "day"),  # no subject
+        ("budget", "set", "5", "--key", "k", "--principal", "p", "--period", "day"),  # two
+        ("budget", "set", "5", "--key", "k", "--period", "week"),
+        ("budget", "set", "-5", "--key", "k", "--period", "day"),
+        ("budget", "delete", "--key", "k"),  # no period
+        ("limit", "set", "k", "--requests-per-minute", "0"),
+        ("limit", "set", "k", "--input-tokens-per-minute", "lots"),
+    ],
+)
+async def test_malformed_budget_and_limit_arguments_are_usage_errors(cli: Cli, argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await cli(*argv)
+
+    assert exited.value.code == 2
+
+
+async def test_rate_limits_are_set_replaced_listed_and_lifted(cli: Cli, sqlite_store: ControlStore) -> None:
+    acme = await sqlite_store.create_principal("acme")
+    first, _ = await sqlite_store.create_api_key(acme.id)
+    second, _ = await sqlite_store.create_api_key(acme.id)
+
+    set_ = await cli("limit", "set", first.id, "--requests-per-minute", "60")
+    await cli("limit", "set", second.id, "--requests-per-minute", "10", "--input-tokens-per-minute", "50000")
+    replaced = await cli("limit", "set", first.id, "--input-tokens-per-minute", "2000")
+    listing = await cli("limit", "list")
+    one = await cli("limit", "list", second.id)
+    lifted = await cli("limit", "delete", first.id)
+    again = await cli("limit", "delete", first.id)
+    none_left = await cli("limit", "list", first.id)
+
+    assert set_.code == 0
+    assert fields(set_) == {"key id": first.id, "requests per minute": "60", "input tokens per minute": "off"}
+    assert fields(replaced)["requests per minute"] == "off"
+    rows = {row["KEY"]: row for row in table(listing)}
+    assert rows == {
+        first.id: {"KEY": first.id, "REQUESTS/MIN": "off", "INPUT TOKENS/MIN": "2000"},
+        second.id: {"KEY": second.id, "REQUESTS/MIN": "10", "INPUT TOKENS/MIN": "50000"},
+    }
+    assert table(one) == [rows[second.id]]
+    assert (lifted.code, lifted.out) == (0, f"lifted the rate limits of {first.id}\n")
+    assert (again.code, again.out) == (0, f"{first.id} had no rate limits: nothing changed\n")
+    assert (none_left.code, none_left.err) == (1, f"error: API key {first.id!r} has no rate limits\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("principal", "create", "a/b"), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("principal", "create", ".."), "name must be 1 to 200 characters with no control characters or slashes"),
+        (("endpoint", "add", "e\tx", "http://h/v1"), "name must be 1 to 200 characters"),
+        (("tariff", "set", "m", "--min-prefix-tokens", str(2**31)), "min_prefix_tokens must be a whole number"),
+        (("budget", "set", "1" * 21, "--key", "k", "--period", "day"), "limit must be a non-negative decimal"),
+    ],
+)
+async def test_arguments_no_store_could_hold_are_refused_before_it(
+    cli: Cli, argv: tuple[str, ...], message: str
+) -> None:
+    result = await cli(*argv)
+
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith(f"cachegate: {message}")
+
+
+async def test_a_limit_set_with_no_limit_is_refused(cli: Cli, sqlite_store: ControlStore) -> None:
+    key, _ = await sqlite_store.create_api_key((await sqlite_store.create_principal("acme")).id)
+
+    refused = await cli("limit", "set", key.id)
+
+    assert refused.code == 2 and "give requests_per_minute, input_tokens_per_minute or both" in refused.err

@@ -4,11 +4,14 @@ missing, and once it answers it is prepared (migrated, seeded) before anything u
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from cachegate.store.base import ControlStore, StoreUnavailable
+from cachegate.core.budgets import KeyTotals
+from cachegate.store.base import ControlStore, LedgerRow, StoreUnavailable
 from cachegate.store.factory import open_store
 from cachegate.store.reconnecting import ReconnectingStore
 
@@ -93,3 +96,18 @@ async def test_a_postgres_database_created_after_start_is_picked_up(pg_server: P
         assert [p.name for p in await store.list_principals()] == ["acme"]
     finally:
         await store.aclose()
+
+
+async def test_spend_totals_are_read_through_once_connected(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    at = datetime(2026, 12, 2, 9, tzinfo=UTC)
+    row = LedgerRow(at, "prn_a", "key_a", "m", 200, False, 10, 5, 0, 0, 0, 0, None, Decimal("0.5"), None, 1.0, False)
+    store = await ReconnectingStore.open(lambda: open_store(url), migrated)
+    try:
+        await until_connected(store)
+        await store.append_ledger([row])
+        assert await store.spend_totals(at) == [KeyTotals("prn_a", "key_a", *(Decimal("0.5"),) * 3)]
+    finally:
+        await store.aclose()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.spend_totals(at)

@@ -12,8 +12,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from cachegate.core.budgets import KeyTotals
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
+    MISS_REASONS,
     Budget,
     BudgetPeriod,
     BudgetSubject,
@@ -24,11 +26,13 @@ from cachegate.store.base import (
     Model,
     NotFound,
     RateLimit,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import hash_secret
 from cachegate.store.schema import migrations
-from store.rawdb import everything_stored, query
+from store.rawdb import everything_stored, execute, query
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -432,6 +436,98 @@ async def test_usage_is_reported_by_utc_day_principal_and_model(store: ControlSt
     assert all(isinstance(row.cost, Decimal) and isinstance(row.list_cost, Decimal) for row in report)
 
 
+def misses(**counts: int) -> tuple[tuple[str, int], ...]:
+    return tuple((reason, counts.get(reason, 0)) for reason in MISS_REASONS)
+
+
+async def test_usage_is_grouped_by_utc_day_key_and_model_with_every_figure(store: ControlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    await store.append_ledger(
+        [
+            ledger_row(T0, "prn_a", "m", counted_prompt_tokens=103),
+            ledger_row(
+                T0 + timedelta(hours=1),
+                "prn_a",
+                "m",
+                cost=Decimal("0.2"),
+                degraded=True,
+                miss_reason="degraded",
+                cache_read_tokens=0,
+                cache_creation_5m_tokens=0,
+                cache_creation_1h_tokens=0,
+                cache_creation_24h_tokens=0,
+                counted_prompt_tokens=98,
+            ),
+            ledger_row(T0, "prn_a", "m", cost=None, list_cost=None, status=502, miss_reason="first_write"),
+            ledger_row(T0, "prn_a", "m", key_id="key_two", miss_reason="expired", cost=Decimal("0.000000001")),
+            ledger_row(T0, "prn_b", "m", key_id="key_b", prompt_tokens=80, miss_reason="prefix_changed"),
+            ledger_row(T0, "prn_a", "other", cache_read_tokens=0, miss_reason="below_floor"),
+            # 20:00 on March 1st at UTC-5 is 01:00 on March 2nd in UTC
+            ledger_row(datetime(2025, 3, 1, 20, 0, tzinfo=eastern), "prn_a", "m", miss_reason="first_write"),
+        ]
+    )
+
+    usage = await store.usage(UsageQuery())
+
+    assert usage == [  # by day, key, model
+        UsageGroup(
+            "2025-03-01", "prn_b", "key_b", "m", 1, 80, 4, 50, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(prefix_changed=1), 0, 0,
+        ),
+        # three rows: 300 prompt, reads 50+0+50, writes 5m 20+0+20, 1h 5+0+5, 24h 1+0+1
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_test", "m", 3, 300, 148, 100, 40, 10, 2, 30,
+            Decimal("0.3"), Decimal("0.6"), 1, misses(degraded=1, first_write=1), 3 - 2, 2,
+        ),
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_test", "other", 1, 100, 74, 0, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(below_floor=1), 0, 0,
+        ),
+        UsageGroup(
+            "2025-03-01", "prn_a", "key_two", "m", 1, 100, 24, 50, 20, 5, 1, 10,
+            Decimal("0.000000001"), Decimal("0.3"), 0, misses(expired=1), 0, 0,
+        ),
+        UsageGroup(
+            "2025-03-02", "prn_a", "key_test", "m", 1, 100, 24, 50, 20, 5, 1, 10,
+            Decimal("0.1"), Decimal("0.3"), 0, misses(first_write=1), 0, 0,
+        ),
+    ]  # fmt: skip
+    first = usage[1]
+    assert first.saving == Decimal("0.3") and first.hit_rate == 100 / 300 and first.cache_write_tokens == 52
+    assert all(isinstance(group.cost, Decimal) and isinstance(group.list_cost, Decimal) for group in usage)
+
+
+async def test_usage_is_filtered_by_time_and_principal(store: ControlStore) -> None:
+    await store.append_ledger(
+        [ledger_row(T0 + timedelta(days=day), principal, "m") for day in range(3) for principal in ("prn_a", "prn_b")]
+    )
+
+    def days(usage: list[UsageGroup]) -> list[tuple[str, str]]:
+        return [(group.day, group.principal_id) for group in usage]
+
+    since_second_day = await store.usage(UsageQuery(since=T0 + timedelta(days=1)))
+    until_second_day = await store.usage(UsageQuery(until=T0 + timedelta(days=1)))
+    one_day_of_b = await store.usage(
+        UsageQuery(since=T0 + timedelta(days=1), until=T0 + timedelta(days=2), principal_id="prn_b")
+    )
+
+    assert days(since_second_day) == [(d, p) for d in ("2025-03-02", "2025-03-03") for p in ("prn_a", "prn_b")]
+    assert days(until_second_day) == [("2025-03-01", "prn_a"), ("2025-03-01", "prn_b")]  # until is exclusive
+    assert days(one_day_of_b) == [("2025-03-02", "prn_b")]
+    assert await store.usage(UsageQuery(principal_id="prn_ghost")) == []
+    assert await store.usage(UsageQuery(since=T0 + timedelta(days=3))) == []
+
+
+async def test_usage_sums_costs_exactly(store: ControlStore) -> None:
+    rows = [ledger_row(T0, "prn_a", "m", cost=Decimal("0.1"), list_cost=Decimal("0.0000001")) for _ in range(1000)]
+
+    await store.append_ledger(rows)
+    [group] = await store.usage(UsageQuery())
+
+    assert group.cost == Decimal("100") and group.list_cost == Decimal("0.0001") and group.requests == 1000
+    assert group.saving == Decimal("-99.9999")
+
+
 async def test_usage_since_a_time_leaves_earlier_rows_out(store: ControlStore) -> None:
     await store.append_ledger([ledger_row(T0 + timedelta(days=day), "prn_a", "m") for day in range(3)])
 
@@ -498,6 +594,73 @@ async def test_a_row_id_is_stored_once_however_often_it_is_sent(store: ControlSt
     assert sorted(row_id or "-" for (row_id,) in stored) == ["-", "-", "r1", "r2"]
     [report] = await store.usage_report()
     assert report.requests == 4
+
+
+# spend totals (budgets, SPEC §13)
+
+
+async def test_spend_is_totalled_per_key_for_the_utc_day_month_and_all_time(store: ControlStore) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    await store.append_ledger(
+        [
+            ledger_row(T0, "prn_a", "m", cost=Decimal("0.1")),
+            ledger_row(T0 + timedelta(hours=11), "prn_a", "m", cost=Decimal("0.000000001")),
+            ledger_row(T0 - timedelta(days=1), "prn_a", "m", cost=Decimal("1")),  # February: the total only
+            ledger_row(T0 + timedelta(days=1), "prn_a", "m", cost=Decimal("10")),  # another day of March
+            ledger_row(T0, "prn_a", "m", cost=None, status=502),  # unpriced: nothing
+            ledger_row(T0, "prn_b", "m", key_id="key_b", cost=Decimal("0.5")),
+            # 20:00 on March 1st at UTC-5 is 01:00 on March 2nd in UTC: not March 1st's
+            ledger_row(datetime(2025, 3, 1, 20, 0, tzinfo=eastern), "prn_b", "m", key_id="key_b", cost=Decimal("7")),
+        ]
+    )
+
+    totals = await store.spend_totals(T0 + timedelta(hours=3))
+
+    assert totals == [
+        KeyTotals("prn_b", "key_b", Decimal("0.5"), Decimal("7.5"), Decimal("7.5")),
+        KeyTotals("prn_a", "key_test", Decimal("0.100000001"), Decimal("10.100000001"), Decimal("11.100000001")),
+    ]
+    next_month = await store.spend_totals(datetime(2025, 4, 1, tzinfo=UTC))
+    assert [(t.key_id, t.day, t.month, t.total) for t in next_month] == [
+        ("key_b", 0, 0, Decimal("7.5")),
+        ("key_test", 0, 0, Decimal("11.100000001")),
+    ]
+
+
+async def test_a_row_sent_twice_is_counted_in_the_spend_once(store: ControlStore) -> None:
+    first, second = ledger_row(T0, "prn_a", "m", row_id="r1"), ledger_row(T0, "prn_a", "m", row_id="r2")
+    await store.append_ledger([first])
+
+    await store.append_ledger([first, second, second])
+
+    [totals] = await store.spend_totals(T0)
+    assert (totals.day, totals.month, totals.total) == (Decimal("0.2"),) * 3
+
+
+async def test_a_refused_batch_adds_nothing_to_the_spend(store: ControlStore) -> None:
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.NotNullViolationError)):
+        await store.append_ledger([ledger_row(T0, "prn_a", "m"), ledger_row(T0, "prn_a", "m", principal_id=None)])
+
+    assert await store.spend_totals(T0) == []
+
+
+async def test_the_spend_of_rows_billed_before_the_totals_existed_is_filled_in(
+    store: ControlStore, store_url: str
+) -> None:
+    await store.append_ledger(
+        [ledger_row(T0, "prn_a", "m", cost=Decimal("0.25")), ledger_row(T0 - timedelta(days=1), "prn_a", "m")]
+    )
+    expected = await store.spend_totals(T0)
+    await execute(store_url, "DROP TABLE spend")  # as before the step that made it
+    await execute(store_url, "DELETE FROM schema_migrations WHERE version = 9")
+
+    await store.migrate()
+
+    assert (
+        await store.spend_totals(T0)
+        == expected
+        == [KeyTotals("prn_a", "key_test", Decimal("0.25"), Decimal("0.25"), Decimal("0.35"))]
+    )
 
 
 async def test_a_ledger_batch_is_written_all_or_nothing(store: ControlStore) -> None:

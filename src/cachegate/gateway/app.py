@@ -14,13 +14,15 @@ import uuid
 from collections.abc import Awaitable
 from typing import Final
 
-from cachegate.asgi import ClientGone, Message, Receive, Refusal, Scope, Send, header
+from cachegate.admin_api.app import build_admin_app
+from cachegate.asgi import ClientGone, Headers, Message, Receive, Refusal, Scope, Send, header
 from cachegate.config import Config
 from cachegate.core.markers import TtlPolicy
 from cachegate.core.paths import DotSegment, normalised_path
 from cachegate.gateway import metrics
 from cachegate.gateway.admission import InFlight
 from cachegate.gateway.auth import AuthError, AuthUnavailable, KeyResolver, TooManyFailures, bearer_secret
+from cachegate.gateway.budgets import NO_RETRY, BudgetExceeded, Budgets
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.chat import ChatCompletions
 from cachegate.gateway.classifier import CacheClassifier
@@ -32,11 +34,14 @@ from cachegate.gateway.messages import AnthropicRequests, Messages
 from cachegate.gateway.metered import COMPLETIONS, EMBEDDINGS, RESPONSES, MeteredRoute, OpenAiApi
 from cachegate.gateway.metrics import metrics_page, send_metrics
 from cachegate.gateway.models import MODEL_PREFIX, ModelDetail, ModelList
+from cachegate.gateway.rate_limits import RateLimits, rate_limiter
 from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Dialect, Request, Route
 from cachegate.gateway.salting import CacheSalts
+from cachegate.gateway.usage import TenantUsage
 from cachegate.index.base import CacheIndex
 from cachegate.index.sweeper import Sweeper
+from cachegate.limiter.base import RateLimiter
 from cachegate.store.base import ControlStore
 from cachegate.tokens.base import TokenCounter
 from cachegate.upstream.base import Upstream
@@ -61,6 +66,7 @@ class Gateway:
         index: CacheIndex,
         counters: dict[str, TokenCounter],
         upstream: Upstream,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -72,6 +78,10 @@ class Gateway:
         self.in_flight = InFlight(config.server.per_key_concurrency)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
         self.ledger = LedgerWriter.from_config(store, config)
+        self.budgets = Budgets(store, self.catalog, self.ledger, config.budgets.refresh_seconds)
+        limits = config.rate_limits
+        self.rate_limits = RateLimits(self.catalog, limiter or rate_limiter(limits), retry_seconds=limits.retry_seconds)
+        self.ledger.observe(self.rate_limits)
         self.sweeper = Sweeper(index, config.sweep_interval_seconds, retention=config.miss_retention_seconds)
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
@@ -106,24 +116,29 @@ class Gateway:
                     config.request_limits.max_depth,
                     replicas,
                 ),
+                billed=True,
             )
 
         # The allowlist (SPEC §2, other routes): every other method and path is a local 404.
         self._routes: dict[tuple[str, str], Route] = {
-            ("POST", "/v1/chat/completions"): Route("chat", ChatCompletions(completions, config.body_limit_bytes)),
+            ("POST", "/v1/chat/completions"): Route(
+                "chat", ChatCompletions(completions, config.body_limit_bytes), billed=True
+            ),
             ("POST", "/v1/completions"): metered(COMPLETIONS),
             ("POST", "/v1/responses"): metered(RESPONSES),
             ("POST", "/v1/embeddings"): metered(EMBEDDINGS),
             ("GET", "/v1/models"): Route("models", ModelList(self.catalog)),
             ("GET", "/metrics"): Route("metrics", metrics_page),
+            ("GET", "/v1/usage"): Route("usage", TenantUsage(store)),
             ("POST", "/v1/messages"): Route(
-                "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC
+                "messages", Messages(anthropic, completions, ttl_policy.accepted), Dialect.ANTHROPIC, billed=True
             ),
             ("POST", "/v1/messages/count_tokens"): Route(
                 "count_tokens", CountTokens(anthropic, self.catalog, ttl_policy, self.classifier), Dialect.ANTHROPIC
             ),
         }
         self._model_detail = Route("models", ModelDetail(self.catalog))
+        self.admin = build_admin_app(store, config, self.keys, self.catalog)  # every path under /admin (SPEC §13)
 
     async def startup(self) -> None:
         """Start serving at once, whichever backend is down (SPEC §11): without a catalog every /v1
@@ -131,6 +146,7 @@ class Gateway:
         await self.catalog.start()
         self.classifier.refreshes.start()
         await self.ledger.start()  # replays what a crashed process left in the journal, before serving
+        await self.budgets.start()  # the spend of every key, from the store's totals (after the replay)
         self.sweeper.start()
 
     async def shutdown(self) -> None:
@@ -146,6 +162,8 @@ class Gateway:
         await self.ledger.stop(store_seconds=limits.shutdown_ledger_seconds)
         steps: list[tuple[str, Awaitable[None]]] = [
             ("catalog reload", self.catalog.stop()),
+            ("budget spend reload", self.budgets.stop()),
+            ("rate limiter", self.rate_limits.limiter.aclose()),
             ("index sweeper", self.sweeper.stop()),
             ("index refreshes", self.classifier.refreshes.stop()),
             ("upstream client", self.upstream.aclose()),
@@ -194,6 +212,11 @@ class Gateway:
             await Refusal(400, str(exc), "invalid_path").send(send)
             return
         scope["path"] = path
+        if path == "/admin" or path.startswith("/admin/"):
+            answered = _TrackedSend(send)
+            await self.admin(scope, receive, answered)
+            metrics.labelled(metrics.REQUESTS, "admin", f"{answered.status // 100}xx").inc()
+            return
         if path == "/healthz":
             await send_alive(send)
             return
@@ -219,6 +242,11 @@ class Gateway:
             secret = bearer_secret(header(scope, b"authorization"), header(scope, b"x-api-key"))
             key = await self.keys.resolve(secret, _client_address(scope))
             with self.in_flight.admit(key.id):
+                tracked.headers, over_limit = await self.rate_limits.check(key, route.dialect, take=route.billed)
+                if over_limit is not None:
+                    raise over_limit
+                if route.billed:
+                    self.budgets.check(key)
                 status = await route.handler(Request(scope, receive, send, key))
         except AuthError as exc:
             status = await _refuse(route, send, Refusal(401, str(exc), "invalid_api_key"))
@@ -230,6 +258,9 @@ class Gateway:
             status = await _refuse(
                 route, send, Refusal(503, str(exc), "control_store_unavailable", type_="service_unavailable")
             )
+        except BudgetExceeded as refusal:
+            tracked.headers = [*tracked.headers, *NO_RETRY]
+            status = await _refuse(route, send, refusal)
         except Refusal as refusal:
             status = await _refuse(route, send, refusal)
         except ClientGone:
@@ -256,17 +287,23 @@ async def _bounded(name: str, step: Awaitable[None], seconds: float) -> None:
 
 
 class _TrackedSend:
-    """The ASGI ``send`` of one request, remembering whether the response has started."""
+    """The ASGI ``send`` of one request, remembering whether the response has started and its status,
+    and adding ``headers`` (the key's rate-limit headers) to the response whichever route sends it."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_send", "headers", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
+        self.status = 0
+        self.headers: Headers = []
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            self.status = message["status"]
+            if self.headers:
+                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
         await self._send(message)
 
 

@@ -9,7 +9,8 @@ one store query per new key and none per repeat, and cannot evict a real key fro
 Failed attempts are counted per client address; past the limit an address gets 429 without a
 lookup, so a flood of ever-new keys cannot turn into as many store queries either.
 
-Revocation: the process that revokes (``revoke``) forgets the key at once; every other replica
+Revocation: the process that revokes (``revoke``, or the admin API's revocation through
+``forget_key``) forgets the key at once; every other replica
 forgets all its cached keys when the catalog refresh sees the store's revocation count change
 (``Catalog.revocations``), within ``catalog_refresh_seconds``.
 """
@@ -142,6 +143,10 @@ class KeyResolver:
     async def revoke(self, key_id: str) -> None:
         """Revoke ``key_id`` in the store and stop accepting it here at once."""
         await self._store.revoke_api_key(key_id)
+        self.forget_key(key_id)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop the cached answers for ``key_id``: its next use is looked up in the store again."""
         for digest in [d for d, known in self._known.items() if known.key.id == key_id]:
             del self._known[digest]
 

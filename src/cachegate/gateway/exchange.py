@@ -268,7 +268,7 @@ class Exchange:
             counted_prompt_tokens=self.classification.counted_total if self.classification is not None else None,
             route=self.route,
             disconnect=self.disconnect,
-            miss_reason=None if self.miss is None else str(self.miss),
+            miss_reason=None if self.miss is None else self.miss.reason.value,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:

@@ -15,13 +15,15 @@ failing disk); it is bounded, and past the bound the oldest rows are dropped and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from cachegate.background import Periodic
 from cachegate.config import Config
@@ -30,6 +32,18 @@ from cachegate.gateway.journal import Journal, Segment
 from cachegate.store.base import ControlStore, LedgerRow, StoreError
 
 log = logging.getLogger(__name__)
+
+
+class LedgerObserver(Protocol):
+    """Told of every row this process bills, and of when each is no longer waiting for the store.
+
+    Budgets count a row's cost from ``billed`` until the store's totals include it (``settled``:
+    stored, or refused or dropped and so never to be stored); rate limits debit its input tokens.
+    Both are called on the event loop and must neither wait nor raise.
+    """
+
+    def billed(self, row: LedgerRow) -> None: ...
+    def settled(self, rows: Sequence[LedgerRow]) -> None: ...
 
 
 def row_ids() -> Callable[[], str]:
@@ -61,6 +75,7 @@ class LedgerWriter:
         # would send them twice and discard them twice.
         self._flushing = asyncio.Lock()
         self._new_id = row_ids()
+        self._observers: list[LedgerObserver] = []
         self.replayed = 0  # rows recovered from segments a dead process left
         self.journal = (
             None
@@ -87,6 +102,23 @@ class LedgerWriter:
             commit_interval=ledger.journal.commit_interval_ms / 1000.0,
         )
 
+    def observe(self, observer: LedgerObserver) -> None:
+        self._observers.append(observer)
+
+    @contextlib.asynccontextmanager
+    async def between_rounds(self) -> AsyncIterator[None]:
+        """Hold off the store rounds: while inside, no row of this process reaches the store, so
+        what the store holds and what is still pending here do not change under a reader."""
+        async with self._flushing:
+            yield
+
+    def _settled(self, rows: Sequence[LedgerRow]) -> None:
+        for observer in self._observers:
+            try:
+                observer.settled(rows)
+            except Exception:
+                log.exception("a ledger observer failed on %d settled rows", len(rows))
+
     @property
     def buffered(self) -> int:
         """Rows not in the store yet: in memory, or journaled by this process and not drained."""
@@ -104,6 +136,11 @@ class LedgerWriter:
         """
         if row.row_id is None:
             row = replace(row, row_id=self._new_id())
+        for observer in self._observers:
+            try:
+                observer.billed(row)
+            except Exception:
+                log.exception("a ledger observer failed on a billed row")
         if self.journal is None:
             self.append(row)
             return
@@ -112,7 +149,7 @@ class LedgerWriter:
     def append(self, row: LedgerRow) -> None:
         """Put a row in the memory buffer (no journal, or the disk failed); the oldest go when it is full."""
         if len(self._rows) >= self._max_buffered:
-            self._rows.popleft()
+            self._settled([self._rows.popleft()])  # lost: it will never reach the store
             metrics.LEDGER_DROPPED.inc()
         self._rows.append(row)
 
@@ -194,6 +231,7 @@ class LedgerWriter:
             if rows and not await self._store_batch(rows):
                 return False
             if segment.own:
+                self._settled(rows)
                 self.journal.unstored = max(0, self.journal.unstored - len(rows))
             elif rows:
                 self.replayed += len(rows)
@@ -262,5 +300,7 @@ class LedgerWriter:
                 kept = batch[len(batch) - room :] if room < len(batch) else batch
                 self._rows.extendleft(reversed(kept))
                 metrics.LEDGER_DROPPED.inc(len(batch) - len(kept))
+                self._settled(batch[: len(batch) - len(kept)])
                 return False
+            self._settled(batch)
         return True

@@ -96,6 +96,16 @@ PASSED_ON = Counter(
     "Requests a model's endpoint passed to the next in rendezvous order (SPEC §15), by why.",
     ["reason"],  # down, overloaded, refused
 )
+BUDGET_REFUSALS = Counter(
+    "cachegate_budget_refusals_total", "Requests refused (429) because a budget is spent, by period.", ["period"]
+)
+RATE_LIMITED = Counter(
+    "cachegate_rate_limited_total", "Requests refused (429) by their key's rate limit, by limit.", ["limit"]
+)
+RATE_LIMITER_UNAVAILABLE = Counter(
+    "cachegate_rate_limiter_unavailable_total",
+    "Rate checks skipped, the request let through, because the shared limiter (Redis) did not answer.",
+)
 REQUEST_SECONDS = Histogram(
     "cachegate_request_seconds",
     "Time from request to the last byte, by route kind.",

@@ -52,3 +52,4 @@ class Route:
     name: str  # the metrics' route label: a fixed word, never a client string
     handler: Handler
     dialect: Dialect = Dialect.OPENAI
+    billed: bool = False  # its requests are billed: budgets and rate limits apply (others only read the limits)

@@ -8,13 +8,13 @@ outage only affects keys it has never seen (SPEC §11).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from cachegate.core.budgets import BudgetPeriod, BudgetSubject, KeyTotals
 from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 
@@ -93,19 +93,6 @@ class TariffVersion:
         return self.valid_from <= at and (self.valid_until is None or at < self.valid_until)
 
 
-class BudgetSubject(enum.StrEnum):
-    KEY = "key"
-    PRINCIPAL = "principal"
-
-
-class BudgetPeriod(enum.StrEnum):
-    """The window a budget caps spend over: a calendar day or month in UTC, or all time."""
-
-    DAY = "day"
-    MONTH = "month"
-    TOTAL = "total"
-
-
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A spend cap: what one key or principal may be billed (``cost``, SPEC §10) in one period."""
@@ -173,9 +160,8 @@ class LedgerRow:
     # The client left before the end (SPEC §11): "drained" (billed from the upstream's final usage,
     # read after it left) or "counted" (our count of the prompt, the completion tokens relayed).
     disconnect: str | None = None
-    # Why the deepest breakpoint did not read (SPEC §14), as the x-cachegate-cache-miss header says it:
-    # first_write, expired, prefix_changed;block=<tools|system|message index>, below_floor, degraded;
-    # None when it read, or caching was off for the request (or the index could not say why).
+    # Why the deepest breakpoint did not read (SPEC §14): one of MISS_REASONS (the header's value without
+    # its block); None when it read, or caching was off for the request (or the index could not say why).
     miss_reason: str | None = None
 
 
@@ -193,6 +179,62 @@ class UsageReportRow:
     cost: Decimal
     list_cost: Decimal
     degraded: int
+
+
+MISS_REASONS: tuple[str, ...] = ("first_write", "expired", "prefix_changed", "below_floor", "degraded")
+"""Every ``LedgerRow.miss_reason`` (SPEC §14), in the order reports list them."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Which ledger rows a usage report sums: ``since <= at < until`` (either open), one principal or all."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    principal_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """The ledger rows of one UTC day, API key and model, summed (SPEC §10, §13, §14).
+
+    ``uncached_tokens`` is the prompt neither read from nor written to the cache; the three
+    ``cache_write_*`` are the cache creation tokens per TTL. Count drift is our count of a prompt
+    minus the upstream's ``prompt_tokens``, over the rows where we counted it.
+    """
+
+    day: str  # YYYY-MM-DD (UTC)
+    principal_id: str
+    key_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    uncached_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_write_24h_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    list_cost: Decimal
+    degraded: int
+    misses: tuple[tuple[str, int], ...]  # (reason, count) for each of MISS_REASONS, in that order
+    drift_sum: int
+    drift_count: int
+
+    @property
+    def cache_write_tokens(self) -> int:
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens + self.cache_write_24h_tokens
+
+    @property
+    def saving(self) -> Decimal:
+        """What caching saved against the list price (SPEC §10)."""
+        return self.list_cost - self.cost
+
+    @property
+    def hit_rate(self) -> float:
+        """Cache reads over all prompt tokens (0 without prompt tokens)."""
+        return self.cache_read_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @runtime_checkable
@@ -241,4 +283,12 @@ class ControlStore(Protocol):
         """Insert the rows in one transaction; a row whose ``row_id`` is stored already is skipped."""
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]: ...
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        """The ledger summed by UTC day, key and model, in that order (then principal)."""
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        """Each key's billed cost (ledger ``cost``) in the UTC day and month of ``at`` and in all
+        time (SPEC §13). Read from running totals the ledger's writes keep, one row per key and
+        window, so it costs a few rows per key however long the ledger grows."""
+
     async def aclose(self) -> None: ...

@@ -19,6 +19,7 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -35,6 +36,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
@@ -54,9 +57,12 @@ from cachegate.store.values import (
     checked_tariff,
     decimal_text,
     grouped_endpoints,
+    key_totals,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    usage_group_from_row,
+    usage_sums,
     utc,
     utcnow,
 )
@@ -74,12 +80,63 @@ _UNREACHABLE = (
 
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what pool.acquire() yields
 
+_USAGE_SUMS = usage_sums("coalesce(sum({column}), 0)")
 _KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
 _REVOCATIONS = "SELECT count(revoked_at) FROM api_keys"  # keys are never un-revoked: it only grows
 _TARIFF_COLUMNS = (
     "model, write_multiplier_5m, write_multiplier_1h, write_multiplier_24h, read_multiplier,"
     " min_prefix_tokens, valid_from, valid_until"
 )
+
+# The ledger's column types, for the arrays one insert of a whole batch unnests.
+_LEDGER_TYPES = {
+    "at": "timestamptz",
+    "principal_id": "text",
+    "key_id": "text",
+    "model": "text",
+    "status": "int4",
+    "streaming": "bool",
+    "prompt_tokens": "int4",
+    "completion_tokens": "int4",
+    "cache_read_tokens": "int4",
+    "cache_creation_5m_tokens": "int4",
+    "cache_creation_1h_tokens": "int4",
+    "cache_creation_24h_tokens": "int4",
+    "upstream_cached_tokens": "int4",
+    "cost": "numeric",
+    "list_cost": "numeric",
+    "latency_ms": "float8",
+    "degraded": "bool",
+    "counted_prompt_tokens": "int4",
+    "row_id": "text",
+    "route": "text",
+    "disconnect": "text",
+    "miss_reason": "text",
+}
+assert tuple(_LEDGER_TYPES) == LEDGER_COLUMNS, "every ledger column needs its type here"
+
+# One statement, one round trip, one transaction: the batch is inserted (a row id stored already is
+# skipped: a replayed row is billed once) and the rows actually inserted are added to the spend
+# totals of their keys' UTC day, month and all time. The totals are upserted in key order, so two
+# replicas' batches touching the same keys lock them in the same order and cannot deadlock.
+_APPEND_LEDGER = f"""
+WITH inserted AS (
+    INSERT INTO ledger ({", ".join(LEDGER_COLUMNS)})
+    SELECT * FROM unnest({", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_LEDGER_TYPES.values(), 1))})
+    ON CONFLICT (row_id) DO NOTHING
+    RETURNING key_id, principal_id, at, cost
+), costs AS (
+    SELECT key_id, principal_id, cost, at AT TIME ZONE 'UTC' AS utc FROM inserted WHERE cost IS NOT NULL
+), windows AS (
+    SELECT key_id, principal_id, 'day' AS period, to_char(utc, 'YYYY-MM-DD') AS label, cost FROM costs
+    UNION ALL SELECT key_id, principal_id, 'month', to_char(utc, 'YYYY-MM'), cost FROM costs
+    UNION ALL SELECT key_id, principal_id, 'total', '', cost FROM costs
+)
+INSERT INTO spend (key_id, principal_id, period, label, amount)
+SELECT key_id, min(principal_id), period, label, sum(cost) FROM windows
+GROUP BY key_id, period, label ORDER BY key_id, period, label
+ON CONFLICT (key_id, period, label) DO UPDATE SET amount = spend.amount + excluded.amount
+"""
 
 
 class PostgresStore:
@@ -365,13 +422,20 @@ class PostgresStore:
         if not rows:
             return
         records = [_ledger_record(row) for row in rows]
-        placeholders = ", ".join(f"${position}" for position in range(1, len(LEDGER_COLUMNS) + 1))
-        statement = (
-            f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({placeholders})"
-            " ON CONFLICT (row_id) DO NOTHING"  # a replayed row (the journal's) is billed once
-        )
-        async with self._connection() as connection, connection.transaction():
-            await connection.executemany(statement, records)
+        columns = [list(values) for values in zip(*records, strict=True)]  # one array per column
+        async with self._connection() as connection:
+            await connection.execute(_APPEND_LEDGER, *columns)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        windows = Windows.at(at)
+        async with self._connection() as connection:
+            found = await connection.fetch(
+                "SELECT key_id, principal_id, period, amount FROM spend"
+                " WHERE (period = 'day' AND label = $1) OR (period = 'month' AND label = $2) OR period = 'total'",
+                windows.day,
+                windows.month,
+            )
+        return key_totals((row["key_id"], row["principal_id"], row["period"], row["amount"]) for row in found)
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         async with self._connection() as connection:
@@ -389,6 +453,21 @@ class PostgresStore:
                 None if since is None else utc(since),
             )
         return [UsageReportRow(**row) for row in rows]
+
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, principal_id, key_id, model,"
+                f" {_USAGE_SUMS} FROM ledger"
+                " WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)"
+                " AND ($3::text IS NULL OR principal_id = $3)"
+                " GROUP BY day, principal_id, key_id, model"
+                ' ORDER BY day, key_id COLLATE "C", model COLLATE "C", principal_id COLLATE "C"',
+                None if query.since is None else utc(query.since),
+                None if query.until is None else utc(query.until),
+                query.principal_id,
+            )
+        return [usage_group_from_row(row) for row in rows]
 
 
 async def _lock_model(connection: _Connection, model: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from cachegate.background import Reconnecting
+from cachegate.core.budgets import KeyTotals
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -29,6 +30,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 
@@ -134,6 +137,12 @@ class ReconnectingStore:
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         return await self._backend.get().usage_report(since)
+
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        return await self._backend.get().usage(query)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        return await self._backend.get().spend_totals(at)
 
     async def aclose(self) -> None:
         await self._backend.aclose()

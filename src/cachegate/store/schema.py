@@ -2,8 +2,9 @@
 
 Each step is a file ``migrations/NNNN_name.sql``, applied once, in order, and recorded in
 ``schema_migrations``. A step is written once for both databases: the few column types that
-differ are ``${placeholders}`` filled in per dialect from the table below, so every dialect
-difference of the schema is in one place.
+differ, and the few expressions (a UTC day of a timestamp, an exact decimal sum), are
+``${placeholders}`` filled in per dialect from the table below, so every dialect difference of
+the schema is in one place.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ _COLUMN_TYPES: dict[Dialect, dict[str, str]] = {
         "timestamp": "TEXT",  # fixed-width ISO-8601 in UTC, so text order is time order
         "bytes": "BLOB",
         "identity": "INTEGER PRIMARY KEY",  # an alias of the rowid
+        "utc_day": "substr(at, 1, 10)",  # timestamps are UTC ISO-8601 text
+        "utc_month": "substr(at, 1, 7)",
+        "decimal_sum": "decimal_sum",  # the store's exact aggregate over decimal TEXT
     },
     Dialect.POSTGRES: {
         "decimal": "NUMERIC",
         "timestamp": "TIMESTAMPTZ",
         "bytes": "BYTEA",
         "identity": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "utc_day": "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        "utc_month": "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM')",
+        "decimal_sum": "sum",
     },
 }
 

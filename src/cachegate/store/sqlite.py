@@ -1,7 +1,9 @@
 """The control store on SQLite: the embedded default, one file, nothing to install.
 
-sqlite3 blocks, so one dedicated thread owns the only connection and runs every call: calls
-are serialised there (SQLite has one writer at a time anyway) and never block the event loop.
+sqlite3 blocks, so one dedicated thread owns the connection and runs every call: calls are
+serialised there (SQLite has one writer at a time anyway) and never block the event loop. The
+usage report, which reads much of the ledger, runs on a second read connection and thread of its
+own, so it never holds up the calls behind it.
 WAL lets another process, such as the admin CLI next to a running gateway, read while this
 one writes; writers wait for each other through the busy timeout.
 
@@ -24,6 +26,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff
 from cachegate.store.base import (
     ApiKey,
@@ -40,6 +43,8 @@ from cachegate.store.base import (
     RateLimit,
     StoreUnavailable,
     TariffVersion,
+    UsageGroup,
+    UsageQuery,
     UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
@@ -59,9 +64,13 @@ from cachegate.store.values import (
     checked_tariff,
     decimal_text,
     grouped_endpoints,
+    key_totals,
     model_from_row,
     model_ttl_text,
     rate_limit_from_row,
+    spend_increments,
+    usage_group_from_row,
+    usage_sums,
     utc,
     utcnow,
 )
@@ -86,6 +95,7 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 
+_USAGE_SUMS = usage_sums("decimal_sum({column})")
 _KEY_COLUMNS = "id, principal_id, secret_hash, is_admin, created_at, revoked_at"
 _REVOCATIONS = "SELECT count(revoked_at) FROM api_keys"  # keys are never un-revoked: it only grows
 _TARIFF_COLUMNS = (
@@ -129,6 +139,7 @@ class SqliteStore:
         self._path = path
         self._connection = connection
         self._executor = executor
+        self._reports = _ReportReader(path)
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
@@ -151,6 +162,7 @@ class SqliteStore:
         )
 
     async def aclose(self) -> None:
+        await self._reports.aclose()
         await self._run(lambda connection: connection.close())
         self._executor.shutdown(wait=True)
 
@@ -425,10 +437,23 @@ class SqliteStore:
         )
 
         def insert(connection: sqlite3.Connection) -> None:
-            with _transaction(connection):
-                connection.executemany(statement, records)
+            with _transaction(connection):  # the write lock: no other writer between the check and the insert
+                new = _not_stored(connection, rows)
+                connection.executemany(statement, [record for record, keep in zip(records, new, strict=True) if keep])
+                _add_spend(connection, [row for row, keep in zip(rows, new, strict=True) if keep])
 
         await self._run(insert)
+
+    async def spend_totals(self, at: datetime) -> list[KeyTotals]:
+        windows = Windows.at(at)
+        found = await self._run(
+            lambda connection: connection.execute(
+                "SELECT key_id, principal_id, period, amount FROM spend"
+                " WHERE (period = 'day' AND label = ?) OR (period = 'month' AND label = ?) OR period = 'total'",
+                (windows.day, windows.month),
+            ).fetchall()
+        )
+        return key_totals((row["key_id"], row["principal_id"], row["period"], Decimal(row["amount"])) for row in found)
 
     async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
         where, parameters = ("", ()) if since is None else ("WHERE at >= ?", (encode_timestamp(since),))
@@ -463,6 +488,99 @@ class SqliteStore:
             for row in rows
         ]
 
+    async def usage(self, query: UsageQuery) -> list[UsageGroup]:
+        conditions: list[str] = []
+        parameters: list[str] = []
+        for condition, value in (
+            ("at >= ?", None if query.since is None else encode_timestamp(query.since)),
+            ("at < ?", None if query.until is None else encode_timestamp(query.until)),
+            ("principal_id = ?", query.principal_id),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                parameters.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._reports.run(
+            lambda connection: connection.execute(
+                f"SELECT substr(at, 1, 10) AS day, principal_id, key_id, model, {_USAGE_SUMS}"
+                f" FROM ledger {where} GROUP BY day, principal_id, key_id, model"
+                " ORDER BY day, key_id, model, principal_id",
+                parameters,
+            ).fetchall()
+        )
+        return [usage_group_from_row(row) for row in rows]
+
+
+_ID_CHUNK = 500  # row ids per lookup: well under SQLite's limit on a statement's parameters
+
+
+def _not_stored(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> list[bool]:
+    """Per row, whether it is new: its row id is neither stored already nor earlier in the batch
+    (a row without an id always is). Asked once per chunk of ids, under the write lock."""
+    ids = [row.row_id for row in rows if row.row_id is not None]
+    seen: set[str] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        query = f"SELECT row_id FROM ledger WHERE row_id IN ({', '.join('?' for _ in chunk)})"
+        seen.update(found for (found,) in connection.execute(query, chunk))
+    new = []
+    for row in rows:
+        fresh = row.row_id is None or row.row_id not in seen
+        if row.row_id is not None:
+            seen.add(row.row_id)
+        new.append(fresh)
+    return new
+
+
+def _add_spend(connection: sqlite3.Connection, rows: Sequence[LedgerRow]) -> None:
+    """Add the rows' costs to the running totals of their keys' windows, exactly (decimal_add)."""
+    connection.executemany(
+        "INSERT INTO spend (key_id, principal_id, period, label, amount) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (key_id, period, label) DO UPDATE SET amount = decimal_add(amount, excluded.amount)",
+        [
+            (key_id, principal_id, period, label, decimal_text(amount))
+            for (key_id, period, label), (principal_id, amount) in sorted(spend_increments(rows).items())
+        ],
+    )
+
+
+def _decimal_add(left: str, right: str) -> str:
+    """SQLite function ``decimal_add(text, text)``: the exact sum of two decimal TEXT values."""
+    return decimal_text(Decimal(left) + Decimal(right))
+
+
+class _ReportReader:
+    """A second connection, on a thread of its own, for the reports that read much of the ledger
+    (``usage``): WAL lets it read while the main connection writes, so a dashboard's or a tenant's
+    usage query never holds up key lookups or the ledger's writes behind it. Opened on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-sqlite-reports")
+
+        def call() -> T:  # on the reports' one thread, so the connection is opened once
+            if self._connection is None:
+                self._connection = _connect(self._path)
+            return work(self._connection)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _guarded, self._path, call)
+
+    async def aclose(self) -> None:
+        if self._executor is None:
+            return
+
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
 
 class _DecimalSum:
     """SQLite aggregate ``decimal_sum(text)``: an exact sum of decimal TEXT values, NULLs skipped."""
@@ -490,6 +608,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA foreign_keys = ON")
         connection.create_aggregate("decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]  # typeshed: ints only
+        connection.create_function("decimal_add", 2, _decimal_add, deterministic=True)
     except BaseException:
         connection.close()
         raise

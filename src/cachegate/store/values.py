@@ -13,8 +13,18 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff, TtlTier
-from cachegate.store.base import Budget, BudgetPeriod, BudgetSubject, Model, RateLimit
+from cachegate.store.base import (
+    MISS_REASONS,
+    Budget,
+    BudgetPeriod,
+    BudgetSubject,
+    LedgerRow,
+    Model,
+    RateLimit,
+    UsageGroup,
+)
 
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -156,3 +166,85 @@ def budget_from_row(row: Mapping[str, Any]) -> Budget:
 
 def rate_limit_from_row(row: Mapping[str, Any]) -> RateLimit:
     return RateLimit(row["key_id"], row["requests_per_minute"], row["input_tokens_per_minute"])
+
+
+def usage_sums(decimal_sum: str) -> str:
+    """The aggregates of one usage group (``UsageGroup``), written once for both stores: only the
+    exact sum of a decimal column differs (``decimal_sum`` is a format with ``{column}``)."""
+    misses = "".join(f" count(*) FILTER (WHERE miss_reason = '{reason}') AS miss_{reason}," for reason in MISS_REASONS)
+    return (
+        "count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
+        " sum(prompt_tokens - cache_read_tokens - cache_creation_5m_tokens - cache_creation_1h_tokens"
+        " - cache_creation_24h_tokens) AS uncached_tokens,"
+        " sum(cache_read_tokens) AS cache_read_tokens,"
+        " sum(cache_creation_5m_tokens) AS cache_write_5m_tokens,"
+        " sum(cache_creation_1h_tokens) AS cache_write_1h_tokens,"
+        " sum(cache_creation_24h_tokens) AS cache_write_24h_tokens,"
+        " sum(completion_tokens) AS completion_tokens,"
+        f" {decimal_sum.format(column='cost')} AS cost, {decimal_sum.format(column='list_cost')} AS list_cost,"
+        " count(*) FILTER (WHERE degraded) AS degraded,"
+        f"{misses}"
+        " coalesce(sum(counted_prompt_tokens - prompt_tokens), 0) AS drift_sum,"
+        " count(counted_prompt_tokens) AS drift_count"
+    )
+
+
+def usage_group_from_row(row: Mapping[str, Any]) -> UsageGroup:
+    """A row of ``usage_sums`` (SQLite's, decimals as text, or PostgreSQL's) as a UsageGroup."""
+    return UsageGroup(
+        day=row["day"],
+        principal_id=row["principal_id"],
+        key_id=row["key_id"],
+        model=row["model"],
+        requests=row["requests"],
+        prompt_tokens=row["prompt_tokens"],
+        uncached_tokens=row["uncached_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_5m_tokens=row["cache_write_5m_tokens"],
+        cache_write_1h_tokens=row["cache_write_1h_tokens"],
+        cache_write_24h_tokens=row["cache_write_24h_tokens"],
+        completion_tokens=row["completion_tokens"],
+        cost=Decimal(row["cost"]),
+        list_cost=Decimal(row["list_cost"]),
+        degraded=row["degraded"],
+        misses=tuple((reason, row[f"miss_{reason}"]) for reason in MISS_REASONS),
+        drift_sum=row["drift_sum"],
+        drift_count=row["drift_count"],
+    )
+
+
+SpendWindow = tuple[str, str, str]  # key id, period, window label
+
+
+def spend_increments(rows: Sequence[LedgerRow]) -> dict[SpendWindow, tuple[str, Decimal]]:
+    """What the rows add to the ``spend`` totals: per key and window, its principal and the cost."""
+    increments: dict[SpendWindow, tuple[str, Decimal]] = {}
+    for row in rows:
+        if row.cost is None:
+            continue
+        windows = Windows.at(row.at)
+        for period in (BudgetPeriod.DAY, BudgetPeriod.MONTH, BudgetPeriod.TOTAL):
+            slot = (row.key_id, period.value, windows.label(period))
+            _, amount = increments.get(slot, (row.principal_id, Decimal(0)))
+            increments[slot] = (row.principal_id, amount + row.cost)
+    return increments
+
+
+def key_totals(rows: Iterable[tuple[str, str, str, Decimal]]) -> list[KeyTotals]:
+    """``spend`` rows (key id, principal id, period, amount) of one instant's windows, per key."""
+    by_key: dict[str, dict[str, Decimal]] = {}
+    principals: dict[str, str] = {}
+    for key_id, principal_id, period, amount in rows:
+        principals[key_id] = principal_id
+        by_key.setdefault(key_id, {})[period] = amount
+    zero = Decimal(0)
+    return [
+        KeyTotals(
+            principal_id=principals[key_id],
+            key_id=key_id,
+            day=amounts.get(BudgetPeriod.DAY, zero),
+            month=amounts.get(BudgetPeriod.MONTH, zero),
+            total=amounts.get(BudgetPeriod.TOTAL, zero),
+        )
+        for key_id, amounts in sorted(by_key.items())
+    ]
