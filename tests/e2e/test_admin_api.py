@@ -241,6 +241,15 @@ def test_a_revoked_key_stops_working_at_once(gateway: GatewayHarness, admin: htt
     assert again.json()["revoked_at"] == revoked.json()["revoked_at"]
 
 
+def test_the_key_of_the_request_cannot_revoke_itself(gateway: GatewayHarness, admin: httpx.Client) -> None:
+    own = next(k for k in admin.get("/admin/v1/keys").json()["data"] if k["admin"] and k["principal"] == "operator")
+
+    refused = admin.post(f"/admin/v1/keys/{own['id']}/revoke")
+
+    assert (refused.status_code, error_of(refused)["code"]) == (409, "own_key")
+    assert admin.get(f"/admin/v1/keys/{own['id']}").json()["revoked_at"] is None
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

@@ -18,6 +18,7 @@ from openai import OpenAI
 
 from harness import GatewayHarness
 from prompts import MARK_1H, MARK_5M, QWEN3_TAIL_TOKENS, system_text
+from store.rawdb import query
 
 
 def client(gateway: GatewayHarness, key: str | None = None, **headers: str) -> Anthropic:
@@ -296,12 +297,14 @@ def test_a_stream_whose_upstream_fails_ends_with_an_error_event_and_commits_noth
 def test_every_messages_request_is_billed_like_a_chat_request(gateway: GatewayHarness) -> None:
     def totals() -> tuple[int, int, int]:
         gateway.ledger_rows("messages")  # waits until the writer's rounds have stored every row
-        rows = [row for row in gateway.call(gateway.store.inner.usage_report()) if row.route == "messages"]
-        return (
-            sum(row.requests for row in rows),
-            sum(row.cache_read_tokens for row in rows),
-            sum(row.cache_creation_tokens for row in rows),
+        [(requests, reads, writes)] = gateway.call(  # what the database holds, not what was sent to it
+            query(
+                gateway.config.store_url,
+                "SELECT count(*), coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_creation_5m_tokens"
+                " + cache_creation_1h_tokens + cache_creation_24h_tokens), 0) FROM ledger WHERE route = 'messages'",
+            )
         )
+        return int(requests), int(reads), int(writes)  # type: ignore[call-overload]  # PostgreSQL sums are NUMERIC
 
     before = totals()
     system = system_blocks(system_text())

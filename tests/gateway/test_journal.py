@@ -21,7 +21,7 @@ import pytest
 from cachegate.gateway import journal as journal_module
 from cachegate.gateway.journal import MAGIC, decode_row, encode_row, records
 from cachegate.gateway.ledger import LedgerWriter
-from cachegate.store.base import ControlStore, LedgerRow
+from cachegate.store.base import ControlStore, LedgerRow, UsageQuery
 from cachegate.store.sqlite import SqliteStore
 
 from .doubles import LedgerStore, ledger_row, metric
@@ -256,8 +256,8 @@ async def test_a_segment_replayed_twice_is_billed_once(tmp_path: Path, sqlite_st
     await third.start()
     await third.stop()
 
-    [report] = await store.usage_report()
-    assert report.requests == 3 and third.replayed == 3
+    [group] = await store.usage(UsageQuery())
+    assert group.requests == 3 and group.prompt_tokens == 0 + 1 + 2 and third.replayed == 3
     await store.aclose()
 
 

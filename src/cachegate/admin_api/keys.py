@@ -7,12 +7,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from cachegate import operations
+from cachegate.admin_api.auth import require_admin
 from cachegate.admin_api.context import Context
 from cachegate.admin_api.fields import Body, Text, path_name, query_text
+from cachegate.asgi import Refusal
+from cachegate.store.base import ApiKey
 
 router = APIRouter(prefix="/admin/v1/keys", tags=["keys"])
 
@@ -74,8 +77,19 @@ async def get_key(key_id: KeyId, context: Context) -> KeyOut:
     return KeyOut.of(await operations.get_key(context.store, key_id))
 
 
-@router.post("/{key_id}/revoke", summary="Revoke an API key (revoking it again changes nothing)")
-async def revoke_key(key_id: KeyId, context: Context) -> KeyOut:
+@router.post(
+    "/{key_id}/revoke",
+    summary="Revoke an API key (revoking it again changes nothing; not the key of this request: 409)",
+)
+async def revoke_key(key_id: KeyId, context: Context, caller: Annotated[ApiKey, Depends(require_admin)]) -> KeyOut:
+    if key_id == caller.id:
+        # An operator locked out by a slip of the id is worse than one more step to revoke a leaked key.
+        raise Refusal(
+            409,
+            "this is the key this request is made with: revoke it with another admin key, or with the CLI",
+            "own_key",
+            type_="conflict_error",
+        )
     view = await operations.revoke_key(context.store, key_id)
     context.keys.forget_key(key_id)
     await context.changed()

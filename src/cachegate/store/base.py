@@ -165,29 +165,13 @@ class LedgerRow:
     miss_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class UsageReportRow:
-    day: str  # YYYY-MM-DD (UTC)
-    principal_id: str
-    model: str
-    route: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cache_read_tokens: int
-    cache_creation_tokens: int
-    cost: Decimal
-    list_cost: Decimal
-    degraded: int
-
-
 MISS_REASONS: tuple[str, ...] = ("first_write", "expired", "prefix_changed", "below_floor", "degraded")
 """Every ``LedgerRow.miss_reason`` (SPEC §14), in the order reports list them."""
 
 
 @dataclass(frozen=True, slots=True)
 class UsageQuery:
-    """Which ledger rows a usage report sums: ``since <= at < until`` (either open), one principal or all."""
+    """Which ledger rows a usage query sums: ``since <= at < until`` (either open), one principal or all."""
 
     since: datetime | None = None
     until: datetime | None = None
@@ -282,7 +266,6 @@ class ControlStore(Protocol):
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
         """Insert the rows in one transaction; a row whose ``row_id`` is stored already is skipped."""
 
-    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]: ...
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         """The ledger summed by UTC day, key and model, in that order (then principal)."""
 

@@ -38,7 +38,6 @@ from cachegate.store.base import (
     TariffVersion,
     UsageGroup,
     UsageQuery,
-    UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
@@ -436,23 +435,6 @@ class PostgresStore:
                 windows.month,
             )
         return key_totals((row["key_id"], row["principal_id"], row["period"], row["amount"]) for row in found)
-
-    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
-        async with self._connection() as connection:
-            rows = await connection.fetch(
-                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, principal_id, model, route,"
-                " count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
-                " sum(completion_tokens) AS completion_tokens, sum(cache_read_tokens) AS cache_read_tokens,"
-                " sum(cache_creation_5m_tokens + cache_creation_1h_tokens + cache_creation_24h_tokens)"
-                " AS cache_creation_tokens,"
-                " coalesce(sum(cost), 0) AS cost, coalesce(sum(list_cost), 0) AS list_cost,"
-                " count(*) FILTER (WHERE degraded) AS degraded"
-                " FROM ledger WHERE $1::timestamptz IS NULL OR at >= $1"
-                " GROUP BY day, principal_id, model, route"
-                ' ORDER BY day, principal_id COLLATE "C", model COLLATE "C", route COLLATE "C"',
-                None if since is None else utc(since),
-            )
-        return [UsageReportRow(**row) for row in rows]
 
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         async with self._connection() as connection:

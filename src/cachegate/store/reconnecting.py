@@ -32,7 +32,6 @@ from cachegate.store.base import (
     TariffVersion,
     UsageGroup,
     UsageQuery,
-    UsageReportRow,
 )
 
 Opener = Callable[[], Awaitable[ControlStore]]
@@ -134,9 +133,6 @@ class ReconnectingStore:
 
     async def append_ledger(self, rows: Sequence[LedgerRow]) -> None:
         await self._backend.get().append_ledger(rows)
-
-    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
-        return await self._backend.get().usage_report(since)
 
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         return await self._backend.get().usage(query)

@@ -2,7 +2,7 @@
 
 sqlite3 blocks, so one dedicated thread owns the connection and runs every call: calls are
 serialised there (SQLite has one writer at a time anyway) and never block the event loop. The
-usage report, which reads much of the ledger, runs on a second read connection and thread of its
+usage query, which reads much of the ledger, runs on a second read connection and thread of its
 own, so it never holds up the calls behind it.
 WAL lets another process, such as the admin CLI next to a running gateway, read while this
 one writes; writers wait for each other through the busy timeout.
@@ -45,7 +45,6 @@ from cachegate.store.base import (
     TariffVersion,
     UsageGroup,
     UsageQuery,
-    UsageReportRow,
 )
 from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
 from cachegate.store.schema import LEDGER_COLUMNS, Dialect, migrations, schema_migrations_ddl
@@ -454,39 +453,6 @@ class SqliteStore:
             ).fetchall()
         )
         return key_totals((row["key_id"], row["principal_id"], row["period"], Decimal(row["amount"])) for row in found)
-
-    async def usage_report(self, since: datetime | None = None) -> list[UsageReportRow]:
-        where, parameters = ("", ()) if since is None else ("WHERE at >= ?", (encode_timestamp(since),))
-        rows = await self._run(
-            lambda connection: connection.execute(
-                "SELECT substr(at, 1, 10) AS day, principal_id, model, route, count(*) AS requests,"
-                " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
-                " sum(cache_read_tokens) AS cache_read_tokens,"
-                " sum(cache_creation_5m_tokens + cache_creation_1h_tokens + cache_creation_24h_tokens)"
-                " AS cache_creation_tokens,"
-                " decimal_sum(cost) AS cost, decimal_sum(list_cost) AS list_cost, sum(degraded) AS degraded"
-                f" FROM ledger {where} GROUP BY day, principal_id, model, route"
-                " ORDER BY day, principal_id, model, route",
-                parameters,
-            ).fetchall()
-        )
-        return [
-            UsageReportRow(
-                day=row["day"],
-                principal_id=row["principal_id"],
-                model=row["model"],
-                route=row["route"],
-                requests=row["requests"],
-                prompt_tokens=row["prompt_tokens"],
-                completion_tokens=row["completion_tokens"],
-                cache_read_tokens=row["cache_read_tokens"],
-                cache_creation_tokens=row["cache_creation_tokens"],
-                cost=Decimal(row["cost"]),
-                list_cost=Decimal(row["list_cost"]),
-                degraded=row["degraded"],
-            )
-            for row in rows
-        ]
 
     async def usage(self, query: UsageQuery) -> list[UsageGroup]:
         conditions: list[str] = []
