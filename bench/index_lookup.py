@@ -1,10 +1,15 @@
-"""Micro-benchmark: one cache index lookup (one scope, 20 candidate prefix hashes) on each backend.
+"""Micro-benchmark: one cache index lookup (one scope, 20 candidate prefix hashes) on each backend,
+and what a miss adds (SPEC §14): the recall of its expired entries and trails, and a commit's
+write with the request's trails beside one without.
 
-The lookup every cached request makes before it goes upstream. Each backend gets the same data:
+The lookup every cached request makes before it goes upstream; the recall only a request whose
+deepest breakpoint misses makes, beside its counting. Each backend gets the same data:
 ``--entries`` live entries spread over 100 scopes, of which the measured scope holds every other one
 of its 20 candidates (10 hits, 10 misses). Lookups run one after the other on one event loop, after a
 warm-up, and the table gives their latency percentiles in microseconds, measured from the caller's
 side (``await index.lookup(...)``), so it includes the client library and, for the servers, the round trip.
+At the largest size, the recall asks for the 10 candidates that missed (5 of them expired) and the
+scope's 2 trail keys (64 sections each); a write is 2 entries, with or without those 2 trails.
 
     .venv/bin/python bench/index_lookup.py                  # sqlite, postgres and redis in one run
     .venv/bin/python bench/index_lookup.py --iterations 20000 --entries 100000
@@ -22,7 +27,7 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,7 +35,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import redis.asyncio as aioredis
 
-from cachegate.core.types import CacheScope, IndexEntry, TtlTier
+from cachegate.core.diagnosis import DIGEST_BYTES, LATEST_KEY
+from cachegate.core.types import CacheScope, IndexEntry, Trail, TtlTier
 from cachegate.index.base import CacheIndex
 from cachegate.index.factory import open_index
 
@@ -53,7 +59,11 @@ async def fill(index: CacheIndex, start: int, entries: int, now: float) -> None:
             IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.ONE_HOUR, now + 3600)
             for n in range(0, CANDIDATES, 2)
         ]
-        await index.write(measured, now)
+        expired = [  # half of the measured scope's misses have expired
+            IndexEntry(MEASURED, prefix_hash(MEASURED, n), 1024 * (n + 1), TtlTier.FIVE_MINUTES, now - 60)
+            for n in range(1, CANDIDATES, 4)
+        ]
+        await index.write(measured + expired, now, trails(now))
         start = len(measured)
     scopes = [CacheScope(f"principal-{n}", "qwen3", "sha256:bench") for n in range(SCOPES)]
     for first in range(start, entries, BATCH):
@@ -65,6 +75,38 @@ async def fill(index: CacheIndex, start: int, entries: int, now: float) -> None:
             ],
             now,
         )
+
+
+def trails(now: float) -> list[Trail]:
+    sections = bytes(range(256)) * (64 * DIGEST_BYTES // 256)
+    return [Trail(MEASURED, key, b"anchor-1", sections, now + 3600) for key in (b"anchor:anchor-1", LATEST_KEY)]
+
+
+async def timed(iterations: int, operation: Callable[[], Awaitable[object]]) -> list[float]:
+    for _ in range(min(1000, iterations)):  # warm-up: connections, caches, prepared statements
+        await operation()
+    latencies = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        await operation()
+        latencies.append((time.perf_counter() - started) * 1e6)
+    return latencies
+
+
+async def measure_miss_path(index: CacheIndex, iterations: int, now: float) -> dict[str, list[float]]:
+    """The recall of a miss, and a commit's write with and without its trails."""
+    unmatched = [prefix_hash(MEASURED, n) for n in range(1, CANDIDATES, 2)]
+    keys = [trail.key for trail in trails(now)]
+    recalled = await index.recall(MEASURED, unmatched, keys, now)
+    assert len(recalled.expired) == CANDIDATES // 4 and len(recalled.trails) == 2, recalled
+    written = [
+        IndexEntry(MEASURED, prefix_hash(MEASURED, 1000 + n), 4096, TtlTier.FIVE_MINUTES, now + 300) for n in range(2)
+    ]
+    return {
+        "recall": await timed(iterations, lambda: index.recall(MEASURED, unmatched, keys, now)),
+        "write": await timed(iterations, lambda: index.write(written, now)),
+        "write+trails": await timed(iterations, lambda: index.write(written, now, trails(now))),
+    }
 
 
 async def measure(index: CacheIndex, iterations: int, now: float) -> list[float]:
@@ -122,9 +164,10 @@ async def run(arguments: argparse.Namespace) -> None:
         f"lookup of {CANDIDATES} candidates (10 hits) in one scope; {arguments.iterations} lookups each; microseconds"
     )
     print(f"{'backend':<10}{'entries':>12}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}{'fill s':>9}")
+    miss_path: dict[str, dict[str, list[float]]] = {}
     for name in arguments.backends:
         async with backends[name]() as url:
-            index = await open_index(url)
+            index = await open_index(url, retention=3600)  # as a default configuration opens it
             filled = 0
             try:
                 for entries in sorted(arguments.entries):  # each size on top of the last: one fill in all
@@ -139,8 +182,18 @@ async def run(arguments: argparse.Namespace) -> None:
                         f"{statistics.fmean(latencies):>10.0f}{fill_seconds:>9.0f}",
                         flush=True,
                     )
+                miss_path[name] = await measure_miss_path(index, arguments.iterations, now)
             finally:
                 await index.aclose()
+    print(f"\nthe miss path at {max(arguments.entries):,} entries; microseconds")
+    print(f"{'backend':<10}{'operation':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
+    for name, results in miss_path.items():
+        for operation, latencies in results.items():
+            cuts = statistics.quantiles(latencies, n=100)
+            print(
+                f"{name:<10}{operation:<14}{cuts[49]:>10.0f}{cuts[89]:>10.0f}{cuts[98]:>10.0f}"
+                f"{statistics.fmean(latencies):>10.0f}"
+            )
 
 
 def main() -> None:

@@ -66,7 +66,9 @@ async def open_gateway(config: Config, counters: dict[str, TokenCounter] | None 
     except ValueError as exc:  # the URL itself: retrying would not help
         raise ConfigError(f"invalid configuration: control_store_url: {exc}") from exc
     try:
-        index = await ReconnectingIndex.open(lambda: open_index(config.index_url))
+        index = await ReconnectingIndex.open(
+            lambda: open_index(config.index_url, retention=config.miss_retention_seconds)
+        )
     except BaseException as exc:
         await store.aclose()
         if isinstance(exc, ValueError):

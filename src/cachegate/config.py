@@ -253,6 +253,9 @@ class Config(_Strict):
     request_limits: RequestLimitsConfig = RequestLimitsConfig()
     deadlines: Deadlines = Deadlines()
     sweep_interval_seconds: float = Field(60.0, gt=0)
+    # How long the index keeps expired entries and the trails of commits, so that a miss can be
+    # diagnosed as expired or prefix_changed (SPEC §14); 0 forgets them at expiry.
+    miss_retention_seconds: float = Field(3600.0, ge=0)
     catalog_refresh_seconds: float = Field(10.0, gt=0)  # also how soon another replica's revocation applies
     server: ServerLimits = ServerLimits()
     auth: AuthConfig = AuthConfig()

@@ -18,6 +18,7 @@ counts), streams realistic chunks, and can be told to misbehave per request with
                     the gateway's 1 MiB limit, as an engine echoing a huge output would send
 ``crlf``            frame the stream with CRLF line endings
 ``set-cookie``      answer with a ``Set-Cookie`` header
+``miss-header``     answer with an ``x-cachegate-cache-miss`` header, as a cachegate in front of an engine would
 ``tool-call=NAME``  answer with one call of the request's tool NAME (``first``: its first tool),
                     arguments built from the tool schema's required properties;
                     finish_reason ``tool_calls``
@@ -97,6 +98,7 @@ class Behavior:
     big_event: int = 0
     crlf: bool = False
     set_cookie: bool = False
+    miss_header: bool = False
     tool_call: str | None = None
     reasoning: str | None = None
     stop_sequence: bool = False
@@ -133,6 +135,8 @@ class Behavior:
                 fields["crlf"] = True
             elif name == "set-cookie":
                 fields["set_cookie"] = True
+            elif name == "miss-header":
+                fields["miss_header"] = True
             elif name == "tool-call":
                 fields["tool_call"] = value or "first"
             elif name == "reasoning":
@@ -642,7 +646,8 @@ class FakeUpstream:
         self.cached_tokens += kv_cached or 0
         model = body.get("model", "qwen3-fake")
         if body.get("stream"):
-            response = web.StreamResponse(status=behavior.status, headers={"content-type": "text/event-stream"})
+            headers = {"content-type": "text/event-stream", **_miss_header(behavior)}
+            response = web.StreamResponse(status=behavior.status, headers=headers)
             await response.prepare(request)
             try:
                 await self._stream(request, response, body, behavior, answer, model, prompt_tokens)
@@ -661,6 +666,7 @@ class FakeUpstream:
         if behavior.timings != "off":
             payload["timings"] = _timings(behavior, prompt_tokens, len(answer.pieces))
         response = _json(payload, status=behavior.status)
+        response.headers.update(_miss_header(behavior))
         if behavior.set_cookie:
             response.set_cookie("upstream-session", uuid.uuid4().hex)
         return response
@@ -759,6 +765,11 @@ def _bad_request(error: Exception) -> web.Response:
     param = error.param if isinstance(error, ShapeError) else None
     message = f"fake upstream: bad request: {error}"
     return _json({"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}, 400)
+
+
+def _miss_header(behavior: Behavior) -> dict[str, str]:
+    """An upstream cachegate's diagnosis, of its own scope (SPEC §14): never for the client to see."""
+    return {"x-cachegate-cache-miss": "prefix_changed;block=1"} if behavior.miss_header else {}
 
 
 async def start_fake_upstream(

@@ -18,12 +18,14 @@ from cachegate.core.classify import (
     lookup_candidates,
 )
 from cachegate.core.types import (
+    CacheMiss,
     CacheScope,
     CacheStats,
     CacheTariff,
     Classification,
     IndexEntry,
     IndexMatch,
+    MissReason,
     ParsedPrompt,
     Refresh,
     TtlTier,
@@ -34,6 +36,7 @@ from .bodies import ALL_TTLS, DEFAULT, PROPERTY, chat, marker, msg, text
 SCOPE = CacheScope("principal-1", "cache-model", "sha256:v1")
 TARIFF = CacheTariff()  # floor 1024
 NOW = 1_000_000.0
+BELOW_FLOOR = Classification(miss=CacheMiss(MissReason.BELOW_FLOOR))  # nothing read or written, and why
 HOUR, FIVE_MINUTES = TtlTier.ONE_HOUR, TtlTier.FIVE_MINUTES
 
 
@@ -172,11 +175,11 @@ class TestDecide:
         assert decide(SCOPE, prompt, hit, {}, TARIFF, NOW).refresh == Refresh(SCOPE, prompt.prefix_hashes[0], NOW + 300)
 
     def test_below_the_floor_is_nothing(self) -> None:
-        assert decide(SCOPE, system_then_user(), None, {0: 500}, TARIFF, NOW) == Classification()
+        assert decide(SCOPE, system_then_user(), None, {0: 500}, TARIFF, NOW) == BELOW_FLOOR
 
     def test_a_hit_below_the_floor_is_neither_read_nor_refreshed(self) -> None:
         prompt = system_then_user()
-        assert decide(SCOPE, prompt, Hit(0, match(prompt, 0, 500)), {}, TARIFF, NOW) == Classification()
+        assert decide(SCOPE, prompt, Hit(0, match(prompt, 0, 500)), {}, TARIFF, NOW) == BELOW_FLOOR
 
     def test_the_floor_is_the_deepest_breakpoints_count(self) -> None:
         prompt = conversation(4, {1: "1h", 3: "5m"})
@@ -217,7 +220,7 @@ class TestDecide:
         assert [entry.prefix_hash for entry in result.writes] == [prompt.prefix_hashes[1], prompt.prefix_hashes[5]]
 
     def test_when_every_breakpoint_is_left_out_nothing_is_cached(self) -> None:
-        assert decide(SCOPE, system_then_user(), None, {}, TARIFF, NOW, dropped={0}) == Classification()
+        assert decide(SCOPE, system_then_user(), None, {}, TARIFF, NOW, dropped={0}) == BELOW_FLOOR
 
     def test_a_missing_count_is_an_error(self) -> None:
         prompt = conversation(6, {1: "1h", 5: "5m"})
@@ -226,7 +229,7 @@ class TestDecide:
 
     def test_the_tariff_floor_is_honoured(self) -> None:
         prompt = system_then_user()
-        assert decide(SCOPE, prompt, None, {0: 1500}, CacheTariff(min_prefix_tokens=2048), NOW) == Classification()
+        assert decide(SCOPE, prompt, None, {0: 1500}, CacheTariff(min_prefix_tokens=2048), NOW) == BELOW_FLOOR
         assert decide(SCOPE, prompt, None, {0: 10}, CacheTariff(min_prefix_tokens=0), NOW).stats.creation_1h == 10
 
     @PROPERTY
@@ -243,7 +246,7 @@ class TestDecide:
         result = decide(SCOPE, prompt, hit, counts, TARIFF, NOW)
         deepest = cumulative[max(marked)]
         if deepest < TARIFF.min_prefix_tokens:
-            assert result == Classification()
+            assert result == BELOW_FLOOR
         else:
             assert result.stats.read + result.stats.creation == deepest
             assert len(result.writes) == len(counts)

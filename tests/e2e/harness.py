@@ -21,7 +21,7 @@ import uvloop
 from cachegate import serving
 from cachegate.bootstrap import seed_store
 from cachegate.config import Config
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Recall, Refresh, Trail
 from cachegate.fake_upstream import start_fake_upstream
 from cachegate.gateway.app import Gateway
 from cachegate.index.base import CacheIndex, IndexUnavailable
@@ -36,12 +36,18 @@ T = TypeVar("T")
 
 
 class FaultyIndex:
-    """Delegates to a real index unless told to fail or to be slow (``delay`` seconds before each call)."""
+    """Delegates to a real index unless told to fail or to be slow (``delay`` seconds before each call).
+
+    ``ahead`` moves the requests' clock forward for lookups and recalls (seconds): entries age
+    without the test waiting for them to expire.
+    """
 
     def __init__(self, inner: CacheIndex) -> None:
         self.inner = inner
         self.down = False
         self.delay = 0.0
+        self.ahead = 0.0
+        self.recall_down = False  # only the recall of a miss fails (SPEC §14)
 
     async def _check(self) -> None:
         if self.delay:
@@ -51,11 +57,17 @@ class FaultyIndex:
 
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         await self._check()
-        return await self.inner.lookup(scope, hashes, now)
+        return await self.inner.lookup(scope, hashes, now + self.ahead)
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
         await self._check()
-        await self.inner.write(entries, now)
+        await self.inner.write(entries, now, trails)
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        await self._check()
+        if self.recall_down:
+            raise IndexUnavailable("recall switched off by the test")
+        return await self.inner.recall(scope, hashes, keys, now + self.ahead)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         await self._check()
@@ -227,7 +239,7 @@ class GatewayHarness:
         await store.migrate()
         await seed_store(store, self.config)
         self.store = FaultyStore(store)
-        self.index = FaultyIndex(await open_index(self.config.index_url))
+        self.index = FaultyIndex(await open_index(self.config.index_url, retention=self.config.miss_retention_seconds))
         self.counter = FaultyCounter(self._counter)
         upstream = HttptoolsUpstream(  # as bootstrap.py builds it: the deadlines are the configuration's
             connect_timeout=self.config.deadlines.upstream_connect_seconds,
@@ -287,6 +299,8 @@ class GatewayHarness:
         self.store.down = False
         self.index.down = False
         self.index.delay = 0.0
+        self.index.ahead = 0.0
+        self.index.recall_down = False
         self.counter.failing = False
         self.counter.delay = 0.0
         self.upstream.buggy = False

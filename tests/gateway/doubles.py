@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from cachegate.core.blocks import parse_prompt
 from cachegate.core.markers import TtlPolicy
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, ParsedPrompt, Recall, Refresh, Trail
 from cachegate.index.base import IndexUnavailable
 from cachegate.index.memory import MemoryIndex
 from cachegate.store.base import ApiKey, Catalog, LedgerRow, StoreUnavailable
@@ -59,8 +59,9 @@ class ScriptedIndex(MemoryIndex):
     def __init__(self) -> None:
         super().__init__()
         self.lookups = 0
+        self.recalls = 0
         self.refresh_batches: list[list[Refresh]] = []
-        self.down: set[str] = set()  # operations ("lookup", "write", "refresh") that raise IndexUnavailable
+        self.down: set[str] = set()  # operations ("lookup", "write", "refresh", "recall") that raise IndexUnavailable
         self.broken: set[str] = set()  # operations that raise an unexpected error (a bug, a driver error)
         self.stall_writes = False  # writes wait forever, like a backend that stopped answering
 
@@ -75,11 +76,16 @@ class ScriptedIndex(MemoryIndex):
         self._check("lookup")
         return await super().lookup(scope, hashes, now)
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
         self._check("write")
         if self.stall_writes:
             await asyncio.Event().wait()
-        await super().write(entries, now)
+        await super().write(entries, now, trails)
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        self.recalls += 1
+        self._check("recall")
+        return await super().recall(scope, hashes, keys, now)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         self.refresh_batches.append(list(refreshes))

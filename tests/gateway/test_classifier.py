@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cachegate.core.types import CacheScope, CacheTariff, Classification, Refresh, TtlTier
+from cachegate.core.types import CacheMiss, CacheScope, CacheTariff, Classification, MissReason, Refresh, TtlTier
 from cachegate.gateway.classifier import CacheClassifier, RefreshQueue
 from cachegate.tokens.base import PromptCounts
 
@@ -336,3 +336,80 @@ async def test_the_background_task_survives_an_unexpected_index_error(index: Scr
         await eventually(lambda: len(index.refresh_batches) == 2, timeout=0.5)
     finally:
         await queue.stop()
+
+
+# --- the diagnosis of a miss (SPEC §14) ----------------------------------------------------------
+
+
+async def test_a_hit_asks_the_index_nothing_more(classifier: CacheClassifier, index: ScriptedIndex) -> None:
+    written = await classify(classifier, FIRST_TURN, BlockCounter())
+    assert written.miss == CacheMiss(MissReason.FIRST_WRITE) and index.recalls == 1
+    await classifier.commit(written.writes, written.trails)
+
+    result = await classify(classifier, FIRST_TURN, BlockCounter())
+
+    assert result.miss is None
+    assert index.recalls == 1  # no recall on a hit
+    assert index.lookups == 2
+
+
+async def test_a_grown_conversation_recalls_once_and_writes_its_new_part_first(
+    classifier: CacheClassifier, index: ScriptedIndex
+) -> None:
+    written = await classify(classifier, FIRST_TURN, BlockCounter())
+    await classifier.commit(written.writes, written.trails)
+
+    result = await classify(classifier, SECOND_TURN, BlockCounter())
+
+    assert result.stats.read == 600
+    assert result.miss == CacheMiss(MissReason.FIRST_WRITE)
+    assert index.recalls == 2
+    assert {trail.key[:7] for trail in result.trails} == {b"anchor:", b"latest"}
+
+
+async def test_an_edited_message_is_a_changed_prefix(classifier: CacheClassifier) -> None:
+    written = await classify(classifier, SECOND_TURN, BlockCounter())
+    await classifier.commit(written.writes, written.trails)
+    edited = chat(
+        {"role": "user", "content": "What is a prefix cache?"},
+        {"role": "assistant", "content": "Reused key-value state."},
+        {"role": "user", "content": [marked("And its TTL?")]},
+    )
+
+    result = await classify(classifier, edited, BlockCounter())
+
+    assert result.stats.read == 600  # the system block still reads
+    assert result.miss == CacheMiss(MissReason.PREFIX_CHANGED, 2)
+
+
+async def test_an_expired_entry_is_told_from_one_never_written(classifier: CacheClassifier) -> None:
+    written = await classify(classifier, FIRST_TURN, BlockCounter())
+    await classifier.commit(written.writes, written.trails)
+
+    later = await classifier.classify(SCOPE, prompt_of(FIRST_TURN), FIRST_TURN, TARIFF, BlockCounter(), NOW + 301)
+    elsewhere = await classify(classifier, FIRST_TURN, BlockCounter(), scope=OTHER_SCOPE)
+
+    assert later.miss == CacheMiss(MissReason.EXPIRED)
+    assert elsewhere.miss == CacheMiss(MissReason.FIRST_WRITE)  # another principal learns nothing
+
+
+async def test_a_recall_that_fails_leaves_the_miss_undiagnosed_and_the_request_cached(
+    classifier: CacheClassifier, index: ScriptedIndex
+) -> None:
+    index.down.add("recall")
+
+    result = await classify(classifier, FIRST_TURN, BlockCounter())
+
+    assert result.miss is None and result.undiagnosed
+    assert not result.degraded and result.stats.creation == 600
+
+
+async def test_below_the_floor_and_degraded_say_so(classifier: CacheClassifier, index: ScriptedIndex) -> None:
+    short = await classifier.classify(
+        SCOPE, prompt_of(FIRST_TURN), FIRST_TURN, CacheTariff(min_prefix_tokens=10**6), BlockCounter(), NOW
+    )
+    index.down.add("lookup")
+    down = await classify(classifier, FIRST_TURN, BlockCounter())
+
+    assert short.miss == CacheMiss(MissReason.BELOW_FLOOR)
+    assert down.miss == CacheMiss(MissReason.DEGRADED)

@@ -14,7 +14,7 @@ import pytest
 
 from cachegate.index.base import CacheIndex
 from cachegate.index.factory import open_index
-from cachegate.index.postgres import TABLE
+from cachegate.index.postgres import TABLE, TRAILS
 
 from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from redis_server import LocalCluster, redis_cluster, redis_server, redis_url  # noqa: F401  (fixtures)
@@ -47,7 +47,7 @@ async def _open_empty(url: str) -> CacheIndex:
     if url.startswith(("postgresql:", "postgres:")):
         connection = await asyncpg.connect(url)
         try:
-            await connection.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            await connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TRAILS}")
         finally:
             await connection.close()
     return await open_index(url)

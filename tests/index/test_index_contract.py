@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, Trail, TtlTier
 from cachegate.index.base import CacheIndex
 
 NOW = 1_750_000_000.25
@@ -263,3 +263,89 @@ async def test_empty_inputs_are_no_ops(index: CacheIndex) -> None:
 
 async def test_sweep_of_an_empty_index_removes_nothing(index: CacheIndex) -> None:
     assert await index.sweep(NOW) == 0
+
+
+# Recall and trails: what a scope remembers beyond its live entries, for the diagnosis of misses (SPEC §14).
+
+
+def trail(
+    key: bytes, sections: bytes = b"\x01" * 16, expires_at: float = NOW + 300, scope: CacheScope = ALICE
+) -> Trail:
+    return Trail(scope=scope, key=key, anchor=b"anchor-1", sections=sections, expires_at=expires_at)
+
+
+async def test_recall_reports_expired_entries_never_live_ones(index: CacheIndex) -> None:
+    await index.write([entry("expired", expires_at=NOW - 1), entry("now", expires_at=NOW), entry("live")], NOW - 300)
+
+    recalled = await index.recall(ALICE, [digest(name) for name in ("expired", "now", "live", "missing")], [], NOW)
+
+    assert recalled.expired == {digest("expired"), digest("now")}
+    assert recalled.trails == ()
+    assert await found(index, "expired", "now") == []  # the lookup still never returns them
+
+
+async def test_recall_stays_in_its_scope(index: CacheIndex) -> None:
+    bob = replace(ALICE, principal="bob")
+    await index.write([entry("expired", expires_at=NOW - 1)], NOW - 300, [trail(b"latest")])
+
+    recalled = await index.recall(bob, [digest("expired")], [b"latest"], NOW)
+
+    assert recalled.expired == frozenset()
+    assert recalled.trails == ()
+
+
+async def test_a_trail_round_trips_and_the_newest_replaces_it(index: CacheIndex) -> None:
+    await index.write([entry("a")], NOW, [trail(b"latest", b"\x01" * 8), trail(b"anchor:x", b"\x02" * 8)])
+    await index.write([], NOW, [trail(b"latest", b"\x03" * 24, expires_at=NOW + 3600.5)])
+
+    recalled = await index.recall(ALICE, [], [b"latest", b"anchor:x", b"anchor:none"], NOW)
+
+    assert sorted(recalled.trails, key=lambda t: t.key) == [
+        trail(b"anchor:x", b"\x02" * 8),
+        trail(b"latest", b"\x03" * 24, expires_at=NOW + 3600.5),
+    ]
+
+
+async def test_a_trails_expiry_is_never_shortened(index: CacheIndex) -> None:
+    await index.write([], NOW, [trail(b"latest", b"\x01" * 8, expires_at=NOW + 3600)])
+    await index.write([], NOW, [trail(b"latest", b"\x02" * 8, expires_at=NOW + 300)])
+
+    (kept,) = (await index.recall(ALICE, [], [b"latest"], NOW)).trails
+    assert kept == trail(b"latest", b"\x02" * 8, expires_at=NOW + 3600)
+
+
+async def test_an_empty_anchor_and_an_empty_trail_round_trip(index: CacheIndex) -> None:
+    bare = Trail(ALICE, b"latest", b"", b"", NOW + 300)
+    await index.write([], NOW, [bare])
+
+    assert (await index.recall(ALICE, [], [b"latest"], NOW)).trails == (bare,)
+
+
+async def test_sweep_removes_expired_trails_too(index: CacheIndex) -> None:
+    await index.write(
+        [entry("gone", expires_at=NOW - 1)], NOW - 10, [trail(b"old", expires_at=NOW - 1), trail(b"kept")]
+    )
+
+    assert await index.sweep(NOW) == 2
+    recalled = await index.recall(ALICE, [digest("gone")], [b"old", b"kept"], NOW)
+    assert recalled.expired == frozenset()
+    assert [t.key for t in recalled.trails] == [b"kept"]
+
+
+async def test_recall_of_nothing_is_empty(index: CacheIndex) -> None:
+    recalled = await index.recall(ALICE, [], [], NOW)
+    assert recalled.expired == frozenset()
+    assert recalled.trails == ()
+
+
+async def test_a_batch_naming_keys_twice_with_trails_applies_in_order(index: CacheIndex) -> None:
+    await index.write(
+        [entry("twice", 100, TtlTier.FIVE_MINUTES, NOW + 300), entry("twice", 200, TtlTier.ONE_HOUR, NOW + 3600)],
+        NOW,
+        [trail(b"latest", b"\x01" * 8), trail(b"latest", b"\x02" * 8, expires_at=NOW + 600)],
+    )
+
+    assert await found(index, "twice") == [match("twice", 200, TtlTier.ONE_HOUR, NOW + 3600)]
+    assert (await index.recall(ALICE, [], [b"latest"], NOW)).trails == (
+        trail(b"latest", b"\x02" * 8, expires_at=NOW + 600),
+    )

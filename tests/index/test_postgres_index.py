@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from cachegate.core.types import CacheScope, IndexEntry, Refresh, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
-from cachegate.index.postgres import TABLE, PostgresIndex
+from cachegate.index.postgres import TABLE, TRAILS, PostgresIndex
 
 from pg import PgServer
 
@@ -64,7 +64,7 @@ class ScriptedPool:
 async def test_a_connection_error_is_retried_once(failure: BaseException) -> None:
     pool = ScriptedPool(failure)
 
-    assert await PostgresIndex(pool, retries=1).sweep(NOW) == 3
+    assert await PostgresIndex(pool, retries=1).sweep(NOW) == 6  # 3 entries and 3 trails, as scripted
     assert pool.attempts == 2
 
 
@@ -120,12 +120,13 @@ async def test_a_role_without_create_rights_uses_the_table_its_administrator_mad
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN")
         await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
-        await admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {TABLE} TO {role}")
+        await admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {TABLE}, {TRAILS} TO {role}")
 
         index = await PostgresIndex.open(url.replace("//postgres@", f"//{role}@", 1))
         try:
-            await index.write([ENTRY], NOW)
+            await index.write([ENTRY], NOW, [Trail(SCOPE, b"latest", b"", PREFIX[:8], NOW + 3600)])
             assert len(await index.lookup(SCOPE, [PREFIX], NOW)) == 1
+            assert len((await index.recall(SCOPE, [], [b"latest"], NOW)).trails) == 1
         finally:
             await index.aclose()
     finally:

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from cachegate.core.types import CacheScope, IndexEntry, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, Trail, TtlTier
 from cachegate.index.base import CacheIndex, IndexUnavailable
 from cachegate.index.factory import open_index
 from cachegate.index.memory import MemoryIndex
@@ -19,6 +19,7 @@ from tcp_relay import TcpRelay
 
 SCOPE = CacheScope("p", "m", "v1")
 ENTRY = IndexEntry(SCOPE, b"h" * 32, 10, TtlTier.FIVE_MINUTES, 1_000.0)
+TRAIL = Trail(SCOPE, b"latest", b"anchor-1", b"s" * 16, 1_000.0)
 GIVE_UP_AFTER = 10.0
 
 
@@ -49,8 +50,10 @@ async def test_an_index_that_answers_is_used_at_once() -> None:
     opener = FlakyOpener(0)
     index = await ReconnectingIndex.open(opener)
     assert index.connected and index.last_error is None
-    await index.write([ENTRY], 0.0)
+    await index.write([ENTRY], 0.0, [TRAIL])
     assert [match.prefix_hash for match in await index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0)] == [ENTRY.prefix_hash]
+    recalled = await index.recall(SCOPE, [ENTRY.prefix_hash], [TRAIL.key], 2_000.0)
+    assert recalled.expired == {ENTRY.prefix_hash} and recalled.trails == (TRAIL,)
     await index.aclose()
     assert opener.attempts == 1
 
@@ -63,6 +66,7 @@ async def test_a_missing_backend_fails_fast_then_is_reconnected_in_the_backgroun
         index.lookup(SCOPE, [ENTRY.prefix_hash], 0.0),
         index.write([ENTRY], 0.0),
         index.refresh([], 0.0),
+        index.recall(SCOPE, [ENTRY.prefix_hash], [TRAIL.key], 0.0),
         index.sweep(0.0),
     ):
         with pytest.raises(IndexUnavailable, match="not connected yet"):

@@ -175,6 +175,21 @@ async def test_redis_removes_an_expired_entry_by_itself(redis_url: str, raw: aio
         await index.aclose()
 
 
+async def test_with_a_retention_an_expired_entry_stays_for_the_diagnosis(
+    redis_url: str, raw: aioredis.Redis, key_prefix: str
+) -> None:
+    index = await open_index(redis_url, expiry_grace=0.0, retention=3600.0)
+    try:
+        await index.write([entry("brief", NOW + 0.05)], NOW)
+        await asyncio.sleep(0.2)
+        (key,) = await keys_of(raw, key_prefix)
+        assert await raw.pttl(key) > 3000 * 1000
+        assert (await index.recall(ALICE, [digest("brief")], [], NOW + 1)).expired == {digest("brief")}
+        assert await index.lookup(ALICE, [digest("brief")], NOW + 1) == []
+    finally:
+        await index.aclose()
+
+
 async def test_an_entry_written_already_expired_leaves_no_key(
     index: RedisIndex, raw: aioredis.Redis, key_prefix: str
 ) -> None:

@@ -46,6 +46,18 @@ async def test_sweeps_repeatedly_with_the_clocks_time() -> None:
     assert index.sweeps[:3] == [1234.5, 1234.5, 1234.5]
 
 
+async def test_expired_entries_are_kept_for_the_retention(  # so a miss can be told expired (SPEC §14)
+) -> None:
+    index = RecordingIndex()
+    sweeper = Sweeper(index, INTERVAL, retention=3600.0, clock=lambda: 10_000.0)  # type: ignore[arg-type]
+
+    sweeper.start()
+    await index.swept(1)
+    await sweeper.stop()
+
+    assert index.sweeps[0] == 10_000.0 - 3600.0
+
+
 async def test_keeps_sweeping_after_failures_and_logs_them(caplog: pytest.LogCaptureFixture) -> None:
     index = RecordingIndex(IndexUnavailable("database is down"), RuntimeError("a bug"))
     sweeper = Sweeper(index, INTERVAL)  # type: ignore[arg-type]

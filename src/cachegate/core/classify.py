@@ -23,12 +23,14 @@ from typing import Final
 
 from cachegate.core.types import (
     Breakpoint,
+    CacheMiss,
     CacheScope,
     CacheStats,
     CacheTariff,
     Classification,
     IndexEntry,
     IndexMatch,
+    MissReason,
     ParsedPrompt,
     Refresh,
 )
@@ -69,7 +71,7 @@ def deepest_hit(
     and so is a match at a ``dropped`` block: the template leaves its text out of this prompt.
     """
     best: Hit | None = None
-    for block, match in _matched_blocks(prompt, matches).items():
+    for block, match in matched_blocks(prompt, matches).items():
         if block in dropped:
             continue
         if counts is not None and counts.get(block, match.cumulative_tokens) != match.cumulative_tokens:
@@ -82,11 +84,11 @@ def deepest_hit(
 def blocks_to_verify(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> list[int]:
     """The blocks whose counts ``deepest_hit`` checks the matches against, and ``decide`` then
     needs whichever match survives: every matched block and every breakpoint, in order."""
-    blocks = set(_matched_blocks(prompt, matches)) | {breakpoint_.block for breakpoint_ in prompt.breakpoints}
+    blocks = set(matched_blocks(prompt, matches)) | {breakpoint_.block for breakpoint_ in prompt.breakpoints}
     return sorted(blocks)
 
 
-def _matched_blocks(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> dict[int, IndexMatch]:
+def matched_blocks(prompt: ParsedPrompt, matches: Iterable[IndexMatch]) -> dict[int, IndexMatch]:
     if not prompt.breakpoints:
         return {}
     deepest = prompt.breakpoints[-1].block
@@ -138,7 +140,7 @@ def decide(
         raise ValueError(f"no token count for breakpoint blocks {missing}")
     deepest_count = counts[writing[-1].block] if writing else read
     if deepest_count < tariff.min_prefix_tokens:
-        return Classification()
+        return Classification(miss=CacheMiss(MissReason.BELOW_FLOOR))
 
     stats = CacheStats(read=read)
     writes: list[IndexEntry] = []

@@ -163,6 +163,68 @@ class CacheTariff:
     min_prefix_tokens: int = 1024
 
 
+class MissReason(enum.StrEnum):
+    """Why a request's deepest breakpoint did not read (SPEC §14)."""
+
+    FIRST_WRITE = "first_write"  # no entry of this scope ever held its prefix (that the index remembers)
+    EXPIRED = "expired"  # an entry of this prompt's prefix, deeper than what was read, has expired
+    PREFIX_CHANGED = "prefix_changed"  # an earlier request of this conversation differs at ``CacheMiss.block``
+    BELOW_FLOOR = "below_floor"  # the prefix is shorter than the tariff's min_prefix_tokens
+    DEGRADED = "degraded"  # served uncached because of an outage (§11)
+
+
+Section = str | int
+"""Where a changed block sits: ``"tools"``, ``"system"``, or the index of a message of the client's request."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMiss:
+    """The diagnosis of a deepest breakpoint that did not read (SPEC §14)."""
+
+    reason: MissReason
+    block: Section | None = None  # prefix_changed only: the first changed block
+
+    def __str__(self) -> str:
+        """The header's value, an RFC 8941 item: ``first_write``, ``prefix_changed;block=tools``, ``...;block=3``."""
+        if self.block is None:
+            return self.reason.value
+        return f"{self.reason.value};block={self.block}"
+
+    def as_json(self) -> dict[str, object]:
+        """The body's ``cache_miss_reason`` object."""
+        if self.block is None:
+            return {"type": self.reason.value}
+        return {"type": self.reason.value, "block": self.block}
+
+
+@dataclass(frozen=True, slots=True)
+class Trail:
+    """A compact outline of a committed request, kept by its scope to diagnose later misses (SPEC §14).
+
+    ``sections`` is the concatenation of short digests (``core.diagnosis.DIGEST_BYTES`` each) of
+    the prompt's prefix hashes at the end of each section (the tools, the system prompt, then each
+    other message), up to
+    the section of the deepest breakpoint; ``anchor`` is the digest of the first message after
+    the system prompt (empty if there is none): what says two requests are one conversation.
+    The trail is stored under ``key`` (its anchor's, or the scope-wide latest) until ``expires_at``
+    plus the index's retention.
+    """
+
+    scope: CacheScope
+    key: bytes
+    anchor: bytes
+    sections: bytes
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """What the index remembers of a scope beyond its live entries: asked only on a miss (SPEC §14)."""
+
+    expired: frozenset[bytes] = frozenset()  # the asked hashes whose entry has expired (still retained)
+    trails: tuple[Trail, ...] = ()  # the trails stored under the asked keys
+
+
 @dataclass(slots=True)
 class Classification:
     """What the classification decided: the split to report and the index work to do."""
@@ -172,7 +234,10 @@ class Classification:
     refresh: Refresh | None = None
     degraded: bool = False  # zeros because of an outage, not because of the request (§11)
     counted_total: int | None = None  # our count of the whole prompt, when it was rendered
+    miss: CacheMiss | None = None  # why the deepest breakpoint did not read; None when it read (§14)
+    undiagnosed: bool = False  # it did not read, and the index could not say why (its recall failed)
+    trails: list[Trail] = field(default_factory=list)  # committed with ``writes``
 
     @classmethod
     def degraded_zeros(cls) -> Classification:
-        return cls(degraded=True)
+        return cls(degraded=True, miss=CacheMiss(MissReason.DEGRADED))

@@ -82,7 +82,7 @@ class Gateway:
         limits = config.rate_limits
         self.rate_limits = RateLimits(self.catalog, limiter or rate_limiter(limits), retry_seconds=limits.retry_seconds)
         self.ledger.observe(self.rate_limits)
-        self.sweeper = Sweeper(index, config.sweep_interval_seconds)
+        self.sweeper = Sweeper(index, config.sweep_interval_seconds, retention=config.miss_retention_seconds)
         self.readiness = Readiness(self.catalog, index, counters)
         ttl_policy = TtlPolicy(accepted=frozenset(config.accepted_ttls))
         salts = CacheSalts.from_config(config)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -111,6 +111,8 @@ class Completions:
         marker_param: Callable[[str], str] = str,
         automatic_caching: bool = False,
         route: str = "chat",
+        diagnostics: bool = False,
+        client_messages: Sequence[int | None] | None = None,
     ) -> AsyncIterator[Call]:
         """Forward ``body`` (a chat request with a string ``model``) and yield the upstream's answer.
 
@@ -118,8 +120,10 @@ class Completions:
         change (None: always serialize ``body``). ``marker_param`` turns a marker's path in
         ``body`` into the client's own path, for the 400 of an invalid marker. Raises ``Refusal``
         before anything is forwarded, and for an unreachable upstream (502, billed). With
-        ``automatic_caching``, a model that caches markerless requests gets one (§3.1). On leaving,
-        the response is released and the ledger row written.
+        ``automatic_caching``, a model that caches markerless requests gets one (§3.1). With
+        ``diagnostics`` the client asked for the miss diagnosis in the body (§14);
+        ``client_messages`` maps each chat message to the client's own, for a translated request.
+        On leaving, the response is released and the ledger row written.
         """
         alias: str = body["model"]
         model, endpoints = self._catalog.route(alias)
@@ -148,6 +152,7 @@ class Completions:
             ledger=self._ledger,
             route=route,
             drain_seconds=self._drain_seconds,
+            wants_diagnostics=diagnostics,
         )
         try:
             # A model's endpoints are salted alike (config.py), so the body suits any of them.
@@ -163,7 +168,9 @@ class Completions:
             if tariff is not None and breakpoints:
                 counter = self._counters[model.tokenizer]
                 exchange.task = asyncio.create_task(
-                    self._classify(request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival)
+                    self._classify(
+                        request.key.principal_id, alias, body, breakpoints, tariff, counter, arrival, client_messages
+                    )
                 )
 
             def upstream_request(endpoint: Endpoint) -> UpstreamRequest:
@@ -203,12 +210,13 @@ class Completions:
         tariff: CacheTariff,
         counter: TokenCounter,
         arrival: Arrival,
+        client_messages: Sequence[int | None] | None,
     ) -> Classification:
         scope = cache_scope(principal, alias, counter)
         if scope is None:
             return Classification.degraded_zeros()
         prompt = hashed_prompt(body, breakpoints)  # markers stripped by now: they are never hashed
-        return await self._classifier.classify(scope, prompt, body, tariff, counter, arrival.at)
+        return await self._classifier.classify(scope, prompt, body, tariff, counter, arrival.at, client_messages)
 
 
 async def _count_whole_prompt(

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from cachegate.core.diagnosis import PENDING_DIAGNOSTICS, diagnostics_body
 from cachegate.core.pricing import price
-from cachegate.core.types import CacheStats, CacheTariff, Classification
+from cachegate.core.types import CacheMiss, CacheStats, CacheTariff, Classification
 from cachegate.core.usage import scrub_usage, splice_usage, upstream_cached_tokens
 from cachegate.gateway import metrics
 from cachegate.gateway.classifier import CacheClassifier
@@ -25,6 +26,8 @@ from cachegate.gateway.ledger import LedgerWriter
 from cachegate.store.base import ApiKey, LedgerRow, Model
 
 log = logging.getLogger(__name__)
+
+MISS_HEADER = b"x-cachegate-cache-miss"
 
 
 @dataclass(slots=True)
@@ -51,6 +54,7 @@ class Exchange:
     count_prompt: Callable[[], Awaitable[int | None]] | None = None  # our count of the whole prompt, on demand
     relayed_tokens: int = 0  # completion tokens relayed so far (core.relayed), for a client that leaves
     disconnect: str | None = None  # how a client that left was billed: "drained" or "counted"
+    wants_diagnostics: bool = False  # the client asked for the miss diagnosis in the body (SPEC §14)
 
     @property
     def cache_enabled(self) -> bool:
@@ -59,6 +63,27 @@ class Exchange:
     @property
     def degraded(self) -> bool:
         return self.classification is not None and self.classification.degraded
+
+    @property
+    def miss(self) -> CacheMiss | None:
+        """Why the deepest breakpoint did not read, once decided (SPEC §14); None if it read, or no caching."""
+        if not self.cache_enabled or self.classification is None:
+            return None
+        return self.classification.miss
+
+    def miss_header(self) -> list[tuple[bytes, bytes]]:
+        """The ``x-cachegate-cache-miss`` header, if the diagnosis is known now (SPEC §14)."""
+        miss = self.miss if self.cache_enabled and self.ready_classification() is not None else None
+        return [] if miss is None else [(MISS_HEADER, str(miss).encode())]
+
+    def diagnostics(self) -> dict[str, Any] | None:
+        """The body's ``diagnostics`` (Anthropic's shape), for a client that asked; the split must be decided.
+
+        A miss the index could not explain is Anthropic's "reason unknown" (``cache_miss_reason: null``),
+        never the ``null`` of a read."""
+        if self.cache_enabled and self.classification is not None and self.classification.undiagnosed:
+            return dict(PENDING_DIAGNOSTICS)
+        return diagnostics_body(self.miss)
 
     async def classification_result(self) -> Classification:
         """The classification, awaited only now that the usage is needed, within the deadline (§2.5)."""
@@ -127,7 +152,7 @@ class Exchange:
         if self.classification is None:
             return
         if self.classification.writes:
-            await self.classifier.commit(self.classification.writes)
+            await self.classifier.commit(self.classification.writes, self.classification.trails)
         if self.classification.refresh is not None:
             self.classifier.refreshes.add(self.classification.refresh)
 
@@ -243,6 +268,7 @@ class Exchange:
             counted_prompt_tokens=self.classification.counted_total if self.classification is not None else None,
             route=self.route,
             disconnect=self.disconnect,
+            miss_reason=None if self.miss is None else self.miss.reason.value,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:
@@ -271,6 +297,8 @@ class Exchange:
         else:
             outcome = "none"
         metrics.labelled(metrics.CACHE_OUTCOMES, outcome).inc()
+        if self.miss is not None:
+            metrics.labelled(metrics.CACHE_MISSES, self.model.alias, self.miss.reason.value).inc()
         if stats.read:
             metrics.labelled(metrics.CACHE_TOKENS, self.model.alias, "read").inc(stats.read)
         if stats.creation:

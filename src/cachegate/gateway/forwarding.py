@@ -13,8 +13,19 @@ from cachegate.core.telemetry import strip_telemetry_flags
 from cachegate.store.base import Endpoint
 from cachegate.upstream.base import HOP_BY_HOP
 
-_DROPPED: Final = HOP_BY_HOP | {b"authorization", b"x-api-key", b"cookie"}
-"""Never forwarded upstream: the client's own credentials and what the upstream client sets itself."""
+_DROPPED: Final = HOP_BY_HOP | {b"authorization", b"x-api-key", b"cookie", b"x-cachegate-diagnostics"}
+"""Never forwarded upstream: the client's own credentials, what the upstream client sets itself, and
+the client's request for this gateway's diagnostics (SPEC §14)."""
+
+_NOT_RELAYED: Final = frozenset({b"content-length", b"x-cachegate-cache-miss"})
+"""An upstream's response headers never relayed: its length (the body is rewritten), and a miss
+header of its own — an upstream cachegate's, of the scope this gateway shares for all its tenants
+(SPEC §12, §14)."""
+
+
+def relayed_headers(headers: Headers) -> Headers:
+    """The upstream's response headers as the client gets them (before cachegate adds its own)."""
+    return [(k, v) for k, v in headers if k not in _NOT_RELAYED]
 
 
 def upstream_headers(scope: Scope, endpoint: Endpoint, *, keep_encoding: bool = False) -> Headers:

@@ -88,6 +88,8 @@ class Messages:
             client_wants_usage=True,
             marker_param=functools.partial(client_param, translated),
             route="messages",
+            diagnostics=translated.diagnostics,
+            client_messages=translated.client_messages,
         ) as call:
             if media_type(call.response.headers) == b"text/event-stream" and 200 <= call.response.status < 300:
                 await relay_messages_stream(
@@ -141,7 +143,10 @@ class Messages:
             stop_sequences=translated.stop_sequences,
             usage=final_usage(exchange, with_24h=self._with_24h),
         )
-        headers = [*JSON_HEADERS, DEGRADED_HEADER] if exchange.degraded else JSON_HEADERS
+        if exchange.wants_diagnostics:
+            message["diagnostics"] = exchange.diagnostics()
+        headers = [*JSON_HEADERS, DEGRADED_HEADER] if exchange.degraded else list(JSON_HEADERS)
+        headers += exchange.miss_header()
         await exchange.bill()  # billed before the answer is released
         await send_bytes(send, response.status, headers, orjson.dumps(message))
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 from cachegate.asgi import Receive, Send
 from cachegate.core.anthropic.response import anthropic_usage, message_id
 from cachegate.core.anthropic.stream import AnthropicStream
+from cachegate.core.diagnosis import PENDING_DIAGNOSTICS
 from cachegate.core.relayed import delta_frames
 from cachegate.core.sse import (
     SseFramer,
@@ -54,7 +55,8 @@ async def relay_messages_stream(
     with_24h: bool,
 ) -> None:
     """Relay a 2xx chat stream to an Anthropic client."""
-    await send({"type": "http.response.start", "status": response.status, "headers": _HEADERS})
+    headers = _HEADERS + exchange.miss_header()  # only when already known: the headers never wait (SPEC §14)
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     relay = _MessagesRelay(exchange, send, AnthropicStream(stop_sequences=stop_sequences), model, with_24h)
     watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
     framer = SseFramer()
@@ -145,7 +147,11 @@ class _MessagesRelay:
     async def _start(self, upstream_id: object) -> None:
         if not self.started:
             self.started = True
-            await self.emit(self.translator.start(message_id(upstream_id), self.model, self._usage_so_far()))
+            extra = None
+            if self.exchange.wants_diagnostics:
+                decided = self.exchange.ready_classification() is not None
+                extra = {"diagnostics": self.exchange.diagnostics() if decided else PENDING_DIAGNOSTICS}
+            await self.emit(self.translator.start(message_id(upstream_id), self.model, self._usage_so_far(), extra))
 
     def _usage_so_far(self) -> dict[str, Any]:
         """``message_start``'s usage: the split if it is decided already, else zeros (the module says why)."""
@@ -163,7 +169,8 @@ class _MessagesRelay:
         await self._start(None)
         exchange = self.exchange
         # The commit goes between the message_delta and the message_stop.
-        *closing, message_stop = self.translator.finish(final_usage(exchange, with_24h=self.with_24h))
+        extra = {"diagnostics": exchange.diagnostics()} if exchange.wants_diagnostics else None
+        *closing, message_stop = self.translator.finish(final_usage(exchange, with_24h=self.with_24h), extra)
         await self.emit(*closing)
         await exchange.stream_ended(
             ok=True, saw_error=False, usage_seen=self.usage_seen, client_gone=self.disconnected.is_set()

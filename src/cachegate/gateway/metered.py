@@ -38,7 +38,7 @@ from cachegate.core.types import CacheStats
 from cachegate.core.usage import scrub_usage, upstream_cached_tokens
 from cachegate.gateway.catalog import CatalogCache
 from cachegate.gateway.completions import json_request
-from cachegate.gateway.forwarding import forwarded_body, upstream_headers
+from cachegate.gateway.forwarding import forwarded_body, relayed_headers, upstream_headers
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.gateway.replicas import Replicas
 from cachegate.gateway.routing import Request
@@ -329,7 +329,7 @@ async def _relay_json(meter: Meter, response: UpstreamResponse, send: Send) -> N
     except UpstreamBroken as exc:
         meter.status = 502
         raise Refusal(502, "the upstream response broke off", "upstream_broken", type_="upstream_error") from exc
-    headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    headers = relayed_headers(response.headers)
     ok = 200 <= response.status < 300
     countable = ok and meter.counter is not None  # a body without usage is read for its completion's texts
     if media_type(response.headers) in (None, b"application/json") and (
@@ -375,7 +375,7 @@ class _StreamRelay:
         self._disconnected = asyncio.Event()
 
     async def run(self, response: UpstreamResponse, receive: Receive) -> None:
-        headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+        headers = relayed_headers(response.headers)
         await self._send({"type": "http.response.start", "status": response.status, "headers": headers})
         watcher = asyncio.create_task(watch_disconnect(receive, self._disconnected))
         framer = SseFramer()

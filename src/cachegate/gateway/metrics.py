@@ -23,6 +23,11 @@ CACHE_OUTCOMES = Counter(
     "Chat requests of cache-enabled models by what the cache did.",
     ["outcome"],  # read | write | read_and_write | none | degraded
 )
+CACHE_MISSES = Counter(
+    "cachegate_cache_misses_total",
+    "Responses of cache-enabled models whose deepest breakpoint did not read, by why (SPEC §14).",
+    ["model", "reason"],  # reason: first_write | expired | prefix_changed | below_floor | degraded
+)
 CACHE_TOKENS = Counter("cachegate_cache_tokens_total", "Tokens reported as cache read or creation.", ["model", "kind"])
 DEGRADED = Counter("cachegate_cache_degraded_total", "Requests served uncached because of an outage.", ["reason"])
 MARKERS_REJECTED = Counter("cachegate_markers_rejected_total", "Requests refused for invalid markers.", ["reason"])

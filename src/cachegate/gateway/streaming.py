@@ -37,13 +37,15 @@ from cachegate.core.sse import (
 from cachegate.core.telemetry import scrub_telemetry
 from cachegate.gateway.departure import drain_stream_usage
 from cachegate.gateway.exchange import Exchange
+from cachegate.gateway.forwarding import relayed_headers
 from cachegate.upstream.base import UpstreamBroken, UpstreamResponse
 
 
 async def relay_stream(
     exchange: Exchange, response: UpstreamResponse, receive: Receive, send: Send, client_wants_usage: bool
 ) -> None:
-    headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+    headers = relayed_headers(response.headers)
+    headers += exchange.miss_header()  # only when already known: the headers never wait (SPEC §14)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     relay = _Relay(exchange, send, ok=200 <= response.status < 300, client_wants_usage=client_wants_usage)
     watcher = asyncio.create_task(watch_disconnect(receive, relay.disconnected))
@@ -138,6 +140,7 @@ class _Relay:
             if self.exchange.cache_enabled and self.exchange.ready_classification() is None:
                 await self.flush()  # the frames before it are not held while the classification finishes
             await self.exchange.apply_usage(payload["usage"])
+            self._add_diagnostics(payload)
             if self.client_wants_usage:
                 self.forward(replace_event_json(event, payload))
         elif carries_usage(payload):
@@ -147,6 +150,11 @@ class _Relay:
             self.forward(replace_event_json(event, payload))
         else:
             self.forward(event)
+
+    def _add_diagnostics(self, frame: dict[str, Any]) -> None:
+        """The usage frame carries the miss diagnosis to a client that asked (SPEC §14)."""
+        if self.exchange.wants_diagnostics:
+            frame["diagnostics"] = self.exchange.diagnostics()
 
     def usage_if_seen(self) -> dict[str, Any] | None:
         """The usage the relay has seen already (its usage frame came before the client left), if any."""
@@ -160,6 +168,7 @@ class _Relay:
         if not self.usage_frame_seen and self.last_usage is not None and self.ok and not self.saw_error:
             frame = {**(self.last_chunk or {}), "choices": [], "usage": dict(self.last_usage)}
             await self.exchange.apply_usage(frame["usage"])
+            self._add_diagnostics(frame)
             self.usage_frame_seen = True
             if self.client_wants_usage:
                 self.forward(data_event(frame, crlf=self.crlf))

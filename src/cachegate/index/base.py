@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cachegate.core.errors import CachegateError
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail
 
 
 class CacheIndexError(CachegateError):
@@ -27,13 +27,19 @@ class CacheIndex(Protocol):
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         """Live entries (``expires_at > now``) of ``scope`` whose hash is in ``hashes``."""
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
-        """Upsert entries; a live entry's expiry is never shortened by a write."""
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        """Upsert entries; a live entry's expiry is never shortened by a write. Store ``trails``
+        beside them (SPEC §14), each replacing the one under its key, its expiry never shortened."""
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         """Slide live entries' expiry forward (never backwards); expired entries stay gone."""
 
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        """What ``scope`` still holds beyond its live entries, in one round trip: which of ``hashes``
+        have an expired entry (``expires_at <= now``, not swept yet), and the trails under ``keys``."""
+
     async def sweep(self, now: float) -> int:
-        """Delete expired entries; returns how many were removed."""
+        """Delete the entries and trails whose ``expires_at <= now``; returns how many were removed.
+        (The sweeper passes its clock minus the retention: expired entries are kept that long.)"""
 
     async def aclose(self) -> None: ...

@@ -18,8 +18,12 @@ SUPPORTED_URLS = (
 )
 
 
-async def open_index(url: str, **options: Any) -> CacheIndex:
+async def open_index(url: str, *, retention: float = 0.0, **options: Any) -> CacheIndex:
     """Open the index at ``url``; ``options`` go to the backend's ``open``.
+
+    ``retention`` is how long expired entries and trails are kept for the diagnosis of misses
+    (SPEC §14): the sweeper's business on every backend (it deletes what expired that long ago),
+    and on Redis also the lifetime its keys keep past their expiry.
 
     ``sqlite`` takes ``busy_timeout``; ``postgresql``/``postgres`` take ``min_size``, ``max_size``,
     ``connect_timeout`` and ``retries``; ``redis``/``rediss`` and their ``+cluster`` forms take
@@ -38,5 +42,5 @@ async def open_index(url: str, **options: Any) -> CacheIndex:
     if scheme in ("postgresql", "postgres"):
         return await PostgresIndex.open(url, **options)
     if scheme in REDIS_SCHEMES:
-        return await RedisIndex.open(url, **options)
+        return await RedisIndex.open(url, retention=retention, **options)
     raise ValueError(f"unsupported cache index URL scheme {scheme!r}: use {SUPPORTED_URLS}")

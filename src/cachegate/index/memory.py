@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail
 
 
 class MemoryIndex:
@@ -20,6 +20,7 @@ class MemoryIndex:
 
     def __init__(self) -> None:
         self._scopes: dict[CacheScope, dict[bytes, IndexMatch]] = {}
+        self._trails: dict[tuple[CacheScope, bytes], Trail] = {}
 
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         entries = self._scopes.get(scope)
@@ -28,7 +29,12 @@ class MemoryIndex:
         candidates = (entries.get(prefix_hash) for prefix_hash in dict.fromkeys(hashes))
         return [match for match in candidates if match is not None and match.expires_at > now]
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        for trail in trails:
+            stored_trail = self._trails.get((trail.scope, trail.key))
+            if stored_trail is not None and stored_trail.expires_at > trail.expires_at:
+                trail = replace(trail, expires_at=stored_trail.expires_at)
+            self._trails[(trail.scope, trail.key)] = trail
         for entry in entries:
             scoped = self._scopes.setdefault(entry.scope, {})
             stored = scoped.get(entry.prefix_hash)
@@ -49,8 +55,22 @@ class MemoryIndex:
             if stored is not None and now < stored.expires_at < refresh.expires_at:
                 scoped[refresh.prefix_hash] = replace(stored, expires_at=refresh.expires_at)
 
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        entries = self._scopes.get(scope, {})
+        expired = frozenset(
+            prefix_hash
+            for prefix_hash in hashes
+            if (match := entries.get(prefix_hash)) is not None and match.expires_at <= now
+        )
+        found = (self._trails.get((scope, key)) for key in dict.fromkeys(keys))
+        return Recall(expired, tuple(trail for trail in found if trail is not None))
+
     async def sweep(self, now: float) -> int:
         removed = 0
+        for key, trail in list(self._trails.items()):
+            if trail.expires_at <= now:
+                del self._trails[key]
+                removed += 1
         for scope, scoped in list(self._scopes.items()):
             expired = [prefix_hash for prefix_hash, match in scoped.items() if match.expires_at <= now]
             for prefix_hash in expired:
@@ -62,3 +82,4 @@ class MemoryIndex:
 
     async def aclose(self) -> None:
         self._scopes.clear()
+        self._trails.clear()

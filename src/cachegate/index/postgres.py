@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import asyncpg
 
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 TABLE = "cache_index_entries"
+TRAILS = "cache_index_trails"
 
 # Any constant works, as long as nothing else in the database takes the same advisory lock.
 _SCHEMA_LOCK_KEY = 0x6361636865676174  # b"cachegat"
@@ -49,6 +50,21 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     PRIMARY KEY (principal, model, tokenizer_version, prefix_hash)
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at);
+"""
+
+# The trails of committed requests, for the diagnosis of misses (SPEC §14).
+_TRAILS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TRAILS} (
+    principal         TEXT             NOT NULL,
+    model             TEXT             NOT NULL,
+    tokenizer_version TEXT             NOT NULL,
+    key               BYTEA            NOT NULL,
+    anchor            BYTEA            NOT NULL,
+    sections          BYTEA            NOT NULL,
+    expires_at        DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (principal, model, tokenizer_version, key)
+);
+CREATE INDEX IF NOT EXISTS {TRAILS}_expires_at ON {TRAILS} (expires_at);
 """
 
 # One probe of the primary key per candidate, whatever the planner believes of the table: with
@@ -77,15 +93,68 @@ ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
     expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
 """
 
+# A commit's entries and its trails in one statement, so one round trip (the usual case: a commit's
+# entries are distinct breakpoints, its trails distinct keys; ON CONFLICT cannot take one key twice).
+# The trails' upsert is a WITH the main statement does not read: it runs after it, in every replica
+# alike, so the row locks are always taken in one order.
+_WRITE_WITH_TRAILS = f"""
+WITH trails AS (
+    INSERT INTO {TRAILS} AS stored (principal, model, tokenizer_version, key, anchor, sections, expires_at)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[], $13::bytea[], $14::float8[])
+    ON CONFLICT (principal, model, tokenizer_version, key) DO UPDATE SET
+        anchor = EXCLUDED.anchor,
+        sections = EXCLUDED.sections,
+        expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+)
+INSERT INTO {TABLE} AS stored
+    (principal, model, tokenizer_version, prefix_hash, cumulative_tokens, ttl, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[], $7::float8[])
+ON CONFLICT (principal, model, tokenizer_version, prefix_hash) DO UPDATE SET
+    cumulative_tokens = EXCLUDED.cumulative_tokens,
+    ttl = CASE WHEN stored.expires_at > EXCLUDED.expires_at THEN stored.ttl ELSE EXCLUDED.ttl END,
+    expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+"""
+
 _REFRESH = f"""
 UPDATE {TABLE} SET expires_at = $5
 WHERE principal = $1 AND model = $2 AND tokenizer_version = $3 AND prefix_hash = $4
   AND expires_at > $6 AND expires_at < $5
 """
 
+_WRITE_TRAIL = f"""
+INSERT INTO {TRAILS} AS stored (principal, model, tokenizer_version, key, anchor, sections, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (principal, model, tokenizer_version, key) DO UPDATE SET
+    anchor = EXCLUDED.anchor,
+    sections = EXCLUDED.sections,
+    expires_at = GREATEST(stored.expires_at, EXCLUDED.expires_at)
+"""
+
+# One statement, so one round trip: the expired entries among the hashes (one probe of the primary
+# key per candidate, as in _LOOKUP), then the trails.
+_RECALL = f"""
+SELECT entry.prefix_hash AS key, NULL::bytea AS anchor, NULL::bytea AS sections, entry.expires_at
+FROM (SELECT DISTINCT unnest($4::bytea[])) AS candidate (prefix_hash),
+LATERAL (
+    SELECT prefix_hash, expires_at FROM {TABLE}
+    WHERE principal = $1 AND model = $2 AND tokenizer_version = $3 AND prefix_hash = candidate.prefix_hash
+      AND expires_at <= $6
+    LIMIT 1
+) AS entry
+UNION ALL
+SELECT key, anchor, sections, expires_at FROM {TRAILS}
+WHERE principal = $1 AND model = $2 AND tokenizer_version = $3 AND key = ANY($5::bytea[])
+"""
+
 _SWEEP = f"""
 DELETE FROM {TABLE} WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM {TABLE} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED
+))
+"""
+
+_SWEEP_TRAILS = f"""
+DELETE FROM {TRAILS} WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM {TRAILS} WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED
 ))
 """
 
@@ -169,7 +238,40 @@ class PostgresIndex:
             for row in rows
         ]
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        if not trails:
+            await self._write_entries(entries)
+        elif _distinct(_lock_order(e.scope, e.prefix_hash) for e in entries) and _distinct(
+            _lock_order(t.scope, t.key) for t in trails
+        ):
+            await self._write_with_trails(entries, trails)
+        else:
+            # A batch that names a key twice applies in order: the entries' statement, and the
+            # trails' on a connection of its own beside it.
+            await _gather(self._write_entries(entries), self._write_trails(trails))
+
+    async def _write_with_trails(self, entries: Sequence[IndexEntry], trails: Sequence[Trail]) -> None:
+        ordered = sorted(entries, key=lambda entry: _lock_order(entry.scope, entry.prefix_hash))
+        ordered_trails = sorted(trails, key=lambda trail: _lock_order(trail.scope, trail.key))
+        columns = (
+            [entry.scope.principal for entry in ordered],
+            [entry.scope.model for entry in ordered],
+            [entry.scope.tokenizer_version for entry in ordered],
+            [entry.prefix_hash for entry in ordered],
+            [entry.cumulative_tokens for entry in ordered],
+            [entry.ttl.value for entry in ordered],
+            [entry.expires_at for entry in ordered],
+            [trail.scope.principal for trail in ordered_trails],
+            [trail.scope.model for trail in ordered_trails],
+            [trail.scope.tokenizer_version for trail in ordered_trails],
+            [trail.key for trail in ordered_trails],
+            [trail.anchor for trail in ordered_trails],
+            [trail.sections for trail in ordered_trails],
+            [trail.expires_at for trail in ordered_trails],
+        )
+        await self._call("write", lambda connection: connection.execute(_WRITE_WITH_TRAILS, *columns))
+
+    async def _write_entries(self, entries: Sequence[IndexEntry]) -> None:
         if not entries:
             return
         # A stable sort keeps duplicates of one key in their order, so the batch means the same.
@@ -187,6 +289,33 @@ class PostgresIndex:
         ]
         # executemany: one pipelined round trip, atomic (asyncpg runs it as one transaction).
         await self._call("write", lambda connection: connection.executemany(_WRITE, rows))
+
+    async def _write_trails(self, trails: Sequence[Trail]) -> None:
+        ordered = sorted(trails, key=lambda trail: _lock_order(trail.scope, trail.key))
+        rows = [
+            (
+                trail.scope.principal,
+                trail.scope.model,
+                trail.scope.tokenizer_version,
+                trail.key,
+                trail.anchor,
+                trail.sections,
+                trail.expires_at,
+            )
+            for trail in ordered
+        ]
+        await self._call("write trails", lambda connection: connection.executemany(_WRITE_TRAIL, rows))
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        arguments = (scope.principal, scope.model, scope.tokenizer_version, list(hashes), list(keys), now)
+        rows = await self._call("recall", lambda connection: connection.fetch(_RECALL, *arguments))
+        expired = frozenset(row["key"] for row in rows if row["sections"] is None)
+        trails = tuple(
+            Trail(scope, row["key"], row["anchor"], row["sections"], row["expires_at"])
+            for row in rows
+            if row["sections"] is not None
+        )
+        return Recall(expired, trails)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         if not refreshes:
@@ -206,8 +335,14 @@ class PostgresIndex:
         await self._call("refresh", lambda connection: connection.executemany(_REFRESH, rows))
 
     async def sweep(self, now: float) -> int:
-        status = await self._call("sweep", lambda connection: connection.execute(_SWEEP, now))
-        return int(status.rsplit(" ", 1)[1])  # "DELETE <count>"
+        async def sweep_both(connection: asyncpg.Connection) -> int:
+            removed = 0
+            for statement in (_SWEEP, _SWEEP_TRAILS):
+                status = await connection.execute(statement, now)
+                removed += int(status.rsplit(" ", 1)[1])  # "DELETE <count>"
+            return removed
+
+        return await self._call("sweep", sweep_both)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -240,6 +375,23 @@ class PostgresIndex:
                 raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
 
 
+def _distinct(keys: Iterable[tuple[str, str, str, bytes]]) -> bool:
+    seen: set[tuple[str, str, str, bytes]] = set()
+    for key in keys:
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
+async def _gather(*operations: Awaitable[None]) -> None:
+    """Run index operations together; the first error is raised once all have ended."""
+    results = await asyncio.gather(*operations, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 def _lock_order(scope: CacheScope, prefix_hash: bytes) -> tuple[str, str, str, bytes]:
     return (scope.principal, scope.model, scope.tokenizer_version, prefix_hash)
 
@@ -247,13 +399,14 @@ def _lock_order(scope: CacheScope, prefix_hash: bytes) -> tuple[str, str, str, b
 async def _create_schema(connection: asyncpg.Connection) -> None:
     # Look first: CREATE ... IF NOT EXISTS needs CREATE rights even when the table is there, and a
     # least-privileged runtime role should be able to use a table its administrator created.
-    if await connection.fetchval("SELECT to_regclass($1)", TABLE) is not None:
-        return
-    # Replicas starting together would otherwise race in CREATE ... IF NOT EXISTS, which is not
-    # atomic against a concurrent creation of the same table (duplicate key in pg_type).
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-        await connection.execute(_SCHEMA)
+    for table, schema in ((TABLE, _SCHEMA), (TRAILS, _TRAILS_SCHEMA)):
+        if await connection.fetchval("SELECT to_regclass($1)", table) is not None:
+            continue
+        # Replicas starting together would otherwise race in CREATE ... IF NOT EXISTS, which is not
+        # atomic against a concurrent creation of the same table (duplicate key in pg_type).
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+            await connection.execute(schema)
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from cachegate.background import Reconnecting
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail
 from cachegate.index.base import CacheIndex, IndexUnavailable
 
 Opener = Callable[[], Awaitable[CacheIndex]]
@@ -50,11 +50,14 @@ class ReconnectingIndex:
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         return await self._backend.get().lookup(scope, hashes, now)
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
-        await self._backend.get().write(entries, now)
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        await self._backend.get().write(entries, now, trails)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         await self._backend.get().refresh(refreshes, now)
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        return await self._backend.get().recall(scope, hashes, keys, now)
 
     async def sweep(self, now: float) -> int:
         return await self._backend.get().sweep(now)

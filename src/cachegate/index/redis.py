@@ -11,10 +11,14 @@ Key layout (docs/decisions.md, "The Redis cache index")::
 - ``expires_at`` is the caller's float, written with ``repr`` (it round-trips bit for bit) and compared
   with the caller's ``now`` on every read, exactly as the SQL backends do: liveness never depends on
   the Redis server's clock.
-- The key's Redis lifetime is ``expires_at - now + expiry_grace`` of the call that set it (``PX``, a
-  relative lifetime, so a replica's or the test suite's clock need not agree with the server's), and
-  is never shortened. Redis deletes expired entries on its own; the grace keeps an entry a replica whose
-  clock lags still sees as live, and ``sweep`` only removes entries that are inside their grace.
+- The key's Redis lifetime is ``expires_at - now + keep`` of the call that set it (``PX``, a relative
+  lifetime, so a replica's or the test suite's clock need not agree with the server's), and is never
+  shortened; ``keep`` is the longer of ``expiry_grace`` and ``retention``. Redis deletes expired entries
+  on its own; the grace keeps an entry a replica whose clock lags still sees as live, the retention
+  keeps an expired one for the diagnosis of misses (SPEC §14), and ``sweep`` only removes entries that
+  are inside their grace.
+- A trail (SPEC §14) is one key beside its scope's entries, ``...{<scope>}:trail:<key, hex>`` →
+  ``"<anchor, hex>:<sections, hex> <expires_at>"``, kept ``expires_at - now + keep`` as well.
 
 Writes and refreshes are Lua scripts (one per scope in a batch): the read-compare-write of "never
 shorten" is atomic in Redis, and several replicas writing one key cannot interleave.
@@ -38,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
 
 _T = TypeVar("_T")
@@ -48,14 +52,17 @@ SCHEMES = ("redis", "rediss", *CLUSTER_SCHEMES)
 
 DEFAULT_KEY_PREFIX = "cachegate:index"
 
-# Keys = the entries' keys in batch order; ARGV = now, grace, then tokens, ttl, expires_at per key.
+# Keys = the entries' keys in batch order, then the trails'; ARGV = now, keep, the number of entries,
+# then tokens, ttl, expires_at per entry, then value, expires_at per trail.
 # A stored entry that outlives the new one keeps its ttl, expiry and Redis lifetime (KEEPTTL) and
 # only takes the new token count; otherwise (a tie included) the new entry replaces it, and its
-# lifetime is the longer of the computed one and what the key had left.
+# lifetime is the longer of the computed one and what the key had left. A trail takes the new value
+# and the later of the two expiries.
 _WRITE = """
-local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  local at = 3 * i
+local now, grace, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, count do
+  local key = KEYS[i]
+  local at = 1 + 3 * i
   local tokens, ttl, expires = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local stored = redis.call('GET', key)
   local stored_ttl, stored_expires
@@ -71,6 +78,22 @@ for i, key in ipairs(KEYS) do
     else
       redis.call('DEL', key)
     end
+  end
+end
+for i = count + 1, #KEYS do
+  local key = KEYS[i]
+  local at = 4 + 3 * count + 2 * (i - count - 1)
+  local value, expires = ARGV[at], ARGV[at + 1]
+  local stored = redis.call('GET', key)
+  local stored_expires = stored and string.match(stored, ' (%S+)$')
+  if stored_expires and tonumber(stored_expires) > tonumber(expires) then
+    expires = stored_expires
+  end
+  local lifetime = math.max(math.ceil((tonumber(expires) - now + grace) * 1000), redis.call('PTTL', key))
+  if lifetime > 0 then
+    redis.call('SET', key, value .. ' ' .. expires, 'PX', lifetime)
+  else
+    redis.call('DEL', key)
   end
 end
 return 0
@@ -119,12 +142,17 @@ class RedisIndex:
     """A ``CacheIndex`` in Redis, shared by every replica that points at the same server or cluster."""
 
     def __init__(
-        self, client: aioredis.Redis | RedisCluster, *, key_prefix: str = DEFAULT_KEY_PREFIX, expiry_grace: float
+        self,
+        client: aioredis.Redis | RedisCluster,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        expiry_grace: float,
+        retention: float = 0.0,
     ) -> None:
         """Use ``RedisIndex.open``, which also checks that the server answers."""
         self._client = client
         self._key_prefix = key_prefix
-        self._grace = expiry_grace
+        self._grace = max(expiry_grace, retention)  # how long a key outlives its entry
         self._write_script = client.register_script(_WRITE)
         self._refresh_script = client.register_script(_REFRESH)
         self._sweep_script = client.register_script(_SWEEP)
@@ -139,13 +167,15 @@ class RedisIndex:
         socket_timeout: float = 0.5,
         connect_timeout: float = 1.0,
         expiry_grace: float = 60.0,
+        retention: float = 0.0,
         max_connections: int = 64,
     ) -> RedisIndex:
         """Connect to the Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``,
         ``rediss+cluster://``) at ``url`` and check that it answers.
 
         The URL's query may set ``key_prefix`` and any redis-py URL option (``socket_timeout``, ...);
-        the keyword arguments are the defaults. Timeouts are short on purpose: a slow index costs every
+        the keyword arguments are the defaults. ``retention`` keeps expired entries and trails that long
+        for the diagnosis of misses (SPEC §14). Timeouts are short on purpose: a slow index costs every
         request its latency, where a missing one only costs its discount (SPEC §11).
         """
         parts = urlsplit(url)
@@ -177,7 +207,7 @@ class RedisIndex:
                 client_url, max_connections=max_connections, timeout=socket_timeout, **options
             )
             client = aioredis.Redis.from_pool(pool)
-        index = cls(client, key_prefix=prefix, expiry_grace=expiry_grace)
+        index = cls(client, key_prefix=prefix, expiry_grace=expiry_grace, retention=retention)
         try:
             # Loaded now (on every primary of a cluster), so no request pays for a NOSCRIPT round trip.
             await index._call("connect", index._load_scripts)
@@ -207,20 +237,49 @@ class RedisIndex:
                 matches.append(match)
         return matches
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
-        if not entries:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        if not entries and not trails:
             return
-        by_scope: dict[CacheScope, list[IndexEntry]] = defaultdict(list)
+        by_scope: dict[CacheScope, tuple[list[IndexEntry], list[Trail]]] = defaultdict(lambda: ([], []))
         for entry in entries:
-            by_scope[entry.scope].append(entry)
+            by_scope[entry.scope][0].append(entry)
+        for trail in trails:
+            by_scope[trail.scope][1].append(trail)
         calls = []
-        for scope, scoped in by_scope.items():
-            arguments: list[Any] = [repr(now), repr(self._grace)]
+        for scope, (scoped, scoped_trails) in by_scope.items():
+            arguments: list[Any] = [repr(now), repr(self._grace), len(scoped)]
             for entry in scoped:
                 arguments += [entry.cumulative_tokens, entry.ttl.value, repr(entry.expires_at)]
+            for trail in scoped_trails:
+                arguments += [f"{trail.anchor.hex()}:{trail.sections.hex()}", repr(trail.expires_at)]
             keys = [self._key(scope, entry.prefix_hash) for entry in scoped]
+            keys += [self._trail_key(scope, trail.key) for trail in scoped_trails]
             calls.append((self._write_script, keys, arguments))
         await self._call("write", lambda: _run_scripts(calls))
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        unique_hashes, unique_keys = list(dict.fromkeys(hashes)), list(dict.fromkeys(keys))
+        if not unique_hashes and not unique_keys:
+            return Recall()
+        # One MGET of entries and trails alike: they share the scope's hash tag, so its slot.
+        names = [self._key(scope, prefix_hash) for prefix_hash in unique_hashes]
+        names += [self._trail_key(scope, key) for key in unique_keys]
+        values = await self._call("recall", lambda: self._client.mget(names))
+        expired = set()
+        for prefix_hash, value in zip(unique_hashes, values[: len(unique_hashes)], strict=True):
+            stored_expiry = _stored_expiry(value)
+            if stored_expiry is not None and stored_expiry <= now:
+                expired.add(prefix_hash)
+        trails = []
+        for key, value in zip(unique_keys, values[len(unique_hashes) :], strict=True):
+            try:
+                body, stored_expiry = value.split(b" ")
+                anchor, sections = body.split(b":")
+                anchor_bytes, section_bytes = bytes.fromhex(anchor.decode()), bytes.fromhex(sections.decode())
+                trails.append(Trail(scope, key, anchor_bytes, section_bytes, float(stored_expiry)))
+            except (AttributeError, ValueError):  # no trail (None), or not one of ours
+                continue
+        return Recall(frozenset(expired), tuple(trails))
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         if not refreshes:
@@ -282,6 +341,9 @@ class RedisIndex:
     def _key(self, scope: CacheScope, prefix_hash: bytes) -> str:
         return self._scope_prefix(scope) + prefix_hash.hex()
 
+    def _trail_key(self, scope: CacheScope, key: bytes) -> str:
+        return self._scope_prefix(scope) + "trail:" + key.hex()
+
     def _scope_prefix(self, scope: CacheScope) -> str:
         """What every key of ``scope`` begins with: ``<key_prefix>:{<scope>}:``."""
         return f"{self._key_prefix}:{_hash_tag(scope)}:"
@@ -294,6 +356,16 @@ class RedisIndex:
             return await run()
         except (RedisError, RedisClusterException, OSError) as exc:
             raise IndexUnavailable(f"cache index {operation} failed: {exc}") from exc
+
+
+def _stored_expiry(value: bytes | None) -> float | None:
+    """The ``expires_at`` an entry's value ends with; None for no value, or one not of ours."""
+    if value is None:
+        return None
+    try:
+        return float(value.rsplit(b" ", 1)[-1])
+    except ValueError:
+        return None
 
 
 @functools.lru_cache(maxsize=4096)

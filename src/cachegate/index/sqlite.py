@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Refresh, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``; a later release migrates files whose version is lower."""
 
-_SCHEMA = """
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS cache_index_entries (
     principal         TEXT    NOT NULL,
     model             TEXT    NOT NULL,
@@ -45,6 +45,23 @@ CREATE TABLE IF NOT EXISTS cache_index_entries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS cache_index_entries_expires_at ON cache_index_entries (expires_at);
 """
+
+# Version 2: the trails of committed requests, for the diagnosis of misses (SPEC §14).
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS cache_index_trails (
+    principal         TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    tokenizer_version TEXT NOT NULL,
+    key               BLOB NOT NULL,
+    anchor            BLOB NOT NULL,
+    sections          BLOB NOT NULL,
+    expires_at        REAL NOT NULL,
+    PRIMARY KEY (principal, model, tokenizer_version, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_index_trails_expires_at ON cache_index_trails (expires_at);
+"""
+
+_MIGRATIONS = {1: _SCHEMA_1, 2: _SCHEMA_2}
 
 _LOOKUP = """
 SELECT prefix_hash, cumulative_tokens, ttl, expires_at FROM cache_index_entries
@@ -69,7 +86,28 @@ WHERE principal = :principal AND model = :model AND tokenizer_version = :tokeniz
   AND prefix_hash = :prefix_hash AND expires_at > :now AND expires_at < :expires_at
 """
 
+_WRITE_TRAIL = """
+INSERT INTO cache_index_trails (principal, model, tokenizer_version, key, anchor, sections, expires_at)
+VALUES (:principal, :model, :tokenizer_version, :key, :anchor, :sections, :expires_at)
+ON CONFLICT (principal, model, tokenizer_version, key) DO UPDATE SET
+    anchor = excluded.anchor,
+    sections = excluded.sections,
+    expires_at = max(expires_at, excluded.expires_at)
+"""
+
+_RECALL_EXPIRED = """
+SELECT prefix_hash FROM cache_index_entries
+WHERE principal = ? AND model = ? AND tokenizer_version = ? AND expires_at <= ?
+  AND prefix_hash IN ({placeholders})
+"""
+
+_RECALL_TRAILS = """
+SELECT key, anchor, sections, expires_at FROM cache_index_trails
+WHERE principal = ? AND model = ? AND tokenizer_version = ? AND key IN ({placeholders})
+"""
+
 _SWEEP = "DELETE FROM cache_index_entries WHERE expires_at <= ?"
+_SWEEP_TRAILS = "DELETE FROM cache_index_trails WHERE expires_at <= ?"
 
 # Far below SQLite's host-parameter limit (32766 since 3.32), and a lookup asks for at most
 # 4 breakpoints x 20 candidates anyway; larger requests are split within the same worker call.
@@ -144,8 +182,8 @@ class SqliteIndex:
         except sqlite3.Error as exc:
             raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
 
-    async def write(self, entries: Sequence[IndexEntry], now: float) -> None:
-        if not entries:
+    async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
+        if not entries and not trails:
             return
         rows = [
             {
@@ -159,7 +197,19 @@ class SqliteIndex:
             }
             for entry in entries
         ]
-        await self._run(_execute_many, _WRITE, rows)
+        trail_rows = [
+            {
+                "principal": trail.scope.principal,
+                "model": trail.scope.model,
+                "tokenizer_version": trail.scope.tokenizer_version,
+                "key": trail.key,
+                "anchor": trail.anchor,
+                "sections": trail.sections,
+                "expires_at": trail.expires_at,
+            }
+            for trail in trails
+        ]
+        await self._run(_write, rows, trail_rows)
 
     async def refresh(self, refreshes: Sequence[Refresh], now: float) -> None:
         if not refreshes:
@@ -176,6 +226,17 @@ class SqliteIndex:
             for refresh in refreshes
         ]
         await self._run(_execute_many, _REFRESH, rows)
+
+    async def recall(self, scope: CacheScope, hashes: Sequence[bytes], keys: Sequence[bytes], now: float) -> Recall:
+        unique_hashes, unique_keys = list(dict.fromkeys(hashes)), list(dict.fromkeys(keys))
+        if self._reader is None:
+            return await self._run(_recall, scope, unique_hashes, unique_keys, now)
+        if self._closed:
+            raise IndexUnavailable("the SQLite cache index is closed")
+        try:
+            return _recall(self._reader, scope, unique_hashes, unique_keys, now)
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
 
     async def sweep(self, now: float) -> int:
         return await self._run(_sweep, now)
@@ -242,10 +303,11 @@ def _ensure_schema(connection: sqlite3.Connection) -> None:
                 f" (this one knows version {SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION:
-            # Statement by statement: executescript() would commit the open transaction first.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                # Statement by statement: executescript() would commit the open transaction first.
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -286,6 +348,33 @@ def _execute_many(connection: sqlite3.Connection, statement: str, rows: list[dic
         connection.executemany(statement, rows)
 
 
+def _write(connection: sqlite3.Connection, rows: list[dict[str, object]], trail_rows: list[dict[str, object]]) -> None:
+    """The entries and the trails of one commit, in one transaction."""
+    with _transaction(connection):
+        connection.executemany(_WRITE, rows)
+        connection.executemany(_WRITE_TRAIL, trail_rows)
+
+
+def _recall(
+    connection: sqlite3.Connection, scope: CacheScope, hashes: list[bytes], keys: list[bytes], now: float
+) -> Recall:
+    scoped = (scope.principal, scope.model, scope.tokenizer_version)
+    expired: set[bytes] = set()
+    for start in range(0, len(hashes), _LOOKUP_CHUNK):
+        chunk = hashes[start : start + _LOOKUP_CHUNK]
+        statement = _RECALL_EXPIRED.format(placeholders=", ".join("?" * len(chunk)))
+        expired.update(prefix_hash for (prefix_hash,) in connection.execute(statement, (*scoped, now, *chunk)))
+    trails: tuple[Trail, ...] = ()
+    if keys:
+        statement = _RECALL_TRAILS.format(placeholders=", ".join("?" * len(keys)))
+        trails = tuple(
+            Trail(scope, key, anchor, sections, expires_at)
+            for key, anchor, sections, expires_at in connection.execute(statement, (*scoped, *keys))
+        )
+    return Recall(frozenset(expired), trails)
+
+
 def _sweep(connection: sqlite3.Connection, now: float) -> int:
     with _transaction(connection):
-        return connection.execute(_SWEEP, (now,)).rowcount
+        removed = connection.execute(_SWEEP, (now,)).rowcount
+        return removed + connection.execute(_SWEEP_TRAILS, (now,)).rowcount

@@ -160,8 +160,8 @@ class LedgerRow:
     # The client left before the end (SPEC §11): "drained" (billed from the upstream's final usage,
     # read after it left) or "counted" (our count of the prompt, the completion tokens relayed).
     disconnect: str | None = None
-    # Why the deepest breakpoint did not read (SPEC §14): first_write, expired, prefix_changed,
-    # below_floor, degraded; None when it read, or caching was off for the request.
+    # Why the deepest breakpoint did not read (SPEC §14): one of MISS_REASONS (the header's value without
+    # its block); None when it read, or caching was off for the request (or the index could not say why).
     miss_reason: str | None = None
 
 

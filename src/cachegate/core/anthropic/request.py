@@ -107,6 +107,10 @@ class TranslatedRequest:
     stop_sequences: tuple[str, ...]
     marker_params: dict[str, str] = field(default_factory=dict)
     """Chat marker path (as ``core.sites`` spells it) → the client's path of that marker."""
+    client_messages: tuple[int | None, ...] = ()
+    """Per chat message, the index of the client's message it came from; None for the system prompt."""
+    diagnostics: bool = False
+    """The client asked for the cache-miss diagnosis (the ``diagnostics`` object, SPEC §14)."""
 
 
 def client_param(translated: TranslatedRequest, param: str) -> str:
@@ -130,7 +134,7 @@ def translate_request(
     conversation = _Conversation()
     conversation.add_system(body.get("system"))
     for i, message in enumerate(_list(body.get("messages"), "messages")):
-        conversation.add_message(message, f"messages[{i}]")
+        conversation.add_message(message, f"messages[{i}]", i)
     chat: dict[str, Any] = {"model": model, "messages": conversation.messages}
     tools = body.get("tools")
     if tools is not None:
@@ -159,7 +163,30 @@ def translate_request(
     if body.get(MARKER_KEY) is not None:
         chat[MARKER_KEY] = body[MARKER_KEY]
         conversation.marker_params[MARKER_KEY] = MARKER_KEY
-    return TranslatedRequest(chat, stream, stop_sequences, conversation.marker_params)
+    return TranslatedRequest(
+        chat,
+        stream,
+        stop_sequences,
+        conversation.marker_params,
+        tuple(conversation.sources),
+        _diagnostics(body.get("diagnostics")),
+    )
+
+
+def _diagnostics(value: Any) -> bool:
+    """Whether the request opts in to diagnostics: a ``diagnostics`` object (Anthropic's shape,
+    ``previous_message_id`` a string or null). cachegate diagnoses from the caller's own cache
+    scope, so the id itself is accepted and not needed (SPEC §14)."""
+    if value is None:
+        return False
+    diagnostics = _object(value, "diagnostics")
+    previous = diagnostics.get("previous_message_id")
+    if previous is not None and not isinstance(previous, str):
+        raise AnthropicRequestError(
+            f"diagnostics.previous_message_id must be a string or null; got {_show(previous)}",
+            "diagnostics.previous_message_id",
+        )
+    return True
 
 
 class _Conversation:
@@ -168,6 +195,8 @@ class _Conversation:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.marker_params: dict[str, str] = {}
+        self.sources: list[int | None] = []  # per chat message, the client's message index (None: system)
+        self._source: int | None = None
 
     def add_system(self, system: Any) -> None:
         """``system``: a string or text blocks; absent or empty means no system message."""
@@ -180,7 +209,8 @@ class _Conversation:
         parts = [_part(block, f"system[{j}]", _BLOCKS_BY_ROLE["system"], "system") for j, block in enumerate(blocks)]
         self._emit({"role": "system"}, [part for sourced in parts for part in sourced], [])
 
-    def add_message(self, message: Any, path: str) -> None:
+    def add_message(self, message: Any, path: str, index: int) -> None:
+        self._source = index
         message = _object(message, path)
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
@@ -274,6 +304,7 @@ class _Conversation:
         if marker_source is not None:
             self.marker_params[f"messages[{m}].{MARKER_KEY}"] = f"{marker_source}.{MARKER_KEY}"
         self.messages.append(message)
+        self.sources.append(self._source)
 
 
 def _block_type(block: Any, path: str, allowed: frozenset[str], where: str) -> str:

@@ -40,8 +40,10 @@ class AnthropicStream:
         self._finish_reason: object = None
         self._matched_stop: object = None
 
-    def start(self, message_id: str, model: str, usage: Mapping[str, Any]) -> bytes:
-        """``message_start`` with the message's skeleton and ``usage``, then a ``ping``."""
+    def start(
+        self, message_id: str, model: str, usage: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+    ) -> bytes:
+        """``message_start`` with the message's skeleton, ``usage`` and ``extra`` fields, then a ``ping``."""
         self._message_id = message_id
         message = {
             "id": message_id,
@@ -52,6 +54,7 @@ class AnthropicStream:
             "stop_reason": None,
             "stop_sequence": None,
             "usage": dict(usage),
+            **(extra or {}),
         }
         return sse_event({"type": "message_start", "message": message}) + sse_event({"type": "ping"})
 
@@ -83,8 +86,9 @@ class AnthropicStream:
                 self._tool_call(call, position, events)
         return events
 
-    def finish(self, usage: Mapping[str, Any]) -> list[bytes]:
-        """Close the open block, then ``message_delta`` with the stop reason and ``usage``, and ``message_stop``."""
+    def finish(self, usage: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> list[bytes]:
+        """Close the open block, then ``message_delta`` with the stop reason, ``usage`` and ``extra``
+        fields, and ``message_stop``."""
         events: list[bytes] = []
         if self._blocks == 0:
             self._enter(("text", None), {"type": "text", "text": ""}, events)
@@ -98,6 +102,7 @@ class AnthropicStream:
                     "type": "message_delta",
                     "delta": {"stop_reason": reason, "stop_sequence": sequence},
                     "usage": dict(usage),
+                    **(extra or {}),
                 }
             )
         )
