@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from cachegate.store.base import MISS_REASONS, Budget, BudgetPeriod, BudgetSubject, UsageGroup
+from cachegate.store.base import MISS_REASONS, Budget, BudgetPeriod, BudgetSubject, UsageFigures, UsageGroup
 
 
 @dataclass(slots=True)
-class Totals:
+class Totals(UsageFigures):
     """Usage groups added up; the rates are derived, never summed."""
 
     requests: int = 0
@@ -51,19 +51,6 @@ class Totals:
             self.misses[reason] = self.misses.get(reason, 0) + count
         self.drift_sum += group.drift_sum
         self.drift_count += group.drift_count
-
-    @property
-    def cache_write_tokens(self) -> int:
-        return self.cache_write_5m_tokens + self.cache_write_1h_tokens + self.cache_write_24h_tokens
-
-    @property
-    def saving(self) -> Decimal:
-        return self.list_cost - self.cost
-
-    @property
-    def hit_rate(self) -> float:
-        """Cache reads over all prompt tokens."""
-        return self.cache_read_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def degraded_rate(self) -> float:

@@ -178,8 +178,36 @@ class UsageQuery:
     principal_id: str | None = None
 
 
+class UsageFigures:
+    """What a sum of ledger rows shows beyond its sums: one definition for a stored group and for
+    any total of groups (the dashboard's), so a rate is never computed two ways."""
+
+    __slots__ = ()
+    prompt_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_write_24h_tokens: int
+    cost: Decimal
+    list_cost: Decimal
+
+    @property
+    def cache_write_tokens(self) -> int:
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens + self.cache_write_24h_tokens
+
+    @property
+    def saving(self) -> Decimal:
+        """What caching saved against the list price (SPEC §10)."""
+        return self.list_cost - self.cost
+
+    @property
+    def hit_rate(self) -> float:
+        """Cache reads over all prompt tokens (0 without prompt tokens)."""
+        return self.cache_read_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
 @dataclass(frozen=True, slots=True)
-class UsageGroup:
+class UsageGroup(UsageFigures):
     """The ledger rows of one UTC day, API key and model, summed (SPEC §10, §13, §14).
 
     ``uncached_tokens`` is the prompt neither read from nor written to the cache; the three
@@ -205,20 +233,6 @@ class UsageGroup:
     misses: tuple[tuple[str, int], ...]  # (reason, count) for each of MISS_REASONS, in that order
     drift_sum: int
     drift_count: int
-
-    @property
-    def cache_write_tokens(self) -> int:
-        return self.cache_write_5m_tokens + self.cache_write_1h_tokens + self.cache_write_24h_tokens
-
-    @property
-    def saving(self) -> Decimal:
-        """What caching saved against the list price (SPEC §10)."""
-        return self.list_cost - self.cost
-
-    @property
-    def hit_rate(self) -> float:
-        """Cache reads over all prompt tokens (0 without prompt tokens)."""
-        return self.cache_read_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @runtime_checkable
