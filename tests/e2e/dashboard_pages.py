@@ -9,9 +9,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from cachegate.store.base import MISS_REASONS, LedgerRow
@@ -105,8 +105,23 @@ def follow(driver: WebDriver, element: Any) -> None:
     """Click a link or a submit button and wait until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 30).until(staleness_of(page))
+    WebDriverWait(driver, 30).until(lambda _: _gone(page))
     WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def _gone(element: Any) -> bool:
+    """Whether ``element`` left the document. Selenium's ``staleness_of`` knows only the stale
+    reference error; ChromeDriver may instead answer a node of the unloading page with an
+    "unknown error" saying the node no longer belongs to the document, which means the same."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in (exc.msg or ""):
+            return True
+        raise
+    return False
 
 
 def shot(driver: WebDriver, folder: Path, name: str) -> None:
