@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,20 @@ models:
 """
     )
     return config
+
+
+@contextmanager
+def serving_replicas(configs: Sequence[Path], upstream_port: int, ports: Sequence[int]) -> Iterator[None]:
+    """The fake upstream on ``upstream_port`` and one ``cachegate serve`` per configuration on its port,
+    all started and ready; every process stopped on leaving."""
+    upstream = Running("-c", str(configs[0]), "fake-upstream", "--port", str(upstream_port))
+    replicas = [Running("-c", str(c), "serve", "--port", str(p)) for c, p in zip(configs, ports, strict=True)]
+    try:
+        upstream.wait_for("fake upstream listening")
+        for replica in replicas:
+            replica.wait_for("Application startup complete")
+        yield
+    finally:
+        for replica in replicas:
+            replica.stop()
+        upstream.stop()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from .demo_server import free_port
-from .gateway_process import Running, cachegate, create_key
+from .gateway_process import cachegate, create_key, serving_replicas
 from pg import PgServer
 
 REFRESH_SECONDS = 2.0
@@ -53,14 +53,7 @@ def replicas(tmp_path: Path, pg_server: PgServer) -> Iterator[Replicas]:
     configs = [write_config(folder, store_url, index_url) for folder in folders]
     upstream_port = free_port()
     ports = [free_port() for _ in folders]
-    upstream = Running("-c", str(configs[0]), "fake-upstream", "--port", str(upstream_port))
-    processes = [
-        Running("-c", str(config), "serve", "--port", str(port)) for config, port in zip(configs, ports, strict=True)
-    ]
-    try:
-        upstream.wait_for("fake upstream listening")
-        for process in processes:
-            process.wait_for("Application startup complete")
+    with serving_replicas(configs, upstream_port, ports):
         tenant_key = create_key(configs[0])
         created = subprocess.run(
             cachegate("-c", str(configs[0]), "key", "create", "acme", "--admin"),
@@ -76,10 +69,6 @@ def replicas(tmp_path: Path, pg_server: PgServer) -> Iterator[Replicas]:
             tenant_key,
             f"http://127.0.0.1:{upstream_port}/v1",
         )
-    finally:
-        for process in processes:
-            process.stop()
-        upstream.stop()
 
 
 def chat(base_url: str, key: str, model: str) -> int:

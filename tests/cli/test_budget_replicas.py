@@ -29,7 +29,7 @@ from cachegate.store.keys import hash_secret
 from cachegate.store.postgres import PostgresStore
 
 from .demo_server import free_port
-from .gateway_process import Running, create_key
+from .gateway_process import create_key, serving_replicas
 from pg import PgServer
 
 FLUSH_SECONDS = 0.2
@@ -101,12 +101,7 @@ def test_two_replicas_overshoot_a_budget_by_no_more_than_the_documented_bound(
     for folder in folders:
         folder.mkdir()
     configs = [write_config(folder, upstream_port, store_url) for folder in folders]
-    upstream = Running("-c", str(configs[0]), "fake-upstream", "--port", str(upstream_port))
-    replicas = [Running("-c", str(c), "serve", "--port", str(p)) for c, p in zip(configs, ports, strict=True)]
-    try:
-        upstream.wait_for("fake upstream listening")
-        for replica in replicas:
-            replica.wait_for("Application startup complete")
+    with serving_replicas(configs, upstream_port, ports):
         secret = create_key(configs[0])
         key_id = asyncio.run(_set_budget(store_url, secret))
         time.sleep(REFRESH_SECONDS * 2)  # every replica's catalog has the budget
@@ -152,7 +147,3 @@ def test_two_replicas_overshoot_a_budget_by_no_more_than_the_documented_bound(
             f" (overshoot {spent - LIMIT}, bound {bound - LIMIT:.6f}; {other_replica_rate:.0f} req/s per replica)"
         )
         assert LIMIT <= spent <= bound
-    finally:
-        for replica in replicas:
-            replica.stop()
-        upstream.stop()

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from .demo_server import free_port
-from .gateway_process import Running, cached_model_config, create_key
+from .gateway_process import cached_model_config, create_key, serving_replicas
 from pg import PgServer
 from redis_server import RedisServer
 
@@ -53,14 +53,7 @@ def test_what_one_replica_writes_another_reads_at_once(tmp_path: Path, pg_server
         )
         for folder in folders
     ]
-    upstream = Running("-c", str(configs[0]), "fake-upstream", "--port", str(upstream_port))
-    replicas = [
-        Running("-c", str(config), "serve", "--port", str(port)) for config, port in zip(configs, ports, strict=True)
-    ]
-    try:
-        upstream.wait_for("fake upstream listening")
-        for replica in replicas:
-            replica.wait_for("Application startup complete")
+    with serving_replicas(configs, upstream_port, ports):
         key = create_key(configs[0])
         clients = [OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) for port in ports]
         for round_ in range(ROUNDS):
@@ -71,10 +64,6 @@ def test_what_one_replica_writes_another_reads_at_once(tmp_path: Path, pg_server
             assert written["cache_creation_input_tokens"] > FLOOR and written["cache_read_input_tokens"] == 0, written
             assert read["cache_read_input_tokens"] == written["cache_creation_input_tokens"], f"round {round_}"
             assert read["cache_creation_input_tokens"] == 0
-    finally:
-        for replica in replicas:
-            replica.stop()
-        upstream.stop()
 
 
 def marked(text: str) -> list[dict[str, Any]]:
