@@ -115,10 +115,11 @@ class KeyResolver:
             raise
 
     async def _lookup(self, digest: bytes) -> ApiKey:
-        if digest in self._unknown:
+        known = self._known.get(digest)
+        # A known key is never in the unknown cache: asked only on a miss (its expiry check is the dearer).
+        if known is None and digest in self._unknown:
             raise AuthError("invalid API key")
         now = _now()
-        known = self._known.get(digest)
         if known is None or now - known.fetched_at > self._ttl:
             try:
                 found = await self._store.find_api_key(digest)

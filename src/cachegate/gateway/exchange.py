@@ -233,9 +233,9 @@ class Exchange:
         if self.billed or self.ledger is None:
             return
         self.billed = True
-        await self.ledger.record(self.ledger_row())
+        await self.ledger.record(self.ledger_row(self.ledger.new_row_id()))
 
-    def ledger_row(self) -> LedgerRow:
+    def ledger_row(self, row_id: str | None = None) -> LedgerRow:
         cost: Decimal | None
         list_cost: Decimal | None
         cost, list_cost = price(
@@ -269,6 +269,7 @@ class Exchange:
             route=self.route,
             disconnect=self.disconnect,
             miss_reason=None if self.miss is None else self.miss.reason.value,
+            row_id=row_id,
         )
 
     def _record_counts(self, usage: dict[str, Any]) -> None:

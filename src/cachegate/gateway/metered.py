@@ -213,6 +213,7 @@ class Meter:
                 degraded=False,
                 counted_prompt_tokens=self.counted_prompt_tokens,
                 route=self.api.name,
+                row_id=self.ledger.new_row_id(),
             )
         )
 
