@@ -5,7 +5,8 @@ least recently used evicted: ``cachegate fake-upstream --kv-cache-blocks N``), s
 gateway as one model, in two set-ups run one after the other on fresh replicas:
 
 - affinity: the model lists the four replicas as its endpoints; the gateway picks by rendezvous
-  hashing of the conversation's opening;
+  hashing of the request's anchor (its opening, or its first breakpoint if that is earlier: here
+  the tenant's marked system prompt);
 - round robin: the model has one endpoint, a round-robin balancer in front of the four (as a
   plain load balancer or Kubernetes Service spreads requests), run inside this script.
 
@@ -16,7 +17,7 @@ user message marked (5m). The gateway bills reads from its index; the replicas r
 KV caches really held (``cached_tokens``), which the gateway keeps in the ledger
 (``upstream_cached_tokens``). The table gives, per set-up, both sums from the ledger and their
 ratio: the share of billed reads the engines did not have to recompute (target ≥ 0.9 with
-affinity). It also gives what the choice costs per request (hashing the opening, ranking the
+affinity). It also gives what the choice costs per request (hashing the anchor, ranking the
 endpoints), and how often a key made of each turn's deepest read entry would have moved the
 conversation to another replica.
 
@@ -43,6 +44,7 @@ from aiohttp import web
 from bench import free_port, stop, wait_ready
 from cachegate.core.affinity import affinity_key, rendezvous_order, tenant_key
 from cachegate.core.blocks import hashed_prompt
+from cachegate.core.markers import TtlPolicy, validate_markers
 from cachegate.store.factory import open_store
 
 REPLICAS = 4
@@ -269,8 +271,10 @@ def choice_cost(args: argparse.Namespace) -> tuple[float, float, float]:
                 work(body)
         return (time.perf_counter() - started) / (rounds * len(bodies)) * 1e6
 
-    keys = [affinity_key("principal", "agent", body) for body in bodies]
-    key_cost = per_request(lambda body: affinity_key("principal", "agent", body))
+    policy = TtlPolicy.default_policy()
+    firsts = {id(body): validate_markers(body, policy)[0].block for body in bodies}  # the gateway has them
+    keys = [affinity_key("principal", "agent", body, firsts[id(body)]) for body in bodies]
+    key_cost = per_request(lambda body: affinity_key("principal", "agent", body, firsts[id(body)]))
     started = time.perf_counter()
     for _ in range(rounds):
         for key in keys:

@@ -79,6 +79,26 @@ def test_the_key_is_the_prefix_hash_of_the_opening_message() -> None:
     assert affinity_key("p", "m", body).endswith(prompt.prefix_hashes[opening_blocks[-1]])
 
 
+def test_conversations_sharing_a_marked_system_prompt_share_its_key() -> None:
+    """The second conversation reads the system prompt the first one wrote: it goes where that was computed."""
+    first, second = conversation(3), conversation(1, "Write the docs.")
+    for body in (first, second):
+        body["messages"][0]["content"] = [
+            {"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}
+        ]
+    system_end = [i for i, block in enumerate(hashed_prompt(first, ()).blocks) if block.message == 0][-1]
+    assert affinity_key("p", "m", first, system_end) == affinity_key("p", "m", second, system_end)
+    assert affinity_key("p", "m", first, system_end).endswith(prefix_hash_through(first, 0) or b"-")
+    # Unmarked, the system prompt is no anchor: the openings differ, and so do the keys.
+    assert affinity_key("p", "m", first) != affinity_key("p", "m", second)
+
+
+def test_a_first_breakpoint_past_the_opening_leaves_the_opening_the_anchor() -> None:
+    body = conversation(3)
+    last_block = len(hashed_prompt(body, ()).blocks) - 1
+    assert affinity_key("p", "m", body, last_block) == affinity_key("p", "m", body)
+
+
 def test_conversations_with_other_openings_or_tenants_have_other_keys() -> None:
     one = conversation(2)
     assert affinity_key("p", "m", one) != affinity_key("p", "m", conversation(2, "Write the docs."))

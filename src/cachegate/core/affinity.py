@@ -6,13 +6,16 @@ only read by the engine if it lands on the replica that computed that prefix bef
 
 The key. A growing conversation's deepest cache entry changes every turn: turn t reads the entry
 turn t−1 wrote and writes a deeper one, which turn t+1 reads. Hashing that entry would send each
-turn to another replica than the one holding what it reads. What every turn of a conversation —
-and every entry it ever reads or writes — has in common is its opening: the tools, the system
-prompt and the first message after them. So the key is the request's principal and model (two
-principals' equal prompts are routed independently, SPEC §12) and the prefix hash at the end of
-that first message (``core.blocks.prefix_hash_through``). Every entry such a request reads is a
-prefix that contains its opening, so it was written by an earlier request with the same key, on
-the same replica. Requests without markers are keyed alike: the engine caches them just the same.
+turn to another replica than the one holding what it reads. What every turn of a conversation
+has in common is its opening: the tools, the system prompt and the first message after them.
+And what conversations that share a marked system prompt have in common is that prompt: the
+second conversation of an agent reads the system prompt the first one wrote. So the key is the
+request's principal and model (two principals' equal prompts are routed independently, SPEC §12)
+and the prefix hash at its *anchor*: the end of its opening, or its first breakpoint if that comes
+earlier (``core.blocks.prefix_hash_through``). Every entry a request reads lies at or past the
+anchor of the request that wrote it, and has that anchor's prefix, so it was written, and
+computed, on the replica the same key picks now. Requests without markers are keyed by their
+opening: the engine caches them just the same.
 
 The order. Rendezvous (highest random weight) hashing ranks every endpoint by a hash of (key,
 endpoint name): each key has its own stable order, keys spread evenly, and removing an endpoint
@@ -45,10 +48,11 @@ def opening_message(body: Mapping[str, Any]) -> int | None:
     return len(messages) - 1
 
 
-def affinity_key(principal: str, model: str, body: Mapping[str, Any]) -> bytes:
-    """The routing key of a chat request: its principal, its model and its opening's prefix hash."""
+def affinity_key(principal: str, model: str, body: Mapping[str, Any], first_breakpoint: int | None = None) -> bytes:
+    """The routing key of a chat request: its principal, its model and the prefix hash at its anchor,
+    the end of its opening or its first breakpoint (a block index), whichever comes first."""
     opening = opening_message(body)
-    anchor = prefix_hash_through(body, opening) if opening is not None else None
+    anchor = prefix_hash_through(body, opening, first_breakpoint) if opening is not None else None
     return tenant_key(principal, model) + (anchor or b"")
 
 

@@ -63,21 +63,24 @@ def hashed_prompt(
     )
 
 
-def prefix_hash_through(body: Mapping[str, Any], message: int) -> bytes | None:
+def prefix_hash_through(body: Mapping[str, Any], message: int, block: int | None = None) -> bytes | None:
     """``prefix_hash`` at the last block of ``messages[message]`` (the tools and every earlier
-    message included), hashing no further; None when the prompt has no block up to there.
+    message included), or at block ``block`` if that comes first, hashing no further; None when
+    the prompt has no block up to there.
 
     Equal to ``hashed_prompt(body, ()).prefix_hashes`` at that block, for a fraction of the work
-    when the message is early in a long prompt.
+    when the block is early in a long prompt.
     """
     hasher = hashlib.sha256()
     digest = None
-    for site in iter_sites(body):
+    for position, site in enumerate(iter_sites(body)):
         owner_message = site[1]
         if owner_message is not None and owner_message > message:
             break
         _feed(hasher, site)
         digest = hasher.digest()
+        if position == block:
+            break
     return digest
 
 

@@ -136,9 +136,11 @@ class Completions:
                 raise Refusal(400, str(exc), "invalid_request", "prompt_cache_retention") from exc
         breakpoints = checked_breakpoints(body, self._ttl_policy, marker_param)
         if len(endpoints) > 1:
-            # Prefix affinity (SPEC §15): the key is hashed before anything is forwarded, from
-            # the prompt's opening only (core/affinity.py); one endpoint needs no key.
-            endpoints = self._replicas.order(affinity_key(request.key.principal_id, alias, body), endpoints)
+            # Prefix affinity (SPEC §15): the key is hashed before anything is forwarded, from the
+            # prompt's opening or first breakpoint only (core/affinity.py); one endpoint needs no key.
+            first = breakpoints[0].block if breakpoints else None
+            key = affinity_key(request.key.principal_id, alias, body, first)
+            endpoints = self._replicas.order(key, endpoints)
         streaming = body.get("stream") is True
         exchange = Exchange(
             key=request.key,
