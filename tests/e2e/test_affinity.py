@@ -155,6 +155,7 @@ def test_an_endpoint_that_refuses_passes_the_request_to_the_next(replicated: Gat
     sdk = client(replicated, replicated.keys.a)
     passed_on = metric(replicated, 'cachegate_endpoint_passed_on_total{reason="refused"}')
     skipped = metric(replicated, 'cachegate_endpoint_passed_on_total{reason="down"}')
+    took = metric(replicated, f'cachegate_endpoint_requests_total{{endpoint="{order[1]}"}}')
 
     for turns in (1, 2):
         before = served(replicated)
@@ -165,6 +166,7 @@ def test_an_endpoint_that_refuses_passes_the_request_to_the_next(replicated: Gat
     # The first request found it refusing; the second did not try it (the breaker is open).
     assert metric(replicated, 'cachegate_endpoint_passed_on_total{reason="refused"}') == passed_on + 1
     assert metric(replicated, 'cachegate_endpoint_passed_on_total{reason="down"}') == skipped + 1
+    assert metric(replicated, f'cachegate_endpoint_requests_total{{endpoint="{order[1]}"}}') == took + 2
 
 
 def test_an_overloaded_endpoint_passes_the_request_to_the_next(replicated: GatewayHarness) -> None:

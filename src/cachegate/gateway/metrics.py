@@ -96,6 +96,11 @@ PASSED_ON = Counter(
     "Requests a model's endpoint passed to the next in rendezvous order (SPEC §15), by why.",
     ["reason"],  # down, overloaded, refused
 )
+ENDPOINT_REQUESTS = Counter(
+    "cachegate_endpoint_requests_total",
+    "Requests each endpoint took (SPEC §15): how a model's traffic spreads over its replicas.",
+    ["endpoint"],  # endpoint names come from the configuration: a bounded set
+)
 BUDGET_REFUSALS = Counter(
     "cachegate_budget_refusals_total", "Requests refused (429) because a budget is spent, by period.", ["period"]
 )

@@ -79,6 +79,7 @@ class Replicas:
                 self.finished(endpoint)
                 raise
             self._down_until.pop(endpoint.name, None)
+            metrics.labelled(metrics.ENDPOINT_REQUESTS, endpoint.name).inc()
             return endpoint, response
         raise ValueError("no endpoint to send to")
 
