@@ -14,7 +14,6 @@ the ledger's append: one statement over arrays, one round trip per batch.
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import TypeAlias
@@ -44,30 +43,26 @@ from cachegate.store.base import (
     UsageGroup,
     UsageQuery,
 )
-from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
+from cachegate.store.keys import new_api_key, new_principal_id
 from cachegate.store.statements import (
     LEDGER_COLUMNS,
     SCHEMA,
     api_key_from_row,
+    catalog_from_rows,
     check_tariff_end,
     principal_from_row,
     tariff_parameters,
-    tariff_version_from_row,
     usage_statement,
 )
 from cachegate.store.statements import POSTGRES as SQL
 from cachegate.store.values import (
-    budget_from_row,
     check_amount,
     check_budget,
     check_model_endpoints,
     check_rate_limit,
     checked_tariff,
-    grouped_endpoints,
     key_totals,
-    model_from_row,
     model_ttl_text,
-    rate_limit_from_row,
     usage_group_from_row,
     utc,
     utcnow,
@@ -206,15 +201,7 @@ class PostgresStore:
         return [principal_from_row(_POSTGRES, row) for row in rows]
 
     async def create_api_key(self, principal_id: str, *, admin: bool = False) -> tuple[ApiKey, str]:
-        secret = generate_secret()
-        key = ApiKey(
-            id=new_key_id(),
-            principal_id=principal_id,
-            secret_hash=hash_secret(secret),
-            is_admin=admin,
-            created_at=utcnow(),
-            revoked_at=None,
-        )
+        key, secret = new_api_key(principal_id, admin)
         async with self._connection() as connection:
             try:
                 await connection.execute(
@@ -293,24 +280,16 @@ class PostgresStore:
     async def load_catalog(self) -> Catalog:
         # One snapshot for the reads.
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
-            endpoints = await connection.fetch(SQL.list_endpoints)
-            models = await connection.fetch(SQL.list_models)
-            more_endpoints = grouped_endpoints(await connection.fetch(SQL.model_endpoints))
-            tariffs = await connection.fetch(SQL.list_tariffs)
-            revocations = await connection.fetchval(SQL.revocations)
-            budgets = await connection.fetch(SQL.list_budgets)
-            rate_limits = await connection.fetch(SQL.list_rate_limits)
-        versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
-        for row in tariffs:
-            versions[row["model"]].append(tariff_version_from_row(_POSTGRES, row))
-        return Catalog(
-            endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-            models={row["alias"]: model_from_row(row, more_endpoints.get(row["alias"], ())) for row in models},
-            tariffs={model: tuple(rows) for model, rows in versions.items()},
-            revocations=revocations,
-            budgets=tuple(budget_from_row(row) for row in budgets),
-            rate_limits={row["key_id"]: rate_limit_from_row(row) for row in rate_limits},
-        )
+            return catalog_from_rows(
+                _POSTGRES,
+                endpoints=await connection.fetch(SQL.list_endpoints),
+                models=await connection.fetch(SQL.list_models),
+                model_endpoints=await connection.fetch(SQL.model_endpoints),
+                tariffs=await connection.fetch(SQL.list_tariffs),
+                revocations=await connection.fetchval(SQL.revocations),
+                budgets=await connection.fetch(SQL.list_budgets),
+                rate_limits=await connection.fetch(SQL.list_rate_limits),
+            )
 
     # budgets and rate limits
 

@@ -16,7 +16,6 @@ sums go through a Python aggregate so they are never added as floats.
 from __future__ import annotations
 
 import sqlite3
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -47,31 +46,27 @@ from cachegate.store.base import (
     UsageGroup,
     UsageQuery,
 )
-from cachegate.store.keys import generate_secret, hash_secret, new_key_id, new_principal_id
+from cachegate.store.keys import new_api_key, new_principal_id
 from cachegate.store.statements import (
     LEDGER_COLUMNS,
     SCHEMA,
     api_key_from_row,
+    catalog_from_rows,
     check_tariff_end,
     principal_from_row,
     tariff_parameters,
-    tariff_version_from_row,
     usage_statement,
 )
 from cachegate.store.statements import SQLITE as SQL
 from cachegate.store.values import (
-    budget_from_row,
     check_amount,
     check_budget,
     check_model_endpoints,
     check_rate_limit,
     checked_tariff,
     decimal_text,
-    grouped_endpoints,
     key_totals,
-    model_from_row,
     model_ttl_text,
-    rate_limit_from_row,
     spend_increments,
     usage_group_from_row,
     utc,
@@ -165,15 +160,7 @@ class SqliteStore:
         return [principal_from_row(_SQLITE, row) for row in rows]
 
     async def create_api_key(self, principal_id: str, *, admin: bool = False) -> tuple[ApiKey, str]:
-        secret = generate_secret()
-        key = ApiKey(
-            id=new_key_id(),
-            principal_id=principal_id,
-            secret_hash=hash_secret(secret),
-            is_admin=admin,
-            created_at=utcnow(),
-            revoked_at=None,
-        )
+        key, secret = new_api_key(principal_id, admin)
 
         def insert(connection: sqlite3.Connection) -> None:
             with transaction(connection):
@@ -258,24 +245,16 @@ class SqliteStore:
     async def load_catalog(self) -> Catalog:
         def select(connection: sqlite3.Connection) -> Catalog:
             with transaction(connection, "DEFERRED"):  # one snapshot for the reads
-                endpoints = connection.execute(SQL.list_endpoints).fetchall()
-                models = connection.execute(SQL.list_models).fetchall()
-                more_endpoints = grouped_endpoints(connection.execute(SQL.model_endpoints).fetchall())
-                tariffs = connection.execute(SQL.list_tariffs).fetchall()
-                revocations = connection.execute(SQL.revocations).fetchone()[0]
-                budgets = connection.execute(SQL.list_budgets).fetchall()
-                rate_limits = connection.execute(SQL.list_rate_limits).fetchall()
-            versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
-            for row in tariffs:
-                versions[row["model"]].append(tariff_version_from_row(_SQLITE, row))
-            return Catalog(
-                endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
-                models={row["alias"]: model_from_row(row, more_endpoints.get(row["alias"], ())) for row in models},
-                tariffs={model: tuple(rows) for model, rows in versions.items()},
-                revocations=revocations,
-                budgets=tuple(budget_from_row(row) for row in budgets),
-                rate_limits={row["key_id"]: rate_limit_from_row(row) for row in rate_limits},
-            )
+                return catalog_from_rows(
+                    _SQLITE,
+                    endpoints=connection.execute(SQL.list_endpoints).fetchall(),
+                    models=connection.execute(SQL.list_models).fetchall(),
+                    model_endpoints=connection.execute(SQL.model_endpoints).fetchall(),
+                    tariffs=connection.execute(SQL.list_tariffs).fetchall(),
+                    revocations=connection.execute(SQL.revocations).fetchone()[0],
+                    budgets=connection.execute(SQL.list_budgets).fetchall(),
+                    rate_limits=connection.execute(SQL.list_rate_limits).fetchall(),
+                )
 
         return await self._worker.run(select)
 

@@ -10,7 +10,8 @@ client calls (sqlite3 on a worker thread; asyncpg), error mapping, and the ledge
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +20,18 @@ from typing import Any
 from cachegate.core.types import CacheTariff
 from cachegate.sql.dialect import Dialect, decimal_text
 from cachegate.sql.migrations import Track
-from cachegate.store.base import MISS_REASONS, ApiKey, Conflict, LedgerRow, Principal, TariffVersion, UsageQuery
+from cachegate.store.base import (
+    MISS_REASONS,
+    ApiKey,
+    Catalog,
+    Conflict,
+    Endpoint,
+    LedgerRow,
+    Principal,
+    TariffVersion,
+    UsageQuery,
+)
+from cachegate.store.values import budget_from_row, grouped_endpoints, model_from_row, rate_limit_from_row
 
 SCHEMA = Track(package="cachegate.store", table="schema_migrations")
 """The store's migration steps: ``cachegate/store/migrations``."""
@@ -212,4 +224,33 @@ def tariff_version_from_row(dialect: Dialect, row: Mapping[str, Any]) -> TariffV
         ),
         valid_from=dialect.read_timestamp(row["valid_from"]),
         valid_until=None if valid_until is None else dialect.read_timestamp(valid_until),
+    )
+
+
+Rows = Iterable[Mapping[str, Any]]
+
+
+def catalog_from_rows(
+    dialect: Dialect,
+    *,
+    endpoints: Rows,
+    models: Rows,
+    model_endpoints: Rows,
+    tariffs: Rows,
+    revocations: int,
+    budgets: Rows,
+    rate_limits: Rows,
+) -> Catalog:
+    """The catalog from the rows of its ``list_*`` statements (and ``model_endpoints``), read in one snapshot."""
+    more_endpoints = grouped_endpoints(model_endpoints)
+    versions: defaultdict[str, list[TariffVersion]] = defaultdict(list)
+    for row in tariffs:
+        versions[row["model"]].append(tariff_version_from_row(dialect, row))
+    return Catalog(
+        endpoints={row["name"]: Endpoint(row["name"], row["base_url"], row["api_key"]) for row in endpoints},
+        models={row["alias"]: model_from_row(row, more_endpoints.get(row["alias"], ())) for row in models},
+        tariffs={model: tuple(rows) for model, rows in versions.items()},
+        revocations=revocations,
+        budgets=tuple(budget_from_row(row) for row in budgets),
+        rate_limits={row["key_id"]: rate_limit_from_row(row) for row in rate_limits},
     )
