@@ -37,6 +37,9 @@ _T = TypeVar("_T")
 TABLE = "cache_index_entries"
 TRAILS = "cache_index_trails"
 
+# The statements are this adapter's own (SQLite's are plain statements in one transaction): arrays,
+# lateral probes and SKIP LOCKED have no SQLite twin. The schema is shared: cachegate/index/migrations.
+
 # One probe of the primary key per candidate, whatever the planner believes of the table: with
 # ``prefix_hash = ANY($4)`` and no statistics yet (a table filled faster than autovacuum analyses
 # it), PostgreSQL probes the scope alone and filters all its rows by hash, which took 19 ms per

@@ -30,6 +30,10 @@ from cachegate.sql.sqlite import SqliteWorker, connect, transaction
 
 _T = TypeVar("_T")
 
+# The statements are this adapter's own, not rendered from PostgreSQL's (cachegate.sql.dialect): the two
+# share the schema but not the plans. Here a batch is plain statements in one transaction and a lookup
+# an IN list; PostgreSQL's are single statements over arrays, lateral primary-key probes and
+# SKIP LOCKED sweeps, for many replicas on one server.
 _LOOKUP = """
 SELECT prefix_hash, cumulative_tokens, ttl, expires_at FROM cache_index_entries
 WHERE principal = ? AND model = ? AND tokenizer_version = ? AND expires_at > ?
