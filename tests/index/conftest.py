@@ -15,6 +15,7 @@ import pytest
 from cachegate.index.base import CacheIndex
 from cachegate.index.factory import open_index
 from cachegate.index.postgres import TABLE, TRAILS
+from cachegate.index.schema import SCHEMA
 
 from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from redis_server import LocalCluster, redis_cluster, redis_server, redis_url  # noqa: F401  (fixtures)
@@ -42,12 +43,12 @@ def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def _open_empty(url: str) -> CacheIndex:
-    """Open the index at ``url`` with no entries (for the SQL backends, no table yet; Redis starts
+    """Open the index at ``url`` with no entries (for the SQL backends, no tables yet; Redis starts
     empty under its fresh key prefix)."""
     if url.startswith(("postgresql:", "postgres:")):
         connection = await asyncpg.connect(url)
         try:
-            await connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TRAILS}")
+            await connection.execute(f"DROP TABLE IF EXISTS {TABLE}, {TRAILS}, {SCHEMA.table}")
         finally:
             await connection.close()
     return await open_index(url)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cachegate.core.types import CacheScope, IndexEntry, Trail, TtlTier
+from cachegate.core.types import CacheScope, IndexEntry, TtlTier
 from cachegate.index.base import IndexUnavailable
-from cachegate.index.sqlite import _SCHEMA_1, SCHEMA_VERSION, SqliteIndex, sqlite_path_from_url
+from cachegate.index.schema import SCHEMA
+from cachegate.index.sqlite import SqliteIndex, sqlite_path_from_url
 
 NOW = 1_750_000_000.0
 SCOPE = CacheScope(principal="alice", model="qwen", tokenizer_version="sha256:v1")
@@ -65,7 +66,7 @@ async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> N
 async def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "index.db"
     with closing(sqlite3.connect(path)) as connection:
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        connection.execute(f"PRAGMA user_version = {SCHEMA.latest + 1}")
 
     with pytest.raises(IndexUnavailable, match="newer"):
         await SqliteIndex.open(str(path))
@@ -78,26 +79,7 @@ async def test_opening_sets_wal_and_the_schema_version(tmp_path: Path) -> None:
 
     with closing(sqlite3.connect(path)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-
-
-async def test_a_file_of_schema_1_gains_the_trails_and_keeps_its_entries(tmp_path: Path) -> None:
-    path = tmp_path / "index.db"
-    with closing(sqlite3.connect(path)) as connection:  # what a cachegate before SPEC §14 left
-        connection.executescript(_SCHEMA_1 + "PRAGMA user_version = 1;")
-        connection.execute(
-            "INSERT INTO cache_index_entries VALUES ('alice', 'qwen', 'sha256:v1', ?, 1024, '1h', ?)",
-            (PREFIX, NOW + 3600),
-        )
-        connection.commit()
-
-    index = await SqliteIndex.open(str(path))
-    try:
-        await index.write([], NOW, [Trail(SCOPE, b"latest", b"", b"12345678", NOW + 300)])
-        assert len(await index.lookup(SCOPE, [PREFIX], NOW)) == 1
-        assert len((await index.recall(SCOPE, [], [b"latest"], NOW)).trails) == 1
-    finally:
-        await index.aclose()
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA.latest,)
 
 
 async def test_entries_outlive_the_process_and_are_shared_through_the_file(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from cachegate.store.base import (
     UsageQuery,
 )
 from cachegate.store.keys import hash_secret
-from cachegate.store.schema import migrations
+from cachegate.store.statements import SCHEMA
 
 from store.rawdb import everything_stored, execute, query
 
@@ -698,7 +698,7 @@ async def test_migrating_again_changes_nothing(store: ControlStore, store_url: s
     await store.migrate()
 
     assert await query(store_url, "SELECT version, name, applied_at FROM schema_migrations ORDER BY version") == before
-    assert [version for version, *_ in before] == [step.version for step in migrations()]
+    assert [version for version, *_ in before] == [step.version for step in SCHEMA.steps]
     assert await store.list_principals() == [acme]
 
 
@@ -712,4 +712,4 @@ async def test_two_processes_can_migrate_at_once(store_url: str) -> None:
         await first.aclose()
         await second.aclose()
 
-    assert await query(store_url, "SELECT version FROM schema_migrations") == [(step.version,) for step in migrations()]
+    assert await query(store_url, "SELECT version FROM schema_migrations") == [(step.version,) for step in SCHEMA.steps]

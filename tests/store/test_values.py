@@ -10,8 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cachegate.core.types import CacheTariff
-from cachegate.store.schema import Dialect, migrations
-from cachegate.store.sqlite import decode_timestamp, encode_timestamp, split_statements
+from cachegate.index.schema import SCHEMA as INDEX_SCHEMA
+from cachegate.sql.dialect import Dialect, decode_timestamp, encode_timestamp
+from cachegate.sql.migrations import Track
+from cachegate.sql.sqlite import split_statements
+from cachegate.store.statements import SCHEMA
 from cachegate.store.values import checked_tariff, decimal_text, parse_decimal, utc
 
 non_negative_decimals = st.decimals(min_value=0, max_value=10**12, allow_nan=False, allow_infinity=False, places=12)
@@ -71,8 +74,9 @@ def test_a_migration_splits_into_its_statements() -> None:
         split_statements("CREATE TABLE a (x TEXT)")
 
 
-def test_every_shipped_step_renders_for_both_dialects() -> None:
-    steps = migrations()
+@pytest.mark.parametrize("track", [SCHEMA, INDEX_SCHEMA], ids=["store", "index"])
+def test_every_shipped_step_renders_for_both_dialects(track: Track) -> None:
+    steps = track.steps
 
     assert [step.version for step in steps] == list(range(1, len(steps) + 1))
     for step in steps:

@@ -27,6 +27,8 @@ import asyncpg
 
 from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
+from cachegate.index.schema import SCHEMA
+from cachegate.sql.migrations import SchemaTooNew, migrate_postgres
 
 logger = logging.getLogger(__name__)
 
@@ -35,37 +37,8 @@ _T = TypeVar("_T")
 TABLE = "cache_index_entries"
 TRAILS = "cache_index_trails"
 
-# Any constant works, as long as nothing else in the database takes the same advisory lock.
-_SCHEMA_LOCK_KEY = 0x6361636865676174  # b"cachegat"
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    principal         TEXT             NOT NULL,
-    model             TEXT             NOT NULL,
-    tokenizer_version TEXT             NOT NULL,
-    prefix_hash       BYTEA            NOT NULL,
-    cumulative_tokens BIGINT           NOT NULL CHECK (cumulative_tokens >= 0),
-    ttl               TEXT             NOT NULL CHECK (ttl IN ('5m', '1h', '24h')),
-    expires_at        DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (principal, model, tokenizer_version, prefix_hash)
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_expires_at ON {TABLE} (expires_at);
-"""
-
-# The trails of committed requests, for the diagnosis of misses (SPEC §14).
-_TRAILS_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TRAILS} (
-    principal         TEXT             NOT NULL,
-    model             TEXT             NOT NULL,
-    tokenizer_version TEXT             NOT NULL,
-    key               BYTEA            NOT NULL,
-    anchor            BYTEA            NOT NULL,
-    sections          BYTEA            NOT NULL,
-    expires_at        DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (principal, model, tokenizer_version, key)
-);
-CREATE INDEX IF NOT EXISTS {TRAILS}_expires_at ON {TRAILS} (expires_at);
-"""
+# The statements are this adapter's own (SQLite's are plain statements in one transaction): arrays,
+# lateral probes and SKIP LOCKED have no SQLite twin. The schema is shared: cachegate/index/migrations.
 
 # One probe of the primary key per candidate, whatever the planner believes of the table: with
 # ``prefix_hash = ANY($4)`` and no statistics yet (a table filled faster than autovacuum analyses
@@ -184,7 +157,7 @@ class PostgresIndex:
     """A ``CacheIndex`` in PostgreSQL, over an asyncpg connection pool."""
 
     def __init__(self, pool: asyncpg.Pool, *, retries: int = 1) -> None:
-        """Use ``PostgresIndex.open``, which also creates the table."""
+        """Use ``PostgresIndex.open``, which also creates (or migrates) the tables."""
         self._pool = pool
         self._retries = retries
         self._closed = False
@@ -199,7 +172,7 @@ class PostgresIndex:
         connect_timeout: float = 5.0,
         retries: int = 1,
     ) -> PostgresIndex:
-        """Connect a pool to ``dsn`` and create the table if it is missing.
+        """Connect a pool to ``dsn`` and apply the schema's missing steps (``cachegate.index.schema``).
 
         ``retries`` is how many more times an operation is tried after a connection-class error.
         Timeouts are never retried: by then the caller's deadline is mostly spent.
@@ -217,7 +190,10 @@ class PostgresIndex:
             raise IndexUnavailable(f"cannot connect to the PostgreSQL cache index: {exc}") from exc
         index = cls(pool, retries=retries)
         try:
-            await index._call("create the schema", _create_schema)
+            await index._call("migrate the schema", lambda connection: migrate_postgres(connection, SCHEMA))
+        except SchemaTooNew as exc:
+            await pool.close()
+            raise IndexUnavailable(f"the PostgreSQL cache index is unusable: {exc}") from exc
         except BaseException:
             await pool.close()
             raise
@@ -394,19 +370,6 @@ async def _gather(*operations: Awaitable[None]) -> None:
 
 def _lock_order(scope: CacheScope, prefix_hash: bytes) -> tuple[str, str, str, bytes]:
     return (scope.principal, scope.model, scope.tokenizer_version, prefix_hash)
-
-
-async def _create_schema(connection: asyncpg.Connection) -> None:
-    # Look first: CREATE ... IF NOT EXISTS needs CREATE rights even when the table is there, and a
-    # least-privileged runtime role should be able to use a table its administrator created.
-    for table, schema in ((TABLE, _SCHEMA), (TRAILS, _TRAILS_SCHEMA)):
-        if await connection.fetchval("SELECT to_regclass($1)", table) is not None:
-            continue
-        # Replicas starting together would otherwise race in CREATE ... IF NOT EXISTS, which is not
-        # atomic against a concurrent creation of the same table (duplicate key in pg_type).
-        async with connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-            await connection.execute(schema)
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -1,8 +1,10 @@
 """The embedded cache index: one SQLite file, the default when nothing else is configured.
 
-Writes, refreshes and sweeps run on one dedicated worker thread that owns the writing connection,
-in call order; that serializes the process's writers, so SQLite's single-writer lock is only
-contended by other processes sharing the file.
+Writes, refreshes and sweeps run on one SqliteWorker (``cachegate.sql.sqlite``, the control
+store's too): a dedicated thread that owns the writing connection and runs them in call order;
+that serializes the process's writers, so SQLite's single-writer lock is only contended by other
+processes sharing the file. The schema is the steps of ``cachegate/index/migrations``, applied as
+the file is opened (``cachegate.index.schema``).
 
 Lookups, the one operation on every request's path, run on the calling (event-loop) thread through
 a second, read-only connection. In WAL mode a reader never waits for a writer, and an indexed
@@ -15,54 +17,23 @@ worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from cachegate.core.types import CacheScope, IndexEntry, IndexMatch, Recall, Refresh, Trail, TtlTier
 from cachegate.index.base import IndexUnavailable
+from cachegate.index.schema import SCHEMA
+from cachegate.sql.migrations import SchemaTooNew, migrate_sqlite
+from cachegate.sql.sqlite import SqliteWorker, connect, transaction
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
-"""Stored in ``PRAGMA user_version``; a later release migrates files whose version is lower."""
-
-_SCHEMA_1 = """
-CREATE TABLE IF NOT EXISTS cache_index_entries (
-    principal         TEXT    NOT NULL,
-    model             TEXT    NOT NULL,
-    tokenizer_version TEXT    NOT NULL,
-    prefix_hash       BLOB    NOT NULL,
-    cumulative_tokens INTEGER NOT NULL CHECK (cumulative_tokens >= 0),
-    ttl               TEXT    NOT NULL CHECK (ttl IN ('5m', '1h', '24h')),
-    expires_at        REAL    NOT NULL,
-    PRIMARY KEY (principal, model, tokenizer_version, prefix_hash)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS cache_index_entries_expires_at ON cache_index_entries (expires_at);
-"""
-
-# Version 2: the trails of committed requests, for the diagnosis of misses (SPEC §14).
-_SCHEMA_2 = """
-CREATE TABLE IF NOT EXISTS cache_index_trails (
-    principal         TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    tokenizer_version TEXT NOT NULL,
-    key               BLOB NOT NULL,
-    anchor            BLOB NOT NULL,
-    sections          BLOB NOT NULL,
-    expires_at        REAL NOT NULL,
-    PRIMARY KEY (principal, model, tokenizer_version, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS cache_index_trails_expires_at ON cache_index_trails (expires_at);
-"""
-
-_MIGRATIONS = {1: _SCHEMA_1, 2: _SCHEMA_2}
-
+# The statements are this adapter's own, not rendered from PostgreSQL's (cachegate.sql.dialect): the two
+# share the schema but not the plans. Here a batch is plain statements in one transaction and a lookup
+# an IN list; PostgreSQL's are single statements over arrays, lateral primary-key probes and
+# SKIP LOCKED sweeps, for many replicas on one server.
 _LOOKUP = """
 SELECT prefix_hash, cumulative_tokens, ttl, expires_at FROM cache_index_entries
 WHERE principal = ? AND model = ? AND tokenizer_version = ? AND expires_at > ?
@@ -135,39 +106,46 @@ def sqlite_path_from_url(url: str) -> str:
 class SqliteIndex:
     """A ``CacheIndex`` in one SQLite file, shared by the processes that open the same file."""
 
-    def __init__(
-        self, executor: ThreadPoolExecutor, connection: sqlite3.Connection, reader: sqlite3.Connection | None
-    ) -> None:
-        """Use ``SqliteIndex.open``: ``connection`` must belong to ``executor``'s only thread."""
-        self._executor = executor
-        self._connection = connection
+    def __init__(self, worker: SqliteWorker, reader: sqlite3.Connection | None) -> None:
+        """Use ``SqliteIndex.open``."""
+        self._worker = worker
         self._reader = reader
         self._closed = False
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout: float = 5.0) -> SqliteIndex:
-        """Open (creating if needed) the index file at ``path``.
+        """Open (creating if needed) the index file at ``path``, its schema migrated.
 
         ``busy_timeout`` (seconds) is how long a statement waits for another process's write lock
         before failing, which then surfaces as ``IndexUnavailable``.
         """
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-index-sqlite")
+
+        def writer() -> sqlite3.Connection:
+            return connect(
+                path,
+                timeout=busy_timeout,
+                pragmas=("journal_mode = WAL", "synchronous = NORMAL"),
+                setup=lambda connection: migrate_sqlite(connection, SCHEMA),
+            )
+
+        def cannot_open(exc: sqlite3.Error) -> IndexUnavailable:
+            return IndexUnavailable(f"cannot open the SQLite cache index {path!r}: {exc}")
+
+        worker = SqliteWorker(writer, thread_name="cachegate-index-sqlite", errors=_unavailable)
         try:
-            connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, path, busy_timeout)
-        except BaseException as exc:
-            executor.shutdown(wait=False)
-            if isinstance(exc, sqlite3.Error):
-                raise IndexUnavailable(f"cannot open the SQLite cache index {path!r}: {exc}") from exc
-            raise
+            await worker.open(errors=cannot_open)
+        except SchemaTooNew as exc:
+            raise IndexUnavailable(f"the SQLite cache index {path!r} is unusable: {exc}") from exc
         reader = None
         if path != ":memory:":
             try:
-                reader = _connect_reader(path)
+                # The file and its schema exist already; only WAL recovery by another process takes
+                # a lock a lookup would wait for.
+                reader = connect(path, timeout=_READER_BUSY_TIMEOUT, pragmas=("query_only = ON",))
             except sqlite3.Error as exc:
-                await asyncio.get_running_loop().run_in_executor(executor, connection.close)
-                executor.shutdown(wait=False)
-                raise IndexUnavailable(f"cannot open the SQLite cache index {path!r}: {exc}") from exc
-        return cls(executor, connection, reader)
+                await worker.aclose(wait=False)
+                raise cannot_open(exc) from exc
+        return cls(worker, reader)
 
     async def lookup(self, scope: CacheScope, hashes: Sequence[bytes], now: float) -> list[IndexMatch]:
         if not hashes:
@@ -180,7 +158,7 @@ class SqliteIndex:
         try:
             return _lookup(self._reader, scope, unique, now)
         except sqlite3.Error as exc:
-            raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     async def write(self, entries: Sequence[IndexEntry], now: float, trails: Sequence[Trail] = ()) -> None:
         if not entries and not trails:
@@ -236,7 +214,7 @@ class SqliteIndex:
         try:
             return _recall(self._reader, scope, unique_hashes, unique_keys, now)
         except sqlite3.Error as exc:
-            raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     async def sweep(self, now: float) -> int:
         return await self._run(_sweep, now)
@@ -247,82 +225,24 @@ class SqliteIndex:
         self._closed = True
         if self._reader is not None:
             self._reader.close()
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._worker.aclose(wait=False)
 
     async def _run(self, operation: Callable[..., _T], *args: object) -> _T:
         """Run ``operation(connection, *args)`` on the worker thread, errors as ``IndexUnavailable``."""
         if self._closed:
             raise IndexUnavailable("the SQLite cache index is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, operation, self._connection, *args)
-        except sqlite3.Error as exc:
-            raise IndexUnavailable(f"SQLite cache index error: {exc}") from exc
+        return await self._worker.run(operation, *args)
+
+
+def _unavailable(exc: sqlite3.Error) -> IndexUnavailable:
+    return IndexUnavailable(f"SQLite cache index error: {exc}")
 
 
 _READER_BUSY_TIMEOUT = 0.05
 """Seconds a lookup may wait for a lock; only WAL recovery by another process takes one."""
 
 
-def _connect_reader(path: str) -> sqlite3.Connection:
-    """The event-loop thread's read-only connection (the file and its schema exist already)."""
-    connection = sqlite3.connect(path, timeout=_READER_BUSY_TIMEOUT, isolation_level=None)
-    connection.execute("PRAGMA query_only = ON")
-    return connection
-
-
-# Everything below runs on the worker thread (and _lookup on the reader's thread too).
-
-
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    if path != ":memory:":
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise sqlite3.OperationalError(f"cannot create the directory of {path}: {exc}") from exc
-    # isolation_level=None: no implicit transactions; _transaction() says where they are.
-    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = NORMAL")
-        _ensure_schema(connection)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-def _ensure_schema(connection: sqlite3.Connection) -> None:
-    with _transaction(connection):
-        (version,) = connection.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise IndexUnavailable(
-                f"the SQLite cache index has schema version {version}, written by a newer cachegate"
-                f" (this one knows version {SCHEMA_VERSION})"
-            )
-        if version < SCHEMA_VERSION:
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                # Statement by statement: executescript() would commit the open transaction first.
-                for statement in _MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), instead of failing
-    # halfway through when a read transaction cannot be upgraded.
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if connection.in_transaction:  # some errors (SQLITE_FULL, ...) have rolled back already
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
+# Everything below runs on the worker thread (and _lookup and _recall on the event loop's, reading).
 
 
 def _lookup(connection: sqlite3.Connection, scope: CacheScope, hashes: list[bytes], now: float) -> list[IndexMatch]:
@@ -344,13 +264,13 @@ def _lookup(connection: sqlite3.Connection, scope: CacheScope, hashes: list[byte
 
 
 def _execute_many(connection: sqlite3.Connection, statement: str, rows: list[dict[str, object]]) -> None:
-    with _transaction(connection):
+    with transaction(connection):
         connection.executemany(statement, rows)
 
 
 def _write(connection: sqlite3.Connection, rows: list[dict[str, object]], trail_rows: list[dict[str, object]]) -> None:
     """The entries and the trails of one commit, in one transaction."""
-    with _transaction(connection):
+    with transaction(connection):
         connection.executemany(_WRITE, rows)
         connection.executemany(_WRITE_TRAIL, trail_rows)
 
@@ -375,6 +295,6 @@ def _recall(
 
 
 def _sweep(connection: sqlite3.Connection, now: float) -> int:
-    with _transaction(connection):
+    with transaction(connection):
         removed = connection.execute(_SWEEP, (now,)).rowcount
         return removed + connection.execute(_SWEEP_TRAILS, (now,)).rowcount

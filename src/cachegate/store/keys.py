@@ -14,6 +14,9 @@ import hmac
 import secrets
 import string
 
+from cachegate.store.base import ApiKey
+from cachegate.store.values import utcnow
+
 SECRET_PREFIX = "cg-"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ID_LENGTH = 10  # ~51 bits: ample for uniqueness, and the columns are unique anyway
@@ -46,3 +49,17 @@ def new_principal_id() -> str:
 
 def _random_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def new_api_key(principal_id: str, admin: bool) -> tuple[ApiKey, str]:
+    """A new key of ``principal_id`` and its secret, which is stored only as its hash."""
+    secret = generate_secret()
+    key = ApiKey(
+        id=new_key_id(),
+        principal_id=principal_id,
+        secret_hash=hash_secret(secret),
+        is_admin=admin,
+        created_at=utcnow(),
+        revoked_at=None,
+    )
+    return key, secret

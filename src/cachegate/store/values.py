@@ -15,6 +15,8 @@ from typing import Any
 
 from cachegate.core.budgets import KeyTotals, Windows
 from cachegate.core.types import CacheTariff, TtlTier
+from cachegate.sql.dialect import decimal_text
+from cachegate.sql.dialect import utc as utc  # re-exported: the store's callers take it from here
 from cachegate.store.base import (
     MISS_REASONS,
     Budget,
@@ -47,11 +49,6 @@ def check_amount(value: Decimal, what: str) -> Decimal:
     return value
 
 
-def decimal_text(value: Decimal) -> str:
-    """Positional notation, so SQLite's TEXT and PostgreSQL's NUMERIC read back alike."""
-    return format(value, "f")
-
-
 def checked_tariff(tariff: CacheTariff) -> CacheTariff:
     """The tariff with every multiplier validated and written positionally (``1E-7`` becomes
     ``0.0000001``), so both stores hold, and give back, the same text."""
@@ -74,10 +71,6 @@ def checked_tariff(tariff: CacheTariff) -> CacheTariff:
     )
 
 
-MODEL_COLUMNS = "alias, endpoint, upstream_model, tokenizer, input_price, output_price, automatic_cache_ttl"
-"""The ``models`` columns, in the order ``model_from_row`` and both stores' upserts use."""
-
-
 def model_ttl_text(model: Model) -> str | None:
     return None if model.automatic_cache_ttl is None else model.automatic_cache_ttl.value
 
@@ -97,10 +90,6 @@ def model_from_row(row: Mapping[str, Any], more_endpoints: Sequence[str] = ()) -
     )
 
 
-MODEL_ENDPOINTS_QUERY = "SELECT model, endpoint FROM model_endpoints ORDER BY model, position"
-"""A model's further endpoints, in order (both stores)."""
-
-
 def check_model_endpoints(model: Model) -> tuple[tuple[str, str, int], ...]:
     """The ``model_endpoints`` rows of ``model`` (model, endpoint, position); an endpoint named
     twice is refused, for it would only skew the spread."""
@@ -112,18 +101,11 @@ def check_model_endpoints(model: Model) -> tuple[tuple[str, str, int], ...]:
 
 
 def grouped_endpoints(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """``MODEL_ENDPOINTS_QUERY``'s rows as model alias -> its further endpoints, in order."""
+    """``Statements.model_endpoints``' rows as model alias -> its further endpoints, in order."""
     grouped: dict[str, list[str]] = {}
     for row in rows:
         grouped.setdefault(row["model"], []).append(row["endpoint"])
     return grouped
-
-
-def utc(at: datetime) -> datetime:
-    """``at`` in UTC; naive datetimes are refused."""
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"timestamps must be timezone-aware, not {at.isoformat()}")
-    return at.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -146,15 +128,6 @@ def check_rate_limit(limit: RateLimit) -> RateLimit:
     return limit
 
 
-BUDGET_COLUMNS = "subject_kind, subject_id, period, limit_amount"
-BUDGET_REPLACES = " ON CONFLICT (subject_kind, subject_id, period) DO UPDATE SET limit_amount = excluded.limit_amount"
-RATE_LIMIT_COLUMNS = "key_id, requests_per_minute, input_tokens_per_minute"
-RATE_LIMIT_REPLACES = (
-    " ON CONFLICT (key_id) DO UPDATE SET requests_per_minute = excluded.requests_per_minute,"
-    " input_tokens_per_minute = excluded.input_tokens_per_minute"
-)
-
-
 def budget_from_row(row: Mapping[str, Any]) -> Budget:
     return Budget(
         subject=BudgetSubject(row["subject_kind"]),
@@ -168,29 +141,8 @@ def rate_limit_from_row(row: Mapping[str, Any]) -> RateLimit:
     return RateLimit(row["key_id"], row["requests_per_minute"], row["input_tokens_per_minute"])
 
 
-def usage_sums(decimal_sum: str) -> str:
-    """The aggregates of one usage group (``UsageGroup``), written once for both stores: only the
-    exact sum of a decimal column differs (``decimal_sum`` is a format with ``{column}``)."""
-    misses = "".join(f" count(*) FILTER (WHERE miss_reason = '{reason}') AS miss_{reason}," for reason in MISS_REASONS)
-    return (
-        "count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,"
-        " sum(prompt_tokens - cache_read_tokens - cache_creation_5m_tokens - cache_creation_1h_tokens"
-        " - cache_creation_24h_tokens) AS uncached_tokens,"
-        " sum(cache_read_tokens) AS cache_read_tokens,"
-        " sum(cache_creation_5m_tokens) AS cache_write_5m_tokens,"
-        " sum(cache_creation_1h_tokens) AS cache_write_1h_tokens,"
-        " sum(cache_creation_24h_tokens) AS cache_write_24h_tokens,"
-        " sum(completion_tokens) AS completion_tokens,"
-        f" {decimal_sum.format(column='cost')} AS cost, {decimal_sum.format(column='list_cost')} AS list_cost,"
-        " count(*) FILTER (WHERE degraded) AS degraded,"
-        f"{misses}"
-        " coalesce(sum(counted_prompt_tokens - prompt_tokens), 0) AS drift_sum,"
-        " count(counted_prompt_tokens) AS drift_count"
-    )
-
-
 def usage_group_from_row(row: Mapping[str, Any]) -> UsageGroup:
-    """A row of ``usage_sums`` (SQLite's, decimals as text, or PostgreSQL's) as a UsageGroup."""
+    """A row of the usage query (SQLite's, decimals as text, or PostgreSQL's) as a UsageGroup."""
     return UsageGroup(
         day=row["day"],
         principal_id=row["principal_id"],

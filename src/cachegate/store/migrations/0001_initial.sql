@@ -1,6 +1,6 @@
 -- The control store: who may call, where requests go, what they cost, and what was billed.
 -- The dollar-brace placeholders are the only differences between SQLite and PostgreSQL
--- (cachegate/store/schema.py fills them in). Decimals are TEXT in SQLite and NUMERIC in
+-- (cachegate/sql/dialect.py fills them in). Decimals are TEXT in SQLite and NUMERIC in
 -- PostgreSQL, never floating point.
 
 CREATE TABLE principals (
