@@ -78,4 +78,3 @@ def test_connections_are_spread_over_both_workers(gateway: WorkersHarness) -> No
     assert len(set(pids)) == 2
     served = gateway.served_by()
     assert set(served) == set(pids), served
-    print("SERVED", served)

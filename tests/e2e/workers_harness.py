@@ -19,6 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import fields
@@ -156,10 +157,28 @@ class WorkersHarness:
         journal = self.config.journal_dir
         assert journal is not None
         deadline = time.monotonic() + 30
-        while any(path.stat().st_size > len(MAGIC) for path in _segments(journal)):
+        while True:
+            if not any(path.stat().st_size > len(MAGIC) for path in _segments(journal)):
+                counts = self.metrics("cachegate_ledger_")
+                # A row whose journal write failed went to a worker's memory instead, where the
+                # folder does not show it: none may have, for the folder to tell the whole story.
+                assert counts.get("cachegate_ledger_journal_failures_total", 0) == 0, counts
+                if counts.get("cachegate_ledger_rows_stored_total", 0) >= counts.get(
+                    "cachegate_ledger_rows_journaled_total", 0
+                ):
+                    break
             assert time.monotonic() < deadline, f"the workers never drained their journals: {list(journal.iterdir())}"
             time.sleep(0.02)
         return [_ledger_row(values) for values in self.call(self._ledger(route))]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """The samples of ``/metrics`` (both workers' added up) whose names start with ``prefix``."""
+        scrape = urllib.request.Request(
+            f"{self.base_url}/metrics", headers={"authorization": f"Bearer {self.keys.admin}"}
+        )
+        with urllib.request.urlopen(scrape, timeout=10) as response:
+            lines = response.read().decode().splitlines()
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in lines if line.startswith(prefix)}
 
     async def _ledger(self, route: str) -> list[dict[str, Any]]:
         statement = "SELECT * FROM ledger WHERE route = {} ORDER BY at, id"
