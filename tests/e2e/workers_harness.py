@@ -77,18 +77,25 @@ class WorkersHarness:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def start(self) -> WorkersHarness:
+        """Ready once both workers have started serving; whatever was started is stopped if they do not."""
         self._thread.start()
-        self.call(self._prepare())
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.process = Running("-c", str(self.config_path), "serve", "--port", str(port), "--workers", str(WORKERS))
-        for slot in range(WORKERS):
-            self.process.wait_for(rf"worker {slot} started \(pid \d+\)")
-        deadline = time.monotonic() + 60
-        while self.process.output.count("Application startup complete") < WORKERS:
-            if self.process.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the workers did not start:\n{self.process.output}")
-            time.sleep(0.05)
+        try:
+            self.call(self._prepare())
+            port = free_port()
+            self.base_url = f"http://127.0.0.1:{port}"
+            self.process = Running("-c", str(self.config_path), "serve", "--port", str(port), "--workers", str(WORKERS))
+            for slot in range(WORKERS):
+                self.process.wait_for(rf"worker {slot} started \(pid \d+\)")
+            deadline = time.monotonic() + 60
+            while self.process.output.count("Application startup complete") < WORKERS:
+                if self.process.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the workers did not start:\n{self.process.output}")
+                time.sleep(0.05)
+        except BaseException:
+            if self.process is not None:
+                self.process.stop()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
         return self
 
     async def _prepare(self) -> None:
@@ -158,7 +165,7 @@ class WorkersHarness:
         assert journal is not None
         deadline = time.monotonic() + 30
         while True:
-            if not any(path.stat().st_size > len(MAGIC) for path in _segments(journal)):
+            if not _holds_rows(journal):
                 counts = self.metrics("cachegate_ledger_")
                 # A row whose journal write failed went to a worker's memory instead, where the
                 # folder does not show it: none may have, for the folder to tell the whole story.
@@ -230,8 +237,15 @@ class WorkersHarness:
         return served
 
 
-def _segments(journal: Path) -> list[Path]:
-    return [path for path in journal.glob(f"*{SUFFIX}")] if journal.exists() else []
+def _holds_rows(journal: Path) -> bool:
+    """Whether a segment of the journal folder holds a row (more than its header)."""
+    for path in journal.glob(f"*{SUFFIX}"):
+        try:
+            if path.stat().st_size > len(MAGIC):
+                return True
+        except FileNotFoundError:  # drained and deleted meanwhile
+            continue
+    return False
 
 
 def _ledger_row(values: dict[str, Any]) -> LedgerRow:
