@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from workers_harness import WorkersHarness
 
 from cachegate.tokens.base import TokenCounter
 from cachegate.tokens.registry import load_qwen3
@@ -58,13 +60,59 @@ def qwen3() -> TokenCounter:
     return load_qwen3()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres", pytest.param("redis", marks=pytest.mark.redis)])
+IN_PROCESS = ["sqlite", "postgres", pytest.param("redis", marks=pytest.mark.redis)]
+WORKERS = ["workers2", "workers2-postgres"]
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``serve --workers 2`` parameters of ``gateway`` are kept for the tests of modules marked
+    ``over_http`` (they reach the gateway only over HTTP; ``over_http(postgres=True)``: on PostgreSQL
+    too, not only the embedded SQLite), except those marked ``in_process_only`` (they switch faults or
+    look inside the gateway); a test marked ``workers_only`` runs on the
+    embedded one alone. The others are
+    deselected, not skipped: they were never meant to run there."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        backend = getattr(getattr(item, "callspec", None), "params", {}).get("gateway")
+        if backend is None or HERE not in item.path.parents:
+            kept.append(item)
+            continue
+        over_http = item.get_closest_marker("over_http")
+        if item.get_closest_marker("workers_only"):
+            wanted = backend == "workers2"
+        elif backend == "workers2-postgres":  # a minute more for every module: only where it is asked for
+            wanted = over_http is not None and over_http.kwargs.get("postgres", False)
+        elif backend == "workers2":
+            wanted = over_http is not None
+        else:
+            wanted = True
+        wanted = wanted and not (backend in WORKERS and item.get_closest_marker("in_process_only"))
+        (kept if wanted else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="module", params=IN_PROCESS + WORKERS)
 def gateway(
     request: pytest.FixtureRequest, qwen3: TokenCounter, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayHarness]:
+) -> Iterator[GatewayHarness | WorkersHarness]:
     """The gateway of a test module, once per cache index backend: SQLite (its store too), PostgreSQL
-    (its store too), and Redis (its store on SQLite: there is no Redis control store)."""
+    (its store too), and Redis (its store on SQLite: there is no Redis control store); and for modules
+    marked ``over_http``, ``cachegate serve --workers 2`` on the embedded default (SQLite files under its
+    data folder) and on PostgreSQL (see ``pytest_collection_modifyitems``)."""
     folder = tmp_path_factory.mktemp("gateway")
+    if request.param.startswith("workers2"):
+        databases: tuple[str | None, str | None] = (None, None)
+        if request.param == "workers2-postgres":
+            server = request.getfixturevalue("pg_server")
+            databases = (server.create_database(), server.create_database())
+        workers = WorkersHarness(qwen3, folder, TEST_CONFIG, *databases).start()
+        yield workers
+        workers.stop()
+        return
     redis_prefix = None
     if request.param == "sqlite":
         store_url, index_url = f"sqlite:///{folder}/control.db", f"sqlite:///{folder}/index.db"
@@ -86,5 +134,5 @@ def gateway(
 def _healthy(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts with the faults switched off, whatever the previous one did."""
     yield
-    if "gateway" in request.fixturenames:
-        request.getfixturevalue("gateway").reset_faults()
+    if "gateway" in request.fixturenames and isinstance(gateway := request.getfixturevalue("gateway"), GatewayHarness):
+        gateway.reset_faults()

@@ -20,6 +20,8 @@ from harness import GatewayHarness
 from prompts import MARK_1H, MARK_5M, QWEN3_TAIL_TOKENS, system_text
 from store.rawdb import query
 
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
+
 
 def client(gateway: GatewayHarness, key: str | None = None, **headers: str) -> Anthropic:
     return Anthropic(

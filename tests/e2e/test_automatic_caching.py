@@ -11,6 +11,8 @@ from openai import OpenAI
 from harness import GatewayHarness
 from prompts import MARK_1H, QWEN3_TAIL_TOKENS, system_text
 
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
+
 
 def ask(gateway: GatewayHarness, messages: list[dict[str, Any]], model: str = "automatic", **kw: Any) -> dict[str, Any]:
     client = OpenAI(base_url=f"{gateway.base_url}/v1", api_key=gateway.keys.a, max_retries=0, timeout=30)

@@ -15,12 +15,15 @@ from typing import Any
 
 import anthropic
 import orjson
+import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import GatewayHarness
 from prompts import MARK_5M, marked_system, system_text
+
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
 
 MISS_HEADER = "x-cachegate-cache-miss"
 ASK = {"x-cachegate-diagnostics": "1"}
@@ -111,6 +114,7 @@ def test_the_ledger_row_carries_the_reason(gateway: GatewayHarness) -> None:
     assert gateway.ledger_rows("chat")[-1].miss_reason is None
 
 
+@pytest.mark.in_process_only("moves the index's clock ahead")
 def test_an_expired_entry_is_expired(gateway: GatewayHarness) -> None:
     messages = opening()
     chat(gateway, messages)
@@ -158,6 +162,7 @@ def test_below_the_floor(gateway: GatewayHarness) -> None:
     assert answer.miss == "below_floor" and reason(answer) == "below_floor"
 
 
+@pytest.mark.in_process_only("switches the index and the counter off")
 def test_an_outage_is_degraded(gateway: GatewayHarness) -> None:
     gateway.index.down = True
     by_index = chat(gateway, opening())
@@ -169,6 +174,7 @@ def test_an_outage_is_degraded(gateway: GatewayHarness) -> None:
     assert reason(by_index) == "degraded" and by_index.usage["cache_degraded"] is True
 
 
+@pytest.mark.in_process_only("switches the index's recall off")
 def test_a_miss_the_index_cannot_explain_says_so_and_is_still_cached(gateway: GatewayHarness) -> None:
     gateway.index.recall_down = True
 
@@ -219,6 +225,7 @@ def test_a_stream_carries_the_reason_in_its_usage_frame(gateway: GatewayHarness)
     assert frames[-1]["diagnostics"] == {"cache_miss_reason": {"type": "prefix_changed", "block": "system"}}
 
 
+@pytest.mark.in_process_only("slows the index down")
 def test_a_streams_headers_never_wait_for_the_reason(gateway: GatewayHarness) -> None:
     gateway.index.delay = 0.3  # the classification is still running when the upstream's headers arrive
     raw = openai_client(gateway).chat.completions.with_raw_response.create(

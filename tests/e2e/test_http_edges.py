@@ -1,4 +1,4 @@
-"""Bad input over plain HTTP, where an SDK would refuse to send it."""
+"""Bad input over plain HTTP, where an SDK would refuse to send it; and connections spread over workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import http.client
 import json
 from urllib.parse import urlsplit
 
+import pytest
+from workers_harness import WorkersHarness
+
 from harness import GatewayHarness
+
+pytestmark = pytest.mark.over_http
 
 
 def post(
@@ -64,3 +69,12 @@ def test_markers_with_wrong_shape_are_400_with_their_path(gateway: GatewayHarnes
 def test_unknown_path_outside_v1_is_404(gateway: GatewayHarness) -> None:
     status, body = post(gateway, b"{}", path="/nope")
     assert status == 404 and body["error"]["code"] == "not_found"
+
+
+@pytest.mark.workers_only
+def test_connections_are_spread_over_both_workers(gateway: WorkersHarness) -> None:
+    """Each worker answers requests of its own: the runs of the ``workers2`` parameters test two processes."""
+    pids = gateway.worker_pids()
+    assert len(set(pids)) == 2
+    served = gateway.served_by()
+    assert set(served) == set(pids), served

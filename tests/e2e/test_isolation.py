@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from harness import GatewayHarness
 from prompts import marked_system, system_text
+
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
 
 CACHED = 4321  # the upstream's own prefix-cache count, in every answer it gives
 BEHAVIOR = f"cached={CACHED},timings=every"
@@ -152,9 +156,13 @@ def test_principals_never_read_each_others_cache_nor_see_the_engines(gateway: Ga
         assert leaks(answer.payloads) == [], context
         expected_rows[(who.id, route)] += 1
 
-    gateway.ledger_rows("chat")  # waits until the writer has drained every row
     ours = {p.id for p in principals}
-    stored = Counter((row.principal_id, row.route) for row in gateway.store.stored if row.principal_id in ours)
+    stored = Counter(
+        (row.principal_id, row.route)
+        for route in ("chat", "messages", "completions", "responses", "embeddings")
+        for row in gateway.ledger_rows(route)  # waits until every row is stored
+        if row.principal_id in ours
+    )
     assert stored == expected_rows, f"seed {seed}"
 
 
@@ -170,6 +178,6 @@ def check_read(answer: Answer, entry: tuple[str, str, int], written: set[tuple[s
 
 
 def new_principal(gateway: GatewayHarness, name: str) -> Principal:
-    principal = gateway.call(gateway.store.inner.create_principal(name))
-    _, secret = gateway.call(gateway.store.inner.create_api_key(principal.id))
+    principal = gateway.call(gateway.store.create_principal(name))
+    _, secret = gateway.call(gateway.store.create_api_key(principal.id))
     return Principal(principal.id, secret)

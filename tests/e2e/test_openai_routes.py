@@ -21,6 +21,8 @@ from openai import OpenAI
 from harness import GatewayHarness
 from prompts import marked_system, system_text
 
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
+
 CACHED = 4321  # what the fake upstream says its own prefix cache held: never shown to a client
 PRICE_IN, PRICE_OUT = Decimal("0.000001"), Decimal("0.000002")  # model "cached" in conftest
 

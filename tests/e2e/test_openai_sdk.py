@@ -12,6 +12,8 @@ from openai import OpenAI
 from harness import GatewayHarness
 from prompts import MARK_1H, MARK_5M, QWEN3_TAIL_TOKENS, marked_system, system_text
 
+pytestmark = pytest.mark.over_http(postgres=True)  # and so against `serve --workers 2` too (conftest.py)
+
 
 def client(gateway: GatewayHarness, key: str | None = None) -> OpenAI:
     return OpenAI(base_url=f"{gateway.base_url}/v1", api_key=key or gateway.keys.a, max_retries=0, timeout=30)
@@ -363,6 +365,7 @@ def _assert_degraded(response: Any) -> None:
     assert usage["cache_read_input_tokens"] == 0 and usage["cache_creation_input_tokens"] == 0
 
 
+@pytest.mark.in_process_only("switches the index off")
 def test_index_down_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.index.down = True
     raw = client(gateway).chat.completions.with_raw_response.create(
@@ -371,6 +374,7 @@ def test_index_down_serves_uncached(gateway: GatewayHarness) -> None:
     _assert_degraded(raw)
 
 
+@pytest.mark.in_process_only("switches the token counter off")
 def test_token_counter_failing_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.counter.failing = True
     raw = client(gateway).chat.completions.with_raw_response.create(
@@ -379,6 +383,7 @@ def test_token_counter_failing_serves_uncached(gateway: GatewayHarness) -> None:
     _assert_degraded(raw)
 
 
+@pytest.mark.in_process_only("slows the token counter down")
 def test_deadline_passed_serves_uncached(gateway: GatewayHarness) -> None:
     gateway.counter.delay = 2.0  # the harness's classify deadline is 1 s
     raw = client(gateway).chat.completions.with_raw_response.create(
@@ -387,6 +392,7 @@ def test_deadline_passed_serves_uncached(gateway: GatewayHarness) -> None:
     _assert_degraded(raw)
 
 
+@pytest.mark.in_process_only("switches the index off")
 def test_degraded_stream_says_so_in_its_usage(gateway: GatewayHarness) -> None:
     gateway.index.down = True
     _, usage = stream_usage(gateway, conversation(system_text()))
@@ -427,6 +433,9 @@ READ_TOOL = {
 }
 
 
+@pytest.mark.in_process_only(
+    "counts resume from checkpoints in each process's memory: a turn on the other worker counts from the start"
+)
 def test_an_agent_loop_is_counted_from_its_new_turn_on(gateway: GatewayHarness) -> None:
     """Each request of an agent loop is counted from where the one before left off
     (tokens/resume.py), and as exactly: a turn reads what the turn before wrote, and our count

@@ -9,10 +9,13 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from openai import OpenAI
 
 from harness import GatewayHarness
 from prompts import MARK_1H, marked_system, system_text
+
+pytestmark = pytest.mark.over_http  # and so against `serve --workers 2` too (conftest.py)
 
 
 def client(gateway: GatewayHarness, key: str | None = None) -> OpenAI:

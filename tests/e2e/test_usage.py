@@ -20,6 +20,8 @@ from cachegate.store.base import LedgerRow
 from harness import GatewayHarness
 from prompts import MARK_1H, MARK_5M, marked_system, system_text
 
+pytestmark = pytest.mark.over_http(postgres=True)  # and so against `serve --workers 2` too (conftest.py)
+
 
 def get(gateway: GatewayHarness, target: str, key: str | None) -> tuple[int, dict[str, str], bytes]:
     url = urlsplit(gateway.base_url)

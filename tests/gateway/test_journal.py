@@ -203,6 +203,41 @@ async def test_a_live_neighbours_segments_are_left_alone(tmp_path: Path) -> None
     await writer.stop()
 
 
+async def test_a_neighbour_looking_for_orphans_never_takes_a_segment_being_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers share the folder, and each looks for the segments of dead processes every round. One
+    that looked while its neighbour was making a segment, after the file was created and before it
+    was locked, took it for a dead process's: the neighbour's write failed and its row went to
+    memory (seen under ``serve --workers 2``). Here the look is made at that very moment."""
+    neighbour = journal_module.Journal(tmp_path, lambda rows: None, fsync=False)
+    adopted: list[journal_module.Segment] = []
+    real_open = os.open
+
+    def open_then_look(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_CREAT:
+            adopted.extend(neighbour._adopt_orphans(set()))
+        return fd
+
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path)
+    await writer.start()
+    failures_before = metric(FAILURES)
+    monkeypatch.setattr(journal_module.os, "open", open_then_look)
+    try:
+        await writer.record(ledger_row(1))
+    finally:
+        monkeypatch.undo()
+        for segment in adopted:
+            os.close(segment.fd)
+
+    assert adopted == [] and metric(FAILURES) == failures_before
+    assert journaled(tmp_path) == [1]
+    await writer.stop()
+    assert store.written == [1]
+
+
 async def test_a_failing_disk_never_fails_a_request_and_keeps_the_rows_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"CGLEDG1\n"  # the first bytes of every segment: the format's name and version
 SUFFIX = ".journal"
+_CREATING = ".creating"  # a segment being made: not yet locked, so no neighbour may look at it
 _FRAME = struct.Struct(">II")  # payload length, crc32 of the payload
 MAX_RECORD_BYTES = 1 << 20  # a length beyond this is a torn or corrupt frame, not a row
 _READ_CHUNK = 1 << 20
@@ -382,19 +383,26 @@ class Journal:
     def _ensure_segment(self) -> None:
         if self._fd is not None:
             return
-        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{next(self._names)}{SUFFIX}"
-        path = self.directory / name
+        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{next(self._names)}"
+        path = self.directory / f"{name}{SUFFIX}"
+        # Made under a name no neighbour looks at, locked, and only then renamed into place: a
+        # neighbour looking for orphans (``_adopt_orphans``, every round) that found the file between
+        # its creation and its lock took it for a dead process's, and this process's write failed.
+        # A crash before the rename leaves an empty ``.creating`` file, never a row.
+        creating = self.directory / f"{name}{_CREATING}"
         # O_DSYNC rather than write + fdatasync: one system call per group, so the journal thread
         # takes the GIL back once per group, not twice (each time can wait for a busy event loop).
         synced = os.O_DSYNC if self._fsync else 0
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | synced, 0o600)
+        fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | synced, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(fd, MAGIC)
+            os.rename(creating, path)  # the lock goes with the open file, whatever its name
             if self._fsync:
                 _sync_directory(self.directory)  # the new name must survive a crash too
         except BaseException:
             os.close(fd)
+            creating.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             raise
         self._fd, self._path, self._size = fd, path, len(MAGIC)
