@@ -43,6 +43,16 @@ class Layout:
             raise Unsupported("what the rendering before the resumption looked at has changed")
 
 
+def expect_plain_chat(messages: Sequence[Mapping[str, Any]], empty: bool = False) -> None:
+    """Raise ``Unsupported`` unless the prepared ``messages`` are dicts with string roles and
+    contents (and there is one, unless ``empty``): the shapes the renderers reproduce."""
+    if (not messages and not empty) or not all(
+        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
+        for message in messages
+    ):
+        raise Unsupported("messages must be dicts with string roles and contents")
+
+
 class NativeTemplate(ABC):
     """A chat template reproduced in Python: a renderer (called) and a direct layout (``lay_out``)."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.tokens.native.base import Layout, NativeTemplate
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.plain import TextWriter, call_layout
 from cachegate.tokens.template import Unsupported, as_output, tojson
 
@@ -43,14 +43,9 @@ def render_deepseek(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """DeepSeek-V3.1's chat template, with the generation prompt (it takes no tools)."""
-    if not all(
-        type(message) is dict
-        and type(message.get("role")) is str
-        and type(message.get("content")) is str
-        and "prefix" not in message
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages, empty=True)
+    if any("prefix" in message for message in messages):
+        raise Unsupported("a prefix message")
     bos, thinking = _bos_and_thinking(variables)
     out = [bos, "\n\n".join(message["content"] for message in messages if message["role"] == "system")]
     after_user = after_tool = False

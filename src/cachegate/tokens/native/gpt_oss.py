@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 
 from cachegate.tokens import template as template_module
-from cachegate.tokens.native.base import Layout, NativeTemplate
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.header import JinjaHeader
 from cachegate.tokens.native.plain import PlainMessage, TextWriter, call_layout, plain_call
 from cachegate.tokens.template import Unsupported, tojson
@@ -36,11 +36,7 @@ class GptOssTemplate(NativeTemplate):
         tools: Sequence[Mapping[str, Any]] | None,
         variables: Mapping[str, Any],
     ) -> str:
-        if not messages or not all(
-            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-            for message in messages
-        ):
-            raise Unsupported("messages must be dicts with string roles and contents")
+        expect_plain_chat(messages)
         out = [self._header.render(messages[0], tools, variables)]
         conversation = messages[1:] if messages[0]["role"] in ("developer", "system") else messages
         # final_later[i]: an assistant message without tool calls comes after message i.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.tokens.native.base import Layout, NativeTemplate
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.plain import PlainMessage, PlainRequest, TextWriter, call_layout, tool_layout
 from cachegate.tokens.template import Unsupported, as_output, tojson
 
@@ -64,11 +64,7 @@ def render_llama3(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """Llama 3.1's chat template, with the generation prompt."""
-    if not messages or not all(
-        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages)
     bos, in_user_message, date = _settings(variables)
     system = ""
     if messages[0]["role"] == "system":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.tokens.native.base import Layout, NativeTemplate
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.chatml import (
     TOOLS_HEAD,
     TOOLS_TAIL,
@@ -31,11 +31,7 @@ def render_qwen25(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """Qwen2.5's chat template, with the generation prompt."""
-    if not messages or not all(
-        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages)
     first = messages[0]
     system = first["content"] if first["role"] == "system" else DEFAULT_SYSTEM
     out: list[str] = ["<|im_start|>system\n" + system]

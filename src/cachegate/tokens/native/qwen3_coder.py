@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from cachegate.tokens.native.base import Layout, NativeTemplate
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.chatml import followed_by_tool
 from cachegate.tokens.native.header import JinjaHeader
 from cachegate.tokens.native.plain import PlainMessage, TextWriter, call_layout
@@ -37,11 +37,7 @@ class Qwen3CoderTemplate(NativeTemplate):
         tools: Sequence[Mapping[str, Any]] | None,
         variables: Mapping[str, Any],
     ) -> str:
-        if not messages or not all(
-            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-            for message in messages
-        ):
-            raise Unsupported("messages must be dicts with string roles and contents")
+        expect_plain_chat(messages)
         out = [self._header.render(messages[0], tools, variables)]
         conversation = messages[1:] if messages[0]["role"] == "system" else messages
         for position, message in enumerate(conversation):
