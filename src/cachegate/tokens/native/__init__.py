@@ -11,7 +11,11 @@ recognized by the SHA-256 of its source: any other text, a template edited by on
 is rendered by jinja. It offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
-  prepares it, marks included, for the sentinel method (``counter.py``);
+  prepares it, marks included, for the sentinel method (``counter.py``), which counts what a
+  layout declines and renders each such request two or more times. Kept for each template by
+  measurement: a 400-message agent conversation whose pieces are known is counted that way
+  in 30–50% less time than with jinja for Qwen3, Qwen2.5 and gpt-oss (whose jinja is
+  quadratic), 3–17% less for Llama 3.1, DeepSeek-V3.1 and Qwen3-Coder;
 - ``lay_out``: for the request shapes agent traffic has (``plain.py``), the text and where
   each block's text ends, written in one pass — no marked rendering, no search for marks —
   from the start, or from where an earlier layout of the same conversation offered to resume
