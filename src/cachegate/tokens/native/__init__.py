@@ -11,11 +11,17 @@ recognized by the SHA-256 of its source: any other text, a template edited by on
 is rendered by jinja. It offers two things:
 
 - rendering (``__call__``): the text of a conversation as ``conversation.prepare_chat``
-  prepares it, marks included, for the sentinel method (``counter.py``);
+  prepares it, marks included, for the sentinel method (``counter.py``), which counts what a
+  layout declines and renders each such request two or more times. Kept for each template by
+  measurement: a 400-message agent conversation whose pieces are known is counted that way
+  in 30–50% less time than with jinja for Qwen3, Qwen2.5 and gpt-oss (whose jinja is
+  quadratic), 3–17% less for Llama 3.1, DeepSeek-V3.1 and Qwen3-Coder;
 - ``lay_out``: for the request shapes agent traffic has (``plain.py``), the text and where
   each block's text ends, written in one pass — no marked rendering, no search for marks —
   from the start, or from where an earlier layout of the same conversation offered to resume
-  (``Resumption``), so that a grown conversation is laid out from its new messages on.
+  (``Resumption``), so that a grown conversation is laid out from its new messages on. The
+  base (``base.py``) reads the request and starts the writer; a template writes its own
+  rendering only (``NativeTemplate.write_layout``).
 
 Each raises ``Unsupported`` for what it does not reproduce: jinja renders it, or the sentinel
 method counts it. tests/tokens/test_native_templates.py holds renderings to the template's
@@ -26,10 +32,8 @@ test_resumed_counts.py resumed counts to counts from the start.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
 
-from cachegate.core.types import BlockRef
+from cachegate.tokens.native.base import NativeTemplate
 from cachegate.tokens.native.deepseek import DeepSeekTemplate, render_deepseek
 from cachegate.tokens.native.gpt_oss import GptOssTemplate
 from cachegate.tokens.native.llama3 import Llama3Template, render_llama3
@@ -55,33 +59,6 @@ __all__ = [
     "render_qwen3",
     "render_qwen25",
 ]
-
-
-class NativeTemplate(Protocol):
-    def __call__(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None,
-        variables: Mapping[str, Any],
-    ) -> str:
-        """The rendering of a prepared conversation, with the generation prompt."""
-
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        """The rendering of a request and where each of its ``blocks`` ends in it.
-
-        With ``since``, from there on: the caller vouches that the request's tools, variables
-        and messages up to ``since.message`` are those of the layout that offered it; the
-        template checks what it looked ahead at (``Unsupported`` if that changed). With
-        ``keep``, the layout offers to resume after that message (``LaidOutPrompt.kept``).
-        """
 
 
 def native_template(source: str) -> NativeTemplate | None:

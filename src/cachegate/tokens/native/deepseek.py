@@ -11,11 +11,11 @@ message (after a user turn, after a tool result) is what a resumption hands on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.core.types import BlockRef
-from cachegate.tokens.native.plain import LaidOutPrompt, Resumption, TextWriter, call_layout, plain_request
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
+from cachegate.tokens.native.plain import TextWriter, call_layout
 from cachegate.tokens.template import Unsupported, as_output, tojson
 
 _USER = "<｜User｜>"
@@ -43,14 +43,9 @@ def render_deepseek(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """DeepSeek-V3.1's chat template, with the generation prompt (it takes no tools)."""
-    if not all(
-        type(message) is dict
-        and type(message.get("role")) is str
-        and type(message.get("content")) is str
-        and "prefix" not in message
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages, empty=True)
+    if any("prefix" in message for message in messages):
+        raise Unsupported("a prefix message")
     bos, thinking = _bos_and_thinking(variables)
     out = [bos, "\n\n".join(message["content"] for message in messages if message["role"] == "system")]
     after_user = after_tool = False
@@ -94,33 +89,23 @@ def _call_text(function: Mapping[str, Any]) -> str:
     return function["name"] + "<｜tool▁sep｜>" + tojson(function["arguments"])
 
 
-class DeepSeekTemplate:
+class DeepSeekTemplate(NativeTemplate):
     """The DeepSeek-V3.1 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     __call__ = staticmethod(render_deepseek)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        request, since, keep = layout.request, layout.since, layout.keep
         messages = request.messages
-        bos, thinking = _bos_and_thinking(variables)
+        bos, thinking = _bos_and_thinking(layout.variables)
         dropped = {block for block, _ in request.tools or ()}  # the template takes no tools
         systems = [message for message in messages if message.role == "system"]
         last_system = systems[-1].index if systems else -1
         if since is not None:
             if systems:
                 raise Unsupported("a system message after the resumption: the template writes it first")
-            out = TextWriter(since.offset)
             after_user, after_tool = since.state
         else:
-            out = TextWriter()
             out.write(bos)
             for position, system in enumerate(systems):
                 if position:
@@ -168,4 +153,4 @@ class DeepSeekTemplate:
                 out.keep_here(keep, (), (after_user, after_tool))
         if after_user and not after_tool:
             out.write(_ASSISTANT + ("<think>" if thinking else _NO_THINKING))
-        return out.laid_out(frozenset(dropped), request.images)
+        return dropped

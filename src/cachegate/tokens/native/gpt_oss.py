@@ -10,27 +10,19 @@ the template quadratic in the number of messages; here that is one pass from the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import jinja2
 
-from cachegate.core.types import BlockRef
 from cachegate.tokens import template as template_module
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.header import JinjaHeader
-from cachegate.tokens.native.plain import (
-    LaidOutPrompt,
-    PlainMessage,
-    Resumption,
-    TextWriter,
-    call_layout,
-    plain_call,
-    plain_request,
-)
+from cachegate.tokens.native.plain import PlainMessage, TextWriter, call_layout, plain_call
 from cachegate.tokens.template import Unsupported, tojson
 
 
-class GptOssTemplate:
+class GptOssTemplate(NativeTemplate):
     """The gpt-oss template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     def __init__(self, template: jinja2.Template) -> None:
@@ -44,11 +36,7 @@ class GptOssTemplate:
         tools: Sequence[Mapping[str, Any]] | None,
         variables: Mapping[str, Any],
     ) -> str:
-        if not messages or not all(
-            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-            for message in messages
-        ):
-            raise Unsupported("messages must be dicts with string roles and contents")
+        expect_plain_chat(messages)
         out = [self._header.render(messages[0], tools, variables)]
         conversation = messages[1:] if messages[0]["role"] in ("developer", "system") else messages
         # final_later[i]: an assistant message without tool calls comes after message i.
@@ -84,31 +72,21 @@ class GptOssTemplate:
         out.append("<|start|>assistant")
         return "".join(out)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
-        messages = request.messages
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        since, keep = layout.since, layout.keep
+        messages = layout.request.messages
         today = template_module.strftime_now("%Y-%m-%d")  # the header holds today's date
         dropped: set[int] = set()
         holds_first = False  # the header writes message 0
         if since is None:
             if not messages:
                 raise Unsupported("the template needs a message")
-            header = self._header.layout(body, blocks, request.tools, messages[0], content_join, variables, today)
-            out = TextWriter()
+            header = self._header.layout(layout, messages[0], today)
             out.write_content(header.text, header.ends)
             dropped.update(header.dropped)
             holds_first = header.holds_first
             conversation = messages[1:] if holds_first else messages
         else:
-            out = TextWriter(since.offset)
             conversation = messages
         write = out.write
         final_later = [False] * len(conversation)  # an assistant message without tool calls comes later
@@ -122,8 +100,7 @@ class GptOssTemplate:
         # ahead at. ``waiting``: a turn with calls and text since the last final answer.
         if since is not None:
             last_call, waiting = since.state
-            if (seen_final if waiting else None, today) != since.context:
-                raise Unsupported("what the rendering before the resumption looked at has changed")
+            layout.expect_context((seen_final if waiting else None, today))
         else:
             last_call, waiting = None, False
             if keep == 0 and holds_first:
@@ -173,7 +150,7 @@ class GptOssTemplate:
             if message.index == keep:
                 out.keep_here(keep, (final_later[position] if waiting else None, today), (last_call, waiting))
         write("<|start|>assistant")
-        return out.laid_out(frozenset(dropped), request.images)
+        return dropped
 
 
 _GPT_OSS_CHANNEL_TAGS = ("<|channel|>analysis<|message|>", "<|channel|>final<|message|>")

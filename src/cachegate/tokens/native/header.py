@@ -22,6 +22,7 @@ from cachegate.core.types import BlockRef
 from cachegate.tokens.base import TokenCountError
 from cachegate.tokens.conversation import prepare_chat
 from cachegate.tokens.marks import mark, mark_delimiters, without_marks
+from cachegate.tokens.native.base import Layout
 from cachegate.tokens.native.plain import PlainMessage
 from cachegate.tokens.template import Unsupported
 
@@ -69,18 +70,11 @@ class JinjaHeader:
             raise Unsupported("the header could not be told apart from the conversation")
         return rendered[: -len(self._probe_rendered)]
 
-    def layout(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        tools: list[tuple[int, Any]] | None,
-        first: PlainMessage,
-        content_join: str,
-        variables: Mapping[str, Any],
-        *also: Any,
-    ) -> HeaderLayout:
-        """The header of a request and where its blocks end, remembered per tools, first message,
-        variables and ``also`` (what else the template writes there, as gpt-oss the date)."""
+    def layout(self, layout: Layout, first: PlainMessage, *also: Any) -> HeaderLayout:
+        """The header of a request laid out from the start, whose first message is ``first``, and
+        where its blocks end; remembered per tools, first message, variables and ``also`` (what
+        else the template writes there, as gpt-oss the date)."""
+        body, blocks, variables, tools = layout.body, layout.blocks, layout.variables, layout.request.tools
         holds_first = first.role in self._first_roles
         raw_first = body["messages"][0] if holds_first else _PROBE
         try:
@@ -95,12 +89,12 @@ class JinjaHeader:
         if holds_first:
             header_blocks.extend(block for block, _ in first.text_ends)
         header_body = {"messages": [raw_first], "tools": body.get("tools")}
-        text, ends = self._marked(header_body, blocks, header_blocks, content_join, variables)
+        text, ends = self._marked(header_body, blocks, header_blocks, layout.content_join, variables)
         written = {block for block, _ in ends}
-        layout = HeaderLayout(text, ends, frozenset(set(header_blocks) - written), holds_first)
+        header = HeaderLayout(text, ends, frozenset(set(header_blocks) - written), holds_first)
         with self._lock:
-            self._remembered[key] = layout
-        return layout
+            self._remembered[key] = header
+        return header
 
     def _marked(
         self,

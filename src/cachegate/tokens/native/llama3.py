@@ -13,20 +13,11 @@ so a layout resumes anywhere after that.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.core.types import BlockRef
-from cachegate.tokens.native.plain import (
-    LaidOutPrompt,
-    PlainMessage,
-    PlainRequest,
-    Resumption,
-    TextWriter,
-    call_layout,
-    plain_request,
-    tool_layout,
-)
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
+from cachegate.tokens.native.plain import PlainMessage, PlainRequest, TextWriter, call_layout, tool_layout
 from cachegate.tokens.template import Unsupported, as_output, tojson
 
 _DEFAULT_DATE = "26 Jul 2024"
@@ -73,11 +64,7 @@ def render_llama3(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """Llama 3.1's chat template, with the generation prompt."""
-    if not messages or not all(
-        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages)
     bos, in_user_message, date = _settings(variables)
     system = ""
     if messages[0]["role"] == "system":
@@ -116,28 +103,16 @@ def _call_text(function: Mapping[str, Any]) -> str:
     return '{"name": "' + function["name"] + '", "parameters": ' + tojson(function["arguments"]) + "}"
 
 
-class Llama3Template:
+class Llama3Template(NativeTemplate):
     """The Llama 3.1 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     __call__ = staticmethod(render_llama3)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        request, keep = layout.request, layout.keep
         dropped: set[int] = set()
-        if since is not None:
-            out = TextWriter(since.offset)
-            conversation = request.messages
-        else:
-            out = TextWriter()
-            conversation = _lay_out_header(out, request, variables)
+        # Past the header, the template looks ahead at nothing: a resumption carries no context.
+        conversation = request.messages if layout.since is not None else _lay_out_header(out, request, layout.variables)
         for message in conversation:
             role = message.role
             if not (role in ("ipython", "tool") or message.calls):
@@ -163,7 +138,7 @@ class Llama3Template:
             if message.index == keep:
                 out.keep_here(keep, ())
         out.write("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        return out.laid_out(frozenset(dropped), request.images)
+        return dropped
 
 
 def _lay_out_header(out: TextWriter, request: PlainRequest, variables: Mapping[str, Any]) -> list[PlainMessage]:

@@ -8,10 +8,10 @@ result is followed by another —, so a layout resumes wherever an earlier one l
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.core.types import BlockRef
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.chatml import (
     TOOLS_HEAD,
     TOOLS_TAIL,
@@ -21,15 +21,7 @@ from cachegate.tokens.native.chatml import (
     render_tool_result,
     tool_call_text,
 )
-from cachegate.tokens.native.plain import (
-    LaidOutPrompt,
-    PlainRequest,
-    Resumption,
-    TextWriter,
-    call_layout,
-    plain_request,
-    tool_layout,
-)
+from cachegate.tokens.native.plain import PlainRequest, TextWriter, call_layout, tool_layout
 from cachegate.tokens.template import Unsupported, tojson
 
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -39,11 +31,7 @@ def render_qwen25(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """Qwen2.5's chat template, with the generation prompt."""
-    if not messages or not all(
-        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages)
     first = messages[0]
     system = first["content"] if first["role"] == "system" else DEFAULT_SYSTEM
     out: list[str] = ["<|im_start|>system\n" + system]
@@ -83,30 +71,18 @@ def _qwen25_call(call: Any) -> str:
     return tool_call_text(function, arguments_as_json=True)
 
 
-class Qwen25Template:
+class Qwen25Template(NativeTemplate):
     """The Qwen2.5 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     __call__ = staticmethod(render_qwen25)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
-        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        request, raw, since, keep = layout.request, layout.raw, layout.since, layout.keep
         if not raw:
             raise Unsupported("the template needs a message")
         if since is not None:
-            if (followed_by_tool(raw, since.message),) != since.context:
-                raise Unsupported("what the rendering before the resumption looked at has changed")
-            out = TextWriter(since.offset)
+            layout.expect_context((followed_by_tool(raw, since.message),))
         else:
-            out = TextWriter()
             _lay_out_system(out, request)
         for message in request.messages:
             role, index = message.role, message.index
@@ -131,7 +107,7 @@ class Qwen25Template:
             if index == keep:
                 out.keep_here(index, (followed_by_tool(raw, index),))
         out.write("<|im_start|>assistant\n")
-        return out.laid_out(frozenset(), request.images)
+        return ()
 
 
 def _lay_out_system(out: TextWriter, request: PlainRequest) -> None:

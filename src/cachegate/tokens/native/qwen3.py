@@ -8,10 +8,10 @@ block's text ends, with no marked rendering to search (``plain.py``). Both give 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from cachegate.core.types import BlockRef
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.chatml import (
     MISSING,
     TOOLS_HEAD,
@@ -22,16 +22,7 @@ from cachegate.tokens.native.chatml import (
     render_tool_result,
     tool_call_text,
 )
-from cachegate.tokens.native.plain import (
-    LaidOutPrompt,
-    PlainMessage,
-    PlainRequest,
-    Resumption,
-    TextWriter,
-    call_layout,
-    plain_request,
-    tool_layout,
-)
+from cachegate.tokens.native.plain import PlainMessage, PlainRequest, TextWriter, call_layout, tool_layout
 from cachegate.tokens.template import Unsupported, tojson
 
 
@@ -39,11 +30,7 @@ def render_qwen3(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, variables: Mapping[str, Any]
 ) -> str:
     """Qwen3's chat template (Qwen/Qwen3-*, tokenizer_config.json), with the generation prompt."""
-    if not messages or not all(
-        type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-        for message in messages
-    ):
-        raise Unsupported("messages must be dicts with string roles and contents")
+    expect_plain_chat(messages)
     out: list[str] = []
     first = messages[0]
     if tools:
@@ -119,23 +106,14 @@ def _qwen3_call(call: Any) -> str:
     return tool_call_text(function, arguments_as_json=False)
 
 
-class Qwen3Template:
+class Qwen3Template(NativeTemplate):
     """The Qwen3 template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     __call__ = staticmethod(render_qwen3)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        request, raw, since, keep = layout.request, layout.raw, layout.since, layout.keep
         messages, first = request.messages, request.first
-        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
         if not raw:
             raise Unsupported("the template needs a message")
         last = len(raw) - 1
@@ -148,11 +126,8 @@ class Qwen3Template:
                 last_query = index
                 break
         if since is not None:
-            if _looked_ahead(raw, since.message, last_query) != since.context:
-                raise Unsupported("what the rendering before the resumption looked at has changed")
-            out = TextWriter(since.offset)
+            layout.expect_context(_looked_ahead(raw, since.message, last_query))
         else:
-            out = TextWriter()
             _lay_out_system(out, request, messages[0])
         for message in messages:
             role, index = message.role, message.index
@@ -169,9 +144,9 @@ class Qwen3Template:
             if index == keep:
                 out.keep_here(index, _looked_ahead(raw, index, last_query))
         out.write("<|im_start|>assistant\n")
-        if variables.get("enable_thinking", MISSING) is False:
+        if layout.variables.get("enable_thinking", MISSING) is False:
             out.write("<think>\n\n</think>\n\n")
-        return out.laid_out(frozenset(), request.images)
+        return ()
 
 
 def _lay_out_system(out: TextWriter, request: PlainRequest, first: PlainMessage) -> None:

@@ -13,26 +13,19 @@ the sentinel method.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import jinja2
 
-from cachegate.core.types import BlockRef
+from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.chatml import followed_by_tool
 from cachegate.tokens.native.header import JinjaHeader
-from cachegate.tokens.native.plain import (
-    LaidOutPrompt,
-    PlainMessage,
-    Resumption,
-    TextWriter,
-    call_layout,
-    plain_request,
-)
+from cachegate.tokens.native.plain import PlainMessage, TextWriter, call_layout
 from cachegate.tokens.template import Unsupported, as_output, tojson
 
 
-class Qwen3CoderTemplate:
+class Qwen3CoderTemplate(NativeTemplate):
     """The Qwen3-Coder template: called, it renders a prepared conversation; ``lay_out`` lays out a request."""
 
     def __init__(self, template: jinja2.Template) -> None:
@@ -44,11 +37,7 @@ class Qwen3CoderTemplate:
         tools: Sequence[Mapping[str, Any]] | None,
         variables: Mapping[str, Any],
     ) -> str:
-        if not messages or not all(
-            type(message) is dict and type(message.get("role")) is str and type(message.get("content")) is str
-            for message in messages
-        ):
-            raise Unsupported("messages must be dicts with string roles and contents")
+        expect_plain_chat(messages)
         out = [self._header.render(messages[0], tools, variables)]
         conversation = messages[1:] if messages[0]["role"] == "system" else messages
         for position, message in enumerate(conversation):
@@ -75,29 +64,17 @@ class Qwen3CoderTemplate:
         out.append("<|im_start|>assistant\n")
         return "".join(out)
 
-    def lay_out(
-        self,
-        body: Mapping[str, Any],
-        blocks: Sequence[BlockRef],
-        content_join: str,
-        variables: Mapping[str, Any],
-        since: Resumption | None = None,
-        keep: int | None = None,
-    ) -> LaidOutPrompt:
-        request = plain_request(body, blocks, content_join, since)
-        raw = body["messages"]  # a list; the messages before request.first were read by an earlier layout
+    def write_layout(self, out: TextWriter, layout: Layout) -> Collection[int]:
+        request, raw, since, keep = layout.request, layout.raw, layout.since, layout.keep
         messages = request.messages
         dropped: set[int] = set()
         if since is not None:
-            if (followed_by_tool(raw, since.message),) != since.context:
-                raise Unsupported("what the rendering before the resumption looked at has changed")
-            out = TextWriter(since.offset)
+            layout.expect_context((followed_by_tool(raw, since.message),))
             first_in_loop = 1 if raw[0]["role"] == "system" else 0
         else:
             if not messages:
                 raise Unsupported("the template needs a message")
-            header = self._header.layout(body, blocks, request.tools, messages[0], content_join, variables)
-            out = TextWriter()
+            header = self._header.layout(layout, messages[0])
             out.write_content(header.text, header.ends)
             dropped.update(header.dropped)
             first_in_loop = 1 if header.holds_first else 0
@@ -121,7 +98,7 @@ class Qwen3CoderTemplate:
             if index == keep:
                 out.keep_here(index, (followed_by_tool(raw, index),))
         out.write("<|im_start|>assistant\n")
-        return out.laid_out(frozenset(dropped), request.images)
+        return dropped
 
 
 def _lay_out_calls(out: TextWriter, message: PlainMessage) -> None:
