@@ -1,9 +1,9 @@
 """Chat templates reproduced in plain Python, for the templates most requests go through.
 
-A jinja template walks every message of the conversation on every count; at a few hundred
-messages that is tens of milliseconds, and it is the whole cost of counting a conversation
-whose prefix is already tokenized (``pieces.py``). The same text built with string operations
-takes a fraction of a millisecond.
+A jinja template walks every message of the conversation on every count; at 400 messages that
+is 1.5–3 ms (13 ms for gpt-oss's), and it is the whole cost of counting a conversation whose
+prefix is already tokenized (``pieces.py``). The same text built with string operations is
+1.4–6× faster.
 
 A native template stands in for one template — Qwen3's, Qwen2.5's, Llama 3.1's,
 DeepSeek-V3.1's, and Qwen3-Coder's and gpt-oss's (whose headers jinja still renders) —

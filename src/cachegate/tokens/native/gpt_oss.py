@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 
-from cachegate.tokens import template as template_module
+import cachegate.tokens.template as template_module  # a module attribute: the tests stop its clock
 from cachegate.tokens.native.base import Layout, NativeTemplate, expect_plain_chat
 from cachegate.tokens.native.header import JinjaHeader
 from cachegate.tokens.native.plain import PlainMessage, TextWriter, call_layout, plain_call
