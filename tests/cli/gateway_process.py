@@ -75,11 +75,11 @@ class Running:
         return status
 
 
-def create_key(config: Path) -> str:
-    """A principal ``acme`` and a key of it, made with the CLI; returns the secret."""
-    subprocess.run(cachegate("-c", str(config), "principal", "create", "acme"), check=True, capture_output=True)
+def create_key(config: Path, principal: str = "acme") -> str:
+    """A principal and a key of it, made with the CLI; returns the secret."""
+    subprocess.run(cachegate("-c", str(config), "principal", "create", principal), check=True, capture_output=True)
     created = subprocess.run(
-        cachegate("-c", str(config), "key", "create", "acme"), check=True, capture_output=True, text=True
+        cachegate("-c", str(config), "key", "create", principal), check=True, capture_output=True, text=True
     ).stdout
     secret = re.search(r"secret\s+(\S+)", created)
     assert secret, created

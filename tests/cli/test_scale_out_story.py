@@ -22,7 +22,7 @@ from openai import OpenAI
 from cachegate.fake_prefix_cache import BLOCK_TOKENS
 
 from .demo_server import free_port
-from .gateway_process import Running, cachegate
+from .gateway_process import Running, create_key
 from pg import PgServer
 from redis_server import RedisServer
 
@@ -109,25 +109,6 @@ def story(tmp_path: Path, pg_server: PgServer, redis_server: RedisServer) -> Ite
     redis_server.drop(prefix)
 
 
-def tenant_keys(config_path: Path) -> list[str]:
-    import re
-    import subprocess
-
-    secrets = []
-    for tenant in range(TENANTS):
-        subprocess.run(cachegate("-c", str(config_path), "principal", "create", f"tenant-{tenant}"), check=True)
-        created = subprocess.run(
-            cachegate("-c", str(config_path), "key", "create", f"tenant-{tenant}"),
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        found = re.search(r"secret\s+(\S+)", created)
-        assert found, created
-        secrets.append(found.group(1))
-    return secrets
-
-
 async def ledger_rows(store_url: str, expected: int) -> list[asyncpg.Record]:
     """The chat rows of the shared ledger, once the gateways' flushes (every 0.1 s) have brought ``expected``."""
     connection = await asyncpg.connect(store_url)
@@ -149,7 +130,7 @@ async def ledger_rows(store_url: str, expected: int) -> list[asyncpg.Record]:
 @pytest.mark.redis
 def test_every_billed_read_lands_on_the_replica_that_holds_the_prefix(story: tuple[list[str], str, Path]) -> None:
     gateway_urls, store_url, config_path = story
-    keys = tenant_keys(config_path)
+    keys = [create_key(config_path, f"tenant-{tenant}") for tenant in range(TENANTS)]
     gateways = itertools.cycle(range(GATEWAYS))
     conversations = {
         (tenant, thread): [{"role": "system", "content": system_prompt(tenant)}]
