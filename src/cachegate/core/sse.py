@@ -138,10 +138,16 @@ def event_json(event: bytes) -> Any | None:
         return None
 
 
-_RARE_KEYS: Final = (b'"error"', b'"timings"', b'"prompt_progress"')
+# The spellings plain_prefix scans for, one name each: it runs on every chunk of every stream, and
+# a loop or generator over a tuple of them costs more than the scans themselves.
+_ERROR_KEY: Final = b'"error"'
+_TIMINGS_KEY: Final = b'"timings"'
+_PROGRESS_KEY: Final = b'"prompt_progress"'
 _USAGE_KEY: Final = b'"usage"'
-_USAGE_NULL: Final = (b'"usage":null', b'"usage": null')
-_USAGE_OBJECT: Final = (b'"usage":{', b'"usage": {')
+_USAGE_NULL: Final = b'"usage":null'
+_USAGE_NULL_SPACED: Final = b'"usage": null'
+_USAGE_OBJECT: Final = b'"usage":{'
+_USAGE_OBJECT_SPACED: Final = b'"usage": {'
 
 
 def plain_prefix(chunk: bytes) -> int:
@@ -160,11 +166,18 @@ def plain_prefix(chunk: bytes) -> int:
     if end < 0:
         end = len(chunk)
     usages = chunk.count(_USAGE_KEY, 0, end)
-    objects = sum(chunk.count(form, 0, end) for form in _USAGE_OBJECT) if usages else 0
-    nulls = sum(chunk.count(form, 0, end) for form in _USAGE_NULL) if usages > objects else 0
-    if usages == objects + nulls and not any(key in chunk for key in _RARE_KEYS):
+    nulls = objects = 0
+    if usages:  # content frames first: each may carry "usage":null, and nothing else needs counting then
+        nulls = chunk.count(_USAGE_NULL, 0, end)
+        if usages > nulls:
+            nulls += chunk.count(_USAGE_NULL_SPACED, 0, end)
+        if usages > nulls:
+            objects = chunk.count(_USAGE_OBJECT, 0, end) + chunk.count(_USAGE_OBJECT_SPACED, 0, end)
+    rare = _ERROR_KEY in chunk or _TIMINGS_KEY in chunk or _PROGRESS_KEY in chunk
+    if usages == objects + nulls and not rare:
         if objects:
-            end = min(at for form in _USAGE_OBJECT if (at := chunk.find(form, 0, end)) >= 0)
+            compact, spaced = chunk.find(_USAGE_OBJECT, 0, end), chunk.find(_USAGE_OBJECT_SPACED, 0, end)
+            end = min(at for at in (compact, spaced) if at >= 0)  # the usage frame's chunk: once a stream
     else:  # a rarer key is mentioned, or a usage key is written in another form: the regex decides
         match = _USAGE_OR_ERROR.search(chunk, 0, end)
         end = end if match is None else match.start()
