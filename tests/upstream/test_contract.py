@@ -458,6 +458,32 @@ async def test_a_body_stall_past_the_read_timeout_is_broken(make_upstream: MakeU
             response_.release()
 
 
+async def test_a_stream_longer_than_the_read_timeout_is_not_cut_while_its_chunks_keep_coming(
+    make_upstream: MakeUpstream,
+):
+    """The read timeout bounds each wait for the next bytes, not the whole body."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD)
+        for n in range(8):  # 8 x 0.1 s: four read timeouts in all, never one between two chunks
+            writer.write(chunk(b"data: %d\n\n" % n))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    upstream = make_upstream(read_timeout=0.2)
+    async with RawServer(handler) as server:
+        response_ = await upstream.send(get(server.url()))
+        try:
+            received = b"".join([part async for part in response_.chunks()])
+        finally:
+            response_.release()
+    assert received == b"".join(b"data: %d\n\n" % n for n in range(8))
+
+
 async def test_a_tls_handshake_stall_past_the_connect_timeout_is_unavailable(make_upstream: MakeUpstream):
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # a plain TCP server: it never answers the TLS hello
