@@ -5,7 +5,7 @@ least recently used evicted: ``cachegate fake-upstream --kv-cache-blocks N``), s
 gateway as one model, in two set-ups run one after the other on fresh replicas:
 
 - affinity: the model lists the four replicas as its endpoints; the gateway picks by rendezvous
-  hashing of the request's anchor (its opening, or its first breakpoint if that is earlier: here
+  hashing of the request's routing prefix (its opening, or up to its first breakpoint if that is earlier: here
   the tenant's marked system prompt);
 - round robin: the model has one endpoint, a round-robin balancer in front of the four (as a
   plain load balancer or Kubernetes Service spreads requests), run inside this script.
@@ -17,7 +17,7 @@ user message marked (5m). The gateway bills reads from its index; the replicas r
 KV caches really held (``cached_tokens``), which the gateway keeps in the ledger
 (``upstream_cached_tokens``). The table gives, per set-up, both sums from the ledger and their
 ratio: the share of billed reads the engines did not have to recompute (target ≥ 0.9 with
-affinity). It also gives what the choice costs per request (hashing the anchor, ranking the
+affinity). It also gives what the choice costs per request (hashing the routing prefix, ranking the
 endpoints), and how often a key made of each turn's deepest read entry would have moved the
 conversation to another replica.
 

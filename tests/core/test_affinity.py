@@ -89,11 +89,11 @@ def test_conversations_sharing_a_marked_system_prompt_share_its_key() -> None:
     system_end = [i for i, block in enumerate(hashed_prompt(first, ()).blocks) if block.message == 0][-1]
     assert affinity_key("p", "m", first, system_end) == affinity_key("p", "m", second, system_end)
     assert affinity_key("p", "m", first, system_end).endswith(prefix_hash_through(first, 0) or b"-")
-    # Unmarked, the system prompt is no anchor: the openings differ, and so do the keys.
+    # Unmarked, the system prompt does not end the routing prefix: the openings differ, and so do the keys.
     assert affinity_key("p", "m", first) != affinity_key("p", "m", second)
 
 
-def test_a_first_breakpoint_past_the_opening_leaves_the_opening_the_anchor() -> None:
+def test_a_first_breakpoint_past_the_opening_leaves_the_opening_the_routing_prefix() -> None:
     body = conversation(3)
     last_block = len(hashed_prompt(body, ()).blocks) - 1
     assert affinity_key("p", "m", body, last_block) == affinity_key("p", "m", body)

@@ -7,15 +7,15 @@ only read by the engine if it lands on the replica that computed that prefix bef
 The key. A growing conversation's deepest cache entry changes every turn: turn t reads the entry
 turn t−1 wrote and writes a deeper one, which turn t+1 reads. Hashing that entry would send each
 turn to another replica than the one holding what it reads. What every turn of a conversation
-has in common is its opening: the tools, the system prompt and the first message after them.
-And what conversations that share a marked system prompt have in common is that prompt: the
-second conversation of an agent reads the system prompt the first one wrote. So the key is the
+has in common is its opening: the tools, the system prompt and the first message after them. And
+what conversations that share a marked system prompt have in common is that prompt: the second
+conversation of an agent reads the system prompt the first one wrote. So the key is the
 request's principal and model (two principals' equal prompts are routed independently, SPEC §12)
-and the prefix hash at its *anchor*: the end of its opening, or its first breakpoint if that comes
-earlier (``core.blocks.prefix_hash_through``). Every entry a request reads lies at or past the
-anchor of the request that wrote it, and has that anchor's prefix, so it was written, and
-computed, on the replica the same key picks now. Requests without markers are keyed by their
-opening: the engine caches them just the same.
+and the prefix hash at the end of its *routing prefix*: its opening, or up to its first
+breakpoint if that comes earlier (``core.blocks.prefix_hash_through``). Every entry a request
+reads lies at or past the routing prefix of the request that wrote it, and contains that prefix,
+so it was written, and computed, on the replica the same key picks now. Requests without markers
+are keyed by their opening: the engine caches them just the same.
 
 The order. Rendezvous (highest random weight) hashing ranks every endpoint by a hash of (key,
 endpoint name): each key has its own stable order, keys spread evenly, and removing an endpoint
@@ -49,11 +49,11 @@ def opening_message(body: Mapping[str, Any]) -> int | None:
 
 
 def affinity_key(principal: str, model: str, body: Mapping[str, Any], first_breakpoint: int | None = None) -> bytes:
-    """The routing key of a chat request: its principal, its model and the prefix hash at its anchor,
+    """The routing key of a chat request: its principal, its model and the prefix hash of its routing prefix,
     the end of its opening or its first breakpoint (a block index), whichever comes first."""
     opening = opening_message(body)
-    anchor = prefix_hash_through(body, opening, first_breakpoint) if opening is not None else None
-    return tenant_key(principal, model) + (anchor or b"")
+    routing = prefix_hash_through(body, opening, first_breakpoint) if opening is not None else None
+    return tenant_key(principal, model) + (routing or b"")
 
 
 def tenant_key(principal: str, model: str) -> bytes:
