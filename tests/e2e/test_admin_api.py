@@ -351,6 +351,8 @@ def test_a_model_the_gateway_could_not_serve_is_400(admin: httpx.Client, body: d
     [
         ("/admin/v1/endpoints/e", {"base_url": "localhost:8000"}, "base_url"),
         ("/admin/v1/endpoints/e", {"base_url": "http://x:99999/v1"}, "base_url"),
+        ("/admin/v1/endpoints/e", {"base_url": "http://[4D76F.C4fb446.42]/v1"}, "base_url"),  # not IPv6
+        ("/admin/v1/endpoints/e", {"base_url": "http://a..b/v1"}, "base_url"),  # an empty label
         ("/admin/v1/endpoints/e", {"base_url": "http://x/v1", "api_key": "two words"}, "api_key"),
         ("/admin/v1/budgets/key/k/day", {"limit": "-5"}, "limit"),
         ("/admin/v1/budgets/key/k/day", {"limit": "1" * 21}, "limit"),
