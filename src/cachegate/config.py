@@ -28,6 +28,7 @@ from cachegate.core.errors import CachegateError
 from cachegate.core.types import CacheTariff, TtlTier
 from cachegate.store.base import Endpoint, Model
 from cachegate.tokens.registry import TokenizerSpec
+from cachegate.upstream.base import check_base_url
 
 ENV_PREFIX = "CACHEGATE_"
 CONFIG_PATH_ENV = "CACHEGATE_CONFIG"  # names the file itself; not an override
@@ -107,9 +108,7 @@ class EndpointConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return check_base_url(value).rstrip("/")
 
 
 class CacheTariffConfig(_Strict):

@@ -208,6 +208,16 @@ def test_listed_ttls_may_carry_spaces() -> None:
             "endpoints.0.base_url: Value error, must start with http:// or https://",
             id="endpoint-url-without-scheme",
         ),
+        pytest.param(
+            "endpoints: [{name: vllm, base_url: 'http://[10.0.0.5]:8000/v1'}]",
+            "endpoints.0.base_url: Value error, must name a host and port an HTTP client can connect to",
+            id="endpoint-url-bracketing-no-ipv6-address",
+        ),
+        pytest.param(
+            "endpoints: [{name: vllm, base_url: 'http://vllm:80000/v1'}]",
+            "endpoints.0.base_url: Value error, must name a host and port an HTTP client can connect to (Port out",
+            id="endpoint-url-port-out-of-range",
+        ),
         pytest.param(one_model('"-0.1"'), "models.0.input_price", id="negative-price"),
         pytest.param(one_model('"a dime"'), "models.0.input_price", id="price-not-a-number"),
         pytest.param(one_model(".nan"), "models.0.input_price", id="nan-price"),

@@ -7,13 +7,12 @@ runs: no store ever sees a value it would fail on in its own way.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from decimal import Decimal
 from typing import Final
-from urllib.parse import urlsplit
 
 from cachegate.core.errors import CachegateError
+from cachegate.upstream.base import check_base_url
 
 MAX_NAME_LENGTH: Final = 200
 MAX_COUNT: Final = 2**31 - 1  # the largest value of the stores' INTEGER columns
@@ -93,24 +92,14 @@ def check_count(value: int, argument: str, *, minimum: int) -> int:
 
 
 def check_http_url(value: str, argument: str) -> str:
-    """An endpoint's base URL, refused unless the upstream client can reach what it names.
-
-    ``URL_PATTERN`` (also the API schema's) cannot say that a bracketed host is an IPv6 address
-    or that a host name's labels are 1 to 63 characters; the parse the upstream client does
-    (``urlsplit``, then the host as IDNA) can, so a URL it would refuse is refused here instead
-    of being stored and answering 502 on every request.
-    """
+    """An endpoint's base URL: ``URL_PATTERN`` (the API schema's), then what the pattern cannot say
+    (``upstream.base.check_base_url``: an IPv6 address in brackets, host labels of 1 to 63 characters)."""
     if len(value) > MAX_URL_LENGTH or not _URL.fullmatch(value):
         raise InvalidArgument(argument, f"{argument} must be an http:// or https:// URL")
     try:
-        host = urlsplit(value).hostname or ""
-        if value.partition("://")[2].startswith("["):
-            ipaddress.IPv6Address(host)
-        else:
-            host.encode("idna")
-    except (ValueError, UnicodeError) as exc:
-        raise InvalidArgument(argument, f"{argument} names no valid host") from exc
-    return value
+        return check_base_url(value)
+    except ValueError as exc:
+        raise InvalidArgument(argument, f"{argument} {exc}") from exc
 
 
 def check_secret(value: str, argument: str) -> str:

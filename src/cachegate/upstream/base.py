@@ -6,9 +6,11 @@ status, headers and an async iterator of body chunks, so tests can plug in an in
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from cachegate.core.errors import CachegateError
 
@@ -76,3 +78,28 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+
+def check_base_url(url: str) -> str:
+    """``url`` if it names an http(s) origin an upstream client can connect to; else ValueError saying why.
+
+    The one rule for an endpoint's base URL, wherever it comes from (the configuration, the admin
+    API, the CLI), so that none is stored that would answer 502 on every request: the scheme, the
+    port, and the host as the upstream client reads it (a bracketed host is an IPv6 address, a
+    name's labels are 1 to 63 characters).
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- a port out of range or not a number raises here
+        host = parts.hostname
+        if not host:
+            raise ValueError("no host")
+        if parts.netloc.rpartition("@")[2].startswith("["):
+            ipaddress.IPv6Address(host)
+        else:
+            host.encode("idna")
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"must name a host and port an HTTP client can connect to ({exc})") from exc
+    return url
