@@ -21,48 +21,27 @@ import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
+from ledger_append import percentile
+from usage_query import ledger
+
 from cachegate.gateway.journal import ZEROED_AHEAD, Journal
-from cachegate.store.base import LedgerRow
 
 WAYS = {"zero-filled": ZEROED_AHEAD, "appended": 0}
-
-
-def row(sequence: int) -> LedgerRow:
-    return LedgerRow(
-        at=datetime.now(UTC),
-        principal_id="prn_bench",
-        key_id="key_bench",
-        model="bench",
-        status=200,
-        streaming=False,
-        prompt_tokens=2098,
-        completion_tokens=64,
-        cache_read_tokens=2074,
-        cache_creation_5m_tokens=0,
-        cache_creation_1h_tokens=0,
-        cache_creation_24h_tokens=0,
-        upstream_cached_tokens=2074,
-        cost=Decimal("0.000312"),
-        list_cost=Decimal("0.002226"),
-        latency_ms=1.25,
-        degraded=False,
-        row_id=f"row-{sequence:012d}",
-    )
 
 
 async def run(folder: Path, zeroed_ahead: int, rows: int, concurrency: int) -> tuple[list[float], float]:
     """Latencies (µs) of ``rows`` appends, ``concurrency`` at a time, and the kernel CPU µs per row."""
     journal = Journal(folder, lambda rows: None, zeroed_ahead=zeroed_ahead)
     await journal.open()
-    await journal.append(row(-1))  # the segment is made (and zero-filled) before the clock starts
+    *batch, first_row = ledger(rows + 1, datetime.now(UTC))
+    await journal.append(first_row)  # the segment is made (and zero-filled) before the clock starts
     samples: list[float] = []
 
     async def append(sequence: int) -> None:
         start = time.perf_counter()
-        await journal.append(row(sequence))
+        await journal.append(batch[sequence])
         samples.append((time.perf_counter() - start) * 1e6)
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
@@ -73,11 +52,6 @@ async def run(folder: Path, zeroed_ahead: int, rows: int, concurrency: int) -> t
     for segment in folder.glob("*.journal"):
         segment.unlink()
     return samples, kernel / rows * 1e6
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def main(arguments: argparse.Namespace) -> None:
