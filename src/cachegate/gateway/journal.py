@@ -304,8 +304,10 @@ class Journal:
             segment = await self._on_thread(self._seal)
             if segment is not None:
                 self._sealed([segment])
-                # Rows are coming: make (and zero-fill) the next segment now, not in a request's commit.
-                # A disk that refuses is met again by the next write, which takes the failure path.
+            if segment is not None and not seal:
+                # Rows are coming (a forced seal is the shutdown's: none are): make and zero-fill the
+                # next segment now, not in a request's commit. A disk that refuses is met again by
+                # the next write, which takes the failure path.
                 with contextlib.suppress(OSError):
                     await self._on_thread(self._ensure_segment)
         await self.adopt()
@@ -394,7 +396,7 @@ class Journal:
                 self._failed.append(segment)  # its earlier rows are good: drained like any other
             raise
         start, self._size = self._size, self._size + len(data)
-        if self._zeroed_to - self._size < len(self._zeros) // 2:
+        if self._zeros and self._zeroed_to - self._size < len(self._zeros) // 2:
             self._thread.submit(self._zero_ahead)  # after this group is released, before the next is written
         assert self._path is not None
         return self._path, start
@@ -402,7 +404,7 @@ class Journal:
     def _zero_ahead(self) -> None:
         """Zero-fill (synced) the ``zeroed_ahead`` bytes past the active segment's end of zeros, or of records."""
         if self._fd is None or not self._zeros:
-            return
+            return  # sealed meanwhile, or nothing to fill (fsync off)
         start = max(self._zeroed_to, self._size)
         # A full or failing disk: records are written past the zeros, or fail as any write does.
         with contextlib.suppress(OSError):
