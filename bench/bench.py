@@ -314,6 +314,7 @@ def main() -> int:
         print(header)
         print("-" * len(header))
         costs: list[str] = []
+        ratios: list[str] = []
         for stream in (False, True):
             mode = "stream" if stream else "json"
             gw_body, up_body = work / f"{mode}-gw.json", work / f"{mode}-up.json"
@@ -332,6 +333,11 @@ def main() -> int:
                 errors = through.errors + reference.errors + direct.errors + off.errors
                 gateway_cells = f"{through.rps:>9.0f}{through.p50_ms:>8.2f}{through.p99_ms:>8.2f}{through.cpu_ms:>8.3f}"
                 gateway_cells += f" | {off.rps:>12.0f}{off.p50_ms:>8.2f}{off.p99_ms:>8.2f}{off.cpu_ms:>8.3f}"
+                ratios.append(
+                    f"{mode} c={connections}: req/s {through.rps / reference.rps:.2f}x"
+                    f" ({off.rps / reference.rps:.2f}x no-jnl), CPU per request {through.cpu_ms / bare_cpu:.2f}x"
+                    f" ({off.cpu_ms / bare_cpu:.2f}x no-jnl)"
+                )
                 costs.append(
                     f"{mode} c={connections}: {(1 - through.rps / off.rps) * 100:.1f}% fewer req/s,"
                     f" p50 {through.p50_ms - off.p50_ms:+.2f} ms, p99 {through.p99_ms - off.p99_ms:+.2f} ms,"
@@ -344,6 +350,7 @@ def main() -> int:
                     f"{mode:<7}{connections:>5} | {gateway_cells} | {bare_cells} | {upstream_cells}"
                     f" | {added:>12.2f} | {errors:>6}"
                 )
+        print("gw against bare:", "; ".join(ratios))
         print("journal cost (gw with the journal, fsync per group, against no-jnl):", "; ".join(costs))
         print("(CPU per request: the cost where the gateway has a core to itself and is bound by it; it moves")
         print("less than req/s when other processes share the core)")
