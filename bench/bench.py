@@ -15,7 +15,8 @@ journal on (one synced write per group commit, before each response's last byte)
 journal off (``ledger.journal.enabled: false``: rows wait in memory, as before issue 15). The two
 are measured in interleaved rounds (on, off, off, on, on, off, ...) and their medians reported, so
 that load from other processes on the machine falls on both sides alike. The last lines give the
-journal's cost in throughput and latency per mode and concurrency.
+gateway against the bare proxy as ratios (requests/s and CPU per request, journal on and off), and
+the journal's cost in throughput and latency per mode and concurrency.
 
     make bench                       # or: .venv/bin/python bench/bench.py --duration 10 --rounds 3
 """
