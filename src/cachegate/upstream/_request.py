@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
-from cachegate.upstream.base import HOP_BY_HOP, UpstreamUnavailable
+from cachegate.upstream.base import HOP_BY_HOP, UpstreamUnavailable, check_base_url
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 3986 pchar (and "/" between segments); "%" is kept so that an escaped URL stays as it is.
@@ -46,12 +46,11 @@ def target(method: str, url: str) -> Target:
 
 
 def _parse(method: str, url: str) -> Target:
-    parts = urlsplit(url)
+    parts = urlsplit(check_base_url(url))  # the rule every stored base URL passed
     port = parts.port
-    default_port = _DEFAULT_PORTS.get(parts.scheme)
-    if default_port is None or not parts.hostname:
-        raise ValueError("it must be http:// or https:// with a host")
+    default_port = _DEFAULT_PORTS[parts.scheme]
     host = parts.hostname
+    assert host is not None  # check_base_url refuses a URL without one
     authority = f"[{host}]" if ":" in host else host
     if port is not None and port != default_port:
         authority = f"{authority}:{port}"
