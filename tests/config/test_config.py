@@ -67,7 +67,8 @@ def test_the_ledger_journal_is_on_with_fsync_under_data_dir_by_default() -> None
     config = load_config(None, {"CACHEGATE_DATA_DIR": "/srv/cachegate"})
 
     assert config.journal_dir == Path("/srv/cachegate/ledger-journal")
-    assert config.ledger.journal.fsync and config.ledger.journal.commit_interval_ms == 0
+    journal = config.ledger.journal
+    assert journal.fsync and (journal.commit_delay_ms, journal.commit_siblings) == (2.0, 5)
 
 
 def test_the_ledger_journal_can_be_moved_tuned_or_turned_off() -> None:

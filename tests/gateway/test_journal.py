@@ -98,6 +98,73 @@ async def test_concurrent_rows_share_one_write_and_one_fsync(tmp_path: Path, mon
         await writer.journal.close()  # type: ignore[union-attr]
 
 
+def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the journal's record writes from now on (a segment's header and zero-fill are not counted)."""
+    writes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def counting_pwrite(fd: int, data: bytes, offset: int) -> int:
+        if any(data):
+            writes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(journal_module.os, "pwrite", counting_pwrite)
+    return writes
+
+
+async def test_under_load_a_group_waits_for_the_rows_of_the_requests_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six requests in flight: the first row finds five others to come (commit_siblings), so its
+    # group waits; it is written as soon as the sixth row is queued, long before commit_delay.
+    writer = writer_for(LedgerStore(), tmp_path, commit_delay=60.0, commit_siblings=5, in_flight=lambda: 6)
+    await writer.start()
+    writes = record_writes(monkeypatch)
+    try:
+        first_five = [asyncio.create_task(writer.record(ledger_row(n))) for n in range(5)]
+        await asyncio.sleep(0.05)
+        assert writes == [] and not any(task.done() for task in first_five)  # waiting for the sixth
+
+        await asyncio.wait_for(asyncio.gather(*first_five, writer.record(ledger_row(5))), 10)
+
+        assert len(writes) == 1  # six rows, one synced write
+        assert sorted(journaled(tmp_path)) == list(range(6))
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("in_flight", [1, 5])
+async def test_without_enough_requests_in_flight_a_row_is_written_at_once(tmp_path: Path, in_flight: int) -> None:
+    # Alone, or with four others (fewer than commit_siblings): no wait, whatever commit_delay says.
+    writer = writer_for(LedgerStore(), tmp_path, commit_delay=60.0, commit_siblings=5, in_flight=lambda: in_flight)
+    await writer.start()
+    try:
+        await asyncio.wait_for(writer.record(ledger_row(1)), 10)
+
+        assert journaled(tmp_path) == [1]
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]
+
+
+async def test_a_waiting_group_is_written_after_commit_delay_if_the_rows_never_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests in flight that never append a row (they failed, or bill nothing) hold a group for
+    # commit_delay at most; a row queued meanwhile joins it.
+    writer = writer_for(LedgerStore(), tmp_path, commit_delay=0.2, commit_siblings=5, in_flight=lambda: 100)
+    await writer.start()
+    writes = record_writes(monkeypatch)
+    try:
+        first = asyncio.create_task(writer.record(ledger_row(0)))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.gather(first, writer.record(ledger_row(1))), 10)
+
+        assert len(writes) == 1
+        assert sorted(journaled(tmp_path)) == [0, 1]
+    finally:
+        await writer.journal.close()  # type: ignore[union-attr]
+
+
 async def test_without_fsync_rows_are_written_but_never_synced(tmp_path: Path) -> None:
     writer = writer_for(LedgerStore(), tmp_path, fsync=False)
     await writer.start()

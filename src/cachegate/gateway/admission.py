@@ -1,4 +1,4 @@
-"""Requests in flight: the per-key concurrency limit, and what a shutdown waits for.
+"""Requests in flight: the per-key concurrency limit, what a shutdown waits for, and how many there are.
 
 uvicorn's ``limit_concurrency`` bounds the whole server (a 503 in plain text, before any route);
 it cannot tell one tenant from another, so the per-key limit is cachegate's own: one tenant's
@@ -18,6 +18,7 @@ class InFlight:
     def __init__(self, per_key: int | None) -> None:
         self._limit = per_key
         self._per_key: dict[str, int] = {}
+        self._count = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -33,10 +34,12 @@ class InFlight:
                 type_="rate_limit_error",
             )
         self._per_key[key_id] = count + 1
+        self._count += 1
         self._idle.clear()
         try:
             yield
         finally:
+            self._count -= 1
             left = self._per_key[key_id] - 1
             if left:
                 self._per_key[key_id] = left
@@ -44,6 +47,10 @@ class InFlight:
                 del self._per_key[key_id]
                 if not self._per_key:
                     self._idle.set()
+
+    def count(self) -> int:
+        """Requests in flight, of every key (the ledger journal's group commit waits on it, docs/ledger.md)."""
+        return self._count
 
     async def idle(self) -> None:
         """Return once no request is in flight."""

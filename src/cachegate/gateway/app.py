@@ -77,7 +77,7 @@ class Gateway:
         self.catalog = CatalogCache(store, config.catalog_refresh_seconds, self.keys.revocations_seen)
         self.in_flight = InFlight(config.server.per_key_concurrency)
         self.classifier = CacheClassifier(index, config.deadlines.commit_seconds)
-        self.ledger = LedgerWriter.from_config(store, config)
+        self.ledger = LedgerWriter.from_config(store, config, self.in_flight.count)
         self.budgets = Budgets(store, self.catalog, self.ledger, config.budgets.refresh_seconds)
         limits = config.rate_limits
         self.rate_limits = RateLimits(self.catalog, limiter or rate_limiter(limits), retry_seconds=limits.retry_seconds)

@@ -2,9 +2,16 @@
 
 One journal per process, a folder of segment files. A row is appended to the active segment by
 group commit: the rows of concurrent requests that arrive while one write is in flight share
-the next ``write``, synced by ``O_DSYNC`` (optionally after waiting ``commit_interval`` for
-more). The blocking file work runs on one thread of the journal's own, so it never blocks the
-event loop, and a request waits for nothing but its own group's commit.
+the next ``write``, synced by ``O_DSYNC``. The blocking file work runs on one thread of the
+journal's own, so it never blocks the event loop, and a request waits for nothing but its own
+group's commit.
+
+Under load a group also waits a little for the rows about to come, as PostgreSQL's
+``commit_delay`` does: when at least ``commit_siblings`` other requests are in flight that have
+not appended their row yet, a group waits up to ``commit_delay`` (less, once they all have).
+Every synced write costs the process CPU on top of its wait (the kernel's work, and the main
+thread losing its core each time the journal thread wakes), so fewer, larger groups leave more
+of the core to the requests; a request alone is written at once and waits for nothing.
 
 A group is handed to the thread from the event loop's own callbacks (the first row's ``append``,
 then the previous group's completion), never from a task of its own: such a task would be queued
@@ -161,10 +168,13 @@ class Journal:
         on_failure: Callable[[list[LedgerRow]], None],
         *,
         fsync: bool = True,
-        commit_interval: float = 0.0,
+        commit_delay: float = 0.0,
+        commit_siblings: int = 0,
+        in_flight: Callable[[], int] = lambda: 0,
         max_copied_rows: int = 100_000,
         zeroed_ahead: int = ZEROED_AHEAD,
     ) -> None:
+        """``in_flight``: how many requests may append a row soon; ``commit_siblings`` 0: always wait."""
         self.directory = directory
         self._max_copied = max_copied_rows
         self._on_failure = on_failure
@@ -172,7 +182,9 @@ class Journal:
         # Zeros pay off for synced writes only; at most a frame's length, so that a reader never takes
         # a zero tail for a rest too long to be a record (``_read_records``).
         self._zeros = bytes(min(zeroed_ahead, MAX_RECORD_BYTES) if fsync else 0)
-        self._interval = commit_interval
+        self._delay = commit_delay
+        self._siblings = commit_siblings
+        self._in_flight = in_flight
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cachegate-journal")
         self._names = itertools.count()
         # Touched on the journal thread only:
@@ -186,7 +198,9 @@ class Journal:
         self.healthy = False
         self.unstored = 0  # rows this process journaled that the store has not acknowledged yet
         self._queued = _Group()  # rows waiting for the next commit
-        self._committing = False  # a group is being written, or waits for commit_interval
+        self._committing = False  # a group is being written, or waits for its siblings' rows
+        self._delayed: asyncio.TimerHandle | None = None  # the commit of a group that waits for more rows
+        self._appending = 0  # requests in append(), from queuing their row until they resume
         self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -214,22 +228,34 @@ class Journal:
         self._queued.records.append(record)
         self._queued.rows.append(row)
         self._queued.waiters.append(waiter)
-        if not self._committing:
-            self._schedule_commit()
-        await waiter
+        self._appending += 1
+        try:
+            if not self._committing:
+                self._schedule_commit()
+            elif self._delayed is not None and self._coming() <= 0:  # every row it waited for is here
+                self._delayed.cancel()
+                self._commit()
+            await waiter
+        finally:
+            self._appending -= 1
+
+    def _coming(self) -> int:
+        """Requests in flight that have not appended their row yet: what a waiting group may gain."""
+        return self._in_flight() - self._appending
 
     def _schedule_commit(self) -> None:
-        """Commit the queued group now (or after ``commit_interval``), from the loop's own callback."""
+        """Commit the queued group now, or after ``commit_delay`` under load; from the loop's own callback."""
         self._committing = True
         self._idle.clear()
-        if self._interval:
+        if self._delay and self._coming() >= self._siblings:
             assert self._loop is not None
-            self._loop.call_later(self._interval, self._commit)
+            self._delayed = self._loop.call_later(self._delay, self._commit)
         else:
             self._commit()
 
     def _commit(self) -> None:
         """Hand the queued group to the journal thread; ``_committed`` runs on the loop once it is written."""
+        self._delayed = None
         group, self._queued = self._queued, _Group()
         if not self.healthy:  # an earlier group failed: the journal is off until maintain() reopens it
             self._on_failure(group.rows)

@@ -63,7 +63,9 @@ class LedgerWriter:
         *,
         journal_dir: Path | None = None,
         fsync: bool = True,
-        commit_interval: float = 0.0,
+        commit_delay: float = 0.0,
+        commit_siblings: int = 0,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
@@ -84,13 +86,16 @@ class LedgerWriter:
                 journal_dir,
                 self._keep_in_memory,
                 fsync=fsync,
-                commit_interval=commit_interval,
+                commit_delay=commit_delay,
+                commit_siblings=commit_siblings,
+                in_flight=in_flight,
                 max_copied_rows=max_buffered,
             )
         )
 
     @classmethod
-    def from_config(cls, store: ControlStore, config: Config) -> LedgerWriter:
+    def from_config(cls, store: ControlStore, config: Config, in_flight: Callable[[], int]) -> LedgerWriter:
+        """``in_flight``: how many requests are in flight, for the journal's group commit."""
         ledger = config.ledger
         return cls(
             store,
@@ -99,7 +104,9 @@ class LedgerWriter:
             ledger.max_buffered_rows,
             journal_dir=config.journal_dir,
             fsync=ledger.journal.fsync,
-            commit_interval=ledger.journal.commit_interval_ms / 1000.0,
+            commit_delay=ledger.journal.commit_delay_ms / 1000.0,
+            commit_siblings=ledger.journal.commit_siblings,
+            in_flight=in_flight,
         )
 
     def observe(self, observer: LedgerObserver) -> None:
