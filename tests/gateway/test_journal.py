@@ -112,13 +112,21 @@ def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return writes
 
 
+async def waiting_writer(folder: Path, commit_delay: float, in_flight: int) -> LedgerWriter:
+    """A started writer whose groups wait ``commit_delay`` with five others in flight, and ``in_flight`` requests."""
+    writer = writer_for(
+        LedgerStore(), folder, commit_delay=commit_delay, commit_siblings=5, in_flight=lambda: in_flight
+    )
+    await writer.start()
+    return writer
+
+
 async def test_under_load_a_group_waits_for_the_rows_of_the_requests_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Six requests in flight: the first row finds five others to come (commit_siblings), so its
     # group waits; it is written as soon as the sixth row is queued, long before commit_delay.
-    writer = writer_for(LedgerStore(), tmp_path, commit_delay=60.0, commit_siblings=5, in_flight=lambda: 6)
-    await writer.start()
+    writer = await waiting_writer(tmp_path, commit_delay=60.0, in_flight=6)
     writes = record_writes(monkeypatch)
     try:
         first_five = [asyncio.create_task(writer.record(ledger_row(n))) for n in range(5)]
@@ -136,8 +144,7 @@ async def test_under_load_a_group_waits_for_the_rows_of_the_requests_in_flight(
 @pytest.mark.parametrize("in_flight", [1, 5])
 async def test_without_enough_requests_in_flight_a_row_is_written_at_once(tmp_path: Path, in_flight: int) -> None:
     # Alone, or with four others (fewer than commit_siblings): no wait, whatever commit_delay says.
-    writer = writer_for(LedgerStore(), tmp_path, commit_delay=60.0, commit_siblings=5, in_flight=lambda: in_flight)
-    await writer.start()
+    writer = await waiting_writer(tmp_path, commit_delay=60.0, in_flight=in_flight)
     try:
         await asyncio.wait_for(writer.record(ledger_row(1)), 10)
 
@@ -151,8 +158,7 @@ async def test_a_waiting_group_is_written_after_commit_delay_if_the_rows_never_c
 ) -> None:
     # Requests in flight that never append a row (they failed, or bill nothing) hold a group for
     # commit_delay at most; a row queued meanwhile joins it.
-    writer = writer_for(LedgerStore(), tmp_path, commit_delay=0.2, commit_siblings=5, in_flight=lambda: 100)
-    await writer.start()
+    writer = await waiting_writer(tmp_path, commit_delay=0.2, in_flight=100)
     writes = record_writes(monkeypatch)
     try:
         first = asyncio.create_task(writer.record(ledger_row(0)))
