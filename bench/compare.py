@@ -41,6 +41,14 @@ def gateway(checkout: Path, config: Path, port: int, settings: dict[str, str]) -
     )
 
 
+def setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--set``, as a pair."""
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", type=Path, help="a checkout of cachegate (its src/ is run)")
@@ -49,11 +57,16 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=4, help="whole seconds per run (default 4)")
     parser.add_argument("--connections", type=int, nargs="+", default=[32], help="concurrencies (default 32)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE", help="an environment variable of the second gateway"
+        "--set",
+        action="append",
+        type=setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the second gateway",
     )
     args = parser.parse_args()
     checkouts = [args.before.resolve(), args.after.resolve()]
-    settings = dict(setting.split("=", 1) for setting in args.set)
+    settings = dict(args.set)
     for checkout in checkouts:
         if not (checkout / "src" / "cachegate").is_dir():
             raise SystemExit(f"compare: {checkout} is not a checkout of cachegate (no src/cachegate)")
@@ -91,7 +104,7 @@ def main() -> int:
                 raise SystemExit("compare: the warm-up did not produce a cache hit")
 
         print(f"A = {checkouts[0]}")
-        print(f"B = {' '.join([str(checkouts[1]), *args.set])}")
+        print(f"B = {' '.join([str(checkouts[1]), *(f'{name}={value}' for name, value in args.set)])}")
         print(f"{'mode':<7}{'c':>4}{'':>3} | {'req/s':>7}{'p50 ms':>8}{'CPU ms':>8} | {'B won':>5}")
         for mode in ("json", "stream"):
             body = work / f"{mode}.json"
