@@ -39,9 +39,29 @@ DECIMAL_PATTERN: Final = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 prices, with bounded digits so every store's NUMERIC holds it."""
 
 _PORT: Final = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-URL_PATTERN: Final = rf"^https?://([A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(:{_PORT})?(/[\x21-\x7e]*)?$"
-"""An endpoint's base URL: http or https, a host name or address (IPv6 in brackets), a port
-from 0 to 65535, a path of printable ASCII."""
+_LABEL: Final = r"[A-Za-z0-9_~%!$&'()*+,;=-]{1,63}"  # RFC 3986 reg-name characters, as IDNA bounds a label
+_H16: Final = r"[0-9A-Fa-f]{1,4}"
+_OCTET: Final = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32: Final = rf"({_H16}:{_H16}|{_OCTET}(\.{_OCTET}){{3}})"
+# RFC 3986's IPv6address, one alternative per place of the "::".
+_IPV6: Final = "|".join(
+    [
+        rf"({_H16}:){{6}}{_LS32}",
+        rf"::({_H16}:){{5}}{_LS32}",
+        rf"({_H16})?::({_H16}:){{4}}{_LS32}",
+        rf"(({_H16}:){{0,1}}{_H16})?::({_H16}:){{3}}{_LS32}",
+        rf"(({_H16}:){{0,2}}{_H16})?::({_H16}:){{2}}{_LS32}",
+        rf"(({_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+        rf"(({_H16}:){{0,4}}{_H16})?::{_LS32}",
+        rf"(({_H16}:){{0,5}}{_H16})?::{_H16}",
+        rf"(({_H16}:){{0,6}}{_H16})?::",
+    ]
+)
+URL_PATTERN: Final = rf"^https?://({_LABEL}(\.{_LABEL})*\.?|\[({_IPV6})\])(:{_PORT})?(/[\x21-\x7e]*)?$"
+"""An endpoint's base URL: http or https, a host name (labels of 1 to 63 characters) or an IPv6
+address in brackets, a port from 0 to 65535, a path of printable ASCII. As strict as
+``upstream.base.check_base_url`` where a pattern can be, so that every URL the admin API's schema
+admits is one the API accepts."""
 
 SECRET_PATTERN: Final = r"^[\x21-\x7e]+$"
 """An upstream key: sent in a header, so printable ASCII only."""
@@ -92,8 +112,8 @@ def check_count(value: int, argument: str, *, minimum: int) -> int:
 
 
 def check_http_url(value: str, argument: str) -> str:
-    """An endpoint's base URL: ``URL_PATTERN`` (the API schema's), then what the pattern cannot say
-    (``upstream.base.check_base_url``: an IPv6 address in brackets, host labels of 1 to 63 characters)."""
+    """An endpoint's base URL: ``URL_PATTERN`` (the API schema's), then ``upstream.base.check_base_url``,
+    the rule of every base URL, which the pattern follows but does not replace."""
     if len(value) > MAX_URL_LENGTH or not _URL.fullmatch(value):
         raise InvalidArgument(argument, f"{argument} must be an http:// or https:// URL")
     try:
